@@ -1,0 +1,1 @@
+"""Load tools: the IoT telemetry producer, the demo and the benchmark harness."""

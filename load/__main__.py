@@ -1,0 +1,42 @@
+"""python -m load produce|demo ..."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m load")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pr = sub.add_parser("produce", help="produce IoT telemetry")
+    pr.add_argument("--bootstrap", default="127.0.0.1:9092")
+    pr.add_argument("--topic", default="telemetry")
+    pr.add_argument("--devices", type=int, default=2000)
+    pr.add_argument("--count", type=int, help="records to send as fast as possible")
+    pr.add_argument("--rate", type=float, help="records per second")
+    pr.add_argument("--duration", type=float, help="seconds, with --rate")
+    dm = sub.add_parser("demo", help="local Kafka + telemetry + the worker, with live numbers")
+    dm.add_argument("--records", type=int, default=200_000)
+    dm.add_argument("--partitions", type=int, default=4)
+    args = p.parse_args(argv)
+
+    if args.cmd == "produce":
+        from load.produce import produce
+
+        started = time.monotonic()
+        n = asyncio.run(
+            produce(args.bootstrap, args.topic, args.devices, args.count, args.rate, args.duration)
+        )
+        took = time.monotonic() - started
+        print(f"produced {n} records to {args.topic} in {took:.1f}s ({n / took:,.0f}/s)")
+        return 0
+    from load.demo import demo
+
+    return demo(args.records, args.partitions)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

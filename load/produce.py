@@ -1,0 +1,48 @@
+"""Produce IoT telemetry to a Kafka topic, as fast as possible or at a fixed rate."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from itertools import islice
+
+from aiokafka import AIOKafkaProducer
+
+from load.telemetry import readings
+
+
+async def produce(
+    bootstrap: str,
+    topic: str,
+    devices: int = 2000,
+    count: int | None = None,
+    rate: float | None = None,
+    duration_s: float | None = None,
+    seed: int = 7,
+) -> int:
+    """Send readings keyed by device id; returns how many were acknowledged."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20, acks=1
+    )
+    await producer.start()
+    sent = 0
+    start = time.monotonic()
+    try:
+        source = readings(devices, seed)
+        if count is None:
+            if duration_s is None:
+                raise ValueError("give count, or rate and duration")
+            count = int((rate or 10_000) * duration_s)
+        step = 2000
+        while sent < count:
+            chunk = list(islice(source, min(step, count - sent)))
+            futures = [await producer.send(topic, value, key=key) for key, value in chunk]
+            await asyncio.gather(*futures)
+            sent += len(chunk)
+            if rate:
+                ahead = sent / rate - (time.monotonic() - start)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+    finally:
+        await producer.stop()
+    return sent

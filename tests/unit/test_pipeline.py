@@ -1,0 +1,168 @@
+"""The whole pipeline on the memory source: batching, order, retries, commits, pause, revoke."""
+
+import asyncio
+from collections import defaultdict
+
+from worker.testing import MemoryBroker, fully_committed, running_worker, wait_until
+
+TOPIC = "t"
+
+
+def broker_with(records_per_partition: int, partitions: int = 2) -> MemoryBroker:
+    broker = MemoryBroker()
+    broker.create_topic(TOPIC, partitions)
+    for p in range(partitions):
+        for i in range(records_per_partition):
+            broker.produce(TOPIC, b'{"n": %d}' % i, key=b"k%d" % p, partition=p)
+    return broker
+
+
+class Recorder:
+    """A handler that records (partition, offset) per call; optionally fails or blocks."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[int, int]]] = []
+        self.fail_offsets: set[int] = set()
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
+
+    async def __call__(self, batch) -> None:
+        self.calls.append([(r.partition, r.offset) for r in batch.records])
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_offsets.intersection(r.offset for r in batch.records):
+            raise RuntimeError("poison")
+
+    def handled(self) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = defaultdict(list)
+        for call in self.calls:
+            for p, o in call:
+                out[p].append(o)
+        return out
+
+
+async def test_every_record_is_handled_once_in_order_and_committed():
+    broker = broker_with(250)
+    rec = Recorder()
+    async with running_worker(rec, broker, [TOPIC], {"batching": {"batch_size": 40}}):
+        await wait_until(lambda: fully_committed(broker, "test", [TOPIC]))
+    assert rec.handled() == {0: list(range(250)), 1: list(range(250))}
+    assert all(len(c) <= 40 for c in rec.calls)
+    assert all(len({p for p, _ in c}) == 1 for c in rec.calls)  # one partition per batch
+
+
+async def test_a_partial_batch_waits_for_the_window_then_goes():
+    broker = broker_with(3, partitions=1)
+    rec = Recorder()
+    settings = {"batching": {"batch_size": 100, "maximum_batching_window_ms": 30}}
+    async with running_worker(rec, broker, [TOPIC], settings):
+        await wait_until(lambda: fully_committed(broker, "test", [TOPIC]))
+    assert rec.calls == [[(0, 0), (0, 1), (0, 2)]]
+
+
+async def test_a_failing_batch_is_retried_until_it_succeeds_and_nothing_passes_it():
+    broker = broker_with(30, partitions=1)
+    rec = Recorder()
+    rec.fail_offsets = {12}
+    async with running_worker(rec, broker, [TOPIC], {"batching": {"batch_size": 10}}) as w:
+        await wait_until(lambda: len(rec.calls) >= 5)  # batch 10..19 failed several times
+        assert broker.committed("test", TOPIC, 0) == 10
+        assert all(c[0] == (0, 10) for c in rec.calls[1:])  # retried, never skipped
+        rec.fail_offsets = set()
+        await wait_until(lambda: fully_committed(broker, "test", [TOPIC]))
+        retries = w.metrics.retries.labels("memory", "t-0")._value.get()
+    assert retries >= 3
+    assert rec.handled()[0][-10:] == list(range(20, 30))
+
+
+async def test_a_full_buffer_pauses_the_partition_and_draining_resumes_it():
+    broker = broker_with(500, partitions=1)
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    settings = {"batching": {"batch_size": 10}, "runtime": {"max_buffered_records": 50}}
+    async with running_worker(rec, broker, [TOPIC], settings) as w:
+        source = w.source
+        source.max_records = 20  # small fetches, as a real consumer's would be
+        await wait_until(lambda: ("t", 0) in source.paused)
+        lane = w.lanes[("t", 0)]
+        assert lane._batcher.records < 50 + 20  # bounded: limit plus one fetch
+        rec.gate.set()
+        await wait_until(lambda: fully_committed(broker, "test", [TOPIC]))
+        assert ("t", 0) not in source.paused
+    assert rec.handled()[0] == list(range(500))
+
+
+async def test_revoke_finishes_the_batch_in_flight_commits_it_and_drops_the_rest():
+    broker = broker_with(100, partitions=1)
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    settings = {"batching": {"batch_size": 10}, "runtime": {"rebalance_timeout_s": 5}}
+    async with running_worker(rec, broker, [TOPIC], settings) as w:
+        await rec.entered.wait()
+        revoke = asyncio.create_task(w.source.revoke([("t", 0)]))
+        await asyncio.sleep(0)  # let the revoke begin while the batch is still running
+        assert not revoke.done()
+        rec.gate.set()
+        await revoke
+        assert broker.committed("test", TOPIC, 0) == 10  # the batch in flight, and no more
+        assert ("t", 0) not in w.lanes
+        await w.source.assign([("t", 0)])  # given back: resumes from the commit
+        await wait_until(lambda: fully_committed(broker, "test", [TOPIC]))
+    assert rec.handled()[0] == list(range(100))
+
+
+async def test_revoke_abandons_a_batch_that_misses_the_deadline_uncommitted():
+    broker = broker_with(20, partitions=1)
+    rec = Recorder()
+    rec.gate = asyncio.Event()  # never opened: the handler hangs
+    settings = {"batching": {"batch_size": 10}, "runtime": {"rebalance_timeout_s": 0.05}}
+    async with running_worker(rec, broker, [TOPIC], settings) as w:
+        await rec.entered.wait()
+        await w.source.revoke([("t", 0)])
+        assert broker.committed("test", TOPIC, 0) is None
+        rec.gate.set()
+
+
+async def test_shutdown_lets_the_batch_in_flight_finish_and_commits_it():
+    broker = broker_with(10, partitions=1)
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    async with running_worker(rec, broker, [TOPIC], {"batching": {"batch_size": 10}}) as w:
+        await rec.entered.wait()
+        w.request_exit()
+        await asyncio.sleep(0)
+        rec.gate.set()
+    assert broker.committed("test", TOPIC, 0) == 10
+
+
+async def test_commits_that_fail_are_retried_and_nothing_is_lost():
+    broker = broker_with(50, partitions=1)
+    rec = Recorder()
+    async with running_worker(rec, broker, [TOPIC], {"batching": {"batch_size": 10}}) as w:
+        w.source.commit_error = ConnectionError("broker down")
+        await wait_until(lambda: len(rec.handled()[0]) == 50)
+        assert broker.committed("test", TOPIC, 0) is None
+        w.source.commit_error = None
+        await wait_until(lambda: fully_committed(broker, "test", [TOPIC]))
+        failures = w.metrics.commit_failures.labels("memory")._value.get()
+    assert failures >= 1
+
+
+async def test_metrics_count_per_batch_what_happened():
+    broker = broker_with(100, partitions=2)
+    rec = Recorder()
+    async with running_worker(rec, broker, [TOPIC], {"batching": {"batch_size": 25}}) as w:
+        await wait_until(lambda: fully_committed(broker, "test", [TOPIC]))
+        m = w.metrics
+
+        def value(metric, *labels):
+            return metric.labels(*labels)._value.get()
+
+        for p in ("t-0", "t-1"):
+            assert value(m.records_polled, "memory", p) == 100
+            assert value(m.records_invoked, "memory", p) == 100
+            assert value(m.records_committed, "memory", p) == 100
+            assert value(m.batches, "memory", p, "success") == 4
+            assert value(m.offset_lag, "memory", p) == 0
+        assert value(m.assigned_partitions, "memory") == 2

@@ -1,0 +1,263 @@
+"""The worker's lifecycle: serve -> startup -> main_loop -> shutdown.
+
+The main loop is the only reader of the source: it fetches chunks and feeds
+each partition's lane, pausing partitions whose buffer is full. Lanes run
+their batches concurrently, one at a time per partition. The committer
+checkpoints finished work. Assignment changes arrive through `on_assigned` /
+`on_revoked`, which the source awaits, so a revoked partition is drained and
+committed before it is released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+from worker.config import WorkerConfig
+from worker.endpoints import Endpoints
+from worker.metrics import Metrics, PartitionMetrics
+from worker.pipeline.backoff import Backoff
+from worker.pipeline.batcher import Batcher
+from worker.pipeline.committer import Committer
+from worker.pipeline.failure_policy import FailurePolicy
+from worker.pipeline.invoker import Invoker, load_handler
+from worker.pipeline.lane import PartitionLane
+from worker.sources.base import Source
+
+log = logging.getLogger("worker")
+
+FETCH_TIMEOUT_S = 0.2
+POLL_ERROR_BACKOFF_S = 1.0
+
+
+def make_source(config: WorkerConfig) -> Source:
+    if config.source.kind == "kafka":
+        from worker.sources.kafka import KafkaSource
+
+        return KafkaSource(config.source)
+    raise ValueError(f"source.kind {config.source.kind!r} needs a source object passed in")
+
+
+class Worker:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        source: Source | None = None,
+        handler: Callable[..., Any] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self.source = source or make_source(config)
+        self.metrics = metrics or Metrics()
+        fn = handler or load_handler(config.handler.target)
+        self.invoker = Invoker(fn, config.handler)
+        errors = config.errors
+        self.policy = FailurePolicy(
+            self.invoker,
+            Backoff(*errors.retry_backoff_ms),
+            self.metrics,
+            self.source.name,
+        )
+        self.lanes: dict[Hashable, PartitionLane] = {}
+        self.committer = Committer(
+            self.source,
+            lambda: list(self.lanes.values()),
+            config.source.commit_interval_ms / 1000.0,
+            self.metrics,
+        )
+        self.endpoints: Endpoints | None = None
+        self.should_exit = asyncio.Event()
+        self.exit_code = 0
+        self._assigned_once = False
+        self._started = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._signals = 0
+        self._m_assigned = self.metrics.assigned_partitions.labels(self.source.name)
+        self._m_rebalances = self.metrics.rebalances.labels(self.source.name)
+        self._m_poll_errors = self.metrics.poll_errors.labels(self.source.name)
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def serve(self) -> int:
+        try:
+            await self.startup()
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+        return self.exit_code
+
+    async def startup(self) -> None:
+        mc = self.config.metrics
+        if mc.enabled:
+            self.endpoints = Endpoints(self.metrics.registry, self.readiness, mc.host, mc.port)
+            await self.endpoints.start()
+        self._spawn(self.committer.run(), "committer")
+        await self.source.start(self)
+        self._started = True
+        log.info(
+            "event=started source=%s handler=%s metrics_port=%s",
+            self.source.name,
+            self.config.handler.target,
+            self.endpoints.port if self.endpoints else None,
+        )
+
+    async def main_loop(self) -> None:
+        fetch = self.source.fetch
+        while not self.should_exit.is_set():
+            try:
+                chunks = await fetch(FETCH_TIMEOUT_S)
+            except Exception as exc:  # the client retries internally; keep going
+                self._m_poll_errors.inc()
+                log.warning("event=poll_failed error=%r", exc)
+                await asyncio.sleep(POLL_ERROR_BACKOFF_S)
+                continue
+            for key, records in chunks.items():
+                lane = self.lanes.get(key)
+                if lane is None or not records:
+                    continue  # revoked meanwhile: the next owner reads it again
+                lane.metrics.polled.inc(len(records))
+                if lane.feed(records) and not lane.paused:
+                    self.source.pause(key)
+                    lane.paused = True
+                    lane.metrics.paused.set(1)
+                lag = self.source.lag(key)
+                if lag is not None:
+                    lane.metrics.lag.set(lag)
+
+    async def shutdown(self) -> None:
+        log.info("event=shutdown_started partitions=%d", len(self.lanes))
+        self.should_exit.set()
+        timeout = self.config.runtime.shutdown_timeout_s
+        await self._release(list(self.lanes), timeout, reason="shutdown")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._started:
+            await self.source.stop()
+        self.invoker.close()
+        if self.endpoints is not None:
+            await self.endpoints.stop()
+        log.info("event=shutdown_complete exit_code=%d", self.exit_code)
+
+    def request_exit(self, code: int = 0) -> None:
+        self.exit_code = self.exit_code or code
+        self.should_exit.set()
+
+    # -- assignment (called by the source) --------------------------------------------
+    async def on_assigned(self, partitions: Sequence[Hashable]) -> None:
+        self._assigned_once = True
+        self._m_rebalances.inc()
+        for key in partitions:
+            if key not in self.lanes:
+                self.lanes[key] = self._new_lane(key)
+                self._watch(self.lanes[key].start(), f"lane {self.lanes[key].label}")
+        self._m_assigned.set(len(self.lanes))
+        log.info("event=assigned partitions=%s", ",".join(self.source.label(k) for k in partitions))
+
+    async def on_revoked(self, partitions: Sequence[Hashable]) -> None:
+        self._m_rebalances.inc()
+        owned = [k for k in partitions if k in self.lanes]
+        await self._release(owned, self.config.runtime.rebalance_timeout_s, reason="revoked")
+        log.info("event=revoked partitions=%s", ",".join(self.source.label(k) for k in partitions))
+
+    async def _release(self, keys: list[Hashable], timeout_s: float, reason: str) -> None:
+        """Drain the lanes of `keys` within `timeout_s`, commit their finished work, drop them."""
+        lanes = [self.lanes[k] for k in keys if k in self.lanes]
+        if not lanes:
+            return
+        await asyncio.gather(*(lane.stop(timeout_s) for lane in lanes))
+        if not await self.committer.commit_now(lanes):
+            log.warning("event=final_commit_failed reason=%s partitions=%d", reason, len(lanes))
+        for lane in lanes:
+            del self.lanes[lane.key]
+            lane.metrics.forget(self.metrics)
+        self._m_assigned.set(len(self.lanes))
+
+    def _new_lane(self, key: Hashable) -> PartitionLane:
+        b, rt = self.config.batching, self.config.runtime
+        label = self.source.label(key)
+        return PartitionLane(
+            key=key,
+            label=label,
+            source_name=self.source.name,
+            batcher=Batcher(
+                b.batch_size,
+                b.maximum_batch_bytes,
+                b.maximum_batching_window_ms / 1000.0,
+                self.source.record_size,
+            ),
+            policy=self.policy,
+            metrics=PartitionMetrics(self.metrics, self.source.name, label),
+            max_records=rt.max_buffered_records,
+            max_bytes=rt.max_buffered_bytes,
+            on_progress=self.committer.notify,
+            on_drained=self._resume,
+        )
+
+    def _resume(self, lane: PartitionLane) -> None:
+        if self.lanes.get(lane.key) is lane:
+            self.source.resume(lane.key)
+        lane.paused = False
+        lane.metrics.paused.set(0)
+
+    # -- health -------------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, str]:
+        if self.should_exit.is_set():
+            return False, "shutting down"
+        if not self._started or not self._assigned_once:
+            return False, "waiting for the first assignment"
+        return True, f"ready: {len(self.lanes)} partitions"
+
+    # -- tasks and signals ----------------------------------------------------------------
+    def _spawn(self, coro: Any, name: str) -> None:
+        self._watch(asyncio.create_task(coro, name=name), name)
+
+    def _watch(self, task: asyncio.Task[Any], name: str) -> None:
+        """Keep a reference; a task that dies of an unexpected error stops the worker."""
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("event=task_crashed task=%s", name, exc_info=t.exception())
+                self.request_exit(1)
+
+        task.add_done_callback(done)
+
+    def install_signal_handlers(self) -> None:
+        """First SIGTERM/SIGINT: drain and exit 0. Second: exit at once."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                return
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning(
+                "event=forced_exit signal=%s note='uncommitted work will be redone'", sig.name
+            )
+            os._exit(130)
+        log.info("event=stop_requested signal=%s", sig.name)
+        self.should_exit.set()
+
+
+def run(config: WorkerConfig) -> int:
+    """Run the worker on uvloop until a signal; returns the process exit code."""
+    import uvloop
+
+    async def main() -> int:
+        worker = Worker(config)
+        worker.install_signal_handlers()
+        return await worker.serve()
+
+    started = time.monotonic()
+    code = uvloop.run(main())
+    log.info("event=exited uptime_s=%.1f", time.monotonic() - started)
+    return code

@@ -1,0 +1,80 @@
+"""The `worker` command: run, check-config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from worker.config import WorkerConfig
+from worker.config_load import ConfigError, load_config
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="worker", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(name: str, help_: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help_)
+        cmd.add_argument("--config", type=Path, help="TOML config file")
+        cmd.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="override one config key (repeatable); beats file and environment",
+        )
+        return cmd
+
+    with_config("run", "run the worker until SIGTERM/SIGINT")
+    with_config("check-config", "validate and print the effective configuration")
+    return p
+
+
+def _load(args: argparse.Namespace) -> WorkerConfig:
+    return load_config(args.config, args.overrides, os.environ)
+
+
+def _fail(lines: list[str]) -> int:
+    for line in lines:
+        print(f"config error: {line}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        return _fail(exc.problems)
+
+    from worker.pipeline.invoker import HandlerLoadError, load_handler
+
+    if args.command == "check-config":
+        try:
+            load_handler(config.handler.target)
+        except HandlerLoadError as exc:
+            return _fail([str(exc)])
+        print(json.dumps(config.model_dump(mode="json"), indent=2))
+        return 0
+
+    from worker import app, logs
+    from worker.sources.kafka import SourceStartError
+
+    logs.setup(config.runtime.log_level)
+    try:
+        return app.run(config)
+    except HandlerLoadError as exc:
+        return _fail([str(exc)])
+    except SourceStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

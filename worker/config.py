@@ -1,0 +1,119 @@
+"""The configuration schema: every key a user can set, its default and its range.
+
+Names follow Lambda's event source mapping parameters in snake_case so that a
+team moving off Lambda recognises them. Every model forbids unknown keys: a
+typo must fail at start, not be silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Section):
+    kind: Literal["kafka", "memory"] = "kafka"
+    bootstrap_servers: list[str] = Field(default_factory=lambda: ["127.0.0.1:9092"], min_length=1)
+    topics: list[str] = Field(default_factory=list)
+    group_id: str = "streamworker"
+    client_id: str = "streamworker"
+    starting_position: Literal["trim_horizon", "latest", "at_timestamp"] = "trim_horizon"
+    starting_position_timestamp: Annotated[float, Field(ge=0)] = 0
+    commit_interval_ms: Annotated[int, Field(ge=0, le=60_000)] = 100
+    session_timeout_ms: Annotated[int, Field(ge=1000, le=3_600_000)] = 10_000
+    heartbeat_interval_ms: Annotated[int, Field(ge=100, le=60_000)] = 3_000
+    max_poll_interval_ms: Annotated[int, Field(ge=1000, le=86_400_000)] = 300_000
+    fetch_max_records: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    fetch_max_bytes: Annotated[int, Field(ge=1024)] = 52_428_800
+    max_partition_fetch_bytes: Annotated[int, Field(ge=1024)] = 2_097_152
+    fetch_min_bytes: Annotated[int, Field(ge=1)] = 1
+    fetch_max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 500
+    check_crcs: bool = True
+
+    @model_validator(mode="after")
+    def _needs_topics(self) -> SourceConfig:
+        if self.kind == "kafka" and not self.topics:
+            raise ValueError("source.topics: a kafka source needs at least one topic")
+        return self
+
+
+class BatchingConfig(_Section):
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 100
+    maximum_batching_window_ms: Annotated[int, Field(ge=0, le=300_000)] = 500
+    maximum_batch_bytes: Annotated[int, Field(ge=1, le=268_435_456)] = 6_291_456
+
+
+class HandlerConfig(_Section):
+    target: str = "handlers.iot_telemetry:handle"
+    style: Literal["native"] = "native"
+    timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 60
+    parallelization_factor: Annotated[int, Field(ge=1, le=1)] = 1
+    concurrency: Literal["async", "thread"] = "async"
+    threads: Annotated[int, Field(ge=1, le=1024)] = 32
+
+    @field_validator("target")
+    @classmethod
+    def _target_shape(cls, value: str) -> str:
+        if not _TARGET.match(value):
+            raise ValueError("must be 'package.module:function', for example 'handlers.iot:handle'")
+        return value
+
+
+class ErrorsConfig(_Section):
+    retry_backoff_ms: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (
+        100,
+        30_000,
+    )
+
+    @field_validator("retry_backoff_ms")
+    @classmethod
+    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if value[0] > value[1]:
+            raise ValueError("must be [min, max] with min <= max")
+        return value
+
+
+class MetricsConfig(_Section):
+    listen: str = "0.0.0.0:9108"
+    enabled: bool = True
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be 'HOST:PORT', for example '0.0.0.0:9108' (port 0 = any free)")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class RuntimeConfig(_Section):
+    shutdown_timeout_s: Annotated[float, Field(ge=0, le=3600)] = 30
+    rebalance_timeout_s: Annotated[float, Field(ge=0, le=3600)] = 20
+    max_buffered_records: Annotated[int, Field(ge=1)] = 20_000
+    max_buffered_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class WorkerConfig(_Section):
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    handler: HandlerConfig = Field(default_factory=HandlerConfig)
+    errors: ErrorsConfig = Field(default_factory=ErrorsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)

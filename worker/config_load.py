@@ -1,0 +1,142 @@
+"""Builds the effective configuration from defaults, a TOML file, the environment and `--set`.
+
+Precedence is defaults < file < environment (`WORKER__SECTION__KEY`) < `--set
+section.key=value`. Values from the environment and `--set` are read as TOML
+values when they parse as one (`10`, `true`, `["a", "b"]`) and as plain
+strings otherwise, so `--set handler.target=pkg.mod:fn` needs no quotes.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from worker.config import WorkerConfig
+
+ENV_PREFIX = "WORKER__"
+
+
+class ConfigError(Exception):
+    """Invalid configuration; `problems` holds one human-readable line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def parse_scalar(text: str) -> Any:
+    """Read `text` as a TOML value, falling back to the string itself."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _put(tree: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
+    parts = [p for p in dotted.split(".") if p]
+    if len(parts) != 2:
+        raise ConfigError(
+            [f"{origin}: '{dotted}' must name section.key, for example batching.batch_size"]
+        )
+    section = tree.setdefault(parts[0], {})
+    if not isinstance(section, dict):
+        raise ConfigError([f"{origin}: '{parts[0]}' is not a section"])
+    section[parts[1]] = value
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([f"config file {path}: not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"config file {path}: not valid TOML: {exc}"]) from None
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: Iterable[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> WorkerConfig:
+    """Return the validated configuration or raise ConfigError listing every problem."""
+    tree: dict[str, Any] = read_file(path) if path else {}
+    for name, raw in sorted((environ or {}).items()):
+        if name.startswith(ENV_PREFIX):
+            dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+            _put(tree, dotted, parse_scalar(raw), f"environment {name}")
+    for item in overrides:
+        dotted, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError([f"--set {item}: expected section.key=value"])
+        _put(tree, dotted.strip(), parse_scalar(raw.strip()), f"--set {item}")
+    try:
+        return WorkerConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, tree)) from None
+
+
+def _lookup(tree: Any, loc: tuple[Any, ...]) -> Any:
+    for part in loc:
+        if (isinstance(tree, dict) and part in tree) or (
+            isinstance(tree, list | tuple) and isinstance(part, int) and part < len(tree)
+        ):
+            tree = tree[part]
+        else:
+            return None
+    return tree
+
+
+def _model_at(loc: tuple[Any, ...]) -> Any:
+    model: Any = WorkerConfig
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None or not isinstance(field.annotation, type):
+            return None
+        model = field.annotation
+    return model
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model = _model_at(loc[:-1])
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _range(loc: tuple[Any, ...]) -> str:
+    """The field's numeric range as 'allowed: LOW..HIGH', from its constraints."""
+    model = _model_at(loc[:-1])
+    field = model.model_fields.get(loc[-1]) if model is not None and loc else None
+    if field is None:
+        return ""
+    low = high = None
+    for meta in field.metadata:
+        low = getattr(meta, "ge", None) if getattr(meta, "ge", None) is not None else low
+        high = getattr(meta, "le", None) if getattr(meta, "le", None) is not None else high
+    if low is None and high is None:
+        return ""
+    return f" (allowed: {'' if low is None else low}..{'' if high is None else high})"
+
+
+def describe_errors(exc: ValidationError, tree: dict[str, Any]) -> list[str]:
+    """One line per problem: the key, the value given, and what is allowed."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        value = _lookup(tree, loc)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(loc)) or "none"
+            lines.append(f"{key} = {value!r}: unknown key (allowed here: {allowed})")
+        elif err["type"] == "missing":
+            lines.append(f"{key}: required")
+        elif not loc or msg.startswith(f"{key}:"):
+            lines.append(msg)
+        else:
+            bound = err["type"] in ("greater_than_equal", "less_than_equal", "greater_than")
+            lines.append(f"{key} = {value!r}: {msg}{_range(loc) if bound else ''}")
+    return lines

@@ -1,0 +1,1 @@
+"""source -> partition lane -> batcher -> invoker -> failure policy -> offset tracker -> commit."""

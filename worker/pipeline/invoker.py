@@ -1,0 +1,120 @@
+"""Calls the user's handler with one batch, bounded by `handler.timeout_s`.
+
+Coroutine functions run on the event loop; plain functions run in a thread
+pool so that they never block the loop (aiokafka's heartbeats run on it). A
+timed-out coroutine is cancelled; a timed-out thread cannot be killed, so it
+runs on but its result is ignored and the batch counts as failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from worker.config import HandlerConfig
+
+log = logging.getLogger("worker.invoker")
+
+
+class HandlerLoadError(Exception):
+    """The handler target cannot be imported or is not callable."""
+
+
+def load_handler(target: str) -> Callable[..., Any]:
+    """Import `module:function`, with the working directory first on sys.path."""
+    module_name, _, attr = target.partition(":")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise HandlerLoadError(
+            f"handler.target {target!r}: cannot import module {module_name!r}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise HandlerLoadError(f"handler.target {target!r}: module {module_name!r} has no {attr!r}")
+    if not callable(fn):
+        raise HandlerLoadError(f"handler.target {target!r}: {attr!r} is not callable")
+    return fn
+
+
+def is_coroutine_callable(fn: Callable[..., Any]) -> bool:
+    """True for `async def` functions and for objects whose `__call__` is one."""
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 (the method, not callability)
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+
+
+def _call_sync(fn: Callable[..., Any], *args: Any) -> Any:
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        # Never count an un-run coroutine as success: that would skip records.
+        if inspect.iscoroutine(result):
+            result.close()
+        raise TypeError("the handler returned an awaitable; declare it `async def`")
+    return result
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one invocation ended; `result` is what the handler returned."""
+
+    ok: bool
+    duration_s: float
+    result: Any = None
+    error: BaseException | None = None
+    timed_out: bool = False
+
+    def describe(self) -> str:
+        if self.timed_out:
+            return f"timed out after {self.duration_s:.3f}s"
+        return f"{type(self.error).__name__}: {self.error}"
+
+    def traceback_text(self) -> str:
+        if self.error is None:
+            return ""
+        return "".join(traceback.format_exception(self.error))
+
+
+class Invoker:
+    def __init__(self, fn: Callable[..., Any], config: HandlerConfig) -> None:
+        self._fn = fn
+        self._timeout_s = config.timeout_s
+        self.is_async = is_coroutine_callable(fn)
+        self._pool: ThreadPoolExecutor | None = None
+        if not self.is_async:
+            self._pool = ThreadPoolExecutor(config.threads, thread_name_prefix="handler")
+            if config.concurrency == "async":
+                log.info("handler is a plain function: running it in a thread pool")
+
+    async def invoke(self, *args: Any) -> Outcome:
+        start = time.perf_counter()
+        deadline = asyncio.timeout(self._timeout_s)
+        try:
+            async with deadline:
+                if self._pool is None:
+                    result = await self._fn(*args)
+                else:
+                    loop = asyncio.get_running_loop()
+                    result = await loop.run_in_executor(self._pool, _call_sync, self._fn, *args)
+        except Exception as exc:
+            # A TimeoutError the handler raised itself is an ordinary error.
+            timed_out = deadline.expired()
+            return Outcome(False, time.perf_counter() - start, error=exc, timed_out=timed_out)
+        return Outcome(True, time.perf_counter() - start, result=result)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)

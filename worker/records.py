@@ -1,0 +1,56 @@
+"""What a handler receives: a `Batch` of records from one partition or shard.
+
+Records are the source's own objects (aiokafka's `ConsumerRecord` for Kafka),
+given the few extra attributes of our API at class level, so that handing a
+batch to a handler costs nothing per record. `Record` states that API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Record(Protocol):
+    """The record API every source provides (DESIGN.md, Handlers)."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    headers: Sequence[tuple[str, bytes]]
+
+    @property
+    def timestamp_ms(self) -> int: ...
+
+    @property
+    def position(self) -> int:
+        """Order of the record within its partition (offset, or sequence number)."""
+        ...
+
+    def json(self) -> Any:
+        """The value decoded as JSON with orjson."""
+        ...
+
+
+@dataclass(slots=True, frozen=True)
+class Batch:
+    """Records of one partition in position order, handed to the handler in one call."""
+
+    records: Sequence[Any]
+    source: str
+    partition: str
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def first_position(self) -> int:
+        return self.records[0].position
+
+    @property
+    def last_position(self) -> int:
+        return self.records[-1].position

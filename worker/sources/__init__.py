@@ -1,0 +1,1 @@
+"""Record sources: Kafka, the in-memory log, and (later) Kinesis, behind one contract."""

@@ -1,0 +1,106 @@
+"""Helpers for testing handlers and the pipeline without a broker.
+
+from worker.testing import MemoryBroker, make_batch, running_worker
+
+async def test_my_handler():
+    await my_handler(make_batch([b'{"device_id": "d1", ...}']))
+
+async def test_through_the_worker():
+    broker = MemoryBroker()
+    broker.create_topic("telemetry", partitions=2)
+    broker.produce("telemetry", b"...", key=b"d1")
+    async with running_worker(my_handler, broker, ["telemetry"]) as worker:
+        await wait_until(lambda: fully_committed(broker, "test", ["telemetry"]))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from worker.app import Worker
+from worker.config import WorkerConfig
+from worker.metrics import Metrics
+from worker.records import Batch
+from worker.sources.memory import MemoryBroker, MemoryRecord, MemorySource
+
+__all__ = [
+    "MemoryBroker",
+    "MemoryRecord",
+    "MemorySource",
+    "fully_committed",
+    "make_batch",
+    "memory_config",
+    "running_worker",
+    "wait_until",
+]
+
+
+def make_batch(
+    values: Sequence[bytes | None],
+    keys: Sequence[bytes | None] | None = None,
+    topic: str = "test",
+    partition: int = 0,
+    first_offset: int = 0,
+) -> Batch:
+    """A batch as the worker would hand it to a native handler."""
+    now = int(time.time() * 1000)
+    keys = keys or [None] * len(values)
+    records = [
+        MemoryRecord(topic, partition, first_offset + i, k, v, now)
+        for i, (k, v) in enumerate(zip(keys, values, strict=True))
+    ]
+    return Batch(records, "memory", f"{topic}-{partition}")
+
+
+def memory_config(settings: Mapping[str, Mapping[str, Any]] | None = None) -> WorkerConfig:
+    """A config for in-process runs: memory source, no HTTP server, short timeouts."""
+    tree: dict[str, dict[str, Any]] = {
+        "source": {"kind": "memory"},
+        "metrics": {"enabled": False},
+        "batching": {"maximum_batching_window_ms": 0},
+        "errors": {"retry_backoff_ms": [1, 10]},
+    }
+    for section, values in (settings or {}).items():
+        tree.setdefault(section, {}).update(values)
+    return WorkerConfig.model_validate(tree)
+
+
+@asynccontextmanager
+async def running_worker(
+    handler: Callable[..., Any],
+    broker: MemoryBroker,
+    topics: Iterable[str],
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+    group_id: str = "test",
+    metrics: Metrics | None = None,
+) -> AsyncIterator[Worker]:
+    """Run a worker on the memory broker for the duration of the block, then drain it."""
+    source = MemorySource(broker, topics, group_id=group_id)
+    worker = Worker(memory_config(settings), source=source, handler=handler, metrics=metrics)
+    task = asyncio.create_task(worker.serve(), name="worker")
+    try:
+        yield worker
+    finally:
+        worker.request_exit()
+        await task
+
+
+def fully_committed(broker: MemoryBroker, group: str, topics: Iterable[str]) -> bool:
+    return all(
+        broker.committed(group, t, p) == broker.end_offset(t, p)
+        for t in topics
+        for p in range(len(broker.topics[t]))
+    )
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Await a condition the code under test makes true; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout_s}s")
+        await asyncio.sleep(0.005)
