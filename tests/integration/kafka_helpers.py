@@ -1,0 +1,178 @@
+"""Talking to the real broker from tests: topics, keyed records, offsets, worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def produce_keyed(bootstrap: str, topic: str, count: int, keys: int = 50) -> None:
+    """`count` records keyed k0..k{keys-1}; each value is {"key": ..., "seq": n per key}."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, acks="all")
+    await producer.start()
+    try:
+        seq: dict[int, int] = defaultdict(int)
+        futures = []
+        for i in range(count):
+            k = i % keys
+            value = orjson.dumps({"key": f"k{k}", "seq": seq[k]})
+            seq[k] += 1
+            futures.append(await producer.send(topic, value, key=f"k{k}".encode()))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+def read_handled(record_dir: Path, pid: int | None = None) -> dict[int, list[int]]:
+    """partition -> offsets in the order a worker process handled them."""
+    out: dict[int, list[int]] = defaultdict(list)
+    files = [record_dir / f"handled.{pid}"] if pid else sorted(record_dir.glob("handled.*"))
+    for path in files:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                p, o, _ = line.split(" ")
+                out[int(p)].append(int(o))
+    return out
+
+
+def write_config(path: Path, bootstrap: str, topic: str, group: str, **sections: dict) -> Path:
+    base = {
+        "source": {
+            "bootstrap_servers": [bootstrap],
+            "topics": [topic],
+            "group_id": group,
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 1000,
+        },
+        "batching": {"batch_size": 100, "maximum_batching_window_ms": 50},
+        "handler": {"target": "recording_handler:handle", "timeout_s": 30},
+        "metrics": {"listen": "127.0.0.1:0"},
+        "errors": {"retry_backoff_ms": [10, 200]},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    lines = []
+    for name, values in base.items():
+        lines.append(f"[{name}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {orjson.dumps(value).decode()}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class WorkerProcess:
+    """`python -m worker run` as a child process, with its log captured to a file."""
+
+    def __init__(self, config: Path, record_dir: Path, extra_env: dict[str, str] | None = None):
+        self.log_path = record_dir / f"worker-{uuid.uuid4().hex[:6]}.log"
+        env = {
+            **os.environ,
+            "PYTHONPATH": f"{HERE}{os.pathsep}{ROOT}",
+            "RECORD_DIR": str(record_dir),
+            **(extra_env or {}),
+        }
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "run", "--config", str(config)],
+            cwd=HERE,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.pid = self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, pattern: str, timeout_s: float = 60, count: int = 1) -> re.Match:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            matches = list(re.finditer(pattern, self.log()))
+            if len(matches) >= count:
+                return matches[count - 1]
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} in the log:\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+
+    @property
+    def metrics_port(self) -> int:
+        return int(self.wait_for_log(r"metrics_port=(\d+)").group(1))
+
+    def terminate(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout_s: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout_s)
+        finally:
+            self._log.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def eventually(predicate: Callable[[], bool], timeout_s: float = 60, what: str = "") -> None:
+    """Wait until the system under test makes `predicate` true."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.05)
