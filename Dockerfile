@@ -1,0 +1,27 @@
+# syntax=docker/dockerfile:1
+# Build stage: wheels for the worker and its dependencies (compilers stay here).
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY worker ./worker
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+# Final stage: the worker, the example handlers, a non-root user, nothing else.
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links=/wheels streamworker \
+    && rm -rf /wheels \
+    && useradd --system --uid 10001 --no-create-home worker
+WORKDIR /app
+COPY handlers ./handlers
+COPY config/worker.example.toml /etc/streamworker/worker.toml
+USER 10001
+EXPOSE 9108
+# Probes hit the metrics port; the worker answers /healthz while its event loop turns.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=2)"]
+# Exec form: the worker is PID 1 and receives SIGTERM itself (it drains, commits, exits 0).
+ENTRYPOINT ["worker", "run"]
+CMD ["--config", "/etc/streamworker/worker.toml", "--set", "metrics.listen=0.0.0.0:9108"]

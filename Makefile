@@ -1,0 +1,33 @@
+# streamworker: one entry point for people and CI. `make demo`, `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install kafka demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+kafka: $(STAMP)
+	$(PY) scripts/kafka_broker.py fetch >/dev/null
+
+demo: install kafka
+	$(PY) -m load demo
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: install kafka lint
+	$(PY) -m pytest
+
+bench: install kafka
+	$(PY) -m load bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
