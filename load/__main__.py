@@ -18,6 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--count", type=int, help="records to send as fast as possible")
     pr.add_argument("--rate", type=float, help="records per second")
     pr.add_argument("--duration", type=float, help="seconds, with --rate")
+    bn = sub.add_parser("bench", help="the worker against the raw client, side by side")
+    bn.add_argument("--records", type=int, default=1_000_000)
+    bn.add_argument("--partitions", type=int, default=8)
+    bn.add_argument("--rounds", type=int, default=3)
     dm = sub.add_parser("demo", help="local Kafka + telemetry + the worker, with live numbers")
     dm.add_argument("--records", type=int, default=200_000)
     dm.add_argument("--partitions", type=int, default=4)
@@ -33,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         took = time.monotonic() - started
         print(f"produced {n} records to {args.topic} in {took:.1f}s ({n / took:,.0f}/s)")
         return 0
+    if args.cmd == "bench":
+        from load.bench import main as bench
+
+        return bench(args.records, args.partitions, args.rounds)
     from load.demo import demo
 
     return demo(args.records, args.partitions)

@@ -1,0 +1,56 @@
+"""The ceiling: a bare aiokafka getmany + commit loop (optionally decoding each value).
+
+python -m load.bench_raw BOOTSTRAP TOPIC COUNT {noop|decode} OUT
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+
+import orjson
+import uvloop
+from aiokafka import AIOKafkaConsumer
+
+from worker.config import SourceConfig
+
+
+async def main(bootstrap: str, topic: str, count: int, work: str, out: str) -> None:
+    d = SourceConfig(topics=[topic])  # the worker's defaults, so both fetch alike
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-raw-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_bytes=d.fetch_max_bytes,
+        max_partition_fetch_bytes=d.max_partition_fetch_bytes,
+        fetch_max_wait_ms=d.fetch_max_wait_ms,
+        check_crcs=d.check_crcs,
+    )
+    await consumer.start()
+    loads = orjson.loads
+    seen, t0 = 0, 0.0
+    try:
+        while seen < count:
+            chunks = await consumer.getmany(timeout_ms=1000, max_records=d.fetch_max_records)
+            if chunks and not seen:
+                t0 = time.perf_counter()
+            for records in chunks.values():
+                if work == "decode":
+                    for r in records:
+                        loads(r.value)
+                seen += len(records)
+            if chunks:
+                await consumer.commit()
+        rate = seen / (time.perf_counter() - t0)
+    finally:
+        await consumer.stop()
+    with open(out, "w") as fh:
+        fh.write(f"{rate}\n")
+
+
+if __name__ == "__main__":
+    b, t, n, w, o = sys.argv[1:6]
+    uvloop.run(main(b, t, int(n), w, o))
