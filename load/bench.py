@@ -137,7 +137,9 @@ def bench(count: int, partitions: int, rounds: int) -> dict:
         for c in CONTENDERS
     ]
     return {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        ),
         "kafka": kafka_broker.KAFKA_VERSION,
         "records": count,
         "partitions": partitions,

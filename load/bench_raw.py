@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import orjson
 import uvloop
@@ -16,7 +17,7 @@ from aiokafka import AIOKafkaConsumer
 from worker.config import SourceConfig
 
 
-async def main(bootstrap: str, topic: str, count: int, work: str, out: str) -> None:
+async def main(bootstrap: str, topic: str, count: int, work: str) -> float:
     d = SourceConfig(topics=[topic])  # the worker's defaults, so both fetch alike
     consumer = AIOKafkaConsumer(
         topic,
@@ -47,10 +48,9 @@ async def main(bootstrap: str, topic: str, count: int, work: str, out: str) -> N
         rate = seen / (time.perf_counter() - t0)
     finally:
         await consumer.stop()
-    with open(out, "w") as fh:
-        fh.write(f"{rate}\n")
+    return rate
 
 
 if __name__ == "__main__":
     b, t, n, w, o = sys.argv[1:6]
-    uvloop.run(main(b, t, int(n), w, o))
+    Path(o).write_text(f"{uvloop.run(main(b, t, int(n), w))}\n")
