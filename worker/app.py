@@ -19,9 +19,9 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from worker.config import WorkerConfig
+from worker.destinations import Destination, make_destination
 from worker.endpoints import Endpoints
 from worker.metrics import Metrics, PartitionMetrics
-from worker.pipeline.backoff import Backoff
 from worker.pipeline.batcher import Batcher
 from worker.pipeline.committer import Committer
 from worker.pipeline.failure_policy import FailurePolicy
@@ -50,18 +50,21 @@ class Worker:
         source: Source | None = None,
         handler: Callable[..., Any] | None = None,
         metrics: Metrics | None = None,
+        destination: Destination | None = None,
     ) -> None:
         self.config = config
         self.source = source or make_source(config)
         self.metrics = metrics or Metrics()
         fn = handler or load_handler(config.handler.target)
         self.invoker = Invoker(fn, config.handler)
-        errors = config.errors
+        self.destination = destination if destination is not None else make_destination(config)
         self.policy = FailurePolicy(
             self.invoker,
-            Backoff(*errors.retry_backoff_ms),
+            config.errors,
+            self.destination,
             self.metrics,
             self.source.name,
+            self.source.record_timestamp_ms,
         )
         self.lanes: dict[Hashable, PartitionLane] = {}
         self.committer = Committer(
@@ -95,6 +98,9 @@ class Worker:
         if mc.enabled:
             self.endpoints = Endpoints(self.metrics.registry, self.readiness, mc.host, mc.port)
             await self.endpoints.start()
+        if self.destination is not None:
+            await self.destination.start()
+        self._warn_about_dropping()
         self._spawn(self.committer.run(), "committer")
         await self.source.start(self)
         self._started = True
@@ -138,6 +144,8 @@ class Worker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._started:
             await self.source.stop()
+        if self.destination is not None:
+            await self.destination.stop()
         self.invoker.close()
         if self.endpoints is not None:
             await self.endpoints.stop()
@@ -203,6 +211,16 @@ class Worker:
             self.source.resume(lane.key)
         lane.paused = False
         lane.metrics.paused.set(0)
+
+    def _warn_about_dropping(self) -> None:
+        e = self.config.errors
+        limited = e.maximum_retry_attempts >= 0 or e.maximum_record_age_s >= 0
+        if limited and self.destination is None:
+            log.warning(
+                "event=config_warning detail='retries or record age are limited and "
+                "errors.on_failure is none: records that run out are dropped "
+                "(counted in worker_records_dropped_total)'"
+            )
 
     # -- health -------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, str]:

@@ -67,11 +67,33 @@ class HandlerConfig(_Section):
         return value
 
 
+_Ms = Annotated[int, Field(ge=0, le=3_600_000)]
+_DESTINATION = re.compile(r"^(none|kafka://[A-Za-z0-9._-]+|file://.+\.jsonl)$")
+
+
 class ErrorsConfig(_Section):
-    retry_backoff_ms: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (
-        100,
-        30_000,
-    )
+    bisect_batch_on_function_error: bool = True
+    maximum_retry_attempts: Annotated[int, Field(ge=-1, le=10_000)] = -1
+    maximum_record_age_s: Annotated[int, Field(ge=-1, le=604_800)] = -1
+    retry_backoff_ms: tuple[_Ms, _Ms] = (100, 30_000)
+    report_batch_item_failures: bool = True
+    partial_retry: Literal["from_first_failure", "failed_only"] = "from_first_failure"
+    on_failure: str = "none"
+    on_failure_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30
+
+    @field_validator("maximum_record_age_s")
+    @classmethod
+    def _age(cls, value: int) -> int:
+        if 0 <= value < 60:
+            raise ValueError("must be -1 (no limit) or 60..604800 seconds, as in Lambda")
+        return value
+
+    @field_validator("on_failure")
+    @classmethod
+    def _destination(cls, value: str) -> str:
+        if not _DESTINATION.match(value):
+            raise ValueError("must be 'none', 'kafka://TOPIC' or 'file://PATH.jsonl'")
+        return value
 
     @field_validator("retry_backoff_ms")
     @classmethod
@@ -117,3 +139,13 @@ class WorkerConfig(_Section):
     errors: ErrorsConfig = Field(default_factory=ErrorsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _dlq_is_not_a_source(self) -> WorkerConfig:
+        target = self.errors.on_failure
+        if target.startswith("kafka://") and target[len("kafka://") :] in self.source.topics:
+            raise ValueError(
+                f"errors.on_failure = {target!r}: must not be a source topic "
+                "(its records would be consumed again)"
+            )
+        return self

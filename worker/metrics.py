@@ -46,8 +46,32 @@ class Metrics:
         )
         self.batches = Counter(
             "worker_batches",
-            "Handler invocations by outcome: success, error or timeout.",
+            "Handler invocations by outcome: success, partial (item failures), error, timeout.",
             (*_P, "outcome"),
+            registry=r,
+        )
+        self.records_dead_lettered = Counter(
+            "worker_records_dead_lettered",
+            "Records the on-failure destination acknowledged (retries or age exhausted).",
+            _P,
+            registry=r,
+        )
+        self.records_dropped = Counter(
+            "worker_records_dropped",
+            "Records given up with no destination configured, by reason.",
+            (*_P, "reason"),
+            registry=r,
+        )
+        self.bisections = Counter(
+            "worker_bisections",
+            "Failed batches split in two to isolate a failing record.",
+            _P,
+            registry=r,
+        )
+        self.destination_failures = Counter(
+            "worker_destination_delivery_failures",
+            "Writes to the on-failure destination that failed (they are retried).",
+            ("source", "destination"),
             registry=r,
         )
         self.retries = Counter(
@@ -128,14 +152,17 @@ class PartitionMetrics:
     """
 
     __slots__ = (
+        "bisections",
         "buffered",
         "committed",
         "committed_position",
+        "dead_lettered",
         "error",
         "failed",
         "invoked",
         "iterator_age",
         "lag",
+        "partial",
         "partition",
         "paused",
         "polled",
@@ -154,6 +181,9 @@ class PartitionMetrics:
         self.failed = metrics.records_failed.labels(*labels)
         self.committed = metrics.records_committed.labels(*labels)
         self.retries = metrics.retries.labels(*labels)
+        self.bisections = metrics.bisections.labels(*labels)
+        self.dead_lettered = metrics.records_dead_lettered.labels(*labels)
+        self.partial = metrics.batches.labels(*labels, "partial")
         self.success = metrics.batches.labels(*labels, "success")
         self.error = metrics.batches.labels(*labels, "error")
         self.timeout = metrics.batches.labels(*labels, "timeout")

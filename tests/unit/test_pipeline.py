@@ -65,7 +65,8 @@ async def test_a_failing_batch_is_retried_until_it_succeeds_and_nothing_passes_i
     broker = broker_with(30, partitions=1)
     rec = Recorder()
     rec.fail_offsets = {12}
-    async with running_worker(rec, broker, [TOPIC], {"batching": {"batch_size": 10}}) as w:
+    settings = {"batching": {"batch_size": 10}, "errors": {"bisect_batch_on_function_error": False}}
+    async with running_worker(rec, broker, [TOPIC], settings) as w:
         await wait_until(lambda: len(rec.calls) >= 5)  # batch 10..19 failed several times
         assert broker.committed("test", TOPIC, 0) == 10
         assert all(c[0] == (0, 10) for c in rec.calls[1:])  # retried, never skipped

@@ -1,9 +1,24 @@
 """Decides what happens to a batch until every record in it is resolved.
 
-A batch is resolved when the handler succeeded for it. A failed invocation is
-retried with exponential backoff and jitter; retries stop only when the lane
-is asked to stop, and then the batch is abandoned uncommitted (the next owner
-of the partition reads it again). Nothing is marked done that was not handled.
+A record is resolved when the handler succeeded for it, when the on-failure
+destination acknowledged it, or when it was dropped by an explicit, counted
+rule (retries or age exhausted with no destination). `resolve()` returns only
+then; the lane commits nothing of a batch before. The rules follow Lambda's
+stream event source mappings (DESIGN.md §2):
+
+- Error or timeout, bisect on: a piece of more than one record is split into
+  halves, left half first; splitting consumes no retry. A single record is
+  retried with backoff up to `maximum_retry_attempts`, then given up.
+- Bisect off: the whole piece is retried, then the whole piece is given up.
+- Partial batch response: `from_first_failure` (Lambda's rule) retries from
+  the first failed record on; `failed_only` retries only the failed records.
+  When retries run out, the records the last invocation reported failed are
+  given up; the others had succeeded.
+- `maximum_record_age_s`: before every invocation, records older than the
+  limit are given up without being invoked.
+- Giving up sends the records to the destination and waits for its
+  acknowledgement, retrying with backoff while it is down; if the lane is
+  stopped meanwhile the batch is abandoned uncommitted.
 """
 
 from __future__ import annotations
@@ -11,55 +26,139 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from worker.config import ErrorsConfig
+from worker.destinations.base import (
+    RECORD_AGE_EXCEEDED,
+    RETRY_ATTEMPTS_EXHAUSTED,
+    Destination,
+    DestinationError,
+    FailureEvent,
+)
 from worker.metrics import Metrics, PartitionMetrics
 from worker.pipeline.backoff import Backoff
 from worker.pipeline.invoker import Invoker, Outcome
+from worker.pipeline.partial import InvalidResponse, failed_indexes
 from worker.records import Batch
 
 log = logging.getLogger("worker.failures")
+
+ResultParser = Callable[[Any, Sequence[Any]], "list[int] | None"]
 
 
 class Abandoned(Exception):
     """The lane stopped while the batch was unresolved; it must not be committed."""
 
 
+@dataclass(slots=True)
+class _Piece:
+    """A run of a batch's records still to resolve, and how many times it has failed."""
+
+    records: Sequence[Any]
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class _Failure:
+    """Why an invocation counts as failed, kept for the failure event."""
+
+    error_type: str
+    message: str
+    traceback: str = ""
+
+
 class FailurePolicy:
-    def __init__(self, invoker: Invoker, backoff: Backoff, metrics: Metrics, source: str) -> None:
+    def __init__(
+        self,
+        invoker: Invoker,
+        errors: ErrorsConfig,
+        destination: Destination | None,
+        metrics: Metrics,
+        source: str,
+        record_timestamp_ms: Callable[[Any], int],
+        parse_result: ResultParser = failed_indexes,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._invoker = invoker
-        self._backoff = backoff
+        self._bisect = errors.bisect_batch_on_function_error
+        self._max_retries = errors.maximum_retry_attempts
+        self._max_age_ms = errors.maximum_record_age_s * 1000
+        self._partial = errors.report_batch_item_failures
+        self._failed_only = errors.partial_retry == "failed_only"
+        self._backoff = Backoff(*errors.retry_backoff_ms)
+        self._destination = destination
+        self._timestamp = record_timestamp_ms
+        self._parse = parse_result
+        self._clock = clock
+        self._source = source
+        self._metrics = metrics
         self._duration = metrics.handler_duration.labels(source)
         self._batch_size = metrics.batch_size.labels(source)
         self._inflight = metrics.inflight_batches.labels(source)
+        self._ignored_result_warned = False
 
     async def resolve(self, batch: Batch, m: PartitionMetrics, stop: asyncio.Event) -> None:
-        """Return once the batch is handled; raise Abandoned if `stop` is set first."""
-        attempt = 0
-        while True:
-            outcome = await self._invoke(batch, m)
-            if outcome.ok:
-                return
-            attempt += 1
-            delay = self._backoff.delay_s(attempt)
+        """Return once every record of the batch is resolved; raise Abandoned if stopped first."""
+        pending: deque[_Piece] = deque([_Piece(batch.records)])
+        while pending:
+            piece = pending.popleft()
+            if self._max_age_ms >= 0:
+                piece = await self._give_up_expired(piece, batch, m, stop)
+                if piece is None:
+                    continue
+            records = piece.records
+            outcome = await self._invoke(Batch(records, batch.source, batch.partition), m)
+            failure, failed = self._judge(outcome, records)
+            if failure is None:
+                m.success.inc()
+                continue
+            if failed is None:
+                m.failed.inc(len(records))
+                (m.timeout if outcome.timed_out else m.error).inc()
+            else:
+                m.failed.inc(len(failed))
+                m.partial.inc()
             log.warning(
-                "event=batch_failed partition=%s first=%s last=%s records=%d attempt=%d "
-                "retry_in_s=%.3f error=%r",
+                "event=invocation_failed partition=%s first=%s last=%s records=%d attempt=%d "
+                "failed_records=%d error=%r",
                 batch.partition,
-                batch.first_position,
-                batch.last_position,
-                len(batch),
-                attempt,
-                delay,
-                outcome.describe(),
+                records[0].position,
+                records[-1].position,
+                len(records),
+                piece.attempts + 1,
+                len(failed) if failed is not None else len(records),
+                f"{failure.error_type}: {failure.message}",
             )
-            if await _stopped_within(stop, delay):
+            if failed is None:  # the whole invocation failed
+                if self._bisect and len(records) > 1:
+                    m.bisections.inc()
+                    mid = len(records) // 2
+                    pending.appendleft(_Piece(records[mid:], piece.attempts))
+                    pending.appendleft(_Piece(records[:mid], piece.attempts))
+                    continue
+                retry, give_up = records, records
+            else:
+                give_up = [records[i] for i in failed]
+                retry = give_up if self._failed_only else records[failed[0] :]
+            attempts = piece.attempts + 1
+            if 0 <= self._max_retries < attempts:
+                event = self._event(RETRY_ATTEMPTS_EXHAUSTED, batch, give_up, attempts, failure)
+                await self._give_up(event, m, stop, "retries_exhausted")
+                continue
+            if await _stopped_within(stop, self._backoff.delay_s(attempts)):
                 raise Abandoned(batch.partition)
             m.retries.inc()
+            pending.appendleft(_Piece(retry, attempts))
 
+    # -- one invocation -------------------------------------------------------------------
     async def _invoke(self, batch: Batch, m: PartitionMetrics) -> Outcome:
         n = len(batch.records)
         m.invoked.inc(n)
-        m.iterator_age.set(max(time.time() - batch.records[-1].timestamp_ms / 1000.0, 0.0))
+        m.iterator_age.set(max(self._clock() - batch.records[-1].timestamp_ms / 1000.0, 0.0))
         self._batch_size.observe(n)
         self._inflight.inc()
         try:
@@ -67,12 +166,108 @@ class FailurePolicy:
         finally:
             self._inflight.dec()
         self._duration.observe(outcome.duration_s)
-        if outcome.ok:
-            m.success.inc()
-        else:
-            m.failed.inc(n)
-            (m.timeout if outcome.timed_out else m.error).inc()
         return outcome
+
+    def _judge(
+        self, outcome: Outcome, records: Sequence[Any]
+    ) -> tuple[_Failure | None, list[int] | None]:
+        """(None, None) when all succeeded; else the failure and the failed indexes (None = all)."""
+        if not outcome.ok:
+            return _Failure(
+                "Timeout" if outcome.timed_out else type(outcome.error).__name__,
+                outcome.describe() if outcome.timed_out else str(outcome.error),
+                outcome.traceback_text(),
+            ), None
+        if outcome.result is None:
+            return None, None
+        if not self._partial:
+            if not self._ignored_result_warned:
+                self._ignored_result_warned = True
+                log.warning(
+                    "event=handler_result_ignored reason='errors.report_batch_item_failures is off'"
+                )
+            return None, None
+        try:
+            failed = self._parse(outcome.result, records)
+        except InvalidResponse as exc:
+            return _Failure("InvalidResponse", str(exc)), None
+        if not failed:
+            return None, None
+        return _Failure("BatchItemFailure", f"the handler reported {len(failed)} failed"), failed
+
+    # -- giving up --------------------------------------------------------------------------
+    async def _give_up_expired(
+        self, piece: _Piece, batch: Batch, m: PartitionMetrics, stop: asyncio.Event
+    ) -> _Piece | None:
+        """Give up the piece's records older than the age limit; return what is left to invoke."""
+        ts = self._timestamp
+        limit = self._clock() * 1000 - self._max_age_ms
+        if min(map(ts, piece.records)) >= limit:
+            return piece
+        expired = [r for r in piece.records if ts(r) < limit]
+        fresh = [r for r in piece.records if ts(r) >= limit]
+        failure = _Failure("RecordAgeExceeded", f"older than {self._max_age_ms // 1000}s")
+        event = self._event(RECORD_AGE_EXCEEDED, batch, expired, piece.attempts, failure)
+        await self._give_up(event, m, stop, "record_age_exceeded")
+        return _Piece(fresh, piece.attempts) if fresh else None
+
+    def _event(
+        self,
+        condition: str,
+        batch: Batch,
+        records: Sequence[Any],
+        attempts: int,
+        failure: _Failure,
+    ) -> FailureEvent:
+        return FailureEvent(
+            condition=condition,
+            source=batch.source,
+            partition=batch.partition,
+            records=records,
+            attempts=attempts,
+            error_type=failure.error_type,
+            error_message=failure.message,
+            traceback=failure.traceback,
+        )
+
+    async def _give_up(
+        self, event: FailureEvent, m: PartitionMetrics, stop: asyncio.Event, reason: str
+    ) -> None:
+        """Hand the records to the destination (waiting for it), or drop them, counted."""
+        first, last, n = event.records[0].position, event.records[-1].position, len(event.records)
+        if self._destination is None:
+            self._metrics.records_dropped.labels(self._source, event.partition, reason).inc(n)
+            log.warning(
+                "event=records_dropped partition=%s condition=%s first=%s last=%s records=%d "
+                "note='errors.on_failure is none'",
+                event.partition, event.condition, first, last, n,
+            )  # fmt: skip
+            return
+        failures = self._metrics.destination_failures.labels(self._source, self._destination.name)
+        attempt = 0
+        while True:
+            try:
+                await self._destination.send(event)
+                break
+            except DestinationError as exc:
+                attempt += 1
+                failures.inc()
+                delay = self._backoff.delay_s(attempt)
+                log.warning(
+                    "event=destination_failed partition=%s first=%s last=%s records=%d "
+                    "attempt=%d retry_in_s=%.2f error=%r note='the partition waits; nothing "
+                    "past these records is committed'",
+                    event.partition, first, last, n, attempt, delay, str(exc),
+                )  # fmt: skip
+                if await _stopped_within(stop, delay):
+                    raise Abandoned(event.partition) from exc
+        m.dead_lettered.inc(n)
+        log.warning(
+            "event=dead_lettered partition=%s condition=%s first=%s last=%s records=%d "
+            "attempts=%d destination=%s error=%r",
+            event.partition, event.condition, first, last, n, event.attempts,
+            self._destination.name, f"{event.error_type}: {event.error_message}",
+        )  # fmt: skip
 
 
 async def _stopped_within(stop: asyncio.Event, delay_s: float) -> bool:

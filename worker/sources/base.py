@@ -35,6 +35,8 @@ class Source(Protocol):
     #: The number of payload bytes of one record (a C-level callable where possible,
     #: since the batcher maps it over whole chunks).
     record_size: Callable[[Any], int]
+    #: The record's timestamp in epoch milliseconds, likewise C-level where possible.
+    record_timestamp_ms: Callable[[Any], int]
 
     async def start(self, listener: AssignmentListener) -> None:
         """Connect, join the group and begin delivering; fail fast on bad settings."""

@@ -54,6 +54,7 @@ class _RebalanceBridge(ConsumerRebalanceListener):
 class KafkaSource:
     name = "kafka"
     record_size = attrgetter("serialized_value_size")
+    record_timestamp_ms = attrgetter("timestamp")
 
     def __init__(self, config: SourceConfig) -> None:
         self._config = config

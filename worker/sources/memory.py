@@ -14,6 +14,7 @@ import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -99,6 +100,7 @@ class MemorySource:
 
     name = "memory"
     record_size = staticmethod(_record_size)
+    record_timestamp_ms = attrgetter("timestamp")
 
     def __init__(
         self,

@@ -1,0 +1,26 @@
+"""On-failure destinations: where records go when retries or age run out."""
+
+from __future__ import annotations
+
+from worker.config import WorkerConfig
+from worker.destinations.base import Destination, DestinationError, FailureEvent
+
+__all__ = ["Destination", "DestinationError", "FailureEvent", "make_destination"]
+
+
+def make_destination(config: WorkerConfig) -> Destination | None:
+    """The destination named by `errors.on_failure`, or None for "none"."""
+    target = config.errors.on_failure
+    if target.startswith("kafka://"):
+        from worker.destinations.kafka import KafkaDestination
+
+        return KafkaDestination(
+            target.removeprefix("kafka://"),
+            config.source.bootstrap_servers,
+            config.errors.on_failure_timeout_s,
+        )
+    if target.startswith("file://"):
+        from worker.destinations.file import FileDestination
+
+        return FileDestination(target.removeprefix("file://"))
+    return None

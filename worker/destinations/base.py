@@ -1,0 +1,42 @@
+"""What a dead-lettered batch carries, and the contract every destination meets."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+#: Lambda's condition names (RecordAgeExceeded is ours: AWS documents none for age).
+RETRY_ATTEMPTS_EXHAUSTED = "RetryAttemptsExhausted"
+RECORD_AGE_EXCEEDED = "RecordAgeExceeded"
+
+
+class DestinationError(Exception):
+    """The destination did not acknowledge the write; nothing may be committed past it."""
+
+
+@dataclass(slots=True)
+class FailureEvent:
+    """Records of one partition that are given up on, with why."""
+
+    condition: str
+    source: str
+    partition: str
+    records: Sequence[Any]
+    attempts: int
+    error_type: str = ""
+    error_message: str = ""
+    traceback: str = ""
+    failed_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+
+class Destination(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def send(self, event: FailureEvent) -> None:
+        """Return only once the destination durably holds the event; else raise DestinationError."""
+
+    async def stop(self) -> None: ...

@@ -1,0 +1,83 @@
+"""file://PATH.jsonl: one JSON object per failure event, appended and fsynced.
+
+Each line holds the condition, the source and partition, first/last offset and
+timestamps, the batch size, the error with its traceback, and the records
+(key, value base64-encoded; headers), so they can be redriven.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from typing import Any
+
+import orjson
+
+from worker.destinations.base import DestinationError, FailureEvent
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
+
+
+def event_document(event: FailureEvent) -> dict[str, Any]:
+    records = event.records
+    first, last = records[0], records[-1]
+    return {
+        "condition": event.condition,
+        "source": event.source,
+        "topic": first.topic,
+        "partition": event.partition,
+        "first_offset": first.position,
+        "last_offset": last.position,
+        "first_timestamp_ms": first.timestamp_ms,
+        "last_timestamp_ms": last.timestamp_ms,
+        "batch_size": len(records),
+        "attempts": event.attempts,
+        "failed_at_ms": event.failed_at_ms,
+        "error": {
+            "type": event.error_type,
+            "message": event.error_message,
+            "traceback": event.traceback,
+        },
+        "records": [
+            {
+                "offset": r.position,
+                "timestamp_ms": r.timestamp_ms,
+                "key": _b64(r.key),
+                "value": _b64(r.value),
+                "headers": [[k, _b64(v)] for k, v in r.headers],
+            }
+            for r in records
+        ],
+    }
+
+
+class FileDestination:
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self.name = f"file://{path}"
+
+    async def start(self) -> None:
+        directory = os.path.dirname(self.path)
+        if not await asyncio.to_thread(os.path.isdir, directory):
+            raise DestinationError(f"errors.on_failure {self.name}: no directory {directory}")
+
+    async def send(self, event: FailureEvent) -> None:
+        line = orjson.dumps(event_document(event)) + b"\n"
+        try:
+            await asyncio.to_thread(self._append, line)
+        except OSError as exc:
+            raise DestinationError(f"{self.name}: {exc}") from exc
+
+    def _append(self, line: bytes) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    async def stop(self) -> None:
+        return None
