@@ -1,4 +1,4 @@
-"""The `worker` command: run, check-config."""
+"""The `worker` command: run, check-config, redrive."""
 
 from __future__ import annotations
 
@@ -33,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
 
     with_config("run", "run the worker until SIGTERM/SIGINT")
     with_config("check-config", "validate and print the effective configuration")
+    rd = sub.add_parser("redrive", help="replay dead-lettered records from a DLQ topic")
+    rd.add_argument("--from", dest="source", required=True, metavar="kafka://DLQ_TOPIC")
+    rd.add_argument("--to", dest="target", required=True, metavar="kafka://TOPIC")
+    rd.add_argument("--since", help="epoch seconds or ISO 8601 time of the first record to move")
+    rd.add_argument("--limit", type=int, help="move at most N records")
+    rd.add_argument("--bootstrap", help="HOST:PORT[,HOST:PORT]; default: the config's")
+    rd.add_argument("--config", type=Path, help="TOML config file (for bootstrap_servers)")
     return p
 
 
@@ -46,8 +53,42 @@ def _fail(lines: list[str]) -> int:
     return EXIT_CONFIG
 
 
+def _redrive(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from worker.config_load import read_file
+    from worker.redrive import kafka_topic, parse_since, redrive
+
+    try:
+        source, target = kafka_topic(args.source), kafka_topic(args.target)
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.bootstrap:
+        bootstrap = args.bootstrap.split(",")
+    elif args.config:
+        bootstrap = read_file(args.config).get("source", {}).get("bootstrap_servers", [])
+    else:
+        bootstrap = ["127.0.0.1:9092"]
+    try:
+        report = asyncio.run(redrive(bootstrap, source, target, since, args.limit))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"moved {report.moved} records from {args.source} to {args.target}")
+    if report.last_timestamp_ms is not None:
+        print(f"last record moved had timestamp_ms={report.last_timestamp_ms}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "redrive":
+        try:
+            return _redrive(args)
+        except ConfigError as exc:
+            return _fail(exc.problems)
     try:
         config = _load(args)
     except ConfigError as exc:

@@ -23,6 +23,7 @@ from typing import Any
 
 from worker.app import Worker
 from worker.config import WorkerConfig
+from worker.destinations import Destination
 from worker.metrics import Metrics
 from worker.records import Batch
 from worker.sources.memory import MemoryBroker, MemoryRecord, MemorySource
@@ -77,10 +78,17 @@ async def running_worker(
     settings: Mapping[str, Mapping[str, Any]] | None = None,
     group_id: str = "test",
     metrics: Metrics | None = None,
+    destination: Destination | None = None,
 ) -> AsyncIterator[Worker]:
     """Run a worker on the memory broker for the duration of the block, then drain it."""
     source = MemorySource(broker, topics, group_id=group_id)
-    worker = Worker(memory_config(settings), source=source, handler=handler, metrics=metrics)
+    worker = Worker(
+        memory_config(settings),
+        source=source,
+        handler=handler,
+        metrics=metrics,
+        destination=destination,
+    )
     task = asyncio.create_task(worker.serve(), name="worker")
     try:
         yield worker

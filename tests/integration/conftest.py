@@ -1,3 +1,4 @@
+import asyncio
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -8,6 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from scripts import kafka_broker  # noqa: E402
+from tests.integration.kafka_helpers import wait_for_group_coordinator  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +17,7 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One real Apache Kafka broker (KRaft) for the session; yields its bootstrap address."""
     broker = kafka_broker.start(tmp_path_factory.mktemp("kafka"))
     try:
+        asyncio.run(wait_for_group_coordinator(broker.bootstrap))
         yield broker.bootstrap
     finally:
         broker.stop()

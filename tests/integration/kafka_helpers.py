@@ -17,9 +17,28 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+
+
+async def wait_for_group_coordinator(bootstrap: str, timeout_s: float = 60) -> None:
+    """A new broker creates its offsets topic on first use; wait until groups can commit."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                await admin.find_coordinator("warm-up")
+                return
+            except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
 
 
 def unique(prefix: str) -> str:
@@ -68,6 +87,8 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
+    except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+        return {}  # the offsets topic is still being created: nothing is committed yet
     finally:
         await admin.close()
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}

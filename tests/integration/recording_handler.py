@@ -14,6 +14,12 @@ import time
 _DIR = os.environ.get("RECORD_DIR", ".")
 _SLEEP_S = float(os.environ.get("RECORD_SLEEP_S", "0"))
 _STARTED = os.environ.get("RECORD_STARTED")
+#: "PARTITION:OFFSET,..." records that make any batch holding them raise.
+_POISON = {
+    tuple(map(int, item.split(":")))
+    for item in os.environ.get("RECORD_POISON", "").split(",")
+    if item
+}
 _fd: int | None = None
 
 
@@ -27,6 +33,8 @@ def handle(batch) -> None:
             fh.write(f"{batch.partition} {batch.first_position} {batch.last_position}\n")
     if _SLEEP_S:
         time.sleep(_SLEEP_S)
+    if _POISON and any((r.partition, r.offset) in _POISON for r in batch.records):
+        raise ValueError("poison record")
     lines = "".join(
         f"{r.partition} {r.offset} {r.key.decode() if r.key else '-'}\n" for r in batch.records
     )

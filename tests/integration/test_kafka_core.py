@@ -6,6 +6,7 @@ import asyncio
 import urllib.request
 from pathlib import Path
 
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -135,6 +136,55 @@ def test_kill_9_mid_stream_loses_nothing_and_restart_resumes_at_the_commit(
         assert set(run1[p]) | set(run2[p]) == set(range(end))
         duplicates = len(set(run1[p]) & set(run2[p]))
         assert duplicates <= 1000  # bounded by what was in flight and uncommitted
+
+
+def test_kill_9_with_dead_lettering_commits_nothing_unhandled_or_unrecorded(
+    kafka: str, tmp_path: Path
+):
+    topic, ends = setup_topic(kafka, 20_000)
+    group = unique("g")
+    dlq = tmp_path / "dlq.jsonl"
+    poison = {(p, end // 2) for p, end in ends.items()}
+    config = write_config(
+        tmp_path / "w.toml", kafka, topic, group,
+        errors={"maximum_retry_attempts": 1, "on_failure": f"file://{dlq}"},
+    )  # fmt: skip
+    env = {"RECORD_POISON": ",".join(f"{p}:{o}" for p, o in poison)}
+
+    def dead_lettered() -> dict[int, set[int]]:
+        out: dict[int, set[int]] = {p: set() for p in ends}
+        if dlq.exists():
+            for line in dlq.read_text().splitlines():
+                event = orjson.loads(line)
+                p = int(event["partition"].rsplit("-", 1)[1])
+                out[p].update(r["offset"] for r in event["records"])
+        return out
+
+    first = WorkerProcess(config, tmp_path, {**env, "RECORD_SLEEP_S": "0.03"})
+    try:
+        eventually(lambda: any(dead_lettered().values()), what="a first dead-letter")
+        first.kill9()
+        first.wait()
+    finally:
+        first.stop()
+    handled, dead = read_handled(tmp_path, first.pid), dead_lettered()
+    after_crash = committed(kafka, group, topic)
+    assert sum(after_crash.values()) < 20_000, "the kill came too late to test anything"
+    for p, offset in after_crash.items():
+        assert set(range(offset)) <= set(handled[p]) | dead[p], f"partition {p} skipped records"
+
+    second = WorkerProcess(config, tmp_path, env)
+    try:
+        eventually(lambda: fully_committed(kafka, group, topic, ends), what="all committed")
+        second.terminate()
+        assert second.wait() == 0
+    finally:
+        second.stop()
+    handled, dead = read_handled(tmp_path), dead_lettered()
+    for p, end in ends.items():
+        assert set(handled[p]) | dead[p] == set(range(end))
+        assert dead[p] == {o for q, o in poison if q == p}  # only the poison, never a neighbour
+    assert "event=dead_lettered" in second.log() + first.log()
 
 
 def assigned_count(worker: WorkerProcess, nth: int) -> int:
