@@ -21,12 +21,15 @@ from typing import Any
 from worker.config import WorkerConfig
 from worker.destinations import Destination, make_destination
 from worker.endpoints import Endpoints
+from worker.lambda_compat.adapter import lambda_style
 from worker.metrics import Metrics, PartitionMetrics
 from worker.pipeline.batcher import Batcher
 from worker.pipeline.committer import Committer
 from worker.pipeline.failure_policy import FailurePolicy
+from worker.pipeline.filtering import RecordFilter
 from worker.pipeline.invoker import Invoker, load_handler
 from worker.pipeline.lane import PartitionLane
+from worker.pipeline.partial import failed_indexes
 from worker.sources.base import Source
 
 log = logging.getLogger("worker")
@@ -56,6 +59,9 @@ class Worker:
         self.source = source or make_source(config)
         self.metrics = metrics or Metrics()
         fn = handler or load_handler(config.handler.target)
+        parse_result = failed_indexes
+        if config.handler.style == "lambda":
+            fn, parse_result = lambda_style(fn, config, self.source.name)
         self.invoker = Invoker(fn, config.handler)
         self.destination = destination if destination is not None else make_destination(config)
         self.policy = FailurePolicy(
@@ -65,7 +71,10 @@ class Worker:
             self.metrics,
             self.source.name,
             self.source.record_timestamp_ms,
+            parse_result,
         )
+        patterns = config.filter.patterns
+        self.record_filter = RecordFilter(patterns, self.source.name) if patterns else None
         self.lanes: dict[Hashable, PartitionLane] = {}
         self.committer = Committer(
             self.source,
@@ -204,6 +213,7 @@ class Worker:
             max_bytes=rt.max_buffered_bytes,
             on_progress=self.committer.notify,
             on_drained=self._resume,
+            record_filter=self.record_filter,
         )
 
     def _resume(self, lane: PartitionLane) -> None:

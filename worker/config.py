@@ -37,6 +37,7 @@ class SourceConfig(_Section):
     fetch_min_bytes: Annotated[int, Field(ge=1)] = 1
     fetch_max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 500
     check_crcs: bool = True
+    event_source_arn: str | None = None
 
     @model_validator(mode="after")
     def _needs_topics(self) -> SourceConfig:
@@ -53,11 +54,14 @@ class BatchingConfig(_Section):
 
 class HandlerConfig(_Section):
     target: str = "handlers.iot_telemetry:handle"
-    style: Literal["native"] = "native"
+    style: Literal["native", "lambda"] = "native"
     timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 60
     parallelization_factor: Annotated[int, Field(ge=1, le=1)] = 1
     concurrency: Literal["async", "thread"] = "async"
     threads: Annotated[int, Field(ge=1, le=1024)] = 32
+    function_name: str = "streamworker"
+    memory_limit_in_mb: Annotated[int, Field(ge=128, le=10_240)] = 1024
+    aws_region: str = "us-east-1"
 
     @field_validator("target")
     @classmethod
@@ -103,6 +107,25 @@ class ErrorsConfig(_Section):
         return value
 
 
+class FilterConfig(_Section):
+    patterns: list[str] = Field(default_factory=list)
+
+    @field_validator("patterns")
+    @classmethod
+    def _valid(cls, value: list[str]) -> list[str]:
+        from worker.pipeline.filtering import PatternError, compile_pattern
+
+        problems = []
+        for i, text in enumerate(value):
+            try:
+                compile_pattern(text)
+            except PatternError as exc:
+                problems.append(f"pattern {i}: {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+
 class MetricsConfig(_Section):
     listen: str = "0.0.0.0:9108"
     enabled: bool = True
@@ -137,6 +160,7 @@ class WorkerConfig(_Section):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     handler: HandlerConfig = Field(default_factory=HandlerConfig)
     errors: ErrorsConfig = Field(default_factory=ErrorsConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 

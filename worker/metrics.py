@@ -26,6 +26,12 @@ class Metrics:
         self.records_polled = Counter(
             "worker_records_polled", "Records read from the source.", _P, registry=r
         )
+        self.records_filtered = Counter(
+            "worker_records_filtered",
+            "Records that matched no filter pattern: committed, never invoked.",
+            _P,
+            registry=r,
+        )
         self.records_invoked = Counter(
             "worker_records_invoked",
             "Records passed to the handler; counted again on every retry.",
@@ -159,6 +165,7 @@ class PartitionMetrics:
         "dead_lettered",
         "error",
         "failed",
+        "filtered",
         "invoked",
         "iterator_age",
         "lag",
@@ -178,6 +185,7 @@ class PartitionMetrics:
         labels = (source, partition)
         self.polled = metrics.records_polled.labels(*labels)
         self.invoked = metrics.records_invoked.labels(*labels)
+        self.filtered = metrics.records_filtered.labels(*labels)
         self.failed = metrics.records_failed.labels(*labels)
         self.committed = metrics.records_committed.labels(*labels)
         self.retries = metrics.retries.labels(*labels)

@@ -19,6 +19,7 @@ from typing import Any
 from worker.metrics import PartitionMetrics
 from worker.pipeline.batcher import Batcher
 from worker.pipeline.failure_policy import Abandoned, FailurePolicy
+from worker.pipeline.filtering import RecordFilter
 from worker.pipeline.offsets import OffsetTracker
 from worker.records import Batch
 
@@ -38,6 +39,7 @@ class PartitionLane:
         max_bytes: int,
         on_progress: Callable[[], None],
         on_drained: Callable[[PartitionLane], None],
+        record_filter: RecordFilter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.key = key
@@ -50,6 +52,7 @@ class PartitionLane:
         self._max_bytes = max_bytes
         self._on_progress = on_progress
         self._on_drained = on_drained
+        self._filter = record_filter
         self._clock = clock
         self.tracker = OffsetTracker()
         self.paused = False
@@ -120,7 +123,13 @@ class PartitionLane:
     async def _process(self, batch: Batch) -> None:
         last = batch.last_position
         self.tracker.open(last)
-        await self._policy.resolve(batch, self.metrics, self._stop)
+        if self._filter is not None:
+            kept = self._filter.keep(batch.records)
+            if len(kept) < len(batch):
+                self.metrics.filtered.inc(len(batch) - len(kept))
+                batch = Batch(kept, batch.source, batch.partition)
+        if batch.records:
+            await self._policy.resolve(batch, self.metrics, self._stop)
         self.tracker.finish(last)
         self.uncommitted_records += len(batch)
         self._on_progress()

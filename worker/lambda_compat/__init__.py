@@ -1,0 +1,1 @@
+"""Running existing AWS Lambda stream handlers unchanged: events, context, responses, filters."""

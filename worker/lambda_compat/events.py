@@ -1,0 +1,80 @@
+"""The events AWS Lambda sends for Kafka and Kinesis event source mappings, built from a batch.
+
+Shapes follow the AWS documentation (reference/lambda-esm-semantics.md §3):
+Kafka records keyed "topic-partition" with base64 key (omitted when None) and
+value, epoch-millisecond timestamps and headers as lists of byte values;
+Kinesis `Records[].kinesis` with base64 `data` and arrival time in epoch
+seconds. Building an event is per-record work by nature; it runs where the
+handler runs (its thread), not on the event loop.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Any
+
+_TIMESTAMP_TYPES = {0: "CREATE_TIME", 1: "LOG_APPEND_TIME"}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def kafka_record(r: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "topic": r.topic,
+        "partition": r.partition,
+        "offset": r.offset,
+        "timestamp": r.timestamp_ms,
+        "timestampType": _TIMESTAMP_TYPES.get(getattr(r, "timestamp_type", 0), "CREATE_TIME"),
+    }
+    if r.key is not None:
+        out["key"] = _b64(r.key)
+    out["value"] = _b64(r.value) if r.value is not None else None
+    out["headers"] = [{name: list(value or b"")} for name, value in r.headers]
+    return out
+
+
+def kafka_event(
+    records: Sequence[Any],
+    bootstrap_servers: Sequence[str],
+    event_source_arn: str | None = None,
+) -> dict[str, Any]:
+    """`SelfManagedKafka`, or `aws:kafka` (MSK) when an event source ARN is configured."""
+    event: dict[str, Any] = {
+        "eventSource": "aws:kafka" if event_source_arn else "SelfManagedKafka",
+    }
+    if event_source_arn:
+        event["eventSourceArn"] = event_source_arn
+    event["bootstrapServers"] = ",".join(bootstrap_servers)
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        grouped.setdefault(f"{r.topic}-{r.partition}", []).append(kafka_record(r))
+    event["records"] = grouped
+    return event
+
+
+def kinesis_record(r: Any, region: str, stream_arn: str, role_arn: str) -> dict[str, Any]:
+    return {
+        "kinesis": {
+            "kinesisSchemaVersion": "1.0",
+            "partitionKey": r.key.decode() if isinstance(r.key, bytes) else r.key,
+            "sequenceNumber": r.sequence_number,
+            "data": _b64(r.value or b""),
+            "approximateArrivalTimestamp": r.timestamp_ms / 1000.0,
+        },
+        "eventSource": "aws:kinesis",
+        "eventVersion": "1.0",
+        "eventID": f"{r.shard_id}:{r.sequence_number}",
+        "eventName": "aws:kinesis:record",
+        "invokeIdentityArn": role_arn,
+        "awsRegion": region,
+        "eventSourceARN": stream_arn,
+    }
+
+
+def kinesis_event(
+    records: Sequence[Any], region: str, stream_arn: str, role_arn: str
+) -> dict[str, Any]:
+    return {"Records": [kinesis_record(r, region, stream_arn, role_arn) for r in records]}
