@@ -1,4 +1,4 @@
-"""The `worker` command: run, check-config, redrive."""
+"""The `worker` command: run, check-config, invoke, event, redrive."""
 
 from __future__ import annotations
 
@@ -33,6 +33,14 @@ def _parser() -> argparse.ArgumentParser:
 
     with_config("run", "run the worker until SIGTERM/SIGINT")
     with_config("check-config", "validate and print the effective configuration")
+    inv = with_config("invoke", "call the handler once with a Lambda-shaped event")
+    inv.add_argument("--event", required=True, help="event JSON file, or - for standard input")
+    ev = sub.add_parser("event", help="print a sample Lambda event to start from")
+    ev.add_argument("kind", choices=["kafka", "kinesis"])
+    ev.add_argument("--value", default='{"device_id": "dev-00001", "temperature": 21.5}')
+    ev.add_argument("--key", default=None)
+    ev.add_argument("--topic", default="telemetry", help="topic (kafka) or stream name (kinesis)")
+    ev.add_argument("--partition", type=int, default=0)
     rd = sub.add_parser("redrive", help="replay dead-lettered records from a DLQ topic")
     rd.add_argument("--from", dest="source", required=True, metavar="kafka://DLQ_TOPIC")
     rd.add_argument("--to", dest="target", required=True, metavar="kafka://TOPIC")
@@ -82,8 +90,41 @@ def _redrive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _invoke(args: argparse.Namespace, config: WorkerConfig) -> int:
+    import orjson
+
+    from worker.lambda_compat.local import invoke_once
+    from worker.pipeline.invoker import HandlerLoadError
+
+    raw = sys.stdin.buffer.read() if args.event == "-" else Path(args.event).read_bytes()
+    try:
+        event = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        print(f"error: --event {args.event}: not valid JSON: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        result = invoke_once(config, event)
+    except HandlerLoadError as exc:
+        return _fail([str(exc)])
+    took = f"took {result.took_s * 1000:.1f} ms"
+    if result.error is not None:  # shown as Lambda reports a function error
+        e = result.error
+        print(orjson.dumps({"errorType": type(e).__name__, "errorMessage": str(e)}).decode())
+        print(f"{took}; the handler raised", file=sys.stderr)
+        return 1
+    print(orjson.dumps(result.response, option=orjson.OPT_INDENT_2, default=str).decode())
+    print(took, file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "event":
+        from worker.lambda_compat.local import sample_event
+
+        event = sample_event(args.kind, args.value, args.key, args.topic, args.partition)
+        print(json.dumps(event, indent=2))
+        return 0
     if args.command == "redrive":
         try:
             return _redrive(args)
@@ -96,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from worker.pipeline.invoker import HandlerLoadError, load_handler
 
+    if args.command == "invoke":
+        return _invoke(args, config)
     if args.command == "check-config":
         try:
             load_handler(config.handler.target)

@@ -33,8 +33,8 @@ class MemoryRecord:
     value: bytes | None
     timestamp: int
     headers: Sequence[tuple[str, bytes]] = ()
-    sequence_number: None = None
-    shard_id: None = None
+    sequence_number: str | None = None  # set when it stands for a Kinesis record
+    shard_id: str | None = None
 
     def json(self) -> Any:
         return orjson.loads(self.value)  # type: ignore[arg-type]

@@ -1,0 +1,147 @@
+"""Lambda/EventBridge filter patterns: every operator, ORs and ANDs, non-JSON, numbers as text."""
+
+import json
+
+import pytest
+
+from worker.config_load import ConfigError, load_config
+from worker.pipeline.filtering import PatternError, RecordFilter, compile_pattern
+from worker.testing import (
+    MemoryBroker,
+    fully_committed,
+    make_batch,
+    running_worker,
+    wait_until,
+)
+
+
+def matches(pattern: dict, value, key: bytes | None = b"dev-1") -> bool:
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    (record,) = make_batch([raw], keys=[key], topic="telemetry", partition=3).records
+    return RecordFilter([json.dumps(pattern)], "kafka").matches(record)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value", "expected"),
+    [
+        # exact strings, numbers, booleans; no case folding
+        ({"value": {"status": ["ok"]}}, {"status": "ok"}, True),
+        ({"value": {"status": ["ok"]}}, {"status": "OK"}, False),
+        ({"value": {"n": [300]}}, {"n": 300}, True),
+        ({"value": {"n": [300]}}, {"n": 300.0}, False),  # numbers compare as their text
+        ({"value": {"n": [300]}}, {"n": "300"}, False),  # a numeric string is not a number
+        ({"value": {"on": [True]}}, {"on": True}, True),
+        ({"value": {"on": [True]}}, {"on": 1}, False),
+        # null and empty
+        ({"value": {"x": [None]}}, {"x": None}, True),
+        ({"value": {"x": [None]}}, {}, False),
+        ({"value": {"x": [""]}}, {"x": ""}, True),
+        ({"value": {"x": [""]}}, {"x": None}, False),
+        # OR within a field
+        ({"value": {"s": ["a", "b"]}}, {"s": "b"}, True),
+        ({"value": {"s": ["a", "b"]}}, {"s": "c"}, False),
+        # prefix, suffix, equals-ignore-case
+        ({"value": {"id": [{"prefix": "dev-"}]}}, {"id": "dev-7"}, True),
+        ({"value": {"id": [{"prefix": "dev-"}]}}, {"id": "gw-7"}, False),
+        ({"value": {"f": [{"suffix": ".png"}]}}, {"f": "a.png"}, True),
+        ({"value": {"f": [{"suffix": ".png"}]}}, {"f": "a.jpg"}, False),
+        ({"value": {"c": [{"equals-ignore-case": "EU"}]}}, {"c": "eu"}, True),
+        ({"value": {"c": [{"equals-ignore-case": "EU"}]}}, {"c": "us"}, False),
+        # anything-but: values, a single value, a prefix
+        ({"value": {"s": [{"anything-but": ["a", "b"]}]}}, {"s": "c"}, True),
+        ({"value": {"s": [{"anything-but": ["a", "b"]}]}}, {"s": "a"}, False),
+        ({"value": {"s": [{"anything-but": "a"}]}}, {"s": "a"}, False),
+        ({"value": {"s": [{"anything-but": {"prefix": "x-"}}]}}, {"s": "x-1"}, False),
+        ({"value": {"s": [{"anything-but": {"prefix": "x-"}}]}}, {"s": "y-1"}, True),
+        ({"value": {"s": [{"anything-but": ["a"]}]}}, {}, False),  # needs the field
+        # numeric ranges, numbers only
+        ({"value": {"t": [{"numeric": [">", 10, "<=", 20]}]}}, {"t": 20}, True),
+        ({"value": {"t": [{"numeric": [">", 10, "<=", 20]}]}}, {"t": 10}, False),
+        ({"value": {"t": [{"numeric": [">", 10, "<=", 20]}]}}, {"t": 15.5}, True),
+        ({"value": {"t": [{"numeric": [">", 10]}]}}, {"t": "15"}, False),  # numeric-as-string
+        ({"value": {"t": [{"numeric": ["=", 5]}]}}, {"t": 5.0}, True),
+        ({"value": {"t": [{"numeric": [">=", 0]}]}}, {"t": True}, False),
+        # exists
+        ({"value": {"a": [{"exists": True}]}}, {"a": 0}, True),
+        ({"value": {"a": [{"exists": True}]}}, {}, False),
+        ({"value": {"a": [{"exists": False}]}}, {}, True),
+        ({"value": {"a": [{"exists": False}]}}, {"a": None}, False),
+        # nested objects, fields ANDed
+        ({"value": {"m": {"temp": [{"numeric": [">", 30]}]}, "id": ["d1"]}},
+         {"m": {"temp": 31}, "id": "d1"}, True),
+        ({"value": {"m": {"temp": [{"numeric": [">", 30]}]}, "id": ["d1"]}},
+         {"m": {"temp": 31}, "id": "d2"}, False),
+        # array values match when any element does
+        ({"value": {"tags": ["hot"]}}, {"tags": ["cold", "hot"]}, True),
+        ({"value": {"tags": ["hot"]}}, {"tags": ["cold"]}, False),
+        # $or across fields
+        ({"value": {"$or": [{"a": [1]}, {"b": [2]}]}}, {"b": 2}, True),
+        ({"value": {"$or": [{"a": [1]}, {"b": [2]}]}}, {"a": 2, "b": 1}, False),
+    ],
+)  # fmt: skip
+def test_operators(pattern, value, expected):
+    assert matches(pattern, value) is expected
+
+
+def test_metadata_fields_match_without_touching_the_value():
+    assert matches({"partition": [3], "topic": [{"prefix": "tele"}]}, b"not json")
+    assert matches({"key": [{"prefix": "dev-"}]}, {"x": 1})
+    assert not matches({"key": [{"prefix": "dev-"}]}, {"x": 1}, key=None)
+
+
+def test_a_non_json_value_never_matches_a_value_pattern():
+    assert not matches({"value": {"a": [{"exists": False}]}}, b"\x00\x01 not json")
+    assert not matches({"value": {"a": ["x"]}}, b"plain text")
+
+
+def test_patterns_are_ored():
+    f = RecordFilter(['{"value": {"a": [1]}}', '{"value": {"b": [2]}}'], "kafka")
+    batch = make_batch([b'{"a": 1}', b'{"b": 2}', b'{"c": 3}'])
+    assert [r.offset for r in f.keep(batch.records)] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not json",
+        "[]",
+        "{}",
+        '{"value": {"a": "x"}}',
+        '{"value": {"a": []}}',
+        '{"value": {"a": [{"numeric": [">"]}]}}',
+        '{"value": {"a": [{"numeric": ["~", 1]}]}}',
+        '{"value": {"a": [{"wildcard-ish": "x"}]}}',
+        '{"value": {"a": [{"prefix": 1}]}}',
+        '{"value": {"a": [{"exists": "yes"}]}}',
+        '{"value": {"$or": [{"a": [1]}]}}',
+    ],
+)
+def test_an_invalid_pattern_is_rejected(bad):
+    with pytest.raises(PatternError):
+        compile_pattern(bad)
+
+
+def test_an_invalid_pattern_is_a_config_error_naming_it():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ['source.topics=["t"]', """filter.patterns=['{"value": 1}']"""], {})
+    (line,) = err.value.problems
+    assert line.startswith("filter.patterns = ") and "pattern 0" in line
+
+
+async def test_filtered_records_are_committed_and_counted_but_never_invoked():
+    broker = MemoryBroker()
+    broker.create_topic("t", 1)
+    for i in range(10):
+        broker.produce("t", json.dumps({"hot": i % 3 == 0}).encode(), partition=0)
+    broker.produce("t", b"not json", partition=0)
+    seen: list[int] = []
+
+    async def handler(batch):
+        seen.extend(r.offset for r in batch.records)
+
+    settings = {"filter": {"patterns": ['{"value": {"hot": [true]}}']}}
+    async with running_worker(handler, broker, ["t"], settings) as w:
+        await wait_until(lambda: fully_committed(broker, "test", ["t"]))
+        filtered = w.metrics.records_filtered.labels("memory", "t-0")._value.get()
+    assert seen == [0, 3, 6, 9]
+    assert filtered == 7

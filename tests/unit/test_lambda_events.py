@@ -1,0 +1,123 @@
+"""Golden tests: the events we build match the shapes AWS documents, field for field."""
+
+import base64
+from dataclasses import dataclass
+
+from worker.config import HandlerConfig
+from worker.lambda_compat.context import ContextFactory
+from worker.lambda_compat.events import kafka_event, kinesis_event
+from worker.sources.memory import MemoryRecord
+
+# The documented MSK example (reference/lambda-esm-semantics.md §3).
+AWS_KAFKA_EXAMPLE = {
+    "eventSource": "aws:kafka",
+    "eventSourceArn": "arn:aws:kafka:us-east-1:123456789012:cluster/C/uuid-4",
+    "bootstrapServers": "b-1.x:9092,b-2.x:9092",
+    "records": {
+        "mytopic-0": [
+            {
+                "topic": "mytopic",
+                "partition": 0,
+                "offset": 15,
+                "timestamp": 1545084650987,
+                "timestampType": "CREATE_TIME",
+                "key": "cmVjb3JkS2V5",
+                "value": "eyJrZXkiOiJ2YWx1ZSJ9",
+                "headers": [{"headerKey": [104, 101, 97, 100, 101, 114, 86, 97, 108, 117, 101]}],
+            }
+        ]
+    },
+}
+
+# The documented Kinesis example (same section), one record.
+AWS_KINESIS_RECORD = {
+    "kinesis": {
+        "kinesisSchemaVersion": "1.0",
+        "partitionKey": "1",
+        "sequenceNumber": "49590338271490256608559692538361571095921575989136588898",
+        "data": "SGVsbG8sIHRoaXMgaXMgYSB0ZXN0Lg==",
+        "approximateArrivalTimestamp": 1545084650.987,
+    },
+    "eventSource": "aws:kinesis",
+    "eventVersion": "1.0",
+    "eventID": "shardId-000000000006:49590338271490256608559692538361571095921575989136588898",
+    "eventName": "aws:kinesis:record",
+    "invokeIdentityArn": "arn:aws:iam::123456789012:role/r",
+    "awsRegion": "us-east-2",
+    "eventSourceARN": "arn:aws:kinesis:us-east-2:123456789012:stream/s",
+}
+
+
+def test_kafka_event_matches_the_documented_msk_example_exactly():
+    record = MemoryRecord(
+        "mytopic", 0, 15, b"recordKey", b'{"key":"value"}', 1545084650987,
+        (("headerKey", b"headerValue"),),
+    )  # fmt: skip
+    event = kafka_event(
+        [record],
+        ["b-1.x:9092", "b-2.x:9092"],
+        "arn:aws:kafka:us-east-1:123456789012:cluster/C/uuid-4",
+    )
+    assert event == AWS_KAFKA_EXAMPLE
+    assert list(event) == list(AWS_KAFKA_EXAMPLE)
+
+
+def test_self_managed_kafka_has_no_arn_and_omits_a_missing_key():
+    records = [
+        MemoryRecord("t", 3, 7, None, b"v", 1, ()),
+        MemoryRecord("t", 3, 8, b"k", b"w", 2, ()),
+    ]
+    event = kafka_event(records, ["127.0.0.1:9092"])
+    assert event["eventSource"] == "SelfManagedKafka" and "eventSourceArn" not in event
+    first, second = event["records"]["t-3"]
+    assert "key" not in first and second["key"] == base64.b64encode(b"k").decode()
+    assert isinstance(first["timestamp"], int) and first["headers"] == []
+
+
+def test_kafka_log_append_time_is_named_as_aws_names_it():
+    @dataclass
+    class AppendTimeRecord(MemoryRecord):
+        timestamp_type: int = 1
+
+    record = AppendTimeRecord("t", 0, 0, None, b"v", 5)
+    (built,) = kafka_event([record], ["b:9092"])["records"]["t-0"]
+    assert built["timestampType"] == "LOG_APPEND_TIME"
+
+
+@dataclass
+class KinesisRecord:
+    key: bytes
+    value: bytes
+    sequence_number: str
+    shard_id: str
+    timestamp_ms: int
+
+
+def test_kinesis_event_matches_the_documented_example_exactly():
+    record = KinesisRecord(
+        b"1",
+        b"Hello, this is a test.",
+        "49590338271490256608559692538361571095921575989136588898",
+        "shardId-000000000006",
+        1545084650987,
+    )
+    event = kinesis_event(
+        [record],
+        "us-east-2",
+        "arn:aws:kinesis:us-east-2:123456789012:stream/s",
+        "arn:aws:iam::123456789012:role/r",
+    )
+    assert event == {"Records": [AWS_KINESIS_RECORD]}
+    arrival = event["Records"][0]["kinesis"]["approximateArrivalTimestamp"]
+    assert isinstance(arrival, float)
+
+
+def test_context_gives_each_invoke_a_request_id_and_a_deadline_from_the_timeout():
+    make = ContextFactory(HandlerConfig(function_name="iot", timeout_s=30, aws_region="eu-west-1"))
+    a, b = make(), make()
+    assert a.aws_request_id != b.aws_request_id
+    assert a.function_name == "iot" and a.function_version == "$LATEST"
+    assert a.invoked_function_arn == "arn:aws:lambda:eu-west-1:000000000000:function:iot"
+    assert a.log_group_name == "/aws/lambda/iot" and "[$LATEST]" in a.log_stream_name
+    assert a.memory_limit_in_mb == "1024"
+    assert 29_000 < a.get_remaining_time_in_millis() <= 30_000

@@ -1,0 +1,70 @@
+"""`worker event` makes a sample event; `worker invoke` runs the handler once on it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def worker(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        capture_output=True, text=True, cwd=ROOT, input=stdin, timeout=60,
+    )  # fmt: skip
+
+
+def config(tmp_path: Path, target: str, style: str) -> str:
+    path = tmp_path / "w.toml"
+    path.write_text(f'[source]\ntopics=["t"]\n[handler]\ntarget="{target}"\nstyle="{style}"\n')
+    return str(path)
+
+
+def test_invoke_prints_the_lambda_handlers_response_and_the_time(tmp_path):
+    event = worker("event", "kafka", "--key", "dev-1", "--value", "not json")
+    assert event.returncode == 0
+    (tmp_path / "event.json").write_text(event.stdout)
+    result = worker(
+        "invoke", "--config", config(tmp_path, "handlers.lambda_iot:lambda_handler", "lambda"),
+        "--event", str(tmp_path / "event.json"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "batchItemFailures": [{"itemIdentifier": {"partition": "telemetry-0", "offset": 0}}]
+    }
+    assert "took " in result.stderr and " ms" in result.stderr
+
+
+def test_invoke_reads_the_event_from_stdin_and_runs_a_native_handler(tmp_path):
+    value = json.dumps({"device_id": "d", "seq": 1, "metrics": {"temperature": 1, "humidity": 2,
+                        "battery": 3}})  # fmt: skip
+    event = worker("event", "kafka", "--value", value).stdout
+    result = worker(
+        "invoke", "--config", config(tmp_path, "handlers.iot_telemetry:handle", "native"),
+        "--event", "-", stdin=event,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "null"
+
+
+def test_invoke_reports_a_handler_error_as_lambda_does(tmp_path):
+    (tmp_path / "boom.py").write_text("def handler(event, context):\n    raise KeyError('x')\n")
+    event = worker("event", "kinesis").stdout
+    (tmp_path / "e.json").write_text(event)
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "invoke", "--config",
+         config(tmp_path, "boom:handler", "lambda"), "--event", str(tmp_path / "e.json")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == {"errorType": "KeyError", "errorMessage": "'x'"}
+
+
+def test_the_sample_kinesis_event_has_the_documented_shape():
+    event = json.loads(worker("event", "kinesis", "--key", "pk", "--value", "hi").stdout)
+    (record,) = event["Records"]
+    assert record["kinesis"]["partitionKey"] == "pk"
+    assert record["kinesis"]["data"] == "aGk="
+    assert record["eventID"] == f"shardId-000000000000:{record['kinesis']['sequenceNumber']}"

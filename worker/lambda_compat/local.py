@@ -1,0 +1,102 @@
+"""`worker invoke` and `worker event`: call the handler once on a Lambda-shaped event, locally.
+
+`invoke` works for both handler styles: a Lambda-style handler gets the event
+and a context as they are; a native handler gets the event's records as a
+batch. `event` prints a sample event to start from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from worker.config import WorkerConfig
+from worker.lambda_compat.context import ContextFactory
+from worker.lambda_compat.events import kafka_event, kinesis_event
+from worker.pipeline.invoker import is_coroutine_callable, load_handler
+from worker.records import Batch
+from worker.sources.memory import MemoryRecord
+
+SAMPLE_SEQUENCE = "49590338271490256608559692538361571095921575989136588898"
+
+
+def sample_event(
+    kind: str, value: str, key: str | None, topic: str = "telemetry", partition: int = 0
+) -> dict[str, Any]:
+    now_ms = int(time.time() * 1000)
+    raw_key = key.encode() if key is not None else None
+    if kind == "kafka":
+        record = MemoryRecord(topic, partition, 0, raw_key, value.encode(), now_ms)
+        return kafka_event([record], ["127.0.0.1:9092"])
+    record = MemoryRecord(
+        topic, partition, 0, raw_key or b"1", value.encode(), now_ms,
+        sequence_number=SAMPLE_SEQUENCE, shard_id="shardId-000000000000",
+    )  # fmt: skip
+    arn = f"arn:aws:kinesis:us-east-1:000000000000:stream/{topic}"
+    return kinesis_event([record], "us-east-1", arn, "arn:aws:iam::000000000000:role/worker")
+
+
+def _b64(text: str | None) -> bytes | None:
+    return base64.b64decode(text) if text is not None else None
+
+
+def batch_from_event(event: dict[str, Any]) -> Batch:
+    """The records of a Kafka or Kinesis event as a native batch."""
+    records: list[MemoryRecord] = []
+    if "records" in event:
+        for items in event["records"].values():
+            for r in items:
+                headers = tuple((k, bytes(v)) for h in r.get("headers", []) for k, v in h.items())
+                records.append(
+                    MemoryRecord(
+                        r["topic"],
+                        r["partition"],
+                        r["offset"],
+                        _b64(r.get("key")),
+                        _b64(r.get("value")),
+                        r["timestamp"],
+                        headers,
+                    )
+                )
+        label = f"{records[0].topic}-{records[0].partition}" if records else "-"
+        return Batch(records, "kafka", label)
+    for i, r in enumerate(event.get("Records", [])):
+        k = r["kinesis"]
+        records.append(
+            MemoryRecord(
+                "",
+                0,
+                i,
+                k["partitionKey"].encode(),
+                _b64(k["data"]),
+                int(k["approximateArrivalTimestamp"] * 1000),
+                sequence_number=k["sequenceNumber"],
+                shard_id=r["eventID"].split(":")[0],
+            )
+        )
+    return Batch(records, "kinesis", records[0].shard_id if records else "-")
+
+
+@dataclass
+class Invocation:
+    response: Any
+    took_s: float
+    error: Exception | None = None
+
+
+def invoke_once(config: WorkerConfig, event: dict[str, Any]) -> Invocation:
+    """Call the configured handler once, as the worker would; HandlerLoadError if it won't load."""
+    fn = load_handler(config.handler.target)
+    if config.handler.style == "lambda":
+        args: tuple[Any, ...] = (event, ContextFactory(config.handler)())
+    else:
+        args = (batch_from_event(event),)
+    started = time.perf_counter()
+    try:
+        response = asyncio.run(fn(*args)) if is_coroutine_callable(fn) else fn(*args)
+    except Exception as exc:
+        return Invocation(None, time.perf_counter() - started, exc)
+    return Invocation(response, time.perf_counter() - started)
