@@ -30,6 +30,7 @@ from worker.pipeline.filtering import RecordFilter
 from worker.pipeline.invoker import Invoker, load_handler
 from worker.pipeline.lane import PartitionLane
 from worker.pipeline.partial import failed_indexes
+from worker.pipeline.windows import TumblingWindows
 from worker.sources.base import Source
 
 log = logging.getLogger("worker")
@@ -214,6 +215,19 @@ class Worker:
             on_progress=self.committer.notify,
             on_drained=self._resume,
             record_filter=self.record_filter,
+            windows=self._new_windows(),
+        )
+
+    def _new_windows(self) -> TumblingWindows | None:
+        b = self.config.batching
+        if not b.tumbling_window_s:
+            return None
+        return TumblingWindows(
+            self.policy,
+            b.tumbling_window_s,
+            grace_s=max(1.0, b.maximum_batching_window_ms / 1000.0),
+            record_timestamp_ms=self.source.record_timestamp_ms,
+            source=self.source.name,
         )
 
     def _resume(self, lane: PartitionLane) -> None:

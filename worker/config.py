@@ -50,6 +50,7 @@ class BatchingConfig(_Section):
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = 100
     maximum_batching_window_ms: Annotated[int, Field(ge=0, le=300_000)] = 500
     maximum_batch_bytes: Annotated[int, Field(ge=1, le=268_435_456)] = 6_291_456
+    tumbling_window_s: Annotated[int, Field(ge=0, le=900)] = 0
 
 
 class HandlerConfig(_Section):
@@ -163,6 +164,15 @@ class WorkerConfig(_Section):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _windows_need_lambda_style(self) -> WorkerConfig:
+        if self.batching.tumbling_window_s and self.handler.style != "lambda":
+            raise ValueError(
+                "batching.tumbling_window_s: tumbling windows need handler.style = 'lambda' "
+                "(the window and state travel in the Lambda event)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _dlq_is_not_a_source(self) -> WorkerConfig:

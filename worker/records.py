@@ -43,6 +43,8 @@ class Batch:
     records: Sequence[Any]
     source: str
     partition: str
+    #: Tumbling-window fields of the Lambda event (window, state, ...), when windows are on.
+    window: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.records)

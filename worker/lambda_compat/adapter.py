@@ -29,6 +29,13 @@ def event_builder(config: WorkerConfig, source_name: str) -> tuple[EventBuilder,
     ), kafka_failed_indexes
 
 
+def _event(build: EventBuilder, batch: Batch) -> dict[str, Any]:
+    event = build(batch.records)
+    if batch.window is not None:
+        event.update(batch.window)
+    return event
+
+
 def lambda_style(
     fn: Callable[..., Any], config: WorkerConfig, source_name: str
 ) -> tuple[Callable[[Batch], Any], ResultParser]:
@@ -38,11 +45,11 @@ def lambda_style(
     if is_coroutine_callable(fn):
 
         async def call_async(batch: Batch) -> Any:
-            return await fn(build(batch.records), contexts())
+            return await fn(_event(build, batch), contexts())
 
         return call_async, parse
 
     def call(batch: Batch) -> Any:
-        return fn(build(batch.records), contexts())
+        return fn(_event(build, batch), contexts())
 
     return call, parse

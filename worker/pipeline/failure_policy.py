@@ -63,7 +63,7 @@ class _Piece:
 
 
 @dataclass(slots=True)
-class _Failure:
+class Failure:
     """Why an invocation counts as failed, kept for the failure event."""
 
     error_type: str
@@ -111,7 +111,7 @@ class FailurePolicy:
                 if piece is None:
                     continue
             records = piece.records
-            outcome = await self._invoke(Batch(records, batch.source, batch.partition), m)
+            outcome = await self.invoke_counted(Batch(records, batch.source, batch.partition), m)
             failure, failed = self._judge(outcome, records)
             if failure is None:
                 m.success.inc()
@@ -145,21 +145,25 @@ class FailurePolicy:
                 give_up = [records[i] for i in failed]
                 retry = give_up if self._failed_only else records[failed[0] :]
             attempts = piece.attempts + 1
-            if 0 <= self._max_retries < attempts:
-                event = self._event(RETRY_ATTEMPTS_EXHAUSTED, batch, give_up, attempts, failure)
-                await self._give_up(event, m, stop, "retries_exhausted")
+            if self.retries_exhausted(attempts):
+                event = self.failure_event(
+                    RETRY_ATTEMPTS_EXHAUSTED, batch, give_up, attempts, failure
+                )
+                await self.give_up(event, m, stop, "retries_exhausted")
                 continue
-            if await _stopped_within(stop, self._backoff.delay_s(attempts)):
+            if await stopped_within(stop, self.retry_delay_s(attempts)):
                 raise Abandoned(batch.partition)
             m.retries.inc()
             pending.appendleft(_Piece(retry, attempts))
 
-    # -- one invocation -------------------------------------------------------------------
-    async def _invoke(self, batch: Batch, m: PartitionMetrics) -> Outcome:
+    # -- one invocation (also used by tumbling windows) --------------------------------------
+    async def invoke_counted(self, batch: Batch, m: PartitionMetrics) -> Outcome:
+        """Invoke once, updating the per-batch metrics every invocation shares."""
         n = len(batch.records)
-        m.invoked.inc(n)
-        m.iterator_age.set(max(self._clock() - batch.records[-1].timestamp_ms / 1000.0, 0.0))
-        self._batch_size.observe(n)
+        if n:  # a window's final invoke has no records
+            m.invoked.inc(n)
+            m.iterator_age.set(max(self._clock() - batch.records[-1].timestamp_ms / 1000.0, 0.0))
+            self._batch_size.observe(n)
         self._inflight.inc()
         try:
             outcome = await self._invoker.invoke(batch)
@@ -170,10 +174,10 @@ class FailurePolicy:
 
     def _judge(
         self, outcome: Outcome, records: Sequence[Any]
-    ) -> tuple[_Failure | None, list[int] | None]:
+    ) -> tuple[Failure | None, list[int] | None]:
         """(None, None) when all succeeded; else the failure and the failed indexes (None = all)."""
         if not outcome.ok:
-            return _Failure(
+            return Failure(
                 "Timeout" if outcome.timed_out else type(outcome.error).__name__,
                 outcome.describe() if outcome.timed_out else str(outcome.error),
                 outcome.traceback_text(),
@@ -190,10 +194,10 @@ class FailurePolicy:
         try:
             failed = self._parse(outcome.result, records)
         except InvalidResponse as exc:
-            return _Failure("InvalidResponse", str(exc)), None
+            return Failure("InvalidResponse", str(exc)), None
         if not failed:
             return None, None
-        return _Failure("BatchItemFailure", f"the handler reported {len(failed)} failed"), failed
+        return Failure("BatchItemFailure", f"the handler reported {len(failed)} failed"), failed
 
     # -- giving up --------------------------------------------------------------------------
     async def _give_up_expired(
@@ -206,18 +210,18 @@ class FailurePolicy:
             return piece
         expired = [r for r in piece.records if ts(r) < limit]
         fresh = [r for r in piece.records if ts(r) >= limit]
-        failure = _Failure("RecordAgeExceeded", f"older than {self._max_age_ms // 1000}s")
-        event = self._event(RECORD_AGE_EXCEEDED, batch, expired, piece.attempts, failure)
-        await self._give_up(event, m, stop, "record_age_exceeded")
+        failure = Failure("RecordAgeExceeded", f"older than {self._max_age_ms // 1000}s")
+        event = self.failure_event(RECORD_AGE_EXCEEDED, batch, expired, piece.attempts, failure)
+        await self.give_up(event, m, stop, "record_age_exceeded")
         return _Piece(fresh, piece.attempts) if fresh else None
 
-    def _event(
+    def failure_event(
         self,
         condition: str,
         batch: Batch,
         records: Sequence[Any],
         attempts: int,
-        failure: _Failure,
+        failure: Failure,
     ) -> FailureEvent:
         return FailureEvent(
             condition=condition,
@@ -230,7 +234,13 @@ class FailurePolicy:
             traceback=failure.traceback,
         )
 
-    async def _give_up(
+    def retry_delay_s(self, attempts: int) -> float:
+        return self._backoff.delay_s(attempts)
+
+    def retries_exhausted(self, attempts: int) -> bool:
+        return 0 <= self._max_retries < attempts
+
+    async def give_up(
         self, event: FailureEvent, m: PartitionMetrics, stop: asyncio.Event, reason: str
     ) -> None:
         """Hand the records to the destination (waiting for it), or drop them, counted."""
@@ -259,7 +269,7 @@ class FailurePolicy:
                     "past these records is committed'",
                     event.partition, first, last, n, attempt, delay, str(exc),
                 )  # fmt: skip
-                if await _stopped_within(stop, delay):
+                if await stopped_within(stop, delay):
                     raise Abandoned(event.partition) from exc
         m.dead_lettered.inc(n)
         log.warning(
@@ -270,7 +280,7 @@ class FailurePolicy:
         )  # fmt: skip
 
 
-async def _stopped_within(stop: asyncio.Event, delay_s: float) -> bool:
+async def stopped_within(stop: asyncio.Event, delay_s: float) -> bool:
     """Wait `delay_s`, returning True early if `stop` is set."""
     try:
         await asyncio.wait_for(stop.wait(), delay_s)

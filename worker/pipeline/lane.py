@@ -21,6 +21,7 @@ from worker.pipeline.batcher import Batcher
 from worker.pipeline.failure_policy import Abandoned, FailurePolicy
 from worker.pipeline.filtering import RecordFilter
 from worker.pipeline.offsets import OffsetTracker
+from worker.pipeline.windows import TumblingWindows
 from worker.records import Batch
 
 log = logging.getLogger("worker.lane")
@@ -40,6 +41,7 @@ class PartitionLane:
         on_progress: Callable[[], None],
         on_drained: Callable[[PartitionLane], None],
         record_filter: RecordFilter | None = None,
+        windows: TumblingWindows | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.key = key
@@ -53,12 +55,14 @@ class PartitionLane:
         self._on_progress = on_progress
         self._on_drained = on_drained
         self._filter = record_filter
+        self._windows = windows
         self._clock = clock
         self.tracker = OffsetTracker()
         self.paused = False
         #: Position last checkpointed by this owner, and records done since then.
         self.committed: int | None = None
         self.uncommitted_records = 0
+        self._sizes: dict[int, int] = {}  # batch end -> records, until finished
         self._fed_position: int | None = None
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -96,6 +100,13 @@ class PartitionLane:
             records = self._batcher.take(self._clock())
             if records is None:
                 await self._wait_for_work()
+                if self._windows is not None:
+                    try:
+                        self._finish(
+                            await self._windows.close_if_idle(self.label, self.metrics, self._stop)
+                        )
+                    except Abandoned:
+                        return
                 continue
             self.metrics.buffered.set(self._batcher.records)
             if self.paused and self._below_low_water():
@@ -114,6 +125,9 @@ class PartitionLane:
     async def _wait_for_work(self) -> None:
         self._wake.clear()
         deadline = self._batcher.deadline()
+        if self._windows is not None and (closes := self._windows.idle_deadline()) is not None:
+            at = self._clock() + max(closes - time.time(), 0.0)  # wall clock to our clock
+            deadline = at if deadline is None else min(deadline, at)
         if deadline is None:
             await self._wake.wait()
             return
@@ -123,15 +137,26 @@ class PartitionLane:
     async def _process(self, batch: Batch) -> None:
         last = batch.last_position
         self.tracker.open(last)
+        self._sizes[last] = len(batch)  # filtered records are committed too
         if self._filter is not None:
             kept = self._filter.keep(batch.records)
             if len(kept) < len(batch):
                 self.metrics.filtered.inc(len(batch) - len(kept))
                 batch = Batch(kept, batch.source, batch.partition)
+        if self._windows is not None:
+            self._finish(await self._windows.process(batch, last, self.metrics, self._stop))
+            return
         if batch.records:
             await self._policy.resolve(batch, self.metrics, self._stop)
-        self.tracker.finish(last)
-        self.uncommitted_records += len(batch)
+        self._finish([last])
+
+    def _finish(self, batch_ends: list[int]) -> None:
+        """Mark batches resolved; the committer then checkpoints the finished prefix."""
+        if not batch_ends:
+            return
+        for last in batch_ends:
+            self.tracker.finish(last)
+            self.uncommitted_records += self._sizes.pop(last)
         self._on_progress()
 
     # -- stopping ---------------------------------------------------------------

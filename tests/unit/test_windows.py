@@ -1,0 +1,108 @@
+"""Tumbling windows: per-device one-minute averages over IoT telemetry, exactly."""
+
+import asyncio
+import json
+import random
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+
+from handlers.lambda_iot_windows import averages
+from handlers.lambda_iot_windows import lambda_handler as iot_window_handler
+from worker.testing import MemoryBroker, fully_committed, running_worker, wait_until
+
+WINDOW = {"batching": {"tumbling_window_s": 60, "batch_size": 7}, "handler": {"style": "lambda"}}
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def test_per_device_one_minute_averages_match_the_exact_expected_result():
+    broker = MemoryBroker()
+    broker.create_topic("telemetry", 1)
+    rng = random.Random(3)
+    base = (int(time.time()) // 60 - 5) * 60_000  # five minutes ago, on a minute boundary
+    expected: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for minute in range(3):
+        for n in range(25):
+            device = f"dev-{n % 4}"
+            temp = round(rng.uniform(15, 35), 2)
+            ts = base + minute * 60_000 + n * 2_000
+            value = {"device_id": device, "seq": n, "metrics": {"temperature": temp}}
+            broker.produce("telemetry", json.dumps(value).encode(), partition=0, timestamp_ms=ts)
+            expected[iso(base + minute * 60_000)][device].append(temp)
+
+    finals = []
+
+    def handler(event, context):
+        response = iot_window_handler(event, context)
+        if event["isFinalInvokeForWindow"]:
+            assert event["records"] == {} or all(not r for r in event["records"].values())
+            finals.append((event["window"], event["isWindowTerminatedEarly"], event["shardId"],
+                           averages(event["state"])))  # fmt: skip
+        return response
+
+    async with running_worker(handler, broker, ["telemetry"], WINDOW):
+        await wait_until(lambda: fully_committed(broker, "test", ["telemetry"]))
+
+    assert [f[0]["start"] for f in finals] == [iso(base + m * 60_000) for m in range(3)]
+    assert [f[0]["end"] for f in finals] == [iso(base + (m + 1) * 60_000) for m in range(3)]
+    for window, early, shard, got in finals:
+        assert not early and shard == "telemetry-0"
+        want = {d: round(sum(v) / len(v), 6) for d, v in expected[window["start"]].items()}
+        assert got == want
+
+
+async def test_a_window_is_committed_only_after_its_final_invoke_succeeds():
+    broker = MemoryBroker()
+    broker.create_topic("t", 1)
+    now_ms = int(time.time() * 1000)
+    for i in range(5):  # an open window: its end is a minute away
+        broker.produce("t", b"{}", partition=0, timestamp_ms=now_ms + i)
+    calls = []
+
+    def handler(event, context):
+        calls.append(event["isFinalInvokeForWindow"])
+        return {"state": {"n": len(calls)}}
+
+    async with running_worker(handler, broker, ["t"], WINDOW) as w:
+        await wait_until(lambda: calls == [False])
+        await asyncio.sleep(0)  # give a wrong commit every chance to happen
+        assert broker.committed("test", "t", 0) is None
+        assert w.lanes[("t", 0)].tracker.pending == 1
+
+
+async def test_state_over_one_megabyte_ends_the_window_early():
+    broker = MemoryBroker()
+    broker.create_topic("t", 1)
+    now_ms = int(time.time() * 1000) - 120_000
+    for i in range(3):
+        broker.produce("t", b"{}", partition=0, timestamp_ms=now_ms + i)
+    seen = []
+
+    def handler(event, context):
+        seen.append((event["isFinalInvokeForWindow"], event["isWindowTerminatedEarly"]))
+        if event["isFinalInvokeForWindow"]:
+            return {"state": {}}
+        return {"state": {"blob": "x" * (1024 * 1024 + 1)}}
+
+    settings = {**WINDOW, "batching": {"tumbling_window_s": 60, "batch_size": 3}}
+    async with running_worker(handler, broker, ["t"], settings):
+        await wait_until(lambda: fully_committed(broker, "test", ["t"]))
+    assert seen[:2] == [(False, False), (True, True)]
+
+
+async def test_a_window_invoke_without_state_is_a_failure_and_retried():
+    broker = MemoryBroker()
+    broker.create_topic("t", 1)
+    broker.produce("t", b"{}", partition=0, timestamp_ms=int(time.time() * 1000) - 120_000)
+    replies = [{"no": "state"}, {"state": {}}, {"state": {}}]
+
+    def handler(event, context):
+        return replies.pop(0)
+
+    async with running_worker(handler, broker, ["t"], WINDOW) as w:
+        await wait_until(lambda: fully_committed(broker, "test", ["t"]))
+        errors = w.metrics.batches.labels("memory", "t-0", "error")._value.get()
+    assert errors == 1 and replies == []
