@@ -171,8 +171,9 @@ class Worker:
         self._m_rebalances.inc()
         for key in partitions:
             if key not in self.lanes:
-                self.lanes[key] = self._new_lane(key)
-                self._watch(self.lanes[key].start(), f"lane {self.lanes[key].label}")
+                lane = self.lanes[key] = self._new_lane(key)
+                for task in lane.start():
+                    self._watch(task, f"lane {lane.label}")
         self._m_assigned.set(len(self.lanes))
         log.info("event=assigned partitions=%s", ",".join(self.source.label(k) for k in partitions))
 
@@ -202,12 +203,15 @@ class Worker:
             key=key,
             label=label,
             source_name=self.source.name,
-            batcher=Batcher(
-                b.batch_size,
-                b.maximum_batch_bytes,
-                b.maximum_batching_window_ms / 1000.0,
-                self.source.record_size,
-            ),
+            batchers=[
+                Batcher(
+                    b.batch_size,
+                    b.maximum_batch_bytes,
+                    b.maximum_batching_window_ms / 1000.0,
+                    self.source.record_size,
+                )
+                for _ in range(self.config.handler.parallelization_factor)
+            ],
             policy=self.policy,
             metrics=PartitionMetrics(self.metrics, self.source.name, label),
             max_records=rt.max_buffered_records,

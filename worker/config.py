@@ -57,7 +57,7 @@ class HandlerConfig(_Section):
     target: str = "handlers.iot_telemetry:handle"
     style: Literal["native", "lambda"] = "native"
     timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 60
-    parallelization_factor: Annotated[int, Field(ge=1, le=1)] = 1
+    parallelization_factor: Annotated[int, Field(ge=1, le=100)] = 1
     concurrency: Literal["async", "thread"] = "async"
     threads: Annotated[int, Field(ge=1, le=1024)] = 32
     function_name: str = "streamworker"
@@ -171,6 +171,11 @@ class WorkerConfig(_Section):
             raise ValueError(
                 "batching.tumbling_window_s: tumbling windows need handler.style = 'lambda' "
                 "(the window and state travel in the Lambda event)"
+            )
+        if self.batching.tumbling_window_s and self.handler.parallelization_factor > 1:
+            raise ValueError(
+                "batching.tumbling_window_s: tumbling windows need "
+                "handler.parallelization_factor = 1 (one state per partition)"
             )
         return self
 

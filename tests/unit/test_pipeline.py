@@ -87,7 +87,7 @@ async def test_a_full_buffer_pauses_the_partition_and_draining_resumes_it():
         source.max_records = 20  # small fetches, as a real consumer's would be
         await wait_until(lambda: ("t", 0) in source.paused)
         lane = w.lanes[("t", 0)]
-        assert lane._batcher.records < 50 + 20  # bounded: limit plus one fetch
+        assert lane.buffered_records < 50 + 20  # bounded: limit plus one fetch
         rec.gate.set()
         await wait_until(lambda: fully_committed(broker, "test", [TOPIC]))
         assert ("t", 0) not in source.paused

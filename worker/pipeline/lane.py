@@ -1,10 +1,18 @@
-"""One owned partition: its buffer, its batcher, and one batch in flight at a time.
+"""One owned partition: its buffer, its key lanes, and its offset tracker.
 
-The poll loop feeds fetched chunks in; the lane's task cuts batches and hands
-each to the failure policy, which returns only once the batch is resolved.
-Then the offset tracker advances and the committer is told. A full buffer
-asks the poll loop to pause the partition; draining below half resumes it,
-so memory is bounded by the buffer limits whatever the lag.
+The poll loop feeds fetched chunks in. With `parallelization_factor` 1 the
+partition has one key lane: batches run one at a time in position order, and
+each batch is a unit of the offset tracker. With N > 1, records are routed to
+N key lanes by a stable hash of the key (records without a key by their
+position, round-robin), so records of one key stay in order; the lanes batch
+and invoke concurrently. Each fetched chunk is then a unit of the tracker,
+finished once every lane has resolved its slice of it, so the committed
+position is the low watermark across lanes and never passes an unfinished
+record, whatever order the lanes finish in. Routing is the only per-record
+step, and only when N > 1.
+
+A full buffer asks the poll loop to pause the partition; draining below half
+resumes it, so memory is bounded by the buffer limits whatever the lag.
 """
 
 from __future__ import annotations
@@ -13,8 +21,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
+from zlib import crc32
 
 from worker.metrics import PartitionMetrics
 from worker.pipeline.batcher import Batcher
@@ -27,13 +37,36 @@ from worker.records import Batch
 log = logging.getLogger("worker.lane")
 
 
+def route(records: Sequence[Any], lanes: int) -> list[list[Any]]:
+    """Split records into `lanes` ordered lists by crc32 of the key (keyless: by position)."""
+    buckets: list[list[Any]] = [[] for _ in range(lanes)]
+    add = [b.append for b in buckets]
+    for r in records:
+        key = r.key
+        add[(crc32(key) if key is not None else r.position) % lanes](r)
+    return buckets
+
+
+class _KeyLane:
+    """One ordered run of a partition's records: its batcher and its task."""
+
+    __slots__ = ("batcher", "slices", "task", "wake")
+
+    def __init__(self, batcher: Batcher) -> None:
+        self.batcher = batcher
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        #: (last position of this lane's slice of a chunk, the chunk's end), in order.
+        self.slices: deque[tuple[int, int]] = deque()
+
+
 class PartitionLane:
     def __init__(
         self,
         key: Hashable,
         label: str,
         source_name: str,
-        batcher: Batcher,
+        batchers: Sequence[Batcher],
         policy: FailurePolicy,
         metrics: PartitionMetrics,
         max_records: int,
@@ -44,10 +77,13 @@ class PartitionLane:
         windows: TumblingWindows | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if windows is not None and len(batchers) > 1:
+            raise ValueError("tumbling windows need one key lane per partition")
         self.key = key
         self.label = label
         self._source_name = source_name
-        self._batcher = batcher
+        self._lanes = [_KeyLane(b) for b in batchers]
+        self._single = len(self._lanes) == 1
         self._policy = policy
         self.metrics = metrics
         self._max_records = max_records
@@ -62,13 +98,12 @@ class PartitionLane:
         #: Position last checkpointed by this owner, and records done since then.
         self.committed: int | None = None
         self.uncommitted_records = 0
-        self._sizes: dict[int, int] = {}  # batch end -> records, until finished
+        self._sizes: dict[int, int] = {}  # tracker unit end -> records, until finished
+        self._chunk_pending: dict[int, int] = {}  # chunk end -> lanes still holding a slice
         self._fed_position: int | None = None
-        self._wake = asyncio.Event()
         self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    # -- fed by the poll loop -------------------------------------------------
+    # -- fed by the poll loop -------------------------------------------------------
     def feed(self, records: Sequence[Any]) -> bool:
         """Buffer a fetched chunk; True when the buffer is full and the partition should pause."""
         if self._fed_position is not None and records[0].position <= self._fed_position:
@@ -76,68 +111,91 @@ class PartitionLane:
             records = [r for r in records if r.position > self._fed_position]
             if not records:
                 return self.full
-        self._batcher.add(records, self._clock())
+        now = self._clock()
+        if self._single:
+            lane = self._lanes[0]
+            lane.batcher.add(records, now)
+            lane.wake.set()
+        else:
+            end = records[-1].position
+            self.tracker.open(end)
+            self._sizes[end] = len(records)
+            holders = 0
+            for lane, part in zip(self._lanes, route(records, len(self._lanes)), strict=True):
+                if part:
+                    lane.batcher.add(part, now)
+                    lane.slices.append((part[-1].position, end))
+                    lane.wake.set()
+                    holders += 1
+            self._chunk_pending[end] = holders
         self._fed_position = records[-1].position
-        self.metrics.buffered.set(self._batcher.records)
-        self._wake.set()
+        self.metrics.buffered.set(self.buffered_records)
         return self.full
 
     @property
+    def buffered_records(self) -> int:
+        return sum(lane.batcher.records for lane in self._lanes)
+
+    @property
+    def buffered_bytes(self) -> int:
+        return sum(lane.batcher.bytes for lane in self._lanes)
+
+    @property
     def full(self) -> bool:
-        return self._batcher.records >= self._max_records or self._batcher.bytes >= self._max_bytes
+        return self.buffered_records >= self._max_records or self.buffered_bytes >= self._max_bytes
 
     @property
     def committable(self) -> int | None:
         return self.tracker.committable
 
-    # -- the lane's own task ----------------------------------------------------
-    def start(self) -> asyncio.Task[None]:
-        self._task = asyncio.create_task(self._run(), name=f"lane-{self.label}")
-        return self._task
+    # -- the key lanes' tasks ----------------------------------------------------------
+    def start(self) -> list[asyncio.Task[None]]:
+        for i, lane in enumerate(self._lanes):
+            lane.task = asyncio.create_task(self._run(lane), name=f"lane-{self.label}-{i}")
+        return [lane.task for lane in self._lanes if lane.task is not None]
 
-    async def _run(self) -> None:
+    async def _run(self, lane: _KeyLane) -> None:
         while not self._stop.is_set():
-            records = self._batcher.take(self._clock())
-            if records is None:
-                await self._wait_for_work()
-                if self._windows is not None:
-                    try:
-                        self._finish(
-                            await self._windows.close_if_idle(self.label, self.metrics, self._stop)
-                        )
-                    except Abandoned:
-                        return
-                continue
-            self.metrics.buffered.set(self._batcher.records)
-            if self.paused and self._below_low_water():
-                self._on_drained(self)
+            records = lane.batcher.take(self._clock())
             try:
-                await self._process(Batch(records, self._source_name, self.label))
+                if records is None:
+                    await self._wait_for_work(lane)
+                    if self._windows is not None:
+                        closed = await self._windows.close_if_idle(
+                            self.label, self.metrics, self._stop
+                        )
+                        self._finish(closed)
+                    continue
+                self.metrics.buffered.set(self.buffered_records)
+                if self.paused and self._below_low_water():
+                    self._on_drained(self)
+                await self._process(lane, Batch(records, self._source_name, self.label))
             except Abandoned:
                 return
 
     def _below_low_water(self) -> bool:
         return (
-            self._batcher.records <= self._max_records // 2
-            and self._batcher.bytes <= self._max_bytes // 2
+            self.buffered_records <= self._max_records // 2
+            and self.buffered_bytes <= self._max_bytes // 2
         )
 
-    async def _wait_for_work(self) -> None:
-        self._wake.clear()
-        deadline = self._batcher.deadline()
+    async def _wait_for_work(self, lane: _KeyLane) -> None:
+        lane.wake.clear()
+        deadline = lane.batcher.deadline()
         if self._windows is not None and (closes := self._windows.idle_deadline()) is not None:
             at = self._clock() + max(closes - time.time(), 0.0)  # wall clock to our clock
             deadline = at if deadline is None else min(deadline, at)
         if deadline is None:
-            await self._wake.wait()
+            await lane.wake.wait()
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), max(deadline - self._clock(), 0.0))
+            await asyncio.wait_for(lane.wake.wait(), max(deadline - self._clock(), 0.0))
 
-    async def _process(self, batch: Batch) -> None:
+    async def _process(self, lane: _KeyLane, batch: Batch) -> None:
         last = batch.last_position
-        self.tracker.open(last)
-        self._sizes[last] = len(batch)  # filtered records are committed too
+        if self._single:
+            self.tracker.open(last)
+            self._sizes[last] = len(batch)  # filtered records are committed too
         if self._filter is not None:
             kept = self._filter.keep(batch.records)
             if len(kept) < len(batch):
@@ -148,36 +206,52 @@ class PartitionLane:
             return
         if batch.records:
             await self._policy.resolve(batch, self.metrics, self._stop)
-        self._finish([last])
+        self._finish([last] if self._single else self._slices_done(lane, last))
 
-    def _finish(self, batch_ends: list[int]) -> None:
-        """Mark batches resolved; the committer then checkpoints the finished prefix."""
-        if not batch_ends:
+    def _slices_done(self, lane: _KeyLane, last: int) -> list[int]:
+        """The chunks whose last open slice was this lane's, up to position `last`."""
+        done = []
+        while lane.slices and lane.slices[0][0] <= last:
+            _, end = lane.slices.popleft()
+            self._chunk_pending[end] -= 1
+            if not self._chunk_pending[end]:
+                del self._chunk_pending[end]
+                done.append(end)
+        return done
+
+    def _finish(self, unit_ends: list[int]) -> None:
+        """Mark tracker units resolved; the committer then checkpoints the finished prefix."""
+        if not unit_ends:
             return
-        for last in batch_ends:
-            self.tracker.finish(last)
-            self.uncommitted_records += self._sizes.pop(last)
+        for end in unit_ends:
+            self.tracker.finish(end)
+            self.uncommitted_records += self._sizes.pop(end)
         self._on_progress()
 
-    # -- stopping ---------------------------------------------------------------
+    # -- stopping -----------------------------------------------------------------------
     async def stop(self, timeout_s: float) -> None:
-        """Take no new batch; let the one in flight finish within `timeout_s`, else abandon it.
+        """Take no new batch; let those in flight finish within `timeout_s`, else abandon them.
 
-        After this returns, `committable` covers exactly the batches that finished.
+        After this returns, `committable` covers exactly the work that finished.
         """
         self._stop.set()
-        self._wake.set()
-        self._batcher.clear()
-        task = self._task
-        if task is None or task.done():
+        for lane in self._lanes:
+            lane.wake.set()
+            lane.batcher.clear()
+        tasks = {
+            lane.task for lane in self._lanes if lane.task is not None and not lane.task.done()
+        }
+        if not tasks:
             return
-        done, _ = await asyncio.wait({task}, timeout=timeout_s)
-        if not done:
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        if pending:
             log.warning(
-                "event=batch_abandoned partition=%s reason=deadline timeout_s=%s "
+                "event=batch_abandoned partition=%s batches=%d reason=deadline timeout_s=%s "
                 "note='left uncommitted; it will be handled again'",
                 self.label,
+                len(pending),
                 timeout_s,
             )
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
