@@ -59,10 +59,10 @@ async def test_a_stuck_lane_does_not_hold_back_commits_of_what_precedes_it():
 
     settings = {"handler": {"parallelization_factor": 4}, "batching": {"batch_size": 5}}
     async with running_worker(handler, broker, ["t"], settings) as w:
-        w.source.max_records = 10  # chunks of ten: [0..9], [10..19], ...
+        w.source.max_records = 10  # segments of five (batch_size): [0..4], [5..9], ...
         for i in range(100):
             broker.produce("t", b"x", key=stuck_key if i == 53 else busy[i % 3], partition=0)
         await wait_until(lambda: broker.committed("test", "t", 0) == 50)
-        assert w.lanes[("t", 0)].tracker.committable == 49  # 50..59 holds the stuck record
+        assert w.lanes[("t", 0)].tracker.committable == 49  # 50..54 holds the stuck record
         gate.set()
         await wait_until(lambda: fully_committed(broker, "test", ["t"]))

@@ -5,8 +5,9 @@ partition has one key lane: batches run one at a time in position order, and
 each batch is a unit of the offset tracker. With N > 1, records are routed to
 N key lanes by a stable hash of the key (records without a key by their
 position, round-robin), so records of one key stay in order; the lanes batch
-and invoke concurrently. Each fetched chunk is then a unit of the tracker,
-finished once every lane has resolved its slice of it, so the committed
+and invoke concurrently. Each run of `batch_size` fetched records is then a
+unit of the tracker (a segment), finished once every lane has resolved its
+slice of it, so the committed
 position is the low watermark across lanes and never passes an unfinished
 record, whatever order the lanes finish in. Routing is the only per-record
 step, and only when N > 1.
@@ -56,7 +57,7 @@ class _KeyLane:
         self.batcher = batcher
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        #: (last position of this lane's slice of a chunk, the chunk's end), in order.
+        #: (last position of this lane's slice of a segment, the segment's end), in order.
         self.slices: deque[tuple[int, int]] = deque()
 
 
@@ -84,6 +85,9 @@ class PartitionLane:
         self._source_name = source_name
         self._lanes = [_KeyLane(b) for b in batchers]
         self._single = len(self._lanes) == 1
+        #: With several lanes, runs of this many fetched records are one tracker unit: small
+        #: enough that a crash redoes little, large enough that tracking stays per batch.
+        self._segment_records = batchers[0].batch_size
         self._policy = policy
         self.metrics = metrics
         self._max_records = max_records
@@ -99,7 +103,7 @@ class PartitionLane:
         self.committed: int | None = None
         self.uncommitted_records = 0
         self._sizes: dict[int, int] = {}  # tracker unit end -> records, until finished
-        self._chunk_pending: dict[int, int] = {}  # chunk end -> lanes still holding a slice
+        self._segment_pending: dict[int, int] = {}  # segment end -> lanes holding a slice
         self._fed_position: int | None = None
         self._stop = asyncio.Event()
 
@@ -117,20 +121,26 @@ class PartitionLane:
             lane.batcher.add(records, now)
             lane.wake.set()
         else:
-            end = records[-1].position
-            self.tracker.open(end)
-            self._sizes[end] = len(records)
-            holders = 0
-            for lane, part in zip(self._lanes, route(records, len(self._lanes)), strict=True):
-                if part:
-                    lane.batcher.add(part, now)
-                    lane.slices.append((part[-1].position, end))
-                    lane.wake.set()
-                    holders += 1
-            self._chunk_pending[end] = holders
+            step = self._segment_records
+            for start in range(0, len(records), step):
+                self._add_segment(records[start : start + step], now)
         self._fed_position = records[-1].position
         self.metrics.buffered.set(self.buffered_records)
         return self.full
+
+    def _add_segment(self, records: Sequence[Any], now: float) -> None:
+        """Route a run of records to the key lanes; it is one tracker unit until all are done."""
+        end = records[-1].position
+        self.tracker.open(end)
+        self._sizes[end] = len(records)
+        holders = 0
+        for lane, part in zip(self._lanes, route(records, len(self._lanes)), strict=True):
+            if part:
+                lane.batcher.add(part, now)
+                lane.slices.append((part[-1].position, end))
+                lane.wake.set()
+                holders += 1
+        self._segment_pending[end] = holders
 
     @property
     def buffered_records(self) -> int:
@@ -209,13 +219,13 @@ class PartitionLane:
         self._finish([last] if self._single else self._slices_done(lane, last))
 
     def _slices_done(self, lane: _KeyLane, last: int) -> list[int]:
-        """The chunks whose last open slice was this lane's, up to position `last`."""
+        """The segments whose last open slice was this lane's, up to position `last`."""
         done = []
         while lane.slices and lane.slices[0][0] <= last:
             _, end = lane.slices.popleft()
-            self._chunk_pending[end] -= 1
-            if not self._chunk_pending[end]:
-                del self._chunk_pending[end]
+            self._segment_pending[end] -= 1
+            if not self._segment_pending[end]:
+                del self._segment_pending[end]
                 done.append(end)
         return done
 
