@@ -30,6 +30,7 @@ from worker.pipeline.filtering import RecordFilter
 from worker.pipeline.invoker import Invoker, load_handler
 from worker.pipeline.lane import PartitionLane
 from worker.pipeline.partial import failed_indexes
+from worker.pipeline.process_pool import ProcessPool
 from worker.pipeline.windows import TumblingWindows
 from worker.sources.base import Source
 
@@ -63,7 +64,16 @@ class Worker:
         parse_result = failed_indexes
         if config.handler.style == "lambda":
             fn, parse_result = lambda_style(fn, config, self.source.name)
-        self.invoker = Invoker(fn, config.handler)
+        processes = None
+        if config.handler.concurrency == "process":
+            processes = ProcessPool(
+                config.handler.target,
+                config.handler.style,
+                config.model_dump_json(),
+                self.source.name,
+                config.handler.processes,
+            )
+        self.invoker = Invoker(fn, config.handler, processes)
         self.destination = destination if destination is not None else make_destination(config)
         self.policy = FailurePolicy(
             self.invoker,

@@ -7,6 +7,7 @@ typo must fail at start, not be silently ignored.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated, Literal
 
@@ -58,8 +59,11 @@ class HandlerConfig(_Section):
     style: Literal["native", "lambda"] = "native"
     timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 60
     parallelization_factor: Annotated[int, Field(ge=1, le=100)] = 1
-    concurrency: Literal["async", "thread"] = "async"
+    concurrency: Literal["async", "thread", "process"] = "async"
     threads: Annotated[int, Field(ge=1, le=1024)] = 32
+    processes: Annotated[int, Field(ge=1, le=256)] = Field(
+        default_factory=lambda: os.cpu_count() or 1
+    )
     function_name: str = "streamworker"
     memory_limit_in_mb: Annotated[int, Field(ge=128, le=10_240)] = 1024
     aws_region: str = "us-east-1"

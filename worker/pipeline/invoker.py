@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.config import HandlerConfig
+from worker.pipeline.process_pool import ProcessPool
 
 log = logging.getLogger("worker.invoker")
 
@@ -89,12 +90,20 @@ class Outcome:
 
 
 class Invoker:
-    def __init__(self, fn: Callable[..., Any], config: HandlerConfig) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], config: HandlerConfig, processes: ProcessPool | None = None
+    ) -> None:
         self._fn = fn
         self._timeout_s = config.timeout_s
         self.is_async = is_coroutine_callable(fn)
+        self._processes = processes
         self._pool: ThreadPoolExecutor | None = None
-        if not self.is_async:
+        if processes is not None:
+            if self.is_async:
+                raise HandlerLoadError(
+                    "handler.concurrency = 'process' needs a plain (not async) handler function"
+                )
+        elif not self.is_async:
             self._pool = ThreadPoolExecutor(config.threads, thread_name_prefix="handler")
             if config.concurrency == "async":
                 log.info("handler is a plain function: running it in a thread pool")
@@ -104,7 +113,9 @@ class Invoker:
         deadline = asyncio.timeout(self._timeout_s)
         try:
             async with deadline:
-                if self._pool is None:
+                if self._processes is not None:
+                    result = await self._processes.run(*args)
+                elif self._pool is None:
                     result = await self._fn(*args)
                 else:
                     loop = asyncio.get_running_loop()
@@ -118,3 +129,5 @@ class Invoker:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._processes is not None:
+            self._processes.close()

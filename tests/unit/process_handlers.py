@@ -1,0 +1,30 @@
+"""Handlers for the process-pool tests (importable by the spawned children)."""
+
+import hashlib
+import os
+
+
+def digest(batch):
+    """CPU work per record; records whose value holds b"bad" are reported failed."""
+    lines = []
+    failed = []
+    for r in batch.records:
+        h = hashlib.sha256(r.value)
+        for _ in range(200):
+            h = hashlib.sha256(h.digest())
+        lines.append(f"{r.partition} {r.offset} {h.hexdigest()}\n")
+        if b"bad" in r.value:
+            failed.append(r)
+    with open(os.path.join(os.environ["RESULT_DIR"], f"out.{os.getpid()}"), "a") as fh:
+        fh.write("".join(lines))
+    return failed
+
+
+def crash_once(batch):
+    """Kills its own process the first time it sees offset 5; later calls succeed."""
+    marker = os.path.join(os.environ["RESULT_DIR"], "crashed")
+    if any(r.offset == 5 for r in batch.records) and not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(3)
+    with open(os.path.join(os.environ["RESULT_DIR"], f"out.{os.getpid()}"), "a") as fh:
+        fh.write("".join(f"{r.partition} {r.offset} ok\n" for r in batch.records))
