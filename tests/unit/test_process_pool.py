@@ -1,5 +1,6 @@
 """concurrency = "process": same results as in-process, and a dying child is survived."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,7 @@ async def test_process_pool_results_equal_the_in_process_results(tmp_path, monke
     assert results(tmp_path / "procs") == results(tmp_path / "threads")
     assert len(results(tmp_path / "threads")) == 300  # every record's digest, once
     assert dead_in_procs == dead_in_threads and len(dead_in_procs) == 9
-    assert len(list((tmp_path / "procs").glob("out.*"))) == 2  # two processes did the work
+    assert all(path.name != f"out.{os.getpid()}" for path in (tmp_path / "procs").glob("out.*"))
 
 
 async def test_a_child_that_dies_fails_its_batch_which_is_retried_on_a_new_pool(
