@@ -27,6 +27,7 @@ test: install kafka lint
 	$(PY) -m pytest
 
 bench: install kafka
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m load bench
 
 clean:

@@ -20,8 +20,15 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--duration", type=float, help="seconds, with --rate")
     bn = sub.add_parser("bench", help="the worker against the raw client, side by side")
     bn.add_argument("--records", type=int, default=1_000_000)
-    bn.add_argument("--partitions", type=int, default=8)
     bn.add_argument("--rounds", type=int, default=3)
+    bn.add_argument("--backlog", type=int, default=2_000_000, help="records for the memory run")
+    bn.add_argument("--quick", action="store_true", help="smaller runs (a smoke test)")
+    bn.add_argument(
+        "--only",
+        action="append",
+        choices=["throughput", "parallel", "cpu", "latency", "memory"],
+        help="run only these scenarios (repeatable)",
+    )
     dm = sub.add_parser("demo", help="local Kafka + telemetry + the worker, with live numbers")
     dm.add_argument("--records", type=int, default=200_000)
     dm.add_argument("--partitions", type=int, default=4)
@@ -40,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "bench":
         from load.bench import main as bench
 
-        return bench(args.records, args.partitions, args.rounds)
+        return bench(args.records, args.rounds, args.backlog, args.quick, args.only)
     from load.demo import demo
 
     return demo(args.records, args.partitions)

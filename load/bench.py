@@ -1,9 +1,21 @@
-"""The benchmark: the worker against the raw client, same broker, same topic, one run.
+"""The benchmark: the worker against the raw client and the peers, one broker, one run.
 
-Starts the real Kafka broker, fills one topic with IoT telemetry, then runs
-each contender in its own process with a fresh consumer group, several
-rounds interleaved, and reports the median records/s and its ratio to the
-raw aiokafka loop. Results go to load/results/ as JSON and Markdown.
+    python -m load bench [--records N] [--rounds R] [--backlog N] [--quick]
+
+Starts the real Kafka broker, fills topics with IoT telemetry, and measures:
+  throughput   raw aiokafka getmany+commit loop (the ceiling), the same with
+               orjson decoding, `worker run` with a no-op / decoding / IoT
+               handler, sentry-arroyo and quixstreams (each in its own
+               virtualenv, librdkafka defaults and fetch.queue.backoff.ms=10);
+               rounds interleaved, median reported, ratios to the raw loop;
+  parallel     an I/O-bound handler (5 ms per batch) at parallelization 1/4/16,
+               with per-device order checked by the handler;
+  cpu          a CPU-bound handler with concurrency=process, processes 1 and 2;
+  latency      produce -> handler, p50/p99, at 10k records/s offered, window 0;
+  memory       the worker's RSS over a backlog of 1 KB records, slow handler.
+Each contender runs in its own process with a fresh consumer group. Results:
+load/results/latest.{json,md,png}. Timing goals are judged here, as ratios
+within one run, never in the test suite.
 """
 
 from __future__ import annotations
@@ -19,83 +31,133 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "load" / "results"
+PEERS = Path(os.environ.get("STREAMWORKER_CACHE", Path.home() / ".cache" / "streamworker"))
+PEER_VENVS = {
+    "arroyo": (PEERS / "peers" / "arroyo", ["sentry-arroyo>=2.48", "confluent-kafka>=2.13.2"]),
+    "quix": (PEERS / "peers" / "quix", ["quixstreams>=3.20,<4"]),
+}
 sys.path.insert(0, str(ROOT))
 
 from scripts import kafka_broker  # noqa: E402
+
+RAW, RAW_DECODE = "raw aiokafka getmany+commit", "raw aiokafka + orjson decode"
 
 
 @dataclass(frozen=True)
 class Contender:
     name: str
-    kind: str  # raw | worker
-    work: str  # raw: noop|decode; worker: handler function in load.bench_handlers
-    baseline: str  # the raw contender it is compared with
+    kind: str  # raw | worker | arroyo | quix
+    work: str  # raw/peers: noop|decode; worker: a handler in load.bench_handlers
+    baseline: str
+    options: tuple[str, ...] = ()  # worker: --set items; peers: fetch.queue.backoff.ms
 
 
-CONTENDERS = [
-    Contender("raw aiokafka getmany+commit", "raw", "noop", "raw aiokafka getmany+commit"),
-    Contender("raw aiokafka + orjson decode", "raw", "decode", "raw aiokafka + orjson decode"),
-    Contender("worker, no-op handler", "worker", "noop", "raw aiokafka getmany+commit"),
-    Contender("worker, orjson decode handler", "worker", "decode", "raw aiokafka + orjson decode"),
-    Contender("worker, IoT example handler", "worker", "iot", "raw aiokafka + orjson decode"),
+THROUGHPUT = [
+    Contender(RAW, "raw", "noop", RAW),
+    Contender(RAW_DECODE, "raw", "decode", RAW_DECODE),
+    Contender("worker, no-op handler", "worker", "noop", RAW),
+    Contender("worker, orjson decode handler", "worker", "decode", RAW_DECODE),
+    Contender("worker, IoT example handler", "worker", "iot", RAW_DECODE),
+    Contender("arroyo, no-op (defaults)", "arroyo", "noop", RAW, ("default",)),
+    Contender("arroyo, no-op (backoff 10 ms)", "arroyo", "noop", RAW, ("10",)),
+    Contender("arroyo, decode (backoff 10 ms)", "arroyo", "decode", RAW_DECODE, ("10",)),
+    Contender("quixstreams, bytes (defaults)", "quix", "noop", RAW, ("default",)),
+    Contender("quixstreams, bytes (backoff 10 ms)", "quix", "noop", RAW, ("10",)),
+    Contender("quixstreams, json (backoff 10 ms)", "quix", "decode", RAW_DECODE, ("10",)),
 ]
 
 
-def _wait_file(path: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> float:
+@dataclass
+class Env:
+    bootstrap: str
+    tmp: Path
+    results: dict = field(default_factory=dict)
+
+
+# -- running one contender ----------------------------------------------------------------
+def _wait_result(out: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> dict:
     deadline = time.monotonic() + timeout_s
-    while not (path.exists() and path.read_text().strip()):
-        if proc.poll() is not None and not path.exists():
-            raise RuntimeError(f"contender exited {proc.returncode} without a result")
+    while not (out.exists() and out.stat().st_size):
+        if proc.poll() is not None and not out.exists():
+            raise RuntimeError(f"{proc.args!r} exited {proc.returncode} without a result")
         if time.monotonic() > deadline:
-            raise RuntimeError("contender did not finish in time")
+            raise RuntimeError(f"{proc.args!r} did not finish in {timeout_s}s")
         time.sleep(0.05)
-    return float(path.read_text())
+    text = out.read_text().strip()
+    return json.loads(text) if text.startswith("{") else {"rate": float(text)}
 
 
-def run_contender(c: Contender, bootstrap: str, topic: str, count: int, tmp: Path) -> float:
-    out = tmp / f"result-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_COUNT": str(count), "BENCH_OUT": str(out)}
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def worker_cmd(bootstrap: str, topic: str, handler: str, *settings: str) -> list[str]:
+    sets = [
+        f'source.bootstrap_servers=["{bootstrap}"]',
+        f'source.topics=["{topic}"]',
+        f"source.group_id=bench-{uuid.uuid4().hex[:8]}",
+        "batching.batch_size=10000",
+        "batching.maximum_batching_window_ms=0",
+        f"handler.target=load.bench_handlers:{handler}",
+        "metrics.listen=127.0.0.1:0",
+        "runtime.log_level=WARNING",
+        *settings,
+    ]
+    cmd = [sys.executable, "-m", "worker", "run"]
+    for item in sets:
+        cmd += ["--set", item]
+    return cmd
+
+
+def run_contender(c: Contender, env: Env, topic: str, count: int) -> dict:
+    out = env.tmp / f"result-{uuid.uuid4().hex[:8]}"
+    penv = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_COUNT": str(count), "BENCH_OUT": str(out)}
     if c.kind == "raw":
-        cmd = [
-            sys.executable,
-            "-m",
-            "load.bench_raw",
-            bootstrap,
-            topic,
-            str(count),
-            c.work,
-            str(out),
-        ]
+        cmd = [sys.executable, "-m", "load.bench_raw", env.bootstrap, topic, str(count), c.work]
+        cmd.append(str(out))
+    elif c.kind == "worker":
+        cmd = worker_cmd(env.bootstrap, topic, c.work, *c.options)
     else:
-        cmd = [
-            sys.executable, "-m", "worker", "run",
-            "--set", f'source.bootstrap_servers=["{bootstrap}"]',
-            "--set", f'source.topics=["{topic}"]',
-            "--set", f"source.group_id=bench-{uuid.uuid4().hex[:8]}",
-            "--set", "batching.batch_size=10000",
-            "--set", "batching.maximum_batching_window_ms=0",
-            "--set", f"handler.target=load.bench_handlers:{c.work}",
-            "--set", "metrics.listen=127.0.0.1:0",
-            "--set", "runtime.log_level=WARNING",
-        ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+        python = PEER_VENVS[c.kind][0] / "bin" / "python"
+        script = ROOT / "load" / "peers" / f"{c.kind}_bench.py"
+        cmd = [str(python), str(script), env.bootstrap, topic, str(count), c.work, c.options[0]]
+        cmd.append(str(out))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=penv, stdout=subprocess.DEVNULL)
     try:
-        return _wait_file(out, proc, timeout_s=600)
+        return _wait_result(out, proc, timeout_s=900)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _stop(proc)
 
 
-async def _fill(bootstrap: str, topic: str, partitions: int, count: int) -> None:
+def ensure_peers() -> list[str]:
+    """Create each peer's virtualenv once (they need conflicting confluent-kafka versions)."""
+    ready = []
+    for name, (venv, packages) in PEER_VENVS.items():
+        python = venv / "bin" / "python"
+        if not python.exists():
+            print(f"installing {name} into {venv} (once)", flush=True)
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            pip = [str(python), "-m", "pip", "install", "-q", *packages, "orjson"]
+            if subprocess.run(pip).returncode != 0:
+                print(f"  {name}: install failed; left out of this run", flush=True)
+                continue
+        ready.append(name)
+    return ready
+
+
+# -- topics ----------------------------------------------------------------------------------
+async def _fill(bootstrap: str, topic: str, partitions: int, count: int, **kw: object) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     from load.produce import produce
@@ -106,27 +168,31 @@ async def _fill(bootstrap: str, topic: str, partitions: int, count: int) -> None
         await admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         await admin.close()
-    await produce(bootstrap, topic, devices=2000, count=count)
+    if count:
+        await produce(bootstrap, topic, devices=2000, count=count, **kw)  # type: ignore[arg-type]
 
 
-def bench(count: int, partitions: int, rounds: int) -> dict:
-    tmp = Path(tempfile.mkdtemp(prefix="streamworker-bench-"))
-    broker = kafka_broker.start(tmp / "kafka")
-    try:
-        topic = "bench"
-        started = time.monotonic()
-        asyncio.run(_fill(broker.bootstrap, topic, partitions, count))
-        print(f"filled {count:,} records in {time.monotonic() - started:.1f}s", flush=True)
-        rates: dict[str, list[float]] = {c.name: [] for c in CONTENDERS}
-        for r in range(rounds):
-            for c in CONTENDERS:
-                rate = run_contender(c, broker.bootstrap, topic, count, tmp)
-                rates[c.name].append(rate)
-                print(f"round {r + 1}: {c.name:<34} {rate:>10,.0f} rec/s", flush=True)
-    finally:
-        broker.stop()
+def fill(env: Env, topic: str, partitions: int, count: int, **kw: object) -> None:
+    started = time.monotonic()
+    asyncio.run(_fill(env.bootstrap, topic, partitions, count, **kw))
+    print(f"  {topic}: {count:,} records in {time.monotonic() - started:.1f}s", flush=True)
+
+
+# -- scenarios -------------------------------------------------------------------------------
+def throughput(env: Env, records: int, rounds: int, peer_records: int) -> None:
+    print("throughput", flush=True)
+    fill(env, "bench", 8, records)
+    peers = ensure_peers()
+    contenders = [c for c in THROUGHPUT if c.kind in ("raw", "worker") or c.kind in peers]
+    rates: dict[str, list[float]] = {c.name: [] for c in contenders}
+    for r in range(rounds):
+        for c in contenders:
+            count = records if c.kind in ("raw", "worker") else peer_records
+            rate = run_contender(c, env, "bench", count)["rate"]
+            rates[c.name].append(rate)
+            print(f"  round {r + 1}: {c.name:<36} {rate:>10,.0f} rec/s", flush=True)
     medians = {name: statistics.median(v) for name, v in rates.items()}
-    rows = [
+    env.results["throughput"] = [
         {
             "contender": c.name,
             "records_per_s": round(medians[c.name]),
@@ -134,42 +200,254 @@ def bench(count: int, partitions: int, rounds: int) -> dict:
             "vs": c.baseline,
             "rounds": [round(x) for x in rates[c.name]],
         }
-        for c in CONTENDERS
+        for c in contenders
     ]
-    return {
-        "machine": (
-            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-        ),
-        "kafka": kafka_broker.KAFKA_VERSION,
+
+
+def parallel(env: Env, records: int) -> None:
+    print("parallel lanes, I/O-bound handler (5 ms per batch of 10)", flush=True)
+    fill(env, "bench-io", 2, records)
+    rows = []
+    for factor in (1, 4, 16):
+        c = Contender(
+            f"parallelization {factor}", "worker", "io_bound", "",
+            ("batching.batch_size=10", f"handler.parallelization_factor={factor}"),
+        )  # fmt: skip
+        result = run_contender(c, env, "bench-io", records)
+        rows.append({"parallelization_factor": factor, "records_per_s": round(result["rate"]),
+                     "order_violations": result["order_violations"]})  # fmt: skip
+        print(f"  {c.name:<20} {result['rate']:>10,.0f} rec/s, "
+              f"order violations {result['order_violations']}", flush=True)  # fmt: skip
+    for row in rows:
+        row["ratio_to_1"] = round(row["records_per_s"] / rows[0]["records_per_s"], 2)
+    env.results["parallel"] = rows
+
+
+def cpu(env: Env, records: int) -> None:
+    print("CPU-bound handler in a process pool", flush=True)
+    fill(env, "bench-cpu", 4, records)
+    rows = []
+    for processes in (1, 2):
+        out = env.tmp / f"cpu-{processes}"
+        cmd = worker_cmd(
+            env.bootstrap, "bench-cpu", "cpu_bound", "batching.batch_size=200",
+            "handler.concurrency=process", f"handler.processes={processes}",
+        )  # fmt: skip
+        penv = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_OUT": str(out)}
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=penv, stdout=subprocess.DEVNULL)
+        try:
+            rate = _wait_cpu_shares(out, records, proc)
+        finally:
+            _stop(proc)
+        rows.append({"processes": processes, "records_per_s": round(rate)})
+        print(f"  processes={processes}: {rate:>10,.0f} rec/s", flush=True)
+    rows[1]["ratio_to_1"] = round(rows[1]["records_per_s"] / rows[0]["records_per_s"], 2)
+    env.results["cpu"] = rows
+
+
+def _wait_cpu_shares(out: Path, records: int, proc: subprocess.Popen[bytes]) -> float:
+    deadline = time.monotonic() + 600
+    while True:
+        lines = [
+            ln.split()
+            for p in out.parent.glob(out.name + ".*")
+            for ln in p.read_text().splitlines()
+        ]
+        done = sum(int(n) for n, _, _ in lines)
+        if done >= records:
+            start = min(float(s) for _, s, _ in lines)
+            end = max(float(e) for _, _, e in lines)
+            return done / (end - start)
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"cpu contender stopped at {done} of {records} records")
+        time.sleep(0.1)
+
+
+def latency(env: Env, rate: int, seconds: int) -> None:
+    print(f"latency at {rate:,} records/s offered, batching window 0", flush=True)
+    fill(env, "bench-lat", 4, 0)
+    count = rate * seconds
+    out = env.tmp / "latency"
+    port = kafka_broker.free_port()
+    cmd = worker_cmd(env.bootstrap, "bench-lat", "latency", "batching.batch_size=100",
+                     f"metrics.listen=127.0.0.1:{port}")  # fmt: skip
+    penv = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_COUNT": str(count), "BENCH_OUT": str(out)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=penv)
+    try:
+        _wait_ready(port, proc)
+        from load.produce import produce
+
+        asyncio.run(produce(env.bootstrap, "bench-lat", devices=2000, rate=rate,
+                            duration_s=seconds, linger_ms=0))  # fmt: skip
+        result = _wait_result(out, proc, timeout_s=120)
+    finally:
+        _stop(proc)
+    env.results["latency"] = {
+        "offered_per_s": rate,
         "records": count,
-        "partitions": partitions,
-        "rounds": rounds,
-        "results": rows,
+        "p50_ms": round(result["p50_ms"], 2),
+        "p99_ms": round(result["p99_ms"], 2),
     }
+    print(f"  p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms", flush=True)
 
 
+def _wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
+    """Until /readyz says the worker has its partitions."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
+            return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.1)
+    raise RuntimeError("the worker did not become ready")
+
+
+def memory(env: Env, backlog: int, seconds: float) -> None:
+    print(f"memory: backlog of {backlog:,} records of 1 KB, slow handler", flush=True)
+    fill(env, "bench-mem", 8, backlog, value_bytes=1024)
+    port = kafka_broker.free_port()
+    cmd = worker_cmd(env.bootstrap, "bench-mem", "io_bound", "batching.batch_size=10",
+                     f"metrics.listen=127.0.0.1:{port}")  # fmt: skip
+    penv = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_COUNT": str(backlog * 10)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=penv, stdout=subprocess.DEVNULL)
+    samples = []
+    try:
+        _wait_ready(port, proc)
+        baseline = _rss_mb(proc.pid)  # started, assigned, before the backlog fills buffers
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            samples.append(_rss_mb(proc.pid))
+            time.sleep(0.25)
+    finally:
+        _stop(proc)
+    env.results["memory"] = {
+        "backlog_records": backlog,
+        "record_bytes": 1024,
+        "rss_ready_mb": round(baseline, 1),
+        "rss_max_mb": round(max(samples), 1),
+        "growth_mb": round(max(samples) - baseline, 1),
+        "seconds": seconds,
+    }
+    print(f"  RSS {baseline:.0f} MB when ready, max {max(samples):.0f} MB", flush=True)
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# -- reporting -------------------------------------------------------------------------------
 def markdown(result: dict) -> str:
     lines = [
-        f"Records: {result['records']:,} IoT readings (~190 B) in {result['partitions']} "
-        f"partitions; Kafka {result['kafka']} on loopback; {result['machine']}; "
-        f"median of {result['rounds']} interleaved rounds.",
+        f"Machine: {result['machine']}; Kafka {result['kafka']} (one KRaft node on loopback).",
         "",
-        "| contender | records/s | ratio | compared with |",
-        "|---|---:|---:|---|",
     ]
-    for row in result["results"]:
-        lines.append(
-            f"| {row['contender']} | {row['records_per_s']:,} | {row['ratio']:.2f} | {row['vs']} |"
-        )
-    return "\n".join(lines) + "\n"
+    if "throughput" in result:
+        lines += [
+            f"**Throughput** ({result['records']:,} IoT readings of ~190 B in 8 partitions; "
+            f"peers read {result['peer_records']:,}; median of {result['rounds']} rounds)",
+            "",
+            "| contender | records/s | ratio | compared with |",
+            "|---|---:|---:|---|",
+        ]
+        for row in result["throughput"]:
+            lines.append(f"| {row['contender']} | {row['records_per_s']:,} | "
+                         f"{row['ratio']:.2f} | {row['vs']} |")  # fmt: skip
+        lines.append("")
+    if "parallel" in result:
+        lines += ["**I/O-bound handler** (5 ms per batch of 10, 2 partitions)", "",
+                  "| parallelization | records/s | vs factor 1 | per-key order violations |",
+                  "|---:|---:|---:|---:|"]  # fmt: skip
+        for row in result["parallel"]:
+            lines.append(f"| {row['parallelization_factor']} | {row['records_per_s']:,} | "
+                         f"{row['ratio_to_1']:.1f} | {row['order_violations']} |")  # fmt: skip
+        lines.append("")
+    if "cpu" in result:
+        lines += ["**CPU-bound handler** (~100 µs per record, concurrency = process)", "",
+                  "| processes | records/s |", "|---:|---:|"]  # fmt: skip
+        lines += [f"| {r['processes']} | {r['records_per_s']:,} |" for r in result["cpu"]]
+        lines += ["", f"processes 2 / processes 1 = {result['cpu'][1]['ratio_to_1']:.2f}", ""]
+    if "latency" in result:
+        lat = result["latency"]
+        lines += [f"**Latency** produce → handler at {lat['offered_per_s']:,} records/s offered, "
+                  f"batching window 0: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms "
+                  f"({lat['records']:,} records)", ""]  # fmt: skip
+    if "memory" in result:
+        mem = result["memory"]
+        lines += [f"**Memory** with a backlog of {mem['backlog_records']:,} records of 1 KB and a "
+                  f"handler that cannot keep up: RSS {mem['rss_ready_mb']} MB when ready, at most "
+                  f"{mem['rss_max_mb']} MB over {mem['seconds']:.0f} s "
+                  f"(+{mem['growth_mb']} MB)", ""]  # fmt: skip
+    return "\n".join(lines)
 
 
-def main(count: int, partitions: int, rounds: int) -> int:
-    result = bench(count, partitions, rounds)
+def chart(result: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = result.get("throughput", [])
+    if not rows:
+        return False
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.2))
+    names = [r["contender"] for r in rows][::-1]
+    rates = [r["records_per_s"] / 1000 for r in rows][::-1]
+    colours = ["#2b6cb0" if n.startswith("worker") else "#a0aec0" for n in names]
+    ax.barh(names, rates, color=colours)
+    for y, rate in enumerate(rates):
+        ax.text(rate, y, f" {rate:,.0f}k", va="center", fontsize=8)
+    ax.set_xlabel("thousand records per second (one process)")
+    ax.set_title(f"streamworker vs raw aiokafka and peers — {result['machine']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(records: int, rounds: int, backlog: int, quick: bool, only: list[str] | None) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="streamworker-bench-"))
+    broker = kafka_broker.start(tmp / "kafka")
+    env = Env(broker.bootstrap, tmp)
+    peer_records = min(records, 300_000)
+    wanted = set(only or ["throughput", "parallel", "cpu", "latency", "memory"])
+    try:
+        if "throughput" in wanted:
+            throughput(env, records, rounds, peer_records)
+        if "parallel" in wanted:
+            parallel(env, 20_000 if quick else 60_000)
+        if "cpu" in wanted:
+            cpu(env, 10_000 if quick else 80_000)
+        if "latency" in wanted:
+            latency(env, 10_000, 5 if quick else 10)
+        if "memory" in wanted:
+            memory(env, backlog, 20 if quick else 40)
+    finally:
+        broker.stop()
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}",
+        "kafka": kafka_broker.KAFKA_VERSION,
+        "records": records,
+        "peer_records": peer_records,
+        "rounds": rounds,
+        "when": time.strftime("%Y-%m-%d"),
+        **env.results,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
     (RESULTS / "latest.md").write_text(table)
+    if chart(result, RESULTS / "latest.png"):
+        print(f"chart: {RESULTS / 'latest.png'}")
     print()
     print(table)
     return 0

@@ -1,14 +1,17 @@
-"""Handlers the benchmark runs inside `worker run`: no-op, decode each value, the IoT example.
+"""Handlers the benchmark runs inside `worker run`.
 
-Each counts records and, once `$BENCH_COUNT` were seen, writes the rate
-(records/s from the start of the first batch to the end of the last) to
-`$BENCH_OUT`. Counting is per batch, like everything else on the hot path.
+Each counts records per batch and, once `$BENCH_COUNT` were seen, writes its
+result (records/s from the start of the first batch to the end of the last,
+plus anything it measured) as JSON to `$BENCH_OUT`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 import time
+from typing import Any
 
 import orjson
 
@@ -18,16 +21,26 @@ _N = int(os.environ.get("BENCH_COUNT", "0"))
 _OUT = os.environ.get("BENCH_OUT", "")
 _seen = 0
 _t0 = 0.0
+_n0 = 0
+_extra: dict[str, Any] = {}
+_last_seq: dict[str, int] = {}
+_latencies: list[float] = []
 
 
 def _account(n: int) -> None:
-    global _seen, _t0
-    if not _seen:
-        _t0 = time.perf_counter()
+    """Steady state: the rate from the first batch past 10% of the records to the last."""
+    global _seen, _t0, _n0
     _seen += n
+    if not _t0 and _seen >= _N // 10:
+        _t0, _n0 = time.perf_counter(), _seen
     if _seen >= _N and _OUT:
-        with open(_OUT, "w") as fh:
-            fh.write(f"{_seen / (time.perf_counter() - _t0)}\n")
+        result = {"rate": (_seen - _n0) / (time.perf_counter() - _t0), **_extra}
+        if _latencies:
+            ordered = sorted(_latencies)
+            result["p50_ms"] = ordered[len(ordered) // 2] * 1000
+            result["p99_ms"] = ordered[int(len(ordered) * 0.99)] * 1000
+        with open(_OUT, "wb") as fh:
+            fh.write(orjson.dumps(result))
 
 
 async def noop(batch) -> None:
@@ -43,4 +56,39 @@ async def decode(batch) -> None:
 
 async def iot(batch) -> None:
     aggregate([r.value for r in batch.records])
+    _account(len(batch.records))
+
+
+async def io_bound(batch) -> None:
+    """5 ms of waiting per batch (a database write, say), checking per-device order."""
+    await asyncio.sleep(0.005)
+    for r in batch.records:
+        reading = orjson.loads(r.value)
+        device, seq = reading["device_id"], reading["seq"]
+        if seq <= _last_seq.get(device, -1):
+            _extra["order_violations"] = _extra.get("order_violations", 0) + 1
+        _last_seq[device] = seq
+    _extra.setdefault("order_violations", 0)
+    _account(len(batch.records))
+
+
+def cpu_bound(batch) -> None:
+    """About 100 µs of hashing per record; runs in a process pool.
+
+    Each child process sees only its share, so every batch appends
+    "records start end" to `$BENCH_OUT.<pid>` and the harness adds them up.
+    """
+    started = time.time()
+    for r in batch.records:
+        h = r.value
+        for _ in range(250):
+            h = hashlib.sha256(h).digest()
+    with open(f"{_OUT}.{os.getpid()}", "a") as fh:
+        fh.write(f"{len(batch.records)} {started} {time.time()}\n")
+
+
+async def latency(batch) -> None:
+    """Produce-to-handler latency from each reading's own timestamp."""
+    now = time.time()
+    _latencies.extend(now - orjson.loads(r.value)["ts"] for r in batch.records)
     _account(len(batch.records))

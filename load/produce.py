@@ -19,21 +19,24 @@ async def produce(
     rate: float | None = None,
     duration_s: float | None = None,
     seed: int = 7,
+    linger_ms: int = 20,
+    value_bytes: int | None = None,
 ) -> int:
     """Send readings keyed by device id; returns how many were acknowledged."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20, acks=1
+        bootstrap_servers=bootstrap, linger_ms=linger_ms, max_batch_size=1 << 20, acks=1
     )
     await producer.start()
     sent = 0
     start = time.monotonic()
     try:
-        source = readings(devices, seed)
+        source = readings(devices, seed, value_bytes)
         if count is None:
             if duration_s is None:
                 raise ValueError("give count, or rate and duration")
             count = int((rate or 10_000) * duration_s)
-        step = 2000
+        # Bursts of at most 10 ms of traffic at a fixed rate, so latency is not made here.
+        step = 2000 if not rate else max(1, min(2000, int(rate / 100)))
         while sent < count:
             chunk = list(islice(source, min(step, count - sent)))
             futures = [await producer.send(topic, value, key=key) for key, value in chunk]

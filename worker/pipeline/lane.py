@@ -37,6 +37,10 @@ from worker.records import Batch
 
 log = logging.getLogger("worker.lane")
 
+#: Memory a buffered record costs beyond its value bytes (the client's record object, the
+#: key and value objects), counted against `max_buffered_bytes` so the limit is what RSS sees.
+RECORD_OVERHEAD_BYTES = 256
+
 
 def route(records: Sequence[Any], lanes: int) -> list[list[Any]]:
     """Split records into `lanes` ordered lists by crc32 of the key (keyless: by position)."""
@@ -148,7 +152,11 @@ class PartitionLane:
 
     @property
     def buffered_bytes(self) -> int:
-        return sum(lane.batcher.bytes for lane in self._lanes)
+        """Estimated memory of the buffered records: value bytes plus per-record overhead."""
+        return sum(
+            lane.batcher.bytes + lane.batcher.records * RECORD_OVERHEAD_BYTES
+            for lane in self._lanes
+        )
 
     @property
     def full(self) -> bool:

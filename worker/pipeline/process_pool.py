@@ -123,4 +123,8 @@ class ProcessPool:
             raise HandlerProcessDied(f"a handler process died: {exc}") from None
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the children now: a handler still running in one is abandoned (uncommitted)."""
+        processes = list(getattr(self._pool, "_processes", {}).values())
+        for process in processes:
+            process.terminate()
+        self._pool.shutdown(wait=True, cancel_futures=True)
