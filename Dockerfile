@@ -16,6 +16,7 @@ RUN pip install --no-cache-dir --no-index --find-links=/wheels streamworker \
     && useradd --system --uid 10001 --no-create-home worker
 WORKDIR /app
 COPY handlers ./handlers
+COPY load ./load
 COPY config/worker.example.toml /etc/streamworker/worker.toml
 USER 10001
 EXPOSE 9108

@@ -204,6 +204,30 @@ def throughput(env: Env, records: int, rounds: int, peer_records: int) -> None:
     ]
 
 
+def fetch_tuning(env: Env, records: int) -> None:
+    """The worker (no-op handler) under the fetch settings worth trying, on the same topic."""
+    print("fetch settings (worker, no-op handler)", flush=True)
+    if "throughput" not in env.results:
+        fill(env, "bench", 8, records)
+    variants = {
+        "defaults (2 MiB per partition, 50 MiB, crc on)": (),
+        "max_partition_fetch_bytes 256 KiB": ("source.max_partition_fetch_bytes=262144",),
+        "max_partition_fetch_bytes 1 MiB": ("source.max_partition_fetch_bytes=1048576",),
+        "max_partition_fetch_bytes 4 MiB": ("source.max_partition_fetch_bytes=4194304",),
+        "fetch_max_records 1000": ("source.fetch_max_records=1000",),
+        "check_crcs off": ("source.check_crcs=false",),
+    }
+    rows = []
+    for name, options in variants.items():
+        c = Contender(name, "worker", "noop", "", options)
+        rate = statistics.median(run_contender(c, env, "bench", records)["rate"] for _ in range(2))
+        rows.append({"settings": name, "records_per_s": round(rate)})
+        print(f"  {name:<48} {rate:>10,.0f} rec/s", flush=True)
+    for row in rows:
+        row["ratio"] = round(row["records_per_s"] / rows[0]["records_per_s"], 3)
+    env.results["fetch"] = rows
+
+
 def parallel(env: Env, records: int) -> None:
     print("parallel lanes, I/O-bound handler (5 ms per batch of 10)", flush=True)
     fill(env, "bench-io", 2, records)
@@ -360,6 +384,12 @@ def markdown(result: dict) -> str:
             lines.append(f"| {row['contender']} | {row['records_per_s']:,} | "
                          f"{row['ratio']:.2f} | {row['vs']} |")  # fmt: skip
         lines.append("")
+    if "fetch" in result:
+        lines += ["**Fetch settings** (worker, no-op handler, median of 2)", "",
+                  "| settings | records/s | ratio |", "|---|---:|---:|"]  # fmt: skip
+        lines += [f"| {r['settings']} | {r['records_per_s']:,} | {r['ratio']:.2f} |"
+                  for r in result["fetch"]]  # fmt: skip
+        lines.append("")
     if "parallel" in result:
         lines += ["**I/O-bound handler** (5 ms per batch of 10, 2 partitions)", "",
                   "| parallelization | records/s | vs factor 1 | per-key order violations |",
@@ -418,10 +448,12 @@ def main(records: int, rounds: int, backlog: int, quick: bool, only: list[str] |
     broker = kafka_broker.start(tmp / "kafka")
     env = Env(broker.bootstrap, tmp)
     peer_records = min(records, 300_000)
-    wanted = set(only or ["throughput", "parallel", "cpu", "latency", "memory"])
+    wanted = set(only or ["throughput", "fetch", "parallel", "cpu", "latency", "memory"])
     try:
         if "throughput" in wanted:
             throughput(env, records, rounds, peer_records)
+        if "fetch" in wanted:
+            fetch_tuning(env, records)
         if "parallel" in wanted:
             parallel(env, 20_000 if quick else 60_000)
         if "cpu" in wanted:

@@ -158,6 +158,10 @@ class RuntimeConfig(_Section):
     max_buffered_records: Annotated[int, Field(ge=1)] = 20_000
     max_buffered_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    gc_freeze: bool = True
+    gc_threshold: tuple[
+        Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]
+    ] = (100_000, 50, 1000)
 
 
 class WorkerConfig(_Section):

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 # The `_created` series double the exposition and no dashboard reads them.
 disable_created_metrics()
@@ -145,6 +153,9 @@ class Metrics:
             ("source",),
             registry=r,
         )
+        # RSS, CPU and open files of the worker process, and the Python version.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self.poll_errors = Counter(
             "worker_poll_errors", "Fetches from the source that raised.", ("source",), registry=r
         )
