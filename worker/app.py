@@ -103,6 +103,7 @@ class Worker:
         self._m_assigned = self.metrics.assigned_partitions.labels(self.source.name)
         self._m_rebalances = self.metrics.rebalances.labels(self.source.name)
         self._m_poll_errors = self.metrics.poll_errors.labels(self.source.name)
+        self._m_buffered_bytes = self.metrics.buffered_bytes.labels(self.source.name)
 
     # -- lifecycle ----------------------------------------------------------------
     async def serve(self) -> int:
@@ -146,13 +147,12 @@ class Worker:
                 if lane is None or not records:
                     continue  # revoked meanwhile: the next owner reads it again
                 lane.metrics.polled.inc(len(records))
-                if lane.feed(records) and not lane.paused:
-                    self.source.pause(key)
-                    lane.paused = True
-                    lane.metrics.paused.set(1)
+                if lane.feed(records):
+                    self._pause(lane)
                 lag = self.source.lag(key)
                 if lag is not None:
                     lane.metrics.lag.set(lag)
+            self._apply_memory_budget()
 
     async def shutdown(self) -> None:
         log.info("event=shutdown_started partitions=%d", len(self.lanes))
@@ -244,7 +244,33 @@ class Worker:
             source=self.source.name,
         )
 
+    # -- backpressure ----------------------------------------------------------------------
+    def buffered_bytes(self) -> int:
+        return sum(lane.buffered_bytes for lane in self.lanes.values())
+
+    def _pause(self, lane: PartitionLane) -> None:
+        if not lane.paused:
+            self.source.pause(lane.key)
+            lane.paused = True
+            lane.metrics.paused.set(1)
+
+    def _apply_memory_budget(self) -> None:
+        """Pause every partition while all buffers together exceed the budget; resume
+        the drained ones once they are back under half of it."""
+        budget = self.config.runtime.memory_budget_bytes
+        self._m_buffered_bytes.set(total := self.buffered_bytes())
+        if total >= budget:
+            for lane in self.lanes.values():
+                self._pause(lane)
+        elif total <= budget // 2:
+            for lane in self.lanes.values():
+                if lane.paused and lane.below_low_water():
+                    self._resume(lane)
+
     def _resume(self, lane: PartitionLane) -> None:
+        """Called by a lane that drained below its low water, and by the budget check."""
+        if self.buffered_bytes() > self.config.runtime.memory_budget_bytes // 2:
+            return  # the budget check in the main loop resumes it later
         if self.lanes.get(lane.key) is lane:
             self.source.resume(lane.key)
         lane.paused = False

@@ -157,6 +157,7 @@ class RuntimeConfig(_Section):
     rebalance_timeout_s: Annotated[float, Field(ge=0, le=3600)] = 20
     max_buffered_records: Annotated[int, Field(ge=1)] = 20_000
     max_buffered_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
+    memory_budget_bytes: Annotated[int, Field(ge=1024 * 1024)] = 32 * 1024 * 1024
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     gc_freeze: bool = True
     gc_threshold: tuple[

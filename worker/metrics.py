@@ -129,6 +129,12 @@ class Metrics:
             _P,
             registry=r,
         )
+        self.buffered_bytes = Gauge(
+            "worker_buffered_bytes",
+            "Estimated memory of all fetched, waiting records (values plus per-record overhead).",
+            ("source",),
+            registry=r,
+        )
         self.paused = Gauge(
             "worker_partition_paused",
             "1 while the partition is paused because its buffer is full.",

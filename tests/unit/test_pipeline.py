@@ -167,3 +167,28 @@ async def test_metrics_count_per_batch_what_happened():
             assert value(m.batches, "memory", p, "success") == 4
             assert value(m.offset_lag, "memory", p) == 0
         assert value(m.assigned_partitions, "memory") == 2
+
+
+async def test_the_memory_budget_pauses_every_partition_and_bounds_all_buffers_together():
+    broker = MemoryBroker()
+    broker.create_topic(TOPIC, 4)
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    budget = 1024 * 1024
+    settings = {
+        "batching": {"batch_size": 10},
+        "runtime": {"memory_budget_bytes": budget, "max_buffered_records": 1_000_000},
+    }
+    async with running_worker(rec, broker, [TOPIC], settings) as w:
+        w.source.max_records = 100  # small fetches, as a real consumer's would be
+        for i in range(8000):
+            broker.produce(TOPIC, b"x" * 500, key=b"k%d" % i, partition=i % 4)
+        await wait_until(lambda: len(w.source.paused) == 4)
+        fetch = 100 * (500 + 320)  # one more fetch may land after the check
+        assert w.buffered_bytes() <= budget + fetch
+        # Pausing sticks while the handler is blocked, whatever the lanes' own limits say.
+        assert all(lane.paused for lane in w.lanes.values())
+        rec.gate.set()
+        await wait_until(lambda: fully_committed(broker, "test", [TOPIC]), timeout_s=30)
+        assert not w.source.paused
+    assert sum(len(v) for v in rec.handled().values()) == 8000
