@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install kafka demo test lint bench clean
+.PHONY: install kafka system-tools demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,6 +16,11 @@ install: $(STAMP)
 kafka: $(STAMP)
 	$(PY) scripts/kafka_broker.py fetch >/dev/null
 
+# Prometheus/promtool and Chromium from Debian, for the operations tests (root on these machines).
+system-tools:
+	@command -v promtool >/dev/null && command -v chromium >/dev/null || { \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus chromium >/dev/null; }
+
 demo: install kafka
 	$(PY) -m load demo
 
@@ -23,7 +28,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: install kafka lint
+test: install kafka system-tools lint
 	$(PY) -m pytest
 
 bench: install kafka

@@ -60,6 +60,7 @@ class Contender:
 THROUGHPUT = [
     Contender(RAW, "raw", "noop", RAW),
     Contender(RAW_DECODE, "raw", "decode", RAW_DECODE),
+    Contender("raw aiokafka loop, GC tuned as the worker", "raw", "noop", RAW, ("gc",)),
     Contender("worker, no-op handler", "worker", "noop", RAW),
     Contender("worker, orjson decode handler", "worker", "decode", RAW_DECODE),
     Contender("worker, IoT example handler", "worker", "iot", RAW_DECODE),
@@ -125,7 +126,7 @@ def run_contender(c: Contender, env: Env, topic: str, count: int) -> dict:
     penv = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_COUNT": str(count), "BENCH_OUT": str(out)}
     if c.kind == "raw":
         cmd = [sys.executable, "-m", "load.bench_raw", env.bootstrap, topic, str(count), c.work]
-        cmd.append(str(out))
+        cmd += [str(out), *c.options]
     elif c.kind == "worker":
         cmd = worker_cmd(env.bootstrap, topic, c.work, *c.options)
     else:
@@ -475,7 +476,10 @@ def main(records: int, rounds: int, backlog: int, quick: bool, only: list[str] |
         **env.results,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    latest = RESULTS / "latest.json"
+    if only and latest.exists():  # a partial run updates its scenarios, keeps the others
+        result = {**json.loads(latest.read_text()), **result}
+    latest.write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
     (RESULTS / "latest.md").write_text(table)
     if chart(result, RESULTS / "latest.png"):

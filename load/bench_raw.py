@@ -1,6 +1,9 @@
 """The ceiling: a bare aiokafka getmany + commit loop (optionally decoding each value).
 
-python -m load.bench_raw BOOTSTRAP TOPIC COUNT {noop|decode} OUT
+python -m load.bench_raw BOOTSTRAP TOPIC COUNT {noop|decode} OUT [gc]
+
+With "gc", the loop first applies the worker's GC settings (freeze, thresholds), to show
+how much of the worker's lead over the plain loop is that alone.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import orjson
 import uvloop
 from aiokafka import AIOKafkaConsumer
 
-from worker.config import SourceConfig
+from worker.config import SourceConfig, WorkerConfig
 
 
 async def main(bootstrap: str, topic: str, count: int, work: str) -> float:
@@ -53,4 +56,8 @@ async def main(bootstrap: str, topic: str, count: int, work: str) -> float:
 
 if __name__ == "__main__":
     b, t, n, w, o = sys.argv[1:6]
+    if sys.argv[6:] == ["gc"]:
+        from worker.app import tune_gc
+
+        tune_gc(WorkerConfig.model_validate({"source": {"topics": [t]}}))
     Path(o).write_text(f"{uvloop.run(main(b, t, int(n), w))}\n")

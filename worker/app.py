@@ -25,6 +25,7 @@ from worker.lambda_compat.adapter import lambda_style
 from worker.metrics import Metrics, PartitionMetrics
 from worker.pipeline.batcher import Batcher
 from worker.pipeline.committer import Committer
+from worker.pipeline.dlq_guard import DeadLetterGuard
 from worker.pipeline.failure_policy import FailurePolicy
 from worker.pipeline.filtering import RecordFilter
 from worker.pipeline.invoker import Invoker, load_handler
@@ -33,6 +34,7 @@ from worker.pipeline.partial import failed_indexes
 from worker.pipeline.process_pool import ProcessPool
 from worker.pipeline.windows import TumblingWindows
 from worker.sources.base import Source
+from worker.status import RateSampler, run_sampler, snapshot
 
 log = logging.getLogger("worker")
 
@@ -95,6 +97,8 @@ class Worker:
         )
         self.endpoints: Endpoints | None = None
         self.should_exit = asyncio.Event()
+        self.started_at = time.monotonic()
+        self._rates = RateSampler()
         self.exit_code = 0
         self._assigned_once = False
         self._started = False
@@ -117,8 +121,16 @@ class Worker:
     async def startup(self) -> None:
         mc = self.config.metrics
         if mc.enabled:
-            self.endpoints = Endpoints(self.metrics.registry, self.readiness, mc.host, mc.port)
+            self.endpoints = Endpoints(
+                self.metrics.registry,
+                self.health,
+                self.readiness,
+                lambda: snapshot(self, self._rates),
+                mc.host,
+                mc.port,
+            )
             await self.endpoints.start()
+            self._spawn(run_sampler(self, self._rates), "rate sampler")
         if self.destination is not None:
             await self.destination.start()
         self._warn_about_dropping()
@@ -230,6 +242,10 @@ class Worker:
             on_drained=self._resume,
             record_filter=self.record_filter,
             windows=self._new_windows(),
+            guard=DeadLetterGuard(
+                self.config.errors.max_dead_letter_ratio,
+                self.config.errors.max_consecutive_dead_letters,
+            ),
         )
 
     def _new_windows(self) -> TumblingWindows | None:
@@ -287,7 +303,17 @@ class Worker:
             )
 
     # -- health -------------------------------------------------------------------------
+    def health(self) -> tuple[bool, str]:
+        """Liveness: the loop turns (this answers) and no partition is halted."""
+        halted = [f"{lane.label}: {lane.halted}" for lane in self.lanes.values() if lane.halted]
+        if halted:
+            return False, "halted by the dead-letter guard: " + "; ".join(halted)
+        return True, "ok"
+
     def readiness(self) -> tuple[bool, str]:
+        healthy, why = self.health()
+        if not healthy:
+            return False, why
         if self.should_exit.is_set():
             return False, "shutting down"
         if not self._started or not self._assigned_once:

@@ -1,4 +1,4 @@
-"""The `worker` command: run, check-config, invoke, event, redrive."""
+"""The `worker` command: run, check-config, status, lag, invoke, event, redrive."""
 
 from __future__ import annotations
 
@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--key", default=None)
     ev.add_argument("--topic", default="telemetry", help="topic (kafka) or stream name (kinesis)")
     ev.add_argument("--partition", type=int, default=0)
+    st = sub.add_parser("status", help="print a running worker's state")
+    st.add_argument("--url", default="http://127.0.0.1:9108", help="the worker's metrics address")
+    lg = with_config("lag", "committed offset, end offset and lag per partition, from the broker")
+    lg.set_defaults(command="lag")
     rd = sub.add_parser("redrive", help="replay dead-lettered records from a DLQ topic")
     rd.add_argument("--from", dest="source", required=True, metavar="kafka://DLQ_TOPIC")
     rd.add_argument("--to", dest="target", required=True, metavar="kafka://TOPIC")
@@ -117,8 +121,45 @@ def _invoke(args: argparse.Namespace, config: WorkerConfig) -> int:
     return 0
 
 
+def _status(url: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    from worker.status import render_text
+
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/status.json", timeout=5) as response:
+            status = json.loads(response.read())
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"error: cannot reach a worker at {url}: {exc}", file=sys.stderr)
+        return 1
+    print(render_text(status))
+    return 0
+
+
+def _lag(config: WorkerConfig) -> int:
+    import asyncio
+
+    from worker.sources.kafka_lag import group_lag
+
+    try:
+        rows = asyncio.run(group_lag(config.source))
+    except ConnectionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"group {config.source.group_id}")
+    print(f"{'topic':<28} {'partition':>9} {'committed':>12} {'end':>12} {'lag':>10}")
+    for r in rows:
+        committed = "-" if r.committed is None else r.committed
+        print(f"{r.topic:<28} {r.partition:>9} {committed:>12} {r.end:>12} {r.lag:>10}")
+    print(f"{'total':<28} {'':>9} {'':>12} {'':>12} {sum(r.lag for r in rows):>10}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "status":
+        return _status(args.url)
     if args.command == "event":
         from worker.lambda_compat.local import sample_event
 
@@ -139,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "invoke":
         return _invoke(args, config)
+    if args.command == "lag":
+        return _lag(config)
     if args.command == "check-config":
         try:
             load_handler(config.handler.target)
@@ -150,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     from worker import app, logs
     from worker.sources.kafka import SourceStartError
 
-    logs.setup(config.runtime.log_level)
+    logs.setup(config.runtime.log_level, config.runtime.log_format)
     try:
         return app.run(config)
     except HandlerLoadError as exc:

@@ -89,6 +89,8 @@ class ErrorsConfig(_Section):
     partial_retry: Literal["from_first_failure", "failed_only"] = "from_first_failure"
     on_failure: str = "none"
     on_failure_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30
+    max_dead_letter_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0
+    max_consecutive_dead_letters: Annotated[int, Field(ge=0)] = 0
 
     @field_validator("maximum_record_age_s")
     @classmethod
@@ -159,6 +161,7 @@ class RuntimeConfig(_Section):
     max_buffered_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
     memory_budget_bytes: Annotated[int, Field(ge=1024 * 1024)] = 32 * 1024 * 1024
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
     gc_freeze: bool = True
     gc_threshold: tuple[
         Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]

@@ -135,6 +135,12 @@ class Metrics:
             ("source",),
             registry=r,
         )
+        self.halted = Gauge(
+            "worker_partition_halted",
+            "1 when the dead-letter guard stopped the partition (see errors.max_dead_letter_*).",
+            _P,
+            registry=r,
+        )
         self.paused = Gauge(
             "worker_partition_paused",
             "1 while the partition is paused because its buffer is full.",
@@ -183,6 +189,7 @@ class PartitionMetrics:
         "error",
         "failed",
         "filtered",
+        "halted",
         "invoked",
         "iterator_age",
         "lag",
@@ -217,6 +224,7 @@ class PartitionMetrics:
         self.committed_position = metrics.committed_position.labels(*labels)
         self.buffered = metrics.buffered_records.labels(*labels)
         self.paused = metrics.paused.labels(*labels)
+        self.halted = metrics.halted.labels(*labels)
 
     def forget(self, metrics: Metrics) -> None:
         """Drop the partition's gauges once it is no longer owned, so stale values vanish."""

@@ -119,6 +119,7 @@ def write_config(path: Path, bootstrap: str, topic: str, group: str, **sections:
         "handler": {"target": "recording_handler:handle", "timeout_s": 30},
         "metrics": {"listen": "127.0.0.1:0"},
         "errors": {"retry_backoff_ms": [10, 200]},
+        "runtime": {"log_format": "text"},
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)

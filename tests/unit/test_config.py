@@ -90,3 +90,21 @@ def test_check_config_prints_the_effective_configuration(tmp_path, capsys, monke
     assert main(["check-config", "--config", str(path), "--set", "batching.batch_size=7"]) == 0
     out = capsys.readouterr().out
     assert '"batch_size": 7' in out and '"topics": [\n      "t"\n    ]' in out
+
+
+def test_json_log_lines_carry_the_event_fields():
+    import logging
+
+    import orjson
+
+    from worker.logs import JsonFormatter
+
+    record = logging.LogRecord(
+        "worker", logging.WARNING, __file__, 1,
+        "event=dead_lettered partition=%s records=%d error=%r", ("t-3", 5, "ValueError: x"), None,
+    )  # fmt: skip
+    doc = orjson.loads(JsonFormatter().format(record))
+    assert doc["level"] == "WARNING" and doc["logger"] == "worker"
+    assert doc["event"] == "dead_lettered" and doc["partition"] == "t-3" and doc["records"] == "5"
+    assert doc["error"] == "ValueError: x"
+    assert doc["message"].startswith("event=dead_lettered")

@@ -41,6 +41,7 @@ from worker.destinations.base import (
 )
 from worker.metrics import Metrics, PartitionMetrics
 from worker.pipeline.backoff import Backoff
+from worker.pipeline.dlq_guard import DeadLetterGuard
 from worker.pipeline.invoker import Invoker, Outcome
 from worker.pipeline.partial import InvalidResponse, failed_indexes
 from worker.records import Batch
@@ -100,14 +101,22 @@ class FailurePolicy:
         self._batch_size = metrics.batch_size.labels(source)
         self._inflight = metrics.inflight_batches.labels(source)
         self._ignored_result_warned = False
+        #: The last failures, for the status page: when, which partition, what.
+        self.recent_errors: deque[dict[str, str]] = deque(maxlen=10)
 
-    async def resolve(self, batch: Batch, m: PartitionMetrics, stop: asyncio.Event) -> None:
-        """Return once every record of the batch is resolved; raise Abandoned if stopped first."""
+    async def resolve(
+        self, batch: Batch, m: PartitionMetrics, stop: asyncio.Event, guard: DeadLetterGuard
+    ) -> None:
+        """Return once every record of the batch is resolved.
+
+        Raises Abandoned if the lane is stopped first, PartitionHalted if the dead-letter
+        guard refuses to give up more records; either way the batch stays uncommitted.
+        """
         pending: deque[_Piece] = deque([_Piece(batch.records)])
         while pending:
             piece = pending.popleft()
             if self._max_age_ms >= 0:
-                piece = await self._give_up_expired(piece, batch, m, stop)
+                piece = await self._give_up_expired(piece, batch, m, stop, guard)
                 if piece is None:
                     continue
             records = piece.records
@@ -115,6 +124,7 @@ class FailurePolicy:
             failure, failed = self._judge(outcome, records)
             if failure is None:
                 m.success.inc()
+                guard.handled(len(records))
                 continue
             if failed is None:
                 m.failed.inc(len(records))
@@ -122,6 +132,13 @@ class FailurePolicy:
             else:
                 m.failed.inc(len(failed))
                 m.partial.inc()
+            self.recent_errors.append(
+                {
+                    "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "partition": batch.partition,
+                    "error": f"{failure.error_type}: {failure.message}"[:300],
+                }
+            )
             log.warning(
                 "event=invocation_failed partition=%s first=%s last=%s records=%d attempt=%d "
                 "failed_records=%d error=%r",
@@ -144,12 +161,13 @@ class FailurePolicy:
             else:
                 give_up = [records[i] for i in failed]
                 retry = give_up if self._failed_only else records[failed[0] :]
+                guard.handled(failed[0])  # the records before the first failure succeeded
             attempts = piece.attempts + 1
             if self.retries_exhausted(attempts):
                 event = self.failure_event(
                     RETRY_ATTEMPTS_EXHAUSTED, batch, give_up, attempts, failure
                 )
-                await self.give_up(event, m, stop, "retries_exhausted")
+                await self.give_up(event, m, stop, "retries_exhausted", guard)
                 continue
             if await stopped_within(stop, self.retry_delay_s(attempts)):
                 raise Abandoned(batch.partition)
@@ -201,7 +219,12 @@ class FailurePolicy:
 
     # -- giving up --------------------------------------------------------------------------
     async def _give_up_expired(
-        self, piece: _Piece, batch: Batch, m: PartitionMetrics, stop: asyncio.Event
+        self,
+        piece: _Piece,
+        batch: Batch,
+        m: PartitionMetrics,
+        stop: asyncio.Event,
+        guard: DeadLetterGuard,
     ) -> _Piece | None:
         """Give up the piece's records older than the age limit; return what is left to invoke."""
         ts = self._timestamp
@@ -212,7 +235,7 @@ class FailurePolicy:
         fresh = [r for r in piece.records if ts(r) >= limit]
         failure = Failure("RecordAgeExceeded", f"older than {self._max_age_ms // 1000}s")
         event = self.failure_event(RECORD_AGE_EXCEEDED, batch, expired, piece.attempts, failure)
-        await self.give_up(event, m, stop, "record_age_exceeded")
+        await self.give_up(event, m, stop, "record_age_exceeded", guard)
         return _Piece(fresh, piece.attempts) if fresh else None
 
     def failure_event(
@@ -241,10 +264,17 @@ class FailurePolicy:
         return 0 <= self._max_retries < attempts
 
     async def give_up(
-        self, event: FailureEvent, m: PartitionMetrics, stop: asyncio.Event, reason: str
+        self,
+        event: FailureEvent,
+        m: PartitionMetrics,
+        stop: asyncio.Event,
+        reason: str,
+        guard: DeadLetterGuard,
     ) -> None:
         """Hand the records to the destination (waiting for it), or drop them, counted."""
         first, last, n = event.records[0].position, event.records[-1].position, len(event.records)
+        guard.check(n)  # raises PartitionHalted: a bad deploy must not empty the stream
+        guard.dead_lettered(n)
         if self._destination is None:
             self._metrics.records_dropped.labels(self._source, event.partition, reason).inc(n)
             log.warning(

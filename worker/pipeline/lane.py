@@ -29,6 +29,7 @@ from zlib import crc32
 
 from worker.metrics import PartitionMetrics
 from worker.pipeline.batcher import Batcher
+from worker.pipeline.dlq_guard import DeadLetterGuard, PartitionHalted
 from worker.pipeline.failure_policy import Abandoned, FailurePolicy
 from worker.pipeline.filtering import RecordFilter
 from worker.pipeline.offsets import OffsetTracker
@@ -81,6 +82,7 @@ class PartitionLane:
         on_drained: Callable[[PartitionLane], None],
         record_filter: RecordFilter | None = None,
         windows: TumblingWindows | None = None,
+        guard: DeadLetterGuard | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if windows is not None and len(batchers) > 1:
@@ -101,6 +103,11 @@ class PartitionLane:
         self._on_drained = on_drained
         self._filter = record_filter
         self._windows = windows
+        self.guard = guard or DeadLetterGuard(1.0, 0)
+        if windows is not None:
+            windows.guard = self.guard
+        #: Why the dead-letter guard stopped this partition, if it did.
+        self.halted: str | None = None
         self._clock = clock
         self.tracker = OffsetTracker()
         self.paused = False
@@ -191,6 +198,9 @@ class PartitionLane:
                 await self._process(lane, Batch(records, self._source_name, self.label))
             except Abandoned:
                 return
+            except PartitionHalted as exc:
+                self._halt(str(exc))
+                return
 
     def below_low_water(self) -> bool:
         return (
@@ -224,7 +234,7 @@ class PartitionLane:
             self._finish(await self._windows.process(batch, last, self.metrics, self._stop))
             return
         if batch.records:
-            await self._policy.resolve(batch, self.metrics, self._stop)
+            await self._policy.resolve(batch, self.metrics, self._stop, self.guard)
         self._finish([last] if self._single else self._slices_done(lane, last))
 
     def _slices_done(self, lane: _KeyLane, last: int) -> list[int]:
@@ -246,6 +256,21 @@ class PartitionLane:
             self.tracker.finish(end)
             self.uncommitted_records += self._sizes.pop(end)
         self._on_progress()
+
+    def _halt(self, why: str) -> None:
+        """Stop the whole partition: nothing more is invoked or committed until a restart."""
+        self.halted = why
+        self._stop.set()
+        for lane in self._lanes:
+            lane.wake.set()
+        self.metrics.halted.set(1)
+        log.error(
+            "event=partition_halted partition=%s committed=%s reason=%r note='nothing past "
+            "the committed offset is handled or committed; fix the handler and restart'",
+            self.label,
+            None if self.committed is None else self.committed + 1,
+            why,
+        )
 
     # -- stopping -----------------------------------------------------------------------
     async def stop(self, timeout_s: float) -> None:

@@ -30,6 +30,7 @@ import orjson
 
 from worker.destinations.base import RETRY_ATTEMPTS_EXHAUSTED
 from worker.metrics import PartitionMetrics
+from worker.pipeline.dlq_guard import DeadLetterGuard
 from worker.pipeline.failure_policy import Abandoned, Failure, FailurePolicy, stopped_within
 from worker.records import Batch
 
@@ -62,6 +63,7 @@ class TumblingWindows:
         self.state: dict[str, Any] = {}
         self._pending: list[int] = []  # batch ends waiting for the window's final invoke
         self._ready: list[int] = []  # batch ends whose window closed: committable
+        self.guard = DeadLetterGuard(1.0, 0)  # the lane hands over its own
 
     @property
     def end_ms(self) -> int:
@@ -75,7 +77,11 @@ class TumblingWindows:
         return (self.end_ms + self._grace_ms) / 1000.0
 
     async def process(
-        self, batch: Batch, last_position: int, m: PartitionMetrics, stop: asyncio.Event
+        self,
+        batch: Batch,
+        last_position: int,
+        m: PartitionMetrics,
+        stop: asyncio.Event,
     ) -> list[int]:
         """Run the batch through its windows; return the batch ends that may now be committed."""
         records, ts, i = batch.records, self._ts, 0
@@ -158,7 +164,7 @@ class TumblingWindows:
                     event = self._policy.failure_event(
                         RETRY_ATTEMPTS_EXHAUSTED, batch, records, attempts, failure
                     )
-                    await self._policy.give_up(event, m, stop, "retries_exhausted")
+                    await self._policy.give_up(event, m, stop, "retries_exhausted", self.guard)
                 return  # the state stays as it was
             if await stopped_within(stop, self._policy.retry_delay_s(attempts)):
                 raise Abandoned(partition)

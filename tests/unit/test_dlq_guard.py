@@ -1,0 +1,55 @@
+"""The dead-letter guard halts a partition instead of dead-lettering everything."""
+
+from tests.unit.test_failure_policy import Handler, RecordingDestination, one_partition
+from worker.pipeline.dlq_guard import DeadLetterGuard, PartitionHalted
+from worker.testing import running_worker, wait_until
+
+
+def test_consecutive_limit_counts_dead_letters_since_the_last_success():
+    guard = DeadLetterGuard(max_ratio=1.0, max_consecutive=3)
+    guard.check(3)
+    guard.dead_lettered(3)
+    guard.handled(10)
+    guard.check(3)  # the success in between reset the run
+    guard.dead_lettered(3)
+    try:
+        guard.check(1)
+    except PartitionHalted as exc:
+        assert "4 records in a row" in str(exc)
+    else:
+        raise AssertionError("the fourth in a row must halt")
+
+
+def test_ratio_limit_waits_for_enough_records():
+    guard = DeadLetterGuard(max_ratio=0.2, max_consecutive=0)
+    guard.check(50)  # 50 of 50, but fewer than 100 resolved: no verdict yet
+    guard.dead_lettered(50)
+    guard.handled(100)
+    try:
+        guard.check(1)  # 51 of 151
+    except PartitionHalted as exc:
+        assert "51 of 151" in str(exc)
+    else:
+        raise AssertionError("a ratio over 0.2 must halt")
+
+
+async def test_a_handler_that_fails_everything_halts_the_partition_after_the_limit(caplog):
+    broker = one_partition(50)
+    handler = Handler(poison=set(range(50)))
+    dlq = RecordingDestination()
+    settings = {
+        "batching": {"batch_size": 10},
+        "errors": {"maximum_retry_attempts": 0, "max_consecutive_dead_letters": 5},
+    }
+    async with running_worker(handler, broker, ["t"], settings, destination=dlq) as w:
+        await wait_until(lambda: w.lanes[("t", 0)].halted is not None)
+        healthy, why = w.health()
+        ready, _ = w.readiness()
+        halted = w.metrics.halted.labels("memory", "t-0")._value.get()
+        calls_at_halt = len(handler.calls)
+    assert dlq.offsets() == [0, 1, 2, 3, 4]  # five, and not one more
+    assert broker.committed("test", "t", 0) is None  # nothing past the halt
+    assert not healthy and not ready and "t-0" in why
+    assert halted == 1
+    assert len(handler.calls) == calls_at_halt  # nothing invoked after the halt
+    assert "event=partition_halted" in caplog.text
