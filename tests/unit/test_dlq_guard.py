@@ -42,7 +42,7 @@ async def test_a_handler_that_fails_everything_halts_the_partition_after_the_lim
         "errors": {"maximum_retry_attempts": 0, "max_consecutive_dead_letters": 5},
     }
     async with running_worker(handler, broker, ["t"], settings, destination=dlq) as w:
-        await wait_until(lambda: w.lanes[("t", 0)].halted is not None)
+        await wait_until(lambda: ("t", 0) in w.lanes and w.lanes[("t", 0)].halted is not None)
         healthy, why = w.health()
         ready, _ = w.readiness()
         halted = w.metrics.halted.labels("memory", "t-0")._value.get()

@@ -33,7 +33,7 @@ async def test_status_json_page_and_cli_show_partitions_committed_offsets_and_er
         port = w.endpoints.port
         status = json.loads(await _in_thread(get, port, "/status.json"))
         page = (await _in_thread(get, port, "/")).decode()
-        assert main(["status", "--url", f"http://127.0.0.1:{port}"]) == 0
+        assert await _in_thread(main, ["status", "--url", f"http://127.0.0.1:{port}"]) == 0
     assert status["ready"] is True
     assert [p["partition"] for p in status["partitions"]] == ["t-0", "t-1"]
     assert [p["committed"] for p in status["partitions"]] == [50, 50]
