@@ -124,14 +124,52 @@ def _java(lib: Path, workdir: Path, heap: list[str]) -> list[str]:
     ]  # fmt: skip
 
 
-def start(workdir: Path | None = None, extra: dict[str, str] | None = None) -> Broker:
-    """Format a fresh KRaft log dir and start the broker; return once it accepts clients."""
+#: Users of the SASL listener: PLAIN from the JAAS entries, SCRAM created at format time.
+SASL_USERS = {"admin": "admin-secret", "alice": "alice-secret"}
+
+
+def _sasl_properties(port: int, controller_port: int) -> dict[str, str]:
+    users = " ".join(f'user_{u}="{p}"' for u, p in SASL_USERS.items())
+    return {
+        "listeners": f"SASL_PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{port}",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+        "inter.broker.listener.name": "SASL_PLAINTEXT",
+        "sasl.enabled.mechanisms": "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN",
+        "sasl.mechanism.inter.broker.protocol": "PLAIN",
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="admin" password="{SASL_USERS["admin"]}" {users};'
+        ),
+        "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        ),
+        "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        ),
+    }
+
+
+def start(
+    workdir: Path | None = None, extra: dict[str, str] | None = None, sasl: bool = False
+) -> Broker:
+    """Format a fresh KRaft log dir and start the broker; return once it accepts clients.
+
+    With `sasl`, the client listener is SASL_PLAINTEXT with PLAIN, SCRAM-SHA-256 and
+    SCRAM-SHA-512 for the users in SASL_USERS.
+    """
     lib = fetch_jars()
     workdir = Path(workdir or tempfile.mkdtemp(prefix="kafka-"))
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     port, controller_port = free_port(), free_port()
     props = workdir / "server.properties"
-    props.write_text(_properties(workdir, port, controller_port, extra or {}))
+    settings = {**(_sasl_properties(port, controller_port) if sasl else {}), **(extra or {})}
+    props.write_text(_properties(workdir, port, controller_port, settings))
+    scram = []
+    if sasl:
+        for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+            for user, password in SASL_USERS.items():
+                scram += ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
     (workdir / "log4j.properties").write_text(
         "log4j.rootLogger=INFO, F\n"
         "log4j.appender.F=org.apache.log4j.FileAppender\n"
@@ -142,7 +180,7 @@ def start(workdir: Path | None = None, extra: dict[str, str] | None = None) -> B
     small = ["-Xmx256m", "-XX:TieredStopAtLevel=1"]
     subprocess.run(
         [*_java(lib, workdir, small), "kafka.tools.StorageTool", "format",
-         "-t", _cluster_id(), "-c", str(props)],
+         "-t", _cluster_id(), "-c", str(props), *scram],
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     heap = ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"]

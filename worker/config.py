@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -39,6 +39,45 @@ class SourceConfig(_Section):
     fetch_max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 500
     check_crcs: bool = True
     event_source_arn: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_plain_username: str | None = None
+    #: From the file, the environment (WORKER__SOURCE__SASL_PLAIN_PASSWORD) or
+    #: `sasl_plain_password_file`; never printed or logged.
+    sasl_plain_password: SecretStr | None = None
+    sasl_plain_password_file: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_from_file(cls, data: Any) -> Any:
+        path = data.get("sasl_plain_password_file") if isinstance(data, dict) else None
+        if path:
+            try:
+                with open(path) as fh:
+                    data = {**data, "sasl_plain_password": fh.read().strip()}
+            except OSError as exc:
+                raise ValueError(
+                    f"source.sasl_plain_password_file = {path!r}: cannot read it: {exc.strerror}"
+                ) from None
+        return data
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> SourceConfig:
+        if self.security_protocol.startswith("SASL"):
+            missing = [
+                k
+                for k in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password")
+                if getattr(self, k) is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"source.security_protocol = {self.security_protocol!r} needs "
+                    + ", ".join(f"source.{k}" for k in missing)
+                )
+        return self
 
     @model_validator(mode="after")
     def _needs_topics(self) -> SourceConfig:

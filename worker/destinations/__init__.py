@@ -13,10 +13,11 @@ def make_destination(config: WorkerConfig) -> Destination | None:
     target = config.errors.on_failure
     if target.startswith("kafka://"):
         from worker.destinations.kafka import KafkaDestination
+        from worker.sources.kafka_security import client_kwargs
 
         return KafkaDestination(
             target.removeprefix("kafka://"),
-            config.source.bootstrap_servers,
+            client_kwargs(config.source),
             config.errors.on_failure_timeout_s,
         )
     if target.startswith("file://"):

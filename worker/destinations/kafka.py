@@ -7,7 +7,6 @@ can strip exactly them. Sends wait for acks from all in-sync replicas.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -34,16 +33,16 @@ def error_headers(event: FailureEvent, r: Any) -> list[tuple[str, bytes]]:
 
 
 class KafkaDestination:
-    def __init__(self, topic: str, bootstrap_servers: Sequence[str], timeout_s: float) -> None:
+    def __init__(self, topic: str, connection: dict[str, Any], timeout_s: float) -> None:
         self.topic = topic
         self.name = f"kafka://{topic}"
-        self._bootstrap = list(bootstrap_servers)
+        self._connection = connection
         self._timeout_s = timeout_s
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
+            **self._connection,
             acks="all",
             enable_idempotence=True,
             request_timeout_ms=int(self._timeout_s * 1000),

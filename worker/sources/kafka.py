@@ -14,11 +14,17 @@ from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
     RebalanceInProgressError,
+    UnknownTopicOrPartitionError,
 )
 
 from worker.config import SourceConfig
 from worker.sources import kafka_record  # noqa: F401  (gives ConsumerRecord our API)
 from worker.sources.base import AssignmentListener, OwnershipLost
+from worker.sources.kafka_security import (
+    auth_failure_message,
+    client_kwargs,
+    watch_for_auth_failure,
+)
 
 log = logging.getLogger("worker.source.kafka")
 
@@ -61,7 +67,7 @@ class KafkaSource:
         self._committed: dict[TopicPartition, int] = {}
         reset = "latest" if config.starting_position == "latest" else "earliest"
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=config.bootstrap_servers,
+            **client_kwargs(config),
             group_id=config.group_id,
             client_id=config.client_id,
             enable_auto_commit=False,
@@ -78,12 +84,21 @@ class KafkaSource:
 
     async def start(self, listener: AssignmentListener) -> None:
         self._consumer.subscribe(self._config.topics, listener=_RebalanceBridge(self, listener))
-        try:
-            await self._consumer.start()
-        except KafkaConnectionError as exc:
-            await self._consumer.stop()
-            servers = ",".join(self._config.bootstrap_servers)
-            raise SourceStartError(f"kafka: cannot connect to {servers}: {exc}") from None
+        with watch_for_auth_failure() as watch:
+            try:
+                await self._consumer.start()
+            except KafkaConnectionError as exc:
+                await self._consumer.stop()
+                if watch.auth_failed:
+                    raise SourceStartError(auth_failure_message(self._config)) from None
+                servers = ",".join(self._config.bootstrap_servers)
+                raise SourceStartError(f"kafka: cannot connect to {servers}: {exc}") from None
+            except UnknownTopicOrPartitionError:
+                await self._consumer.stop()
+                raise SourceStartError(
+                    f"kafka: source.topics {self._config.topics}: not found at "
+                    f"{','.join(self._config.bootstrap_servers)} (create them first)"
+                ) from None
 
     async def _prepare(self, partitions: list[TopicPartition]) -> None:
         """Read committed offsets (for lag) and seek where the group has none yet."""

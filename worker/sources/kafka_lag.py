@@ -6,13 +6,23 @@ admin API, so it works whether or not a worker is running.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import (
+    CoordinatorLoadInProgressError,
+    GroupCoordinatorNotAvailableError,
+    KafkaConnectionError,
+    KafkaError,
+)
 
 from worker.config import SourceConfig
+from worker.sources.kafka_security import client_kwargs
+
+COORDINATOR_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -27,9 +37,22 @@ class PartitionLag:
         return self.end - (self.committed or 0)
 
 
+async def _group_offsets(admin: AIOKafkaAdminClient, group: str, tps: list[TopicPartition]) -> dict:
+    """The group's offsets; a cluster still electing its group coordinator is waited for."""
+    deadline = time.monotonic() + COORDINATOR_WAIT_S
+    while True:
+        try:
+            return await admin.list_consumer_group_offsets(group, partitions=tps)
+        except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def group_lag(config: SourceConfig) -> list[PartitionLag]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=config.bootstrap_servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=config.bootstrap_servers)
+    connection = client_kwargs(config)
+    admin = AIOKafkaAdminClient(**connection)
+    consumer = AIOKafkaConsumer(**connection)
     try:
         await admin.start()
         await consumer.start()
@@ -40,7 +63,7 @@ async def group_lag(config: SourceConfig) -> list[PartitionLag]:
             if not t.get("error_code")
             for p in t["partitions"]
         ]
-        committed = await admin.list_consumer_group_offsets(config.group_id, partitions=tps)
+        committed = await _group_offsets(admin, config.group_id, tps)
         ends = await consumer.end_offsets(tps)
     except KafkaConnectionError as exc:
         raise ConnectionError(
