@@ -35,6 +35,7 @@ from worker.pipeline.process_pool import ProcessPool
 from worker.pipeline.windows import TumblingWindows
 from worker.sources.base import Source
 from worker.status import RateSampler, run_sampler, snapshot
+from worker.watchdog import CommitWatchdog, LoopMonitor
 
 log = logging.getLogger("worker")
 
@@ -98,6 +99,9 @@ class Worker:
         self.endpoints: Endpoints | None = None
         self.should_exit = asyncio.Event()
         self.started_at = time.monotonic()
+        #: True between a revoke and the next assignment: no commit is expected then.
+        self.rebalancing = False
+        self.watchdog = CommitWatchdog(self, config.runtime.stall_timeout_s)
         self._rates = RateSampler()
         self.exit_code = 0
         self._assigned_once = False
@@ -135,6 +139,11 @@ class Worker:
             await self.destination.start()
         self._warn_about_dropping()
         self._spawn(self.committer.run(), "committer")
+        rt = self.config.runtime
+        heartbeat_s = self.config.source.heartbeat_interval_ms / 1000.0
+        self._spawn(LoopMonitor(self, heartbeat_s, rt.stall_timeout_s).run(), "loop monitor")
+        if rt.stall_timeout_s:
+            self._spawn(self.watchdog.run(), "commit watchdog")
         await self.source.start(self)
         self._started = True
         log.info(
@@ -190,6 +199,7 @@ class Worker:
     # -- assignment (called by the source) --------------------------------------------
     async def on_assigned(self, partitions: Sequence[Hashable]) -> None:
         self._assigned_once = True
+        self.rebalancing = False
         self._m_rebalances.inc()
         for key in partitions:
             if key not in self.lanes:
@@ -200,6 +210,7 @@ class Worker:
         log.info("event=assigned partitions=%s", ",".join(self.source.label(k) for k in partitions))
 
     async def on_revoked(self, partitions: Sequence[Hashable]) -> None:
+        self.rebalancing = True
         self._m_rebalances.inc()
         owned = [k for k in partitions if k in self.lanes]
         await self._release(owned, self.config.runtime.rebalance_timeout_s, reason="revoked")
@@ -314,6 +325,8 @@ class Worker:
         healthy, why = self.health()
         if not healthy:
             return False, why
+        if self.watchdog.stalled:
+            return False, self.watchdog.stalled
         if self.should_exit.is_set():
             return False, "shutting down"
         if not self._started or not self._assigned_once:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -195,7 +196,13 @@ def main(argv: list[str] | None = None) -> int:
 
     logs.setup(config.runtime.log_level, config.runtime.log_format)
     try:
-        return app.run(config)
+        code = app.run(config)
+        # A handler thread stuck past its timeout must not keep the process alive: the
+        # worker has drained and committed what it could, so leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
     except HandlerLoadError as exc:
         return _fail([str(exc)])
     except SourceStartError as exc:

@@ -201,6 +201,7 @@ class RuntimeConfig(_Section):
     memory_budget_bytes: Annotated[int, Field(ge=1024 * 1024)] = 32 * 1024 * 1024
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
+    stall_timeout_s: Annotated[float, Field(ge=0, le=86_400)] = 900
     gc_freeze: bool = True
     gc_threshold: tuple[
         Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]

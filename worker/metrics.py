@@ -168,6 +168,13 @@ class Metrics:
         # RSS, CPU and open files of the worker process, and the Python version.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
+        self.loop_lag = Histogram(
+            "worker_event_loop_lag_seconds",
+            "How late the event loop ran a 250 ms timer (a blocked loop delays heartbeats).",
+            ("source",),
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
         self.poll_errors = Counter(
             "worker_poll_errors", "Fetches from the source that raised.", ("source",), registry=r
         )
