@@ -103,8 +103,11 @@ def test_kill_9_mid_stream_loses_nothing_and_restart_resumes_at_the_commit(
     topic, ends = setup_topic(kafka, 20_000)
     group = unique("g")
     config = write_config(
-        tmp_path / "w.toml", kafka, topic, group, handler={"parallelization_factor": lanes}
-    )
+        tmp_path / "w.toml", kafka, topic, group,
+        handler={"parallelization_factor": lanes},
+        source={"fetch_max_records": 500},
+        runtime={"max_buffered_records": 1000},
+    )  # fmt: skip
     slow = {"RECORD_SLEEP_S": "0.03"}
 
     first = WorkerProcess(config, tmp_path, slow)
@@ -140,8 +143,9 @@ def test_kill_9_mid_stream_loses_nothing_and_restart_resumes_at_the_commit(
         assert resumed == list(range(resume, end)), f"partition {p} did not resume at the commit"
         assert set(run1[p]) | set(run2[p]) == set(range(end))
         duplicates = len(set(run1[p]) & set(run2[p]))
-        # Bounded by what was in flight (a batch per lane) and finished since the last commit.
-        assert duplicates <= 1000
+        # Bounded by the records a partition may hold unfinished (buffered, in flight, or
+        # handled ahead of the slowest lane) plus the one fetch that can land past it.
+        assert duplicates <= 1000 + 500
 
 
 def test_kill_9_with_dead_lettering_commits_nothing_unhandled_or_unrecorded(

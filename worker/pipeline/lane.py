@@ -117,6 +117,10 @@ class PartitionLane:
         self._sizes: dict[int, int] = {}  # tracker unit end -> records, until finished
         self._segment_pending: dict[int, int] = {}  # segment end -> lanes holding a slice
         self._fed_position: int | None = None
+        #: Records fed and not yet finished: buffered, in flight, or handled by a lane that
+        #: ran ahead of the low watermark. Backpressure counts these, so what a crash can
+        #: make the next owner redo is bounded by max_buffered_records (plus one fetch).
+        self.unfinished_records = 0
         self._stop = asyncio.Event()
 
     # -- fed by the poll loop -------------------------------------------------------
@@ -137,6 +141,7 @@ class PartitionLane:
             for start in range(0, len(records), step):
                 self._add_segment(records[start : start + step], now)
         self._fed_position = records[-1].position
+        self.unfinished_records += len(records)
         self.metrics.buffered.set(self.buffered_records)
         return self.full
 
@@ -168,7 +173,9 @@ class PartitionLane:
 
     @property
     def full(self) -> bool:
-        return self.buffered_records >= self._max_records or self.buffered_bytes >= self._max_bytes
+        return (
+            self.unfinished_records >= self._max_records or self.buffered_bytes >= self._max_bytes
+        )
 
     @property
     def committable(self) -> int | None:
@@ -193,9 +200,9 @@ class PartitionLane:
                         self._finish(closed)
                     continue
                 self.metrics.buffered.set(self.buffered_records)
+                await self._process(lane, Batch(records, self._source_name, self.label))
                 if self.paused and self.below_low_water():
                     self._on_drained(self)
-                await self._process(lane, Batch(records, self._source_name, self.label))
             except Abandoned:
                 return
             except PartitionHalted as exc:
@@ -204,7 +211,7 @@ class PartitionLane:
 
     def below_low_water(self) -> bool:
         return (
-            self.buffered_records <= self._max_records // 2
+            self.unfinished_records <= self._max_records // 2
             and self.buffered_bytes <= self._max_bytes // 2
         )
 
@@ -254,7 +261,9 @@ class PartitionLane:
             return
         for end in unit_ends:
             self.tracker.finish(end)
-            self.uncommitted_records += self._sizes.pop(end)
+            size = self._sizes.pop(end)
+            self.uncommitted_records += size
+            self.unfinished_records -= size
         self._on_progress()
 
     def _halt(self, why: str) -> None:
