@@ -159,16 +159,9 @@ def ensure_peers() -> list[str]:
 
 # -- topics ----------------------------------------------------------------------------------
 async def _fill(bootstrap: str, topic: str, partitions: int, count: int, **kw: object) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from load.produce import create_topic, produce
 
-    from load.produce import produce
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
+    await create_topic(bootstrap, topic, partitions)
     if count:
         await produce(bootstrap, topic, devices=2000, count=count, **kw)  # type: ignore[arg-type]
 

@@ -48,16 +48,9 @@ def _port(preferred: int) -> int:
 
 
 async def _setup(bootstrap: str, partitions: int, records: int) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from load.produce import create_topic, produce
 
-    from load.produce import produce
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(TOPIC, partitions, 1)])
-    finally:
-        await admin.close()
+    await create_topic(bootstrap, TOPIC, partitions)
     started = time.monotonic()
     n = await produce(bootstrap, TOPIC, devices=2000, count=records)
     print(f"   produced a backlog of {n:,} readings in {time.monotonic() - started:.1f}s")

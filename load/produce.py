@@ -7,8 +7,19 @@ import time
 from itertools import islice
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from load.telemetry import readings
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    """Create a topic (the local broker does not create topics on first use)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
 
 
 async def produce(
