@@ -48,15 +48,19 @@ async def produce(
             count = int((rate or 10_000) * duration_s)
         # Bursts of at most 10 ms of traffic at a fixed rate, so latency is not made here.
         step = 2000 if not rate else max(1, min(2000, int(rate / 100)))
+        pending: list[asyncio.Future[object]] = []
         while sent < count:
             chunk = list(islice(source, min(step, count - sent)))
-            futures = [await producer.send(topic, value, key=key) for key, value in chunk]
-            await asyncio.gather(*futures)
+            pending += [await producer.send(topic, value, key=key) for key, value in chunk]
             sent += len(chunk)
+            if len(pending) >= 10_000:  # acks in bulk: pacing must not wait out each linger
+                await asyncio.gather(*pending)
+                pending.clear()
             if rate:
                 ahead = sent / rate - (time.monotonic() - start)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
+        await asyncio.gather(*pending)
     finally:
         await producer.stop()
     return sent
