@@ -3,7 +3,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install kafka system-tools demo test lint bench clean
+NPM_DIR ?= $(HOME)/.cache/streamworker/npm
+
+.PHONY: install kafka emulators system-tools demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,6 +17,11 @@ install: $(STAMP)
 
 kafka: $(STAMP)
 	$(PY) scripts/kafka_broker.py fetch >/dev/null
+
+# The Kinesis emulator for the Kinesis tests (DynamoDB comes from moto, a dev dependency).
+emulators:
+	@test -f $(NPM_DIR)/node_modules/kinesis-local/main.js || \
+	  npm install --silent --prefix $(NPM_DIR) kinesis-local@0.6.2
 
 # Prometheus/promtool and Chromium from Debian, for the operations tests (root on these machines).
 system-tools:
@@ -28,7 +35,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: install kafka system-tools lint
+test: install kafka emulators system-tools lint
 	$(PY) -m pytest
 
 bench: install kafka

@@ -1,0 +1,25 @@
+from collections.abc import Iterator
+
+import pytest
+
+from tests.kinesis.emulators import Emulator, start_dynamodb
+
+
+@pytest.fixture(autouse=True)
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Emulators accept any credentials; never let a test reach real AWS ones."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture(scope="session")
+def dynamodb() -> Iterator[Emulator]:
+    emulator = start_dynamodb()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()

@@ -1,0 +1,1 @@
+"""The Kinesis source: shards, KCL-style leases and checkpoints in DynamoDB."""

@@ -1,0 +1,69 @@
+"""Which leases this worker should take next: a pure function, so it is tested without AWS.
+
+Each worker converges to its fair share, ceil(open shards / live workers). It
+takes free or expired leases first; if it is still below its share it steals
+at most one lease per round from the most loaded worker, and only from one
+holding more than the share, so workers settle within one of even instead of
+trading leases back and forth. A child shard is eligible only once every
+parent lease it knows of has reached SHARD_END, which keeps per-key order
+across splits and merges.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+from worker.sources.kinesis.leases import Lease
+
+
+@dataclass
+class Seen:
+    """The last counter this worker saw for a lease, and when (its own clock) it changed."""
+
+    counter: int
+    since: float
+
+
+def expired(lease: Lease, seen: dict[str, Seen], now: float, duration_s: float) -> bool:
+    """Free, or its counter has not moved for a lease duration (its owner stopped renewing)."""
+    if lease.owner is None:
+        return True
+    last = seen.get(lease.shard_id)
+    if last is None or last.counter != lease.counter:
+        seen[lease.shard_id] = Seen(lease.counter, now)
+        return False
+    return now - last.since >= duration_s
+
+
+def plan(
+    leases: list[Lease], me: str, seen: dict[str, Seen], now: float, duration_s: float
+) -> list[Lease]:
+    """The leases to try to take this round (free or expired ones, or one to steal)."""
+    by_id = {lease.shard_id: lease for lease in leases}
+    open_leases = [
+        lease
+        for lease in leases
+        if not lease.ended and all(by_id[p].ended for p in lease.parents if p in by_id)
+    ]
+    dead = {lease.shard_id for lease in open_leases if expired(lease, seen, now, duration_s)}
+    held = Counter(
+        lease.owner for lease in open_leases if lease.owner and lease.shard_id not in dead
+    )
+    workers = set(held) | {me}
+    share = math.ceil(len(open_leases) / len(workers)) if open_leases else 0
+    mine = held.get(me, 0)
+    wanted = [lease for lease in open_leases if lease.shard_id in dead and lease.owner != me]
+    takes = wanted[: max(share - mine, 0)]
+    if mine + len(takes) < share:
+        owner, count = max(
+            ((o, n) for o, n in held.items() if o != me), key=lambda kv: kv[1], default=(None, 0)
+        )
+        if owner is not None and count > share:
+            victim = next(
+                lease for lease in open_leases
+                if lease.owner == owner and lease.shard_id not in dead
+            )  # fmt: skip
+            takes.append(victim)
+    return takes

@@ -1,0 +1,163 @@
+"""KCL-style shard leases and checkpoints in a DynamoDB table.
+
+One item per shard: `shard_id`, `owner`, `counter` (bumped by every take,
+renew and release), `checkpoint` (the last sequence number done, or
+SHARD_END), `sub_checkpoint` (for KPL aggregation later) and `parents`. Every
+write that depends on owning the lease is conditional on `owner` and
+`counter` being what this worker last saw, so a worker that lost its lease
+(taken over after it stopped renewing, say) can never checkpoint: its write
+fails and it drops the shard without committing. Expiry is judged as KCL does,
+by a counter that has not moved for `lease_duration_s` on this worker's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+SHARD_END = "SHARD_END"
+TRIM_HORIZON = "TRIM_HORIZON"
+
+
+class LeaseLost(Exception):
+    """A conditional write failed: another worker owns the lease now."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    shard_id: str
+    owner: str | None
+    counter: int
+    checkpoint: str | None
+    parents: tuple[str, ...] = ()
+
+    @property
+    def ended(self) -> bool:
+        return self.checkpoint == SHARD_END
+
+
+def _item(lease: Lease) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "shard_id": {"S": lease.shard_id},
+        "counter": {"N": str(lease.counter)},
+        "parents": {"L": [{"S": p} for p in lease.parents]},
+    }
+    if lease.owner:
+        item["owner"] = {"S": lease.owner}
+    if lease.checkpoint:
+        item["checkpoint"] = {"S": lease.checkpoint}
+    return item
+
+
+def _lease(item: dict[str, Any]) -> Lease:
+    return Lease(
+        shard_id=item["shard_id"]["S"],
+        owner=item.get("owner", {}).get("S"),
+        counter=int(item["counter"]["N"]),
+        checkpoint=item.get("checkpoint", {}).get("S"),
+        parents=tuple(p["S"] for p in item.get("parents", {}).get("L", [])),
+    )
+
+
+def _conditional_failed(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+class LeaseTable:
+    def __init__(self, client: Any, table: str, worker_id: str) -> None:
+        self._db = client
+        self.table = table
+        self.worker_id = worker_id
+
+    async def ensure(self) -> None:
+        """Create the table if it is missing, and wait until it is active."""
+        try:
+            await self._db.create_table(
+                TableName=self.table,
+                KeySchema=[{"AttributeName": "shard_id", "KeyType": "HASH"}],
+                AttributeDefinitions=[{"AttributeName": "shard_id", "AttributeType": "S"}],
+                BillingMode="PAY_PER_REQUEST",
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
+                raise
+        for _ in range(120):
+            described = await self._db.describe_table(TableName=self.table)
+            if described["Table"]["TableStatus"] == "ACTIVE":
+                return
+            await asyncio.sleep(0.5)
+        raise TimeoutError(f"lease table {self.table} did not become ACTIVE")
+
+    async def add_shard(self, shard_id: str, parents: tuple[str, ...]) -> None:
+        """Create a shard's lease unless it exists (every worker may race to do this)."""
+        try:
+            await self._db.put_item(
+                TableName=self.table,
+                Item=_item(Lease(shard_id, None, 0, None, parents)),
+                ConditionExpression="attribute_not_exists(shard_id)",
+            )
+        except ClientError as exc:
+            if not _conditional_failed(exc):
+                raise
+
+    async def all(self) -> list[Lease]:
+        leases, kwargs = [], {"TableName": self.table, "ConsistentRead": True}
+        while True:
+            page = await self._db.scan(**kwargs)
+            leases += [_lease(item) for item in page.get("Items", [])]
+            if "LastEvaluatedKey" not in page:
+                return sorted(leases, key=lambda lease: lease.shard_id)
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    async def _update(self, lease: Lease, expression: str, values: dict[str, Any],
+                      names: dict[str, str] | None = None, mine: bool = True) -> None:  # fmt: skip
+        condition = "#counter = :seen" + (" AND #owner = :me" if mine else "")
+        values = {":seen": {"N": str(lease.counter)}, **values}
+        if mine:
+            values[":me"] = {"S": self.worker_id}
+        try:
+            await self._db.update_item(
+                TableName=self.table,
+                Key={"shard_id": {"S": lease.shard_id}},
+                UpdateExpression=expression,
+                ConditionExpression=condition,
+                ExpressionAttributeNames={
+                    "#counter": "counter",
+                    "#owner": "owner",
+                    **(names or {}),
+                },
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if _conditional_failed(exc):
+                raise LeaseLost(f"lease of {lease.shard_id} changed under us") from None
+            raise
+
+    async def take(self, lease: Lease) -> Lease:
+        """Own a free, expired or stolen lease, if it is still as we last saw it."""
+        await self._update(
+            lease,
+            "SET #owner = :me, #counter = #counter + :one",
+            {":me": {"S": self.worker_id}, ":one": {"N": "1"}},
+            mine=False,
+        )
+        return replace(lease, owner=self.worker_id, counter=lease.counter + 1)
+
+    async def renew(self, lease: Lease) -> Lease:
+        await self._update(lease, "SET #counter = #counter + :one", {":one": {"N": "1"}})
+        return replace(lease, counter=lease.counter + 1)
+
+    async def checkpoint(self, lease: Lease, sequence: str) -> Lease:
+        """Record `sequence` (or SHARD_END) as done; LeaseLost if we no longer own it."""
+        await self._update(
+            lease, "SET #checkpoint = :cp", {":cp": {"S": sequence}}, {"#checkpoint": "checkpoint"}
+        )
+        return replace(lease, checkpoint=sequence)
+
+    async def release(self, lease: Lease) -> None:
+        """Give the lease up (after the last checkpoint), so another worker takes it at once."""
+        await self._update(lease, "REMOVE #owner SET #counter = #counter + :one",
+                           {":one": {"N": "1"}})  # fmt: skip
