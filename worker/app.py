@@ -48,6 +48,10 @@ def make_source(config: WorkerConfig) -> Source:
         from worker.sources.kafka import KafkaSource
 
         return KafkaSource(config.source)
+    if config.source.kind == "kinesis":
+        from worker.sources.kinesis.source import KinesisSource
+
+        return KinesisSource(config.source)
     raise ValueError(f"source.kind {config.source.kind!r} needs a source object passed in")
 
 

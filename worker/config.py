@@ -21,7 +21,7 @@ class _Section(BaseModel):
 
 
 class SourceConfig(_Section):
-    kind: Literal["kafka", "memory"] = "kafka"
+    kind: Literal["kafka", "kinesis", "memory"] = "kafka"
     bootstrap_servers: list[str] = Field(default_factory=lambda: ["127.0.0.1:9092"], min_length=1)
     topics: list[str] = Field(default_factory=list)
     group_id: str = "streamworker"
@@ -79,10 +79,22 @@ class SourceConfig(_Section):
                 )
         return self
 
+    # Kinesis: the stream, where it and the lease table are (unset: the standard
+    # AWS_ENDPOINT_URL_KINESIS / AWS_ENDPOINT_URL_DYNAMODB variables, then AWS itself).
+    stream_name: str | None = None
+    stream_arn: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+    lease_endpoint_url: str | None = None
+    lease_table: str | None = None
+    lease_duration_s: Annotated[float, Field(ge=1, le=3600)] = 10
+
     @model_validator(mode="after")
     def _needs_topics(self) -> SourceConfig:
         if self.kind == "kafka" and not self.topics:
             raise ValueError("source.topics: a kafka source needs at least one topic")
+        if self.kind == "kinesis" and not (self.stream_name or self.stream_arn):
+            raise ValueError("source.stream_name: a kinesis source needs stream_name or stream_arn")
         return self
 
 

@@ -1,0 +1,116 @@
+"""The worker on Kinesis (kinesis-local) with leases and checkpoints in DynamoDB (moto)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from aiobotocore.session import get_session
+
+from tests.kinesis.emulators import Emulator, start_kinesis
+from worker.app import Worker
+from worker.config import WorkerConfig
+from worker.sources.kinesis.leases import LeaseTable
+
+
+@pytest.fixture(scope="module")
+def kinesis() -> Iterator[Emulator]:
+    emulator = start_kinesis()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+async def make_stream(kinesis: Emulator, shards: int, records: int, keys: int = 40) -> str:
+    stream = f"telemetry-{uuid.uuid4().hex[:6]}"
+    async with get_session().create_client(
+        "kinesis", region_name="us-east-1", endpoint_url=kinesis.url
+    ) as client:
+        await client.create_stream(StreamName=stream, ShardCount=shards)
+        for _ in range(100):
+            described = await client.describe_stream_summary(StreamName=stream)
+            if described["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
+                break
+            await asyncio.sleep(0.2)
+        seq: dict[int, int] = defaultdict(int)
+        entries = []
+        for i in range(records):
+            k = i % keys
+            entries.append({"Data": orjson.dumps({"key": f"d{k}", "seq": seq[k]}),
+                            "PartitionKey": f"d{k}"})  # fmt: skip
+            seq[k] += 1
+        for start in range(0, len(entries), 500):
+            result = await client.put_records(
+                StreamName=stream, Records=entries[start : start + 500]
+            )
+            assert result.get("FailedRecordCount", 0) == 0
+    return stream
+
+
+def config(kinesis: Emulator, dynamodb: Emulator, stream: str, table: str) -> WorkerConfig:
+    return WorkerConfig.model_validate(
+        {
+            "source": {
+                "kind": "kinesis",
+                "stream_name": stream,
+                "region": "us-east-1",
+                "endpoint_url": kinesis.url,
+                "lease_endpoint_url": dynamodb.url,
+                "lease_table": table,
+                "lease_duration_s": 3,
+            },
+            "batching": {"batch_size": 100, "maximum_batching_window_ms": 50},
+            "metrics": {"enabled": False},
+        }
+    )
+
+
+async def checkpoints(dynamodb: Emulator, table: str) -> dict[str, str | None]:
+    async with get_session().create_client(
+        "dynamodb", region_name="us-east-1", endpoint_url=dynamodb.url
+    ) as client:
+        return {
+            lease.shard_id: lease.checkpoint for lease in await LeaseTable(client, table, "x").all()
+        }
+
+
+async def test_4000_records_over_4_shards_are_handled_once_in_order_and_checkpointed(
+    kinesis: Emulator, dynamodb: Emulator
+):
+    stream = await make_stream(kinesis, shards=4, records=4000)
+    table = f"leases-{uuid.uuid4().hex[:6]}"
+    handled: dict[str, list[tuple[int, str, int]]] = defaultdict(list)
+
+    async def handler(batch) -> None:
+        for r in batch.records:
+            reading = r.json()
+            handled[r.shard_id].append((r.position, reading["key"], reading["seq"]))
+
+    worker = Worker(config(kinesis, dynamodb, stream, table), handler=handler)
+    task = asyncio.create_task(worker.serve())
+    deadline = time.monotonic() + 90
+    try:
+        while True:
+            total = sum(map(len, handled.values()))
+            last = {s: str(rows[-1][0]) for s, rows in handled.items() if rows}
+            if total >= 4000 and await checkpoints(dynamodb, table) == last and len(last) == 4:
+                break
+            assert time.monotonic() < deadline, f"{total} handled, checkpoints behind"
+            await asyncio.sleep(0.2)
+    finally:
+        worker.request_exit()
+        await task
+    assert sum(map(len, handled.values())) == 4000  # each once
+    per_key: dict[str, list[int]] = defaultdict(list)
+    for rows in handled.values():
+        positions = [p for p, _, _ in rows]
+        assert positions == sorted(positions)  # per-shard order
+        for _, key, seq in rows:
+            per_key[key].append(seq)
+    assert all(seqs == list(range(len(seqs))) for seqs in per_key.values())

@@ -1,0 +1,305 @@
+"""Kinesis source on aiobotocore: shards owned by lease, read with GetRecords, checkpointed
+by conditional writes to the lease table.
+
+The pipeline sees shards as partitions and sequence numbers as positions
+(`int(sequence_number)`: they are ordered within a shard). A coordinator task
+renews this worker's leases, takes free, expired or (for balance) stolen
+ones, and discovers new shards; each owned shard has a reader task that
+stays within AWS's per-shard limits (5 GetRecords calls/s) and backs off
+with jitter when throttled. A shard that ends (no NextShardIterator) is
+drained and committed through the normal revoke path, then checkpointed
+SHARD_END, which is what lets its children start. A lease found lost on
+renewal is revoked the same way; its checkpoint writes then fail, so nothing
+is committed by a worker that no longer owns the shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from operator import attrgetter
+from typing import Any
+
+import orjson
+from aiobotocore.session import get_session
+from botocore.exceptions import ClientError
+
+from worker.config import SourceConfig
+from worker.sources.base import AssignmentListener, OwnershipLost
+from worker.sources.kinesis.balance import Seen, plan
+from worker.sources.kinesis.leases import SHARD_END, Lease, LeaseLost, LeaseTable
+
+log = logging.getLogger("worker.source.kinesis")
+
+MIN_CALL_INTERVAL_S = 0.2  # GetRecords: 5 calls per second per shard
+IDLE_POLL_S = 0.5
+THROTTLES = {"ProvisionedThroughputExceededException", "LimitExceededException"}
+
+
+class KinesisRecord:
+    """One Kinesis record, with the record API every source gives handlers."""
+
+    __slots__ = ("key", "position", "sequence_number", "shard_id", "size", "timestamp_ms",
+                 "topic", "value")  # fmt: skip
+    headers: Sequence[tuple[str, bytes]] = ()
+    offset = property(attrgetter("position"))
+    partition = 0
+
+    def __init__(self, stream: str, shard_id: str, raw: dict[str, Any]) -> None:
+        self.topic = stream
+        self.shard_id = shard_id
+        self.key = raw["PartitionKey"].encode()
+        self.value = raw["Data"]
+        self.sequence_number = raw["SequenceNumber"]
+        self.position = int(self.sequence_number)
+        self.timestamp_ms = int(raw["ApproximateArrivalTimestamp"].timestamp() * 1000)
+        self.size = len(self.value)
+
+    def json(self) -> Any:
+        return orjson.loads(self.value)
+
+
+class _Shard:
+    """An owned shard: its lease, its reader task and the records waiting to be fetched."""
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self.chunks: asyncio.Queue[list[KinesisRecord]] = asyncio.Queue(maxsize=2)
+        self.resumed = asyncio.Event()
+        self.resumed.set()
+        self.reader: asyncio.Task[None] | None = None
+        self.last_read: str | None = lease.checkpoint if lease.checkpoint != SHARD_END else None
+        self.ended = False  # the reader saw the end; the lease ends once all is committed
+        self.millis_behind = 0
+
+
+class KinesisSource:
+    name = "kinesis"
+    record_size = attrgetter("size")
+    record_timestamp_ms = attrgetter("timestamp_ms")
+
+    def __init__(self, config: SourceConfig) -> None:
+        self._config = config
+        self._stream = config.stream_name or (config.stream_arn or "").rsplit("/", 1)[-1]
+        self.worker_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._shards: dict[str, _Shard] = {}
+        self._seen: dict[str, Seen] = {}
+        self._arrived = asyncio.Event()
+        self._stack = AsyncExitStack()
+        self._coordinator: asyncio.Task[None] | None = None
+        self._listener: AssignmentListener | None = None
+        self._kinesis: Any = None
+        self._leases: LeaseTable | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self, listener: AssignmentListener) -> None:
+        self._listener = listener
+        c = self._config
+        session = get_session()
+        self._kinesis = await self._stack.enter_async_context(
+            session.create_client("kinesis", region_name=c.region, endpoint_url=c.endpoint_url)
+        )
+        dynamodb = await self._stack.enter_async_context(
+            session.create_client(
+                "dynamodb", region_name=c.region, endpoint_url=c.lease_endpoint_url
+            )
+        )
+        self._leases = LeaseTable(dynamodb, c.lease_table or f"{c.group_id}-leases", self.worker_id)
+        await self._leases.ensure()
+        await self._discover()
+        await self._coordinate_once()
+        self._coordinator = asyncio.create_task(self._coordinate(), name="kinesis-leases")
+
+    async def stop(self) -> None:
+        if self._coordinator is not None:
+            self._coordinator.cancel()
+            await asyncio.gather(self._coordinator, return_exceptions=True)
+        for shard_id in list(self._shards):
+            shard = self._shards.pop(shard_id)
+            await self._stop_reader(shard)
+            with contextlib.suppress(LeaseLost, ClientError):
+                assert self._leases is not None
+                await self._leases.release(shard.lease)  # another worker takes it at once
+        await self._stack.aclose()
+
+    # -- leases -----------------------------------------------------------------------------
+    async def _discover(self) -> None:
+        """Add a lease for every shard of the stream (ListShards, paged as AWS pages it)."""
+        assert self._leases is not None
+        kwargs: dict[str, Any] = {"StreamName": self._stream}
+        while True:
+            page = await self._kinesis.list_shards(**kwargs)
+            for shard in page["Shards"]:
+                parents = tuple(
+                    p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p
+                )
+                await self._leases.add_shard(shard["ShardId"], parents)
+            if not page.get("NextToken"):
+                return
+            kwargs = {"NextToken": page["NextToken"]}
+
+    async def _coordinate(self) -> None:
+        interval = self._config.lease_duration_s / 3
+        rounds = 0
+        while True:
+            await asyncio.sleep(interval)
+            rounds += 1
+            try:
+                if rounds % 10 == 0:
+                    await self._discover()  # children of a reshard, new shards
+                await self._coordinate_once()
+            except ClientError as exc:
+                log.warning("event=lease_round_failed error=%r", str(exc))
+
+    async def _coordinate_once(self) -> None:
+        assert self._leases is not None and self._listener is not None
+        for shard_id, shard in list(self._shards.items()):
+            if shard.ended and shard.chunks.empty() and shard.lease.checkpoint == shard.last_read:
+                # Everything read was handled and committed: only now may the shard end.
+                await self._end_shard(shard_id)
+                continue
+            try:
+                shard.lease = await self._leases.renew(shard.lease)
+            except LeaseLost:
+                log.warning("event=lease_lost shard=%s note='stopped without committing'", shard_id)
+                await self._drop(shard_id)
+        leases = await self._leases.all()
+        for lease in plan(leases, self.worker_id, self._seen, time.monotonic(),
+                          self._config.lease_duration_s):  # fmt: skip
+            try:
+                if lease.owner and lease.owner != self.worker_id:
+                    log.info("event=lease_stolen shard=%s from=%s", lease.shard_id, lease.owner)
+                taken = await self._leases.take(lease)
+            except LeaseLost:
+                continue  # someone else was quicker
+            shard = self._shards[lease.shard_id] = _Shard(taken)
+            # The pipeline must own the shard before any record of it can arrive: a record
+            # fetched for a shard it does not know would be dropped, and later commits
+            # would pass over it.
+            await self._listener.on_assigned([lease.shard_id])
+            shard.reader = asyncio.create_task(self._read(lease.shard_id, shard))
+
+    async def _drop(self, shard_id: str) -> None:
+        """Stop a shard: the pipeline drains it (its commits fail if the lease is gone)."""
+        shard = self._shards.get(shard_id)
+        if shard is None:
+            return
+        await self._stop_reader(shard)
+        assert self._listener is not None
+        await self._listener.on_revoked([shard_id])
+        self._shards.pop(shard_id, None)
+
+    async def _end_shard(self, shard_id: str) -> None:
+        """All of a closed shard is handled and committed: mark SHARD_END so children start."""
+        shard = self._shards[shard_id]
+        await self._drop(shard_id)
+        assert self._leases is not None
+        with contextlib.suppress(LeaseLost):
+            lease = await self._leases.checkpoint(shard.lease, SHARD_END)
+            await self._leases.release(lease)
+            log.info("event=shard_ended shard=%s", shard_id)
+
+    # -- reading ----------------------------------------------------------------------------
+    async def _iterator(self, shard_id: str, after: str | None) -> str:
+        c = self._config
+        kwargs: dict[str, Any] = {"StreamName": self._stream, "ShardId": shard_id}
+        if after:
+            kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=after)
+        elif c.starting_position == "latest":
+            kwargs["ShardIteratorType"] = "LATEST"
+        elif c.starting_position == "at_timestamp":
+            at = datetime.fromtimestamp(c.starting_position_timestamp, UTC)
+            kwargs.update(ShardIteratorType="AT_TIMESTAMP", Timestamp=at)
+        else:
+            kwargs["ShardIteratorType"] = "TRIM_HORIZON"
+        return (await self._kinesis.get_shard_iterator(**kwargs))["ShardIterator"]
+
+    async def _read(self, shard_id: str, shard: _Shard) -> None:
+        iterator = await self._iterator(shard_id, shard.last_read)
+        backoff = 0.5
+        while iterator:
+            await shard.resumed.wait()
+            started = time.monotonic()
+            try:
+                page = await self._kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code == "ExpiredIteratorException":
+                    iterator = await self._iterator(shard_id, shard.last_read)
+                    continue
+                if code in THROTTLES:
+                    delay = random.uniform(backoff / 2, backoff)
+                    log.warning("event=throttled shard=%s code=%s retry_in_s=%.2f",
+                                shard_id, code, delay)  # fmt: skip
+                    await asyncio.sleep(delay)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
+                raise
+            backoff = 0.5
+            shard.millis_behind = page.get("MillisBehindLatest", 0)
+            records = [KinesisRecord(self._stream, shard_id, r) for r in page["Records"]]
+            if records:
+                shard.last_read = records[-1].sequence_number
+                await shard.chunks.put(records)
+                self._arrived.set()
+            iterator = page.get("NextShardIterator")
+            pause = MIN_CALL_INTERVAL_S if records else IDLE_POLL_S
+            await asyncio.sleep(max(pause - (time.monotonic() - started), 0.0))
+        shard.ended = True
+
+    async def _stop_reader(self, shard: _Shard) -> None:
+        if shard.reader is not None:
+            shard.reader.cancel()
+            await asyncio.gather(shard.reader, return_exceptions=True)
+
+    # -- the source contract ------------------------------------------------------------
+    async def fetch(self, timeout_s: float) -> Mapping[str, Sequence[KinesisRecord]]:
+        out = self._take()
+        if out:
+            return out
+        self._arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._arrived.wait(), timeout_s)
+        return self._take()
+
+    def _take(self) -> dict[str, list[KinesisRecord]]:
+        out: dict[str, list[KinesisRecord]] = {}
+        for shard_id, shard in self._shards.items():
+            while not shard.chunks.empty():
+                out.setdefault(shard_id, []).extend(shard.chunks.get_nowait())
+        return out
+
+    def pause(self, partition: str) -> None:
+        if (shard := self._shards.get(partition)) is not None:
+            shard.resumed.clear()
+
+    def resume(self, partition: str) -> None:
+        if (shard := self._shards.get(partition)) is not None:
+            shard.resumed.set()
+
+    async def commit(self, positions: Mapping[str, int]) -> None:
+        assert self._leases is not None
+        for shard_id, position in positions.items():
+            shard = self._shards.get(shard_id)
+            if shard is None:
+                raise OwnershipLost(f"{shard_id} is no longer owned")
+            try:
+                shard.lease = await self._leases.checkpoint(shard.lease, str(position))
+            except LeaseLost as exc:
+                raise OwnershipLost(str(exc)) from exc
+            except ClientError as exc:  # throttled or unreachable: the committer retries
+                raise ConnectionError(f"lease table: {exc}") from exc
+
+    def label(self, partition: str) -> str:
+        return partition
+
+    def lag(self, partition: str) -> int | None:
+        return None  # Kinesis gives time behind (MillisBehindLatest), not a record count
