@@ -53,7 +53,9 @@ async def make_stream(kinesis: Emulator, shards: int, records: int, keys: int = 
     return stream
 
 
-def config(kinesis: Emulator, dynamodb: Emulator, stream: str, table: str) -> WorkerConfig:
+def config(
+    kinesis: Emulator, dynamodb: Emulator, stream: str, table: str, **handler: object
+) -> WorkerConfig:
     return WorkerConfig.model_validate(
         {
             "source": {
@@ -66,6 +68,7 @@ def config(kinesis: Emulator, dynamodb: Emulator, stream: str, table: str) -> Wo
                 "lease_duration_s": 3,
             },
             "batching": {"batch_size": 100, "maximum_batching_window_ms": 50},
+            "handler": handler,
             "metrics": {"enabled": False},
         }
     )
@@ -114,3 +117,46 @@ async def test_4000_records_over_4_shards_are_handled_once_in_order_and_checkpoi
         for _, key, seq in rows:
             per_key[key].append(seq)
     assert all(seqs == list(range(len(seqs))) for seqs in per_key.values())
+
+
+async def test_a_lambda_kinesis_handler_gets_the_documented_event_and_partial_failures_work(
+    kinesis: Emulator, dynamodb: Emulator
+):
+    stream = await make_stream(kinesis, shards=1, records=30)
+    table = f"leases-{uuid.uuid4().hex[:6]}"
+    events: list[dict] = []
+
+    def lambda_handler(event, context):  # written for AWS: base64 data, sequence numbers
+        events.append(event)
+        failures = []
+        for record in event["Records"]:
+            body = orjson.loads(__import__("base64").b64decode(record["kinesis"]["data"]))
+            if body["seq"] == 0 and len(events) == 1:  # fails once
+                failures.append({"itemIdentifier": record["kinesis"]["sequenceNumber"]})
+        return {"batchItemFailures": failures}
+
+    worker = Worker(
+        config(kinesis, dynamodb, stream, table, style="lambda"), handler=lambda_handler
+    )
+    task = asyncio.create_task(worker.serve())
+    deadline = time.monotonic() + 60
+    try:
+        while sum(len(e["Records"]) for e in events) < 30 + 1 or not (
+            set((await checkpoints(dynamodb, table)).values()) - {None}
+        ):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+    finally:
+        worker.request_exit()
+        await task
+    record = events[0]["Records"][0]
+    assert set(record) == {"kinesis", "eventSource", "eventVersion", "eventID", "eventName",
+                           "invokeIdentityArn", "awsRegion", "eventSourceARN"}  # fmt: skip
+    assert set(record["kinesis"]) == {"kinesisSchemaVersion", "partitionKey", "sequenceNumber",
+                                      "data", "approximateArrivalTimestamp"}  # fmt: skip
+    assert record["eventSource"] == "aws:kinesis" and record["eventName"] == "aws:kinesis:record"
+    assert record["eventID"] == f"shardId-000000000000:{record['kinesis']['sequenceNumber']}"
+    assert isinstance(record["kinesis"]["approximateArrivalTimestamp"], float)
+    first_seq = next(r for r in events[0]["Records"] if r["kinesis"]["partitionKey"] == "d0")
+    retried = events[1]["Records"][0]["kinesis"]["sequenceNumber"]
+    assert retried == first_seq["kinesis"]["sequenceNumber"]  # Lambda's rule: from it on
