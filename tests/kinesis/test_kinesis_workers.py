@@ -1,0 +1,160 @@
+"""Kinesis worker processes: kill -9 and resume from checkpoints; leases spread and move."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiobotocore.session import get_session
+
+from tests.kinesis.emulators import Emulator, start_kinesis
+from tests.kinesis.test_kinesis_source import checkpoints, make_stream
+from worker.sources.kinesis.leases import LeaseTable
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def kinesis() -> Iterator[Emulator]:
+    emulator = start_kinesis()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+def write_config(
+    path: Path, kinesis: Emulator, dynamodb: Emulator, stream: str, table: str
+) -> Path:
+    path.write_text(
+        "[source]\n"
+        f'kind = "kinesis"\nstream_name = "{stream}"\nregion = "us-east-1"\n'
+        f'endpoint_url = "{kinesis.url}"\nlease_endpoint_url = "{dynamodb.url}"\n'
+        f'lease_table = "{table}"\nlease_duration_s = 3\n'
+        "[batching]\nbatch_size = 100\nmaximum_batching_window_ms = 50\n"
+        '[handler]\ntarget = "tests.kinesis.recorder:handle"\n'
+        '[metrics]\nlisten = "127.0.0.1:0"\n[runtime]\nlog_format = "text"\n'
+    )
+    return path
+
+
+def start(config: Path, record_dir: Path, sleep_s: str = "0") -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RECORD_DIR": str(record_dir),
+           "RECORD_SLEEP_S": sleep_s}  # fmt: skip
+    log = (record_dir / f"worker-{uuid.uuid4().hex[:6]}.log").open("wb")
+    return subprocess.Popen([sys.executable, "-m", "worker", "run", "--config", str(config)],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def handled(record_dir: Path, pid: int | None = None) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = defaultdict(list)
+    for path in [record_dir / f"handled.{pid}"] if pid else record_dir.glob("handled.*"):
+        if path.exists():
+            for line in path.read_text().splitlines():
+                shard, position, *_ = line.split()
+                out[shard].append(int(position))
+    return out
+
+
+def wait(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+async def owners(dynamodb: Emulator, table: str) -> dict[str, str | None]:
+    async with get_session().create_client(
+        "dynamodb", region_name="us-east-1", endpoint_url=dynamodb.url
+    ) as client:
+        try:
+            leases = await LeaseTable(client, table, "x").all()
+        except client.exceptions.ResourceNotFoundException:
+            return {}  # the first worker has not created the table yet
+        return {lease.shard_id: lease.owner for lease in leases}
+
+
+def test_kill_9_then_restart_resumes_from_the_checkpoints_losing_nothing(
+    kinesis: Emulator, dynamodb: Emulator, tmp_path: Path
+):
+    stream = asyncio.run(make_stream(kinesis, shards=2, records=2000))
+    table = f"leases-{uuid.uuid4().hex[:6]}"
+    config = write_config(tmp_path / "w.toml", kinesis, dynamodb, stream, table)
+    first = start(config, tmp_path, sleep_s="0.2")
+    try:
+        wait(lambda: sum(map(len, handled(tmp_path, first.pid).values())) >= 600, 60, "progress")
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    finally:
+        first.kill()
+    run1 = handled(tmp_path, first.pid)
+    saved = asyncio.run(checkpoints(dynamodb, table))
+    assert sum(map(len, run1.values())) < 2000, "the kill came too late to test anything"
+    for shard, checkpoint in saved.items():
+        if checkpoint is not None:  # never checkpointed past what was handled
+            assert int(checkpoint) in run1[shard] and max(run1[shard]) >= int(checkpoint)
+    second = start(config, tmp_path)
+    try:
+        # The old leases expire after lease_duration_s (the killed worker cannot release them).
+        wait(lambda: sum(len(set(v)) for v in handled(tmp_path).values()) >= 2000, 90, "all")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(60) == 0
+    run2 = handled(tmp_path, second.pid)
+    for shard, positions in run2.items():
+        checkpoint = saved.get(shard)
+        assert positions == sorted(positions)
+        if checkpoint is not None:
+            assert min(positions) > int(checkpoint)  # resumed right after the checkpoint
+    assert sum(len(set(v)) for v in handled(tmp_path).values()) == 2000
+
+
+def test_workers_spread_the_leases_and_stopping_one_moves_its_leases(
+    kinesis: Emulator, dynamodb: Emulator, tmp_path: Path
+):
+    stream = asyncio.run(make_stream(kinesis, shards=4, records=400))
+    table = f"leases-{uuid.uuid4().hex[:6]}"
+    config = write_config(tmp_path / "w.toml", kinesis, dynamodb, stream, table)
+    workers = [start(config, tmp_path)]
+    try:
+
+        def all_owned() -> bool:
+            seen = asyncio.run(owners(dynamodb, table))
+            return len(seen) == 4 and None not in seen.values()
+
+        wait(all_owned, 30, "the first worker to own every lease")
+        workers.append(start(config, tmp_path))
+        workers.append(start(config, tmp_path))
+
+        def spread() -> bool:
+            counts = defaultdict(int)
+            for owner in asyncio.run(owners(dynamodb, table)).values():
+                counts[owner] += 1
+            return None not in counts and len(counts) == 3 and max(counts.values()) <= 2
+
+        wait(spread, 60, "three workers within one of even")
+        workers[1].send_signal(signal.SIGTERM)
+        assert workers[1].wait(60) == 0
+        stopped_at = time.monotonic()
+
+        def moved() -> bool:
+            return len({o for o in asyncio.run(owners(dynamodb, table)).values()} - {None}) == 2
+
+        wait(moved, 30, "the stopped worker's leases to move")
+        assert time.monotonic() - stopped_at < 3 + 3  # within the lease duration (plus a round)
+        wait(lambda: sum(len(set(v)) for v in handled(tmp_path).values()) >= 400, 60, "all")
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+                w.wait(60)
+    assert sum(len(set(v)) for v in handled(tmp_path).values()) == 400
