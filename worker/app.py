@@ -67,6 +67,7 @@ class Worker:
         self.config = config
         self.source = source or make_source(config)
         self.metrics = metrics or Metrics()
+        self.source.attach(self.metrics)
         fn = handler or load_handler(config.handler.target)
         parse_result = failed_indexes
         if config.handler.style == "lambda":

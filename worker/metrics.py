@@ -168,6 +168,27 @@ class Metrics:
         # RSS, CPU and open files of the worker process, and the Python version.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
+        self.leases_held = Gauge(
+            "worker_leases_held", "Kinesis shard leases this worker holds.", ("source",), registry=r
+        )
+        self.lease_events = Counter(
+            "worker_lease_events",
+            "Lease changes: taken, stolen, lost, ended (SHARD_END).",
+            ("source", "event"),
+            registry=r,
+        )
+        self.get_records = Counter(
+            "worker_get_records_calls",
+            "Kinesis GetRecords calls, by result: ok, throttled, expired_iterator.",
+            ("source", "partition", "result"),
+            registry=r,
+        )
+        self.checkpoints = Counter(
+            "worker_checkpoint_writes",
+            "Checkpoint writes to the lease table, by result: ok, conditional_failure.",
+            ("source", "result"),
+            registry=r,
+        )
         self.loop_lag = Histogram(
             "worker_event_loop_lag_seconds",
             "How late the event loop ran a 250 ms timer (a blocked loop delays heartbeats).",

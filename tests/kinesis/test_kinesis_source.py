@@ -7,6 +7,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -25,6 +26,9 @@ def kinesis() -> Iterator[Emulator]:
         yield emulator
     finally:
         emulator.stop()
+
+
+INTEGRATION = Path(__file__).resolve().parents[1] / "integration"
 
 
 async def make_stream(kinesis: Emulator, shards: int, records: int, keys: int = 40) -> str:
@@ -160,3 +164,30 @@ async def test_a_lambda_kinesis_handler_gets_the_documented_event_and_partial_fa
     first_seq = next(r for r in events[0]["Records"] if r["kinesis"]["partitionKey"] == "d0")
     retried = events[1]["Records"][0]["kinesis"]["sequenceNumber"]
     assert retried == first_seq["kinesis"]["sequenceNumber"]  # Lambda's rule: from it on
+
+
+async def test_the_same_handler_module_runs_unchanged_on_kafka_and_on_kinesis(
+    kinesis: Emulator, dynamodb: Emulator, tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    # tests/integration/recording_handler.py is the Kafka suite's handler, used as it is.
+    monkeypatch.setenv("RECORD_DIR", str(tmp_path))
+    monkeypatch.syspath_prepend(str(INTEGRATION))
+    stream = await make_stream(kinesis, shards=2, records=200)
+    cfg = config(kinesis, dynamodb, stream, f"leases-{uuid.uuid4().hex[:6]}",
+                 target="recording_handler:handle")  # fmt: skip
+    worker = Worker(cfg)
+    task = asyncio.create_task(worker.serve())
+
+    def lines() -> list[str]:
+        return [ln for p in tmp_path.glob("handled.*") for ln in p.read_text().splitlines()]
+
+    deadline = time.monotonic() + 60
+    try:
+        while len(lines()) < 200:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+    finally:
+        worker.request_exit()
+        await task
+    keys = {line.split()[2] for line in lines()}
+    assert len(lines()) == 200 and keys == {f"d{k}" for k in range(40)}

@@ -38,6 +38,9 @@ class Source(Protocol):
     #: The record's timestamp in epoch milliseconds, likewise C-level where possible.
     record_timestamp_ms: Callable[[Any], int]
 
+    def attach(self, metrics: Any) -> None:
+        """Take the worker's metrics, for what only the source sees (leases, throttles)."""
+
     async def start(self, listener: AssignmentListener) -> None:
         """Connect, join the group and begin delivering; fail fast on bad settings."""
 

@@ -82,6 +82,9 @@ class KafkaSource:
             check_crcs=config.check_crcs,
         )
 
+    def attach(self, metrics: Any) -> None:
+        return None  # the pipeline's metrics say all there is
+
     async def start(self, listener: AssignmentListener) -> None:
         self._consumer.subscribe(self._config.topics, listener=_RebalanceBridge(self, listener))
         with watch_for_auth_failure() as watch:

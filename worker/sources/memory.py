@@ -123,6 +123,9 @@ class MemorySource:
     def all_partitions(self) -> list[TopicPartition]:
         return [(t, p) for t in self.topics for p in range(len(self.broker.topics[t]))]
 
+    def attach(self, metrics: Any) -> None:
+        return None  # the pipeline's metrics say all there is
+
     async def start(self, listener: AssignmentListener) -> None:
         self._listener = listener
         await self.assign(self.all_partitions())

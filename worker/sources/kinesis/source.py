@@ -86,8 +86,11 @@ class KinesisSource:
     record_size = attrgetter("size")
     record_timestamp_ms = attrgetter("timestamp_ms")
 
-    def __init__(self, config: SourceConfig) -> None:
+    def __init__(self, config: SourceConfig, session: Any = None) -> None:
+        """`session`: an aiobotocore session to use (default: a new one with the standard
+        AWS credential chain); tests pass one with event hooks to inject faults."""
         self._config = config
+        self._session = session or get_session()
         self._stream = config.stream_name or (config.stream_arn or "").rsplit("/", 1)[-1]
         self.worker_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._shards: dict[str, _Shard] = {}
@@ -98,12 +101,16 @@ class KinesisSource:
         self._listener: AssignmentListener | None = None
         self._kinesis: Any = None
         self._leases: LeaseTable | None = None
+        self._m: Any = None
+
+    def attach(self, metrics: Any) -> None:
+        self._m = metrics
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self, listener: AssignmentListener) -> None:
         self._listener = listener
         c = self._config
-        session = get_session()
+        session = self._session
         self._kinesis = await self._stack.enter_async_context(
             session.create_client("kinesis", region_name=c.region, endpoint_url=c.endpoint_url)
         )
@@ -116,6 +123,8 @@ class KinesisSource:
         await self._leases.ensure()
         await self._discover()
         await self._coordinate_once()
+        if not self._shards:  # nothing to take now: say so, so the worker turns ready
+            await listener.on_assigned([])
         self._coordinator = asyncio.create_task(self._coordinate(), name="kinesis-leases")
 
     async def stop(self) -> None:
@@ -153,7 +162,7 @@ class KinesisSource:
             await asyncio.sleep(interval)
             rounds += 1
             try:
-                if rounds % 10 == 0:
+                if rounds % 3 == 0:
                     await self._discover()  # children of a reshard, new shards
                 await self._coordinate_once()
             except ClientError as exc:
@@ -170,16 +179,20 @@ class KinesisSource:
                 shard.lease = await self._leases.renew(shard.lease)
             except LeaseLost:
                 log.warning("event=lease_lost shard=%s note='stopped without committing'", shard_id)
+                self._event("lost")
                 await self._drop(shard_id)
         leases = await self._leases.all()
         for lease in plan(leases, self.worker_id, self._seen, time.monotonic(),
                           self._config.lease_duration_s):  # fmt: skip
             try:
-                if lease.owner and lease.owner != self.worker_id:
-                    log.info("event=lease_stolen shard=%s from=%s", lease.shard_id, lease.owner)
                 taken = await self._leases.take(lease)
             except LeaseLost:
                 continue  # someone else was quicker
+            if lease.owner and lease.owner != self.worker_id:
+                log.info("event=lease_stolen shard=%s from=%s", lease.shard_id, lease.owner)
+                self._event("stolen")
+            else:
+                self._event("taken")
             shard = self._shards[lease.shard_id] = _Shard(taken)
             # The pipeline must own the shard before any record of it can arrive: a record
             # fetched for a shard it does not know would be dropped, and later commits
@@ -196,6 +209,8 @@ class KinesisSource:
         assert self._listener is not None
         await self._listener.on_revoked([shard_id])
         self._shards.pop(shard_id, None)
+        if self._m is not None:
+            self._m.leases_held.labels(self.name).set(len(self._shards))
 
     async def _end_shard(self, shard_id: str) -> None:
         """All of a closed shard is handled and committed: mark SHARD_END so children start."""
@@ -206,6 +221,7 @@ class KinesisSource:
             lease = await self._leases.checkpoint(shard.lease, SHARD_END)
             await self._leases.release(lease)
             log.info("event=shard_ended shard=%s", shard_id)
+            self._event("ended")
 
     # -- reading ----------------------------------------------------------------------------
     async def _iterator(self, shard_id: str, after: str | None) -> str:
@@ -233,9 +249,11 @@ class KinesisSource:
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code")
                 if code == "ExpiredIteratorException":
+                    self._calls(shard_id, "expired_iterator")
                     iterator = await self._iterator(shard_id, shard.last_read)
                     continue
                 if code in THROTTLES:
+                    self._calls(shard_id, "throttled")
                     delay = random.uniform(backoff / 2, backoff)
                     log.warning("event=throttled shard=%s code=%s retry_in_s=%.2f",
                                 shard_id, code, delay)  # fmt: skip
@@ -244,6 +262,7 @@ class KinesisSource:
                     continue
                 raise
             backoff = 0.5
+            self._calls(shard_id, "ok")
             shard.millis_behind = page.get("MillisBehindLatest", 0)
             records = [KinesisRecord(self._stream, shard_id, r) for r in page["Records"]]
             if records:
@@ -294,12 +313,28 @@ class KinesisSource:
             try:
                 shard.lease = await self._leases.checkpoint(shard.lease, str(position))
             except LeaseLost as exc:
+                self._checkpoint("conditional_failure")
                 raise OwnershipLost(str(exc)) from exc
             except ClientError as exc:  # throttled or unreachable: the committer retries
                 raise ConnectionError(f"lease table: {exc}") from exc
+            self._checkpoint("ok")
 
     def label(self, partition: str) -> str:
         return partition
+
+    # -- metrics (per round or per call, never per record) ---------------------------
+    def _event(self, event: str) -> None:
+        if self._m is not None:
+            self._m.lease_events.labels(self.name, event).inc()
+            self._m.leases_held.labels(self.name).set(len(self._shards))
+
+    def _calls(self, shard_id: str, result: str) -> None:
+        if self._m is not None:
+            self._m.get_records.labels(self.name, shard_id, result).inc()
+
+    def _checkpoint(self, result: str) -> None:
+        if self._m is not None:
+            self._m.checkpoints.labels(self.name, result).inc()
 
     def lag(self, partition: str) -> int | None:
         return None  # Kinesis gives time behind (MillisBehindLatest), not a record count

@@ -1,0 +1,144 @@
+"""What no emulator does: throttling and expired iterators (injected); and resharding."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from aiobotocore.session import get_session
+from botocore.exceptions import ClientError
+
+from tests.kinesis.emulators import Emulator, start_kinesis
+from tests.kinesis.test_kinesis_source import config, make_stream
+from worker.app import Worker
+from worker.sources.kinesis.source import KinesisSource
+
+
+@pytest.fixture(scope="module")
+def kinesis() -> Iterator[Emulator]:
+    emulator = start_kinesis()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+async def run_until(worker: Worker, done, timeout_s: float) -> None:
+    task = asyncio.create_task(worker.serve())
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not done():
+            assert time.monotonic() < deadline, "timed out"
+            assert not task.done(), task
+            await asyncio.sleep(0.1)
+    finally:
+        worker.request_exit()
+        await task
+
+
+async def test_throttling_and_expired_iterators_are_ridden_out_without_loss_or_duplicates(
+    kinesis: Emulator, dynamodb: Emulator, caplog: pytest.LogCaptureFixture
+):
+    stream = await make_stream(kinesis, shards=2, records=600)
+    session = get_session()
+    calls = {"calls": 0}
+    faults = {2: "ProvisionedThroughputExceededException", 3: "LimitExceededException",
+              5: "ExpiredIteratorException"}  # fmt: skip
+
+    def inject(model, params, **kwargs):  # botocore's before-call hook
+        calls["calls"] += 1
+        code = faults.get(calls["calls"])
+        if code:
+            raise ClientError({"Error": {"Code": code, "Message": "injected"}}, "GetRecords")
+
+    session.register("before-call.kinesis.GetRecords", inject)
+    cfg = config(kinesis, dynamodb, stream, f"leases-{uuid.uuid4().hex[:6]}")
+    seen: list[str] = []
+
+    async def handler(batch) -> None:
+        seen.extend(r.sequence_number for r in batch.records)
+
+    worker = Worker(cfg, source=KinesisSource(cfg.source, session), handler=handler)
+    await run_until(worker, lambda: len(seen) >= 600, 60)
+    assert len(seen) == len(set(seen)) == 600  # nothing lost, nothing twice
+    assert calls["calls"] > 5
+    assert "event=throttled" in caplog.text
+    registry = worker.metrics.registry
+
+    def calls_by(result: str) -> float:
+        return sum(
+            s.value
+            for m in registry.collect()
+            if m.name == "worker_get_records_calls"
+            for s in m.samples
+            if s.labels.get("result") == result and s.name.endswith("_total")
+        )
+
+    assert calls_by("throttled") == 2 and calls_by("expired_iterator") == 1
+    assert calls_by("ok") > 0
+
+
+async def test_split_and_merge_while_records_flow_keeps_per_key_order(
+    kinesis: Emulator, dynamodb: Emulator
+):
+    stream = await make_stream(kinesis, shards=3, records=300, keys=30)
+    cfg = config(kinesis, dynamodb, stream, f"leases-{uuid.uuid4().hex[:6]}")
+    order: dict[str, list[int]] = defaultdict(list)
+
+    async def handler(batch) -> None:
+        for r in batch.records:
+            body = r.json()
+            order[body["key"]].append(body["seq"])
+
+    async def reshard_then_write_more() -> None:
+        async with get_session().create_client(
+            "kinesis", region_name="us-east-1", endpoint_url=kinesis.url
+        ) as client:
+            shards = (await client.list_shards(StreamName=stream))["Shards"]
+            first = shards[0]["HashKeyRange"]
+            middle = (int(first["StartingHashKey"]) + int(first["EndingHashKey"])) // 2
+            await client.split_shard(StreamName=stream, ShardToSplit=shards[0]["ShardId"],
+                                     NewStartingHashKey=str(middle))  # fmt: skip
+            await wait_active(client, stream)
+            await client.merge_shards(StreamName=stream, ShardToMerge=shards[1]["ShardId"],
+                                      AdjacentShardToMerge=shards[2]["ShardId"])  # fmt: skip
+            await wait_active(client, stream)
+            entries = [
+                {"Data": orjson.dumps({"key": f"d{i % 30}", "seq": 10 + i // 30}),
+                 "PartitionKey": f"d{i % 30}"}
+                for i in range(300)
+            ]  # fmt: skip
+            for start in range(0, 300, 100):
+                await client.put_records(StreamName=stream, Records=entries[start : start + 100])
+
+    worker = Worker(cfg, handler=handler)
+    task = asyncio.create_task(worker.serve())
+    try:
+        deadline = time.monotonic() + 30
+        while sum(map(len, order.values())) < 100:  # the parents are being read
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        await reshard_then_write_more()
+        deadline = time.monotonic() + 90
+        while sum(map(len, order.values())) < 600:
+            assert time.monotonic() < deadline, f"{sum(map(len, order.values()))} of 600"
+            await asyncio.sleep(0.2)
+    finally:
+        worker.request_exit()
+        await task
+    for key, seqs in order.items():
+        assert seqs == list(range(20)), f"{key}: {seqs}"  # children only after parents ended
+
+
+async def wait_active(client, stream: str) -> None:
+    for _ in range(100):
+        summary = await client.describe_stream_summary(StreamName=stream)
+        if summary["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError("stream did not become ACTIVE")
