@@ -191,3 +191,63 @@ async def test_the_same_handler_module_runs_unchanged_on_kafka_and_on_kinesis(
         await task
     keys = {line.split()[2] for line in lines()}
     assert len(lines()) == 200 and keys == {f"d{k}" for k in range(40)}
+
+
+async def test_a_worker_whose_lease_is_taken_over_stops_and_the_new_owner_resumes(
+    kinesis: Emulator, dynamodb: Emulator, caplog: pytest.LogCaptureFixture
+):
+    stream = await make_stream(kinesis, shards=1, records=300)
+    table = f"leases-{uuid.uuid4().hex[:6]}"
+    gate = asyncio.Event()
+    first_run: list[int] = []
+
+    async def slow(batch) -> None:
+        first_run.extend(r.position for r in batch.records)
+        if len(first_run) > 100:  # the first batch is done and committed; the next wedges
+            await gate.wait()  # while its lease is taken over
+
+    a = Worker(config(kinesis, dynamodb, stream, table), handler=slow)
+    task = asyncio.create_task(a.serve())
+    try:
+        deadline = time.monotonic() + 30
+        while len(first_run) < 100 or not any((await checkpoints(dynamodb, table)).values()):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        good = await checkpoints(dynamodb, table)
+        async with get_session().create_client(
+            "dynamodb", region_name="us-east-1", endpoint_url=dynamodb.url
+        ) as client:
+            thief = LeaseTable(client, table, "worker-b")
+            (lease,) = await thief.all()
+            await thief.take(lease)  # worker B takes the shard over
+        gate.set()  # A finishes its batch and tries to commit: it must be refused
+        deadline = time.monotonic() + 30
+        while "event=lease_lost" not in caplog.text:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        assert await checkpoints(dynamodb, table) == good  # A wrote nothing after losing it
+        assert a.lanes == {}  # and stopped the shard
+    finally:
+        a.request_exit()
+        await task
+    # A new worker (B's lease expires, as if B had died) continues from the last good checkpoint.
+    second_run: list[int] = []
+
+    async def fast(batch) -> None:
+        second_run.extend(r.position for r in batch.records)
+
+    (checkpoint,) = good.values()
+    after = sorted({p for p in first_run if p > int(checkpoint)})
+    assert after, "A had handled (but could not commit) records past the checkpoint"
+    b = Worker(config(kinesis, dynamodb, stream, table), handler=fast)
+    task = asyncio.create_task(b.serve())
+    try:
+        deadline = time.monotonic() + 60
+        while len(second_run) < len(after):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+    finally:
+        b.request_exit()
+        await task
+    # B redoes exactly what A could not commit, from right after the last good checkpoint.
+    assert second_run == after
