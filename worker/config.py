@@ -128,7 +128,9 @@ class HandlerConfig(_Section):
 
 
 _Ms = Annotated[int, Field(ge=0, le=3_600_000)]
-_DESTINATION = re.compile(r"^(none|kafka://[A-Za-z0-9._-]+|file://.+\.jsonl)$")
+_DESTINATION = re.compile(
+    r"^(none|kafka://[A-Za-z0-9._-]+|kinesis://[A-Za-z0-9._-]+|file://.+\.jsonl)$"
+)
 
 
 class ErrorsConfig(_Section):
@@ -154,7 +156,9 @@ class ErrorsConfig(_Section):
     @classmethod
     def _destination(cls, value: str) -> str:
         if not _DESTINATION.match(value):
-            raise ValueError("must be 'none', 'kafka://TOPIC' or 'file://PATH.jsonl'")
+            raise ValueError(
+                "must be 'none', 'kafka://TOPIC', 'kinesis://STREAM' or 'file://PATH.jsonl'"
+            )
         return value
 
     @field_validator("retry_backoff_ms")

@@ -142,3 +142,35 @@ async def wait_active(client, stream: str) -> None:
             return
         await asyncio.sleep(0.2)
     raise TimeoutError("stream did not become ACTIVE")
+
+
+async def test_records_given_up_go_to_a_kinesis_stream_as_envelopes(kinesis: Emulator):
+    from worker.testing import MemoryBroker, fully_committed, running_worker, wait_until
+
+    dlq = await make_stream(kinesis, shards=1, records=0)
+    broker = MemoryBroker()
+    broker.create_topic("t", 1)
+    for i in range(10):
+        broker.produce("t", b'{"i": %d}' % i, key=b"dev-%d" % i, partition=0)
+
+    async def handler(batch) -> None:
+        if any(r.offset == 7 for r in batch.records):
+            raise ValueError("bad reading")
+
+    settings = {"errors": {"maximum_retry_attempts": 0, "on_failure": f"kinesis://{dlq}"},
+                "source": {"region": "us-east-1", "endpoint_url": kinesis.url}}  # fmt: skip
+    async with running_worker(handler, broker, ["t"], settings):
+        await wait_until(lambda: fully_committed(broker, "test", ["t"]), timeout_s=30)
+    async with get_session().create_client(
+        "kinesis", region_name="us-east-1", endpoint_url=kinesis.url
+    ) as client:
+        (shard,) = (await client.list_shards(StreamName=dlq))["Shards"]
+        iterator = (await client.get_shard_iterator(
+            StreamName=dlq, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        ))["ShardIterator"]  # fmt: skip
+        (record,) = (await client.get_records(ShardIterator=iterator))["Records"]
+    envelope = orjson.loads(record["Data"])
+    assert record["PartitionKey"] == "dev-7"
+    assert envelope["condition"] == "RetryAttemptsExhausted" and envelope["position"] == "7"
+    assert envelope["error"] == {"type": "ValueError", "message": "bad reading"}
+    assert __import__("base64").b64decode(envelope["data"]) == b'{"i": 7}'

@@ -20,6 +20,16 @@ def make_destination(config: WorkerConfig) -> Destination | None:
             client_kwargs(config.source),
             config.errors.on_failure_timeout_s,
         )
+    if target.startswith("kinesis://"):
+        from worker.destinations.kinesis import KinesisDestination
+
+        s = config.source
+        return KinesisDestination(
+            target.removeprefix("kinesis://"),
+            s.region,
+            s.endpoint_url,
+            config.errors.on_failure_timeout_s,
+        )
     if target.startswith("file://"):
         from worker.destinations.file import FileDestination
 

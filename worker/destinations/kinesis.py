@@ -1,0 +1,115 @@
+"""kinesis://STREAM: each failed record as a JSON envelope, with PutRecords.
+
+Kinesis records have no headers, so each record goes as a JSON envelope: the
+condition, source, partition, position, timestamp, attempts, error, and the
+original key and data (base64), under the original partition key (so one
+key's failures stay in order). PutRecords calls respect AWS's limits, which
+emulators do not enforce: at most 500 entries and 5 MiB per call, 1 MiB per
+entry. Entries the call reports failed (throttling) are retried with backoff
+until `on_failure_timeout_s`; only then is the write a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import orjson
+from aiobotocore.session import get_session
+from botocore.exceptions import ClientError
+
+from worker.destinations.base import DestinationError, FailureEvent
+
+MAX_ENTRIES = 500
+MAX_CALL_BYTES = 5 * 1024 * 1024
+MAX_ENTRY_BYTES = 1024 * 1024
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
+
+
+def entries(event: FailureEvent) -> list[dict[str, Any]]:
+    out = []
+    for r in event.records:
+        key = r.key.decode(errors="replace") if r.key else str(r.position)
+        envelope = {
+            "condition": event.condition,
+            "source": event.source,
+            "partition": event.partition,
+            "position": str(r.position),
+            "timestamp_ms": r.timestamp_ms,
+            "attempts": event.attempts,
+            "error": {"type": event.error_type, "message": event.error_message[:1000]},
+            "key": _b64(r.key),
+            "data": _b64(r.value),
+        }
+        data = orjson.dumps(envelope)
+        if len(data) + len(key.encode()) > MAX_ENTRY_BYTES:
+            raise DestinationError(
+                f"record {r.position} of {event.partition} is over Kinesis's 1 MiB per record"
+            )
+        out.append({"Data": data, "PartitionKey": key[:256] or "-"})
+    return out
+
+
+def calls(items: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Split entries into PutRecords calls of at most 500 entries and 5 MiB."""
+    call: list[dict[str, Any]] = []
+    size = 0
+    for item in items:
+        n = len(item["Data"]) + len(item["PartitionKey"].encode())
+        if call and (len(call) == MAX_ENTRIES or size + n > MAX_CALL_BYTES):
+            yield call
+            call, size = [], 0
+        call.append(item)
+        size += n
+    if call:
+        yield call
+
+
+class KinesisDestination:
+    def __init__(self, stream: str, region: str | None, endpoint_url: str | None,
+                 timeout_s: float, session: Any = None) -> None:  # fmt: skip
+        self.stream = stream
+        self.name = f"kinesis://{stream}"
+        self._region = region
+        self._endpoint = endpoint_url
+        self._timeout_s = timeout_s
+        self._session = session or get_session()
+        self._stack = AsyncExitStack()
+        self._client: Any = None
+
+    async def start(self) -> None:
+        self._client = await self._stack.enter_async_context(
+            self._session.create_client(
+                "kinesis", region_name=self._region, endpoint_url=self._endpoint
+            )
+        )
+
+    async def send(self, event: FailureEvent) -> None:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                for call in calls(entries(event)):
+                    await self._put(call)
+        except TimeoutError as exc:
+            raise DestinationError(f"{self.name}: not acknowledged in time") from exc
+        except ClientError as exc:
+            raise DestinationError(f"{self.name}: {exc}") from exc
+
+    async def _put(self, call: list[dict[str, Any]]) -> None:
+        backoff = 0.1
+        while call:
+            result = await self._client.put_records(StreamName=self.stream, Records=call)
+            if not result.get("FailedRecordCount"):
+                return
+            call = [e for e, r in zip(call, result["Records"], strict=True) if r.get("ErrorCode")]
+            await asyncio.sleep(random.uniform(backoff / 2, backoff))
+            backoff = min(backoff * 2, 5.0)
+
+    async def stop(self) -> None:
+        await self._stack.aclose()
