@@ -38,8 +38,10 @@ lint: install
 test: install kafka emulators system-tools lint
 	$(PY) -m pytest
 
-bench: install kafka
+bench: install kafka emulators
 	$(PY) -m pip install -q -e '.[bench]'
+	@test -f $(NPM_DIR)/node_modules/kinesalite/cli.js || \
+	  npm install --silent --prefix $(NPM_DIR) kinesalite@3.3.3
 	$(PY) -m load bench
 
 clean:

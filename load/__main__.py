@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     bn.add_argument(
         "--only",
         action="append",
-        choices=["throughput", "fetch", "parallel", "cpu", "latency", "memory"],
+        choices=["throughput", "fetch", "parallel", "cpu", "latency", "memory", "kinesis"],
         help="run only these scenarios (repeatable)",
     )
     dm = sub.add_parser("demo", help="local Kafka + telemetry + the worker, with live numbers")

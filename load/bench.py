@@ -324,6 +324,71 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("the worker did not become ready")
 
 
+def kinesis(env: Env, records: int, shards: int = 4) -> None:
+    """Records/s per shard on Kinesis (kinesalite, fast enough to measure), leases on moto."""
+    from scripts.emulators import start_dynamodb, start_kinesalite
+
+    print(f"kinesis: {records:,} readings over {shards} shards (kinesalite)", flush=True)
+    aws = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+           "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    os.environ.update(aws)
+    stream_emulator, lease_emulator = start_kinesalite(), start_dynamodb()
+    try:
+        stream = f"bench-{uuid.uuid4().hex[:6]}"
+        value_bytes = asyncio.run(_fill_kinesis(stream_emulator.url, stream, shards, records))
+        c = Contender(
+            "worker on kinesis", "worker", "noop", "",
+            ("source.kind=kinesis", f"source.stream_name={stream}", "source.region=us-east-1",
+             f"source.endpoint_url={stream_emulator.url}",
+             f"source.lease_endpoint_url={lease_emulator.url}",
+             f"source.lease_table=bench-{uuid.uuid4().hex[:6]}"),
+        )  # fmt: skip
+        rate = run_contender(c, env, "unused", records)["rate"]
+    finally:
+        stream_emulator.stop()
+        lease_emulator.stop()
+    per_shard = rate / shards
+    env.results["kinesis"] = {
+        "shards": shards,
+        "records": records,
+        "records_per_s": round(rate),
+        "records_per_s_per_shard": round(per_shard),
+        "mb_per_s_per_shard": round(per_shard * value_bytes / 1e6, 2),
+        "aws_read_limit_mb_per_s_per_shard": 2.0,
+    }
+    mb = per_shard * value_bytes / 1e6
+    print(f"  {rate:,.0f} rec/s, {per_shard:,.0f} per shard ({mb:.2f} MB/s; AWS allows 2)")
+
+
+async def _fill_kinesis(url: str, stream: str, shards: int, records: int) -> int:
+    """Create the stream and put the readings; returns the average value size."""
+    from itertools import islice
+
+    from aiobotocore.session import get_session
+
+    from load.telemetry import readings
+
+    async with get_session().create_client(
+        "kinesis", region_name="us-east-1", endpoint_url=url
+    ) as client:
+        await client.create_stream(StreamName=stream, ShardCount=shards)
+        for _ in range(300):  # kinesalite is told to create streams at once; be patient anyway
+            summary = await client.describe_stream_summary(StreamName=stream)
+            if summary["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
+                break
+            await asyncio.sleep(0.1)
+        total = 0
+        source = readings(2000)
+        for start in range(0, records, 500):
+            batch = list(islice(source, min(500, records - start)))
+            total += sum(len(v) for _, v in batch)
+            await client.put_records(
+                StreamName=stream,
+                Records=[{"Data": v, "PartitionKey": k.decode()} for k, v in batch],
+            )
+    return total // max(records, 1)
+
+
 def memory(env: Env, backlog: int, seconds: float) -> None:
     print(f"memory: backlog of {backlog:,} records of 1 KB, slow handler", flush=True)
     fill(env, "bench-mem", 8, backlog, value_bytes=1024)
@@ -402,6 +467,12 @@ def markdown(result: dict) -> str:
         lines += [f"**Latency** produce → handler at {lat['offered_per_s']:,} records/s offered, "
                   f"batching window 0: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms "
                   f"({lat['records']:,} records)", ""]  # fmt: skip
+    if "kinesis" in result:
+        k = result["kinesis"]
+        lines += [f"**Kinesis** (kinesalite, {k['shards']} shards, {k['records']:,} readings, "
+                  f"no-op handler): {k['records_per_s']:,} records/s, "
+                  f"{k['records_per_s_per_shard']:,} per shard = {k['mb_per_s_per_shard']} MB/s "
+                  f"per shard (AWS's read limit: 2 MB/s per shard)", ""]  # fmt: skip
     if "memory" in result:
         mem = result["memory"]
         lines += [f"**Memory** with a backlog of {mem['backlog_records']:,} records of 1 KB and a "
@@ -442,7 +513,7 @@ def main(records: int, rounds: int, backlog: int, quick: bool, only: list[str] |
     broker = kafka_broker.start(tmp / "kafka")
     env = Env(broker.bootstrap, tmp)
     peer_records = min(records, 300_000)
-    wanted = set(only or ["throughput", "fetch", "parallel", "cpu", "latency", "memory"])
+    wanted = set(only or ["throughput", "fetch", "parallel", "cpu", "latency", "memory", "kinesis"])
     try:
         if "throughput" in wanted:
             throughput(env, records, rounds, peer_records)
@@ -456,6 +527,8 @@ def main(records: int, rounds: int, backlog: int, quick: bool, only: list[str] |
             latency(env, 10_000, 5 if quick else 10)
         if "memory" in wanted:
             memory(env, backlog, 20 if quick else 40)
+        if "kinesis" in wanted:
+            kinesis(env, 20_000 if quick else 100_000)
     finally:
         broker.stop()
     result = {

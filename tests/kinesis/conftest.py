@@ -2,7 +2,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.kinesis.emulators import Emulator, start_dynamodb
+from scripts.emulators import Emulator, start_dynamodb
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ import pytest
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
-from tests.kinesis.emulators import Emulator, start_kinesis
+from scripts.emulators import Emulator, start_kinesis
 from tests.kinesis.test_kinesis_source import config, make_stream
 from worker.app import Worker
 from worker.sources.kinesis.source import KinesisSource

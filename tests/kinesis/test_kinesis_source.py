@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiobotocore.session import get_session
 
-from tests.kinesis.emulators import Emulator, start_kinesis
+from scripts.emulators import Emulator, start_kinesis
 from worker.app import Worker
 from worker.config import WorkerConfig
 from worker.sources.kinesis.leases import LeaseTable

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiobotocore.session import get_session
 
-from tests.kinesis.emulators import Emulator, start_kinesis
+from scripts.emulators import Emulator, start_kinesis
 from tests.kinesis.test_kinesis_source import checkpoints, make_stream
 from worker.sources.kinesis.leases import LeaseTable
 

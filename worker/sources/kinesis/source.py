@@ -40,8 +40,10 @@ from worker.sources.kinesis.leases import SHARD_END, Lease, LeaseLost, LeaseTabl
 log = logging.getLogger("worker.source.kinesis")
 
 MIN_CALL_INTERVAL_S = 0.2  # GetRecords: 5 calls per second per shard
+MAX_READ_BYTES_PER_S = 2_000_000  # and 2 MB per second per shard
 IDLE_POLL_S = 0.5
 THROTTLES = {"ProvisionedThroughputExceededException", "LimitExceededException"}
+_SIZE = attrgetter("size")
 
 
 class KinesisRecord:
@@ -271,6 +273,8 @@ class KinesisSource:
                 self._arrived.set()
             iterator = page.get("NextShardIterator")
             pause = MIN_CALL_INTERVAL_S if records else IDLE_POLL_S
+            # What this call read counts against the shard's 2 MB/s before the next one.
+            pause = max(pause, sum(map(_SIZE, records)) / MAX_READ_BYTES_PER_S)
             await asyncio.sleep(max(pause - (time.monotonic() - started), 0.0))
         shard.ended = True
 

@@ -1,7 +1,9 @@
-"""The emulators the Kinesis tests start themselves, on loopback, stopped by PID.
+"""Kinesis and DynamoDB emulators on loopback, started and stopped by PID.
 
-kinesis-local (npm) for Kinesis, moto's server (PyPI) for DynamoDB, as
-reference/kinesis-emulators.md decided. `make test` installs both.
+kinesis-local (npm) for Kinesis in the tests, kinesalite (npm) for the benchmark
+(fast to write to), and moto's server (PyPI) for DynamoDB, as
+reference/kinesis-emulators.md decided. `make test` / `make bench` install them.
+Both npm servers bind every interface; `loopback.js` pins them to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts.kafka_broker import free_port, stop_pid
+try:
+    from scripts.kafka_broker import free_port, stop_pid
+except ImportError:  # run from scripts/ itself
+    from kafka_broker import free_port, stop_pid  # type: ignore[no-redef]
 
 HERE = Path(__file__).resolve().parent
 NPM_DIR = (
     Path(os.environ.get("STREAMWORKER_CACHE", Path.home() / ".cache" / "streamworker")) / "npm"
 )
 KINESIS_LOCAL = NPM_DIR / "node_modules" / "kinesis-local"
+KINESALITE = NPM_DIR / "node_modules" / "kinesalite"
 
 
 @dataclass
@@ -68,4 +74,17 @@ def start_kinesis() -> Emulator:
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     _wait_port(port, proc, "kinesis-local")
+    return Emulator(f"http://127.0.0.1:{port}", proc.pid)
+
+
+def start_kinesalite() -> Emulator:
+    assert (KINESALITE / "cli.js").exists(), "kinesalite is not installed: run `make bench`"
+    port = free_port()
+    proc = subprocess.Popen(
+        ["node", "-r", str(HERE / "loopback.js"), str(KINESALITE / "cli.js"), "--port", str(port),
+         "--createStreamMs", "0", "--deleteStreamMs", "0", "--updateStreamMs", "0",
+         "--shardLimit", "100"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    _wait_port(port, proc, "kinesalite")
     return Emulator(f"http://127.0.0.1:{port}", proc.pid)
