@@ -173,8 +173,14 @@ class Metrics:
         )
         self.lease_events = Counter(
             "worker_lease_events",
-            "Lease changes: taken, stolen, lost, ended (SHARD_END).",
+            "Lease changes: taken (free), expired (taken over), stolen (balance), lost, ended.",
             ("source", "event"),
+            registry=r,
+        )
+        self.behind_latest = Gauge(
+            "worker_behind_latest_seconds",
+            "Kinesis MillisBehindLatest of the last GetRecords, as seconds, per shard.",
+            _P,
             registry=r,
         )
         self.get_records = Counter(

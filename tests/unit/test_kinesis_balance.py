@@ -14,7 +14,7 @@ def simulate(shards: int, workers: list[str], rounds: int = 50) -> dict[str, str
     for r in range(rounds):
         for w in workers:
             leases = [Lease(s, o, counters[s], None) for s, o in owner.items()]
-            for lease in plan(leases, w, seen[w], now=float(r), duration_s=10.0):
+            for lease, _ in plan(leases, w, seen[w], now=float(r), duration_s=10.0):
                 owner[lease.shard_id] = w
                 counters[lease.shard_id] += 1
         for s, o in owner.items():  # every owner renews each round
@@ -36,16 +36,18 @@ def test_a_new_worker_steals_one_lease_per_round_from_the_most_loaded():
     leases = [Lease(f"s{i}", "w1", 5, None) for i in range(4)]
     seen: dict[str, Seen] = {}
     takes = plan(leases, "w2", seen, now=0.0, duration_s=10.0)
-    assert [lease.owner for lease in takes] == ["w1"] and len(takes) == 1
+    assert [(lease.owner, why) for lease, why in takes] == [("w1", "steal")]
 
 
 def test_children_wait_for_every_parent_to_end():
     parent_a = Lease("a", "w1", 3, "4960001")
     parent_b = Lease("b", None, 2, SHARD_END)
     child = Lease("c", None, 0, None, parents=("a", "b"))
-    assert [lease.shard_id for lease in plan([parent_a, parent_b, child], "w2", {}, 0, 10)] == []
+    assert plan([parent_a, parent_b, child], "w2", {}, 0, 10) == []
     parent_a = Lease("a", "w1", 4, SHARD_END)
-    assert [lease.shard_id for lease in plan([parent_a, parent_b, child], "w2", {}, 0, 10)] == ["c"]
+    assert [
+        (lease.shard_id, why) for lease, why in plan([parent_a, parent_b, child], "w2", {}, 0, 10)
+    ] == [("c", "free")]
 
 
 def test_a_lease_expires_when_its_counter_stops_moving_for_the_duration():

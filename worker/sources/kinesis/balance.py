@@ -39,8 +39,8 @@ def expired(lease: Lease, seen: dict[str, Seen], now: float, duration_s: float) 
 
 def plan(
     leases: list[Lease], me: str, seen: dict[str, Seen], now: float, duration_s: float
-) -> list[Lease]:
-    """The leases to try to take this round (free or expired ones, or one to steal)."""
+) -> list[tuple[Lease, str]]:
+    """The leases to try to take this round, each with why: free, expired, or steal."""
     by_id = {lease.shard_id: lease for lease in leases}
     open_leases = [
         lease
@@ -55,7 +55,8 @@ def plan(
     share = math.ceil(len(open_leases) / len(workers)) if open_leases else 0
     mine = held.get(me, 0)
     wanted = [lease for lease in open_leases if lease.shard_id in dead and lease.owner != me]
-    takes = wanted[: max(share - mine, 0)]
+    takes = [(lease, "expired" if lease.owner else "free") for lease in wanted]
+    takes = takes[: max(share - mine, 0)]
     if mine + len(takes) < share:
         owner, count = max(
             ((o, n) for o, n in held.items() if o != me), key=lambda kv: kv[1], default=(None, 0)
@@ -65,5 +66,5 @@ def plan(
                 lease for lease in open_leases
                 if lease.owner == owner and lease.shard_id not in dead
             )  # fmt: skip
-            takes.append(victim)
+            takes.append((victim, "steal"))
     return takes

@@ -150,10 +150,16 @@ class LeaseTable:
         await self._update(lease, "SET #counter = #counter + :one", {":one": {"N": "1"}})
         return replace(lease, counter=lease.counter + 1)
 
-    async def checkpoint(self, lease: Lease, sequence: str) -> Lease:
-        """Record `sequence` (or SHARD_END) as done; LeaseLost if we no longer own it."""
+    async def checkpoint(self, lease: Lease, sequence: str, sub_sequence: int = 0) -> Lease:
+        """Record `sequence` (or SHARD_END) as done; LeaseLost if we no longer own it.
+
+        `sub_sequence` is kept for KPL-aggregated records (always 0 until those are read).
+        """
         await self._update(
-            lease, "SET #checkpoint = :cp", {":cp": {"S": sequence}}, {"#checkpoint": "checkpoint"}
+            lease,
+            "SET #checkpoint = :cp, #sub = :sub",
+            {":cp": {"S": sequence}, ":sub": {"N": str(sub_sequence)}},
+            {"#checkpoint": "checkpoint", "#sub": "sub_checkpoint"},
         )
         return replace(lease, checkpoint=sequence)
 

@@ -80,7 +80,6 @@ class _Shard:
         self.reader: asyncio.Task[None] | None = None
         self.last_read: str | None = lease.checkpoint if lease.checkpoint != SHARD_END else None
         self.ended = False  # the reader saw the end; the lease ends once all is committed
-        self.millis_behind = 0
 
 
 class KinesisSource:
@@ -184,17 +183,16 @@ class KinesisSource:
                 self._event("lost")
                 await self._drop(shard_id)
         leases = await self._leases.all()
-        for lease in plan(leases, self.worker_id, self._seen, time.monotonic(),
-                          self._config.lease_duration_s):  # fmt: skip
+        now = time.monotonic()
+        for lease, why in plan(leases, self.worker_id, self._seen, now,
+                               self._config.lease_duration_s):  # fmt: skip
             try:
                 taken = await self._leases.take(lease)
             except LeaseLost:
                 continue  # someone else was quicker
-            if lease.owner and lease.owner != self.worker_id:
-                log.info("event=lease_stolen shard=%s from=%s", lease.shard_id, lease.owner)
-                self._event("stolen")
-            else:
-                self._event("taken")
+            log.info("event=lease_taken shard=%s reason=%s from=%s", lease.shard_id, why,
+                     lease.owner)  # fmt: skip
+            self._event({"free": "taken", "expired": "expired", "steal": "stolen"}[why])
             shard = self._shards[lease.shard_id] = _Shard(taken)
             # The pipeline must own the shard before any record of it can arrive: a record
             # fetched for a shard it does not know would be dropped, and later commits
@@ -265,7 +263,10 @@ class KinesisSource:
                 raise
             backoff = 0.5
             self._calls(shard_id, "ok")
-            shard.millis_behind = page.get("MillisBehindLatest", 0)
+            if self._m is not None and "MillisBehindLatest" in page:
+                self._m.behind_latest.labels(self.name, shard_id).set(
+                    page["MillisBehindLatest"] / 1000.0
+                )
             records = [KinesisRecord(self._stream, shard_id, r) for r in page["Records"]]
             if records:
                 shard.last_read = records[-1].sequence_number
