@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     rd.add_argument("--since", help="epoch seconds or ISO 8601 time of the first record to move")
     rd.add_argument("--limit", type=int, help="move at most N records")
     rd.add_argument("--bootstrap", help="HOST:PORT[,HOST:PORT]; default: the config's")
-    rd.add_argument("--config", type=Path, help="TOML config file (for bootstrap_servers)")
+    rd.add_argument("--config", type=Path, help="TOML config file (servers and security)")
     return p
 
 
@@ -69,7 +69,6 @@ def _fail(lines: list[str]) -> int:
 def _redrive(args: argparse.Namespace) -> int:
     import asyncio
 
-    from worker.config_load import read_file
     from worker.redrive import kafka_topic, parse_since, redrive
 
     try:
@@ -78,10 +77,13 @@ def _redrive(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    from worker.sources.kafka_security import client_kwargs
+
+    bootstrap: list[str] | dict[str, object]
     if args.bootstrap:
         bootstrap = args.bootstrap.split(",")
-    elif args.config:
-        bootstrap = read_file(args.config).get("source", {}).get("bootstrap_servers", [])
+    elif args.config:  # the config's servers and security settings (SASL, SSL)
+        bootstrap = client_kwargs(load_config(args.config, [], os.environ).source)
     else:
         bootstrap = ["127.0.0.1:9092"]
     try:

@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -36,9 +37,18 @@ def parse_since(text: str) -> int:
         return int(datetime.fromisoformat(text).timestamp() * 1000)
 
 
-async def topic_partitions(bootstrap: Sequence[str], topic: str) -> list[TopicPartition]:
+def connection_of(bootstrap: Sequence[str] | dict[str, Any]) -> dict[str, Any]:
+    """Client settings: a bootstrap list, or the full settings (security included)."""
+    if isinstance(bootstrap, dict):
+        return bootstrap
+    return {"bootstrap_servers": list(bootstrap)}
+
+
+async def topic_partitions(
+    bootstrap: Sequence[str] | dict[str, Any], topic: str
+) -> list[TopicPartition]:
     """The topic's partitions from the broker; ValueError if there is no such topic."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=list(bootstrap))
+    admin = AIOKafkaAdminClient(**connection_of(bootstrap))
     await admin.start()
     try:
         (described,) = await admin.describe_topics([topic])
@@ -56,15 +66,16 @@ def kafka_topic(url: str) -> str:
 
 
 async def redrive(
-    bootstrap: Sequence[str],
+    bootstrap: Sequence[str] | dict[str, Any],
     from_topic: str,
     to_topic: str,
     since_ms: int | None = None,
     limit: int | None = None,
 ) -> RedriveReport:
     tps = await topic_partitions(bootstrap, from_topic)
-    consumer = AIOKafkaConsumer(bootstrap_servers=list(bootstrap), enable_auto_commit=False)
-    producer = AIOKafkaProducer(bootstrap_servers=list(bootstrap), acks="all")
+    connection = connection_of(bootstrap)
+    consumer = AIOKafkaConsumer(**connection, enable_auto_commit=False)
+    producer = AIOKafkaProducer(**connection, acks="all")
     await consumer.start()
     await producer.start()
     report = RedriveReport()

@@ -150,3 +150,39 @@ def test_the_secret_never_appears_in_logs_or_check_config(sasl_kafka: str, tmp_p
     log = worker.log()
     assert '"event":"shutdown_complete"' in log
     assert SECRET not in log
+
+
+def test_redrive_uses_the_configs_security_settings(sasl_kafka: str, tmp_path: Path):
+    source_topic, dlq = unique("secure"), unique("dlq")
+    cfg = WorkerConfig.model_validate(
+        {"source": source(sasl_kafka, "SCRAM-SHA-256", topics=[source_topic])}
+    )
+
+    async def prepare() -> None:
+        connection = client_kwargs(cfg.source)
+        admin = AIOKafkaAdminClient(**connection)
+        await admin.start()
+        await admin.create_topics([NewTopic(source_topic, 1, 1), NewTopic(dlq, 1, 1)])
+        await admin.close()
+        producer = AIOKafkaProducer(**connection)
+        await producer.start()
+        for i in range(3):
+            await producer.send_and_wait(dlq, b"%d" % i, headers=[("worker.condition", b"x")])
+        await producer.stop()
+
+    asyncio.run(prepare())
+    (tmp_path / "password").write_text(SECRET)
+    settings = {k: v for k, v in source(sasl_kafka, "SCRAM-SHA-256").items()
+                if k != "sasl_plain_password"}  # fmt: skip
+    config = write_config(
+        tmp_path / "w.toml", sasl_kafka, source_topic, unique("g"),
+        source={**settings, "sasl_plain_password_file": str(tmp_path / "password")},
+    )  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "redrive", "--from", f"kafka://{dlq}",
+         "--to", f"kafka://{source_topic}", "--config", str(config)],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"moved 3 records from kafka://{dlq}" in result.stdout
+    assert SECRET not in result.stdout + result.stderr

@@ -2,7 +2,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from scripts.emulators import Emulator, start_dynamodb
+from scripts.emulators import Emulator, start_dynamodb, start_kinesis
 
 
 @pytest.fixture(autouse=True)
@@ -19,6 +19,16 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def dynamodb() -> Iterator[Emulator]:
     emulator = start_dynamodb()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture(scope="module")
+def kinesis() -> Iterator[Emulator]:
+    """One kinesis-local per test module: it is slow to write to and grows in memory."""
+    emulator = start_kinesis()
     try:
         yield emulator
     finally:

@@ -6,26 +6,16 @@ import asyncio
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 
 import orjson
 import pytest
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
-from scripts.emulators import Emulator, start_kinesis
+from scripts.emulators import Emulator
 from tests.kinesis.test_kinesis_source import config, make_stream
 from worker.app import Worker
 from worker.sources.kinesis.source import KinesisSource
-
-
-@pytest.fixture(scope="module")
-def kinesis() -> Iterator[Emulator]:
-    emulator = start_kinesis()
-    try:
-        yield emulator
-    finally:
-        emulator.stop()
 
 
 async def run_until(worker: Worker, done, timeout_s: float) -> None:

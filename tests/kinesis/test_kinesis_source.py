@@ -6,27 +6,16 @@ import asyncio
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 from aiobotocore.session import get_session
 
-from scripts.emulators import Emulator, start_kinesis
+from scripts.emulators import Emulator
 from worker.app import Worker
 from worker.config import WorkerConfig
 from worker.sources.kinesis.leases import LeaseTable
-
-
-@pytest.fixture(scope="module")
-def kinesis() -> Iterator[Emulator]:
-    emulator = start_kinesis()
-    try:
-        yield emulator
-    finally:
-        emulator.stop()
-
 
 INTEGRATION = Path(__file__).resolve().parents[1] / "integration"
 

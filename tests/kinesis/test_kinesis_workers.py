@@ -10,26 +10,15 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from aiobotocore.session import get_session
 
-from scripts.emulators import Emulator, start_kinesis
+from scripts.emulators import Emulator
 from tests.kinesis.test_kinesis_source import checkpoints, make_stream
 from worker.sources.kinesis.leases import LeaseTable
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def kinesis() -> Iterator[Emulator]:
-    emulator = start_kinesis()
-    try:
-        yield emulator
-    finally:
-        emulator.stop()
 
 
 def write_config(
