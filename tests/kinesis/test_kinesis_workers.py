@@ -121,16 +121,18 @@ def test_workers_spread_the_leases_and_stopping_one_moves_its_leases(
             return len(seen) == 4 and None not in seen.values()
 
         wait(all_owned, 30, "the first worker to own every lease")
-        workers.append(start(config, tmp_path))
-        workers.append(start(config, tmp_path))
 
-        def spread() -> bool:
+        def spread(n: int) -> bool:
             counts = defaultdict(int)
             for owner in asyncio.run(owners(dynamodb, table)).values():
                 counts[owner] += 1
-            return None not in counts and len(counts) == 3 and max(counts.values()) <= 2
+            fair = -(-4 // n)  # ceil: within one of even
+            return None not in counts and len(counts) == n and max(counts.values()) <= fair
 
-        wait(spread, 60, "three workers within one of even")
+        workers.append(start(config, tmp_path))
+        wait(lambda: spread(2), 60, "two workers with two leases each")
+        workers.append(start(config, tmp_path))
+        wait(lambda: spread(3), 60, "three workers within one of even")
         workers[1].send_signal(signal.SIGTERM)
         assert workers[1].wait(60) == 0
         stopped_at = time.monotonic()
