@@ -7,12 +7,15 @@ from worker.sources.kinesis.balance import Seen, expired, plan
 from worker.sources.kinesis.leases import SHARD_END, Lease
 
 
-def simulate(shards: int, workers: list[str], rounds: int = 50) -> dict[str, str | None]:
+def simulate(
+    shards: int, workers: list[str], rounds: int = 50, late: list[str] = ()
+) -> dict[str, str | None]:
+    """Every worker runs a round each tick; `late` workers join halfway through."""
     owner: dict[str, str | None] = {f"shard-{i}": None for i in range(shards)}
     counters = dict.fromkeys(owner, 0)
-    seen = {w: {} for w in workers}
+    seen = {w: {} for w in [*workers, *late]}
     for r in range(rounds):
-        for w in workers:
+        for w in [*workers, *(late if r >= rounds // 2 else [])]:
             leases = [Lease(s, o, counters[s], None) for s, o in owner.items()]
             for lease, _ in plan(leases, w, seen[w], now=float(r), duration_s=10.0):
                 owner[lease.shard_id] = w
@@ -23,13 +26,20 @@ def simulate(shards: int, workers: list[str], rounds: int = 50) -> dict[str, str
     return owner
 
 
-@given(shards=st.integers(1, 24), n=st.integers(1, 5))
-def test_workers_converge_within_one_of_even(shards, n):
+@given(shards=st.integers(1, 24), n=st.integers(1, 5), joining=st.integers(0, 3))
+def test_workers_converge_within_one_of_even_also_when_some_join_late(shards, n, joining):
     workers = [f"w{i}" for i in range(n)]
-    owner = simulate(shards, workers)
-    counts = [sum(1 for o in owner.values() if o == w) for w in workers]
+    late = [f"late{i}" for i in range(joining)]
+    owner = simulate(shards, workers, rounds=80, late=late)
+    everyone = workers + late
+    counts = [sum(1 for o in owner.values() if o == w) for w in everyone]
     assert None not in owner.values()
     assert max(counts) - min(counts) <= 1
+
+
+def test_a_third_worker_joining_two_balanced_ones_gets_a_lease():
+    owner = simulate(4, ["a", "b"], rounds=40, late=["c"])
+    assert sorted(sum(1 for o in owner.values() if o == w) for w in "abc") == [1, 1, 2]
 
 
 def test_a_new_worker_steals_one_lease_per_round_from_the_most_loaded():

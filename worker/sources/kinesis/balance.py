@@ -2,9 +2,11 @@
 
 Each worker converges to its fair share, ceil(open shards / live workers). It
 takes free or expired leases first; if it is still below its share it steals
-at most one lease per round from the most loaded worker, and only from one
-holding more than the share, so workers settle within one of even instead of
-trading leases back and forth. A child shard is eligible only once every
+at most one lease per round from the most loaded worker, and only when that
+worker holds at least two more than this one will after taking: every steal
+narrows the gap, so workers settle within one of even (a late joiner too, say
+4 shards held 2/2 when a third worker arrives) instead of trading leases back
+and forth. A child shard is eligible only once every
 parent lease it knows of has reached SHARD_END, which keeps per-key order
 across splits and merges.
 """
@@ -61,7 +63,7 @@ def plan(
         owner, count = max(
             ((o, n) for o, n in held.items() if o != me), key=lambda kv: kv[1], default=(None, 0)
         )
-        if owner is not None and count > share:
+        if owner is not None and count >= mine + len(takes) + 2:
             victim = next(
                 lease for lease in open_leases
                 if lease.owner == owner and lease.shard_id not in dead
