@@ -192,3 +192,18 @@ async def test_the_memory_budget_pauses_every_partition_and_bounds_all_buffers_t
         await wait_until(lambda: fully_committed(broker, "test", [TOPIC]), timeout_s=30)
         assert not w.source.paused
     assert sum(len(v) for v in rec.handled().values()) == 8000
+
+
+async def test_losing_one_partition_does_not_hold_back_the_commits_of_the_others():
+    broker = broker_with(0, partitions=2)
+    rec = Recorder()
+    async with running_worker(rec, broker, [TOPIC], {"batching": {"batch_size": 10}}) as w:
+        await wait_until(lambda: len(w.lanes) == 2)
+        del w.source.positions[("t", 1)]  # ownership gone, its revoke not yet delivered
+        for i in range(40):
+            broker.produce(TOPIC, b"%d" % i, partition=0)
+        w.lanes[("t", 1)].tracker.open(0)
+        w.lanes[("t", 1)].tracker.finish(0)  # t-1 has something to commit, and cannot
+        await wait_until(lambda: broker.committed("test", TOPIC, 0) == 40)
+        assert w.lanes[("t", 0)].committed == 39
+        assert broker.committed("test", TOPIC, 1) is None

@@ -9,11 +9,11 @@ from worker.config import WorkerConfig
 from worker.lambda_compat.context import ContextFactory
 from worker.lambda_compat.events import kafka_event, kinesis_event
 from worker.lambda_compat.responses import kafka_failed_indexes, kinesis_failed_indexes
+from worker.pipeline.failure_policy import ResultParser
 from worker.pipeline.invoker import is_coroutine_callable
 from worker.records import Batch
 
 EventBuilder = Callable[[Sequence[Any]], dict[str, Any]]
-ResultParser = Callable[[Any, Sequence[Any]], "list[int] | None"]
 
 
 def event_builder(config: WorkerConfig, source_name: str) -> tuple[EventBuilder, ResultParser]:

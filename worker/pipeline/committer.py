@@ -60,9 +60,10 @@ class Committer:
             try:
                 await self._source.commit({lane.key: pos for lane, pos, _ in moved})
             except OwnershipLost as exc:
-                # A rebalance is under way: the revoke callback commits what it still may.
+                # Those partitions are being taken away (a rebalance, a lost lease): their
+                # revoke path commits what it still may. The others were checkpointed.
                 log.info("event=commit_skipped reason=ownership_lost detail=%r", str(exc))
-                return True
+                moved = [m for m in moved if m[0].key not in exc.lost]
             except ConnectionError as exc:
                 self._failures.inc()
                 log.warning("event=commit_failed error=%r note='will retry'", str(exc))

@@ -12,7 +12,7 @@ hand-off or shard end).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 PartitionKey = Hashable
@@ -25,7 +25,15 @@ class AssignmentListener(Protocol):
 
 
 class OwnershipLost(Exception):
-    """A checkpoint was refused because this worker no longer owns the partition."""
+    """Checkpoints were refused because this worker no longer owns some partitions.
+
+    `lost` names them; the other partitions of the same commit call were checkpointed.
+    A source that cannot tell (Kafka refuses a whole commit) names them all.
+    """
+
+    def __init__(self, message: str, lost: Iterable[Hashable]) -> None:
+        super().__init__(message)
+        self.lost = frozenset(lost)
 
 
 class Source(Protocol):

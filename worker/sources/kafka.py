@@ -145,7 +145,7 @@ class KafkaSource:
         try:
             await self._consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
-            raise OwnershipLost(str(exc)) from exc
+            raise OwnershipLost(str(exc), positions) from exc
         except KafkaError as exc:
             raise ConnectionError(f"kafka commit failed: {exc}") from exc
         self._committed.update(offsets)

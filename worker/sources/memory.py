@@ -179,11 +179,13 @@ class MemorySource:
     async def commit(self, positions: Mapping[TopicPartition, int]) -> None:
         if self.commit_error is not None:
             raise self.commit_error
-        if any(tp not in self.positions for tp in positions):
-            raise OwnershipLost(f"not assigned: {sorted(set(positions) - set(self.positions))}")
+        lost = {tp for tp in positions if tp not in self.positions}
         for (topic, part), pos in positions.items():
-            self.broker.offsets[(self.group_id, topic, part)] = pos + 1
-        self.commits.append(dict(positions))
+            if (topic, part) not in lost:
+                self.broker.offsets[(self.group_id, topic, part)] = pos + 1
+        self.commits.append({tp: p for tp, p in positions.items() if tp not in lost})
+        if lost:
+            raise OwnershipLost(f"not assigned: {sorted(lost)}", lost)
 
     def label(self, partition: TopicPartition) -> str:
         return f"{partition[0]}-{partition[1]}"

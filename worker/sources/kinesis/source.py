@@ -310,19 +310,25 @@ class KinesisSource:
             shard.resumed.set()
 
     async def commit(self, positions: Mapping[str, int]) -> None:
+        """Checkpoint every shard still owned; then report the ones that were not."""
         assert self._leases is not None
+        lost = []
         for shard_id, position in positions.items():
             shard = self._shards.get(shard_id)
             if shard is None:
-                raise OwnershipLost(f"{shard_id} is no longer owned")
+                lost.append(shard_id)
+                continue
             try:
                 shard.lease = await self._leases.checkpoint(shard.lease, str(position))
-            except LeaseLost as exc:
+            except LeaseLost:
                 self._checkpoint("conditional_failure")
-                raise OwnershipLost(str(exc)) from exc
+                lost.append(shard_id)
+                continue
             except ClientError as exc:  # throttled or unreachable: the committer retries
                 raise ConnectionError(f"lease table: {exc}") from exc
             self._checkpoint("ok")
+        if lost:
+            raise OwnershipLost(f"leases lost: {', '.join(lost)}", lost)
 
     def label(self, partition: str) -> str:
         return partition
