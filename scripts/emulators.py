@@ -17,10 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-try:
-    from scripts.kafka_broker import free_port, stop_pid
-except ImportError:  # run from scripts/ itself
-    from kafka_broker import free_port, stop_pid  # type: ignore[no-redef]
+from scripts.kafka_broker import free_port, stop_pid
 
 HERE = Path(__file__).resolve().parent
 NPM_DIR = (

@@ -13,7 +13,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
 from scripts.emulators import Emulator
-from tests.kinesis.test_kinesis_source import config, make_stream
+from tests.kinesis.test_kinesis_source import config, make_stream, wait_active
 from worker.app import Worker
 from worker.sources.kinesis.source import KinesisSource
 
@@ -123,15 +123,6 @@ async def test_split_and_merge_while_records_flow_keeps_per_key_order(
         await task
     for key, seqs in order.items():
         assert seqs == list(range(20)), f"{key}: {seqs}"  # children only after parents ended
-
-
-async def wait_active(client, stream: str) -> None:
-    for _ in range(100):
-        summary = await client.describe_stream_summary(StreamName=stream)
-        if summary["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
-            return
-        await asyncio.sleep(0.2)
-    raise TimeoutError("stream did not become ACTIVE")
 
 
 async def test_records_given_up_go_to_a_kinesis_stream_as_envelopes(kinesis: Emulator):

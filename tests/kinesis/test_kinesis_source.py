@@ -15,7 +15,7 @@ from aiobotocore.session import get_session
 from scripts.emulators import Emulator
 from worker.app import Worker
 from worker.config import WorkerConfig
-from worker.sources.kinesis.leases import LeaseTable
+from worker.sources.kinesis.leases import Lease, LeaseTable
 
 INTEGRATION = Path(__file__).resolve().parents[1] / "integration"
 
@@ -26,11 +26,7 @@ async def make_stream(kinesis: Emulator, shards: int, records: int, keys: int = 
         "kinesis", region_name="us-east-1", endpoint_url=kinesis.url
     ) as client:
         await client.create_stream(StreamName=stream, ShardCount=shards)
-        for _ in range(100):
-            described = await client.describe_stream_summary(StreamName=stream)
-            if described["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
-                break
-            await asyncio.sleep(0.2)
+        await wait_active(client, stream)
         seq: dict[int, int] = defaultdict(int)
         entries = []
         for i in range(records):
@@ -67,13 +63,28 @@ def config(
     )
 
 
-async def checkpoints(dynamodb: Emulator, table: str) -> dict[str, str | None]:
+async def wait_active(client, stream: str) -> None:
+    for _ in range(100):
+        summary = await client.describe_stream_summary(StreamName=stream)
+        if summary["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError("stream did not become ACTIVE")
+
+
+async def lease_rows(dynamodb: Emulator, table: str) -> list[Lease]:
+    """The lease table as it is now; empty if no worker has created it yet."""
     async with get_session().create_client(
         "dynamodb", region_name="us-east-1", endpoint_url=dynamodb.url
     ) as client:
-        return {
-            lease.shard_id: lease.checkpoint for lease in await LeaseTable(client, table, "x").all()
-        }
+        try:
+            return await LeaseTable(client, table, "reader").all()
+        except client.exceptions.ResourceNotFoundException:
+            return []
+
+
+async def checkpoints(dynamodb: Emulator, table: str) -> dict[str, str | None]:
+    return {lease.shard_id: lease.checkpoint for lease in await lease_rows(dynamodb, table)}
 
 
 async def test_4000_records_over_4_shards_are_handled_once_in_order_and_checkpointed(

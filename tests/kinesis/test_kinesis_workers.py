@@ -12,11 +12,9 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
-from aiobotocore.session import get_session
-
 from scripts.emulators import Emulator
-from tests.kinesis.test_kinesis_source import checkpoints, make_stream
-from worker.sources.kinesis.leases import LeaseTable
+from tests.integration.kafka_helpers import eventually
+from tests.kinesis.test_kinesis_source import checkpoints, lease_rows, make_stream
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,22 +52,8 @@ def handled(record_dir: Path, pid: int | None = None) -> dict[str, list[int]]:
     return out
 
 
-def wait(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 async def owners(dynamodb: Emulator, table: str) -> dict[str, str | None]:
-    async with get_session().create_client(
-        "dynamodb", region_name="us-east-1", endpoint_url=dynamodb.url
-    ) as client:
-        try:
-            leases = await LeaseTable(client, table, "x").all()
-        except client.exceptions.ResourceNotFoundException:
-            return {}  # the first worker has not created the table yet
-        return {lease.shard_id: lease.owner for lease in leases}
+    return {lease.shard_id: lease.owner for lease in await lease_rows(dynamodb, table)}
 
 
 def test_kill_9_then_restart_resumes_from_the_checkpoints_losing_nothing(
@@ -80,7 +64,9 @@ def test_kill_9_then_restart_resumes_from_the_checkpoints_losing_nothing(
     config = write_config(tmp_path / "w.toml", kinesis, dynamodb, stream, table)
     first = start(config, tmp_path, sleep_s="0.2")
     try:
-        wait(lambda: sum(map(len, handled(tmp_path, first.pid).values())) >= 600, 60, "progress")
+        eventually(
+            lambda: sum(map(len, handled(tmp_path, first.pid).values())) >= 600, 60, "progress"
+        )
         first.send_signal(signal.SIGKILL)
         first.wait()
     finally:
@@ -94,7 +80,7 @@ def test_kill_9_then_restart_resumes_from_the_checkpoints_losing_nothing(
     second = start(config, tmp_path)
     try:
         # The old leases expire after lease_duration_s (the killed worker cannot release them).
-        wait(lambda: sum(len(set(v)) for v in handled(tmp_path).values()) >= 2000, 90, "all")
+        eventually(lambda: sum(len(set(v)) for v in handled(tmp_path).values()) >= 2000, 90, "all")
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(60) == 0
@@ -120,7 +106,7 @@ def test_workers_spread_the_leases_and_stopping_one_moves_its_leases(
             seen = asyncio.run(owners(dynamodb, table))
             return len(seen) == 4 and None not in seen.values()
 
-        wait(all_owned, 30, "the first worker to own every lease")
+        eventually(all_owned, 30, "the first worker to own every lease")
 
         def spread(n: int) -> bool:
             counts = defaultdict(int)
@@ -130,9 +116,9 @@ def test_workers_spread_the_leases_and_stopping_one_moves_its_leases(
             return None not in counts and len(counts) == n and max(counts.values()) <= fair
 
         workers.append(start(config, tmp_path))
-        wait(lambda: spread(2), 60, "two workers with two leases each")
+        eventually(lambda: spread(2), 60, "two workers with two leases each")
         workers.append(start(config, tmp_path))
-        wait(lambda: spread(3), 60, "three workers within one of even")
+        eventually(lambda: spread(3), 60, "three workers within one of even")
         workers[1].send_signal(signal.SIGTERM)
         assert workers[1].wait(60) == 0
         stopped_at = time.monotonic()
@@ -140,9 +126,9 @@ def test_workers_spread_the_leases_and_stopping_one_moves_its_leases(
         def moved() -> bool:
             return len({o for o in asyncio.run(owners(dynamodb, table)).values()} - {None}) == 2
 
-        wait(moved, 30, "the stopped worker's leases to move")
+        eventually(moved, 30, "the stopped worker's leases to move")
         assert time.monotonic() - stopped_at < 3 + 3  # within the lease duration (plus a round)
-        wait(lambda: sum(len(set(v)) for v in handled(tmp_path).values()) >= 400, 60, "all")
+        eventually(lambda: sum(len(set(v)) for v in handled(tmp_path).values()) >= 400, 60, "all")
     finally:
         for w in workers:
             if w.poll() is None:
