@@ -17,11 +17,12 @@ import orjson
 import uvloop
 from aiokafka import AIOKafkaConsumer
 
-from worker.config import SourceConfig, WorkerConfig
+from worker.config import WorkerConfig
+from worker.sources.kafka.config import KafkaSourceConfig
 
 
 async def main(bootstrap: str, topic: str, count: int, work: str) -> float:
-    d = SourceConfig(topics=[topic])  # the worker's defaults, so both fetch alike
+    d = KafkaSourceConfig(topics=[topic])  # the worker's defaults, so both fetch alike
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -57,7 +58,7 @@ async def main(bootstrap: str, topic: str, count: int, work: str) -> float:
 if __name__ == "__main__":
     b, t, n, w, o = sys.argv[1:6]
     if sys.argv[6:] == ["gc"]:
-        from worker.app import tune_gc
+        from worker.runtime.run import tune_gc
 
         tune_gc(WorkerConfig.model_validate({"source": {"topics": [t]}}))
     Path(o).write_text(f"{uvloop.run(main(b, t, int(n), w))}\n")

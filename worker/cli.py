@@ -69,7 +69,7 @@ def _fail(lines: list[str]) -> int:
 def _redrive(args: argparse.Namespace) -> int:
     import asyncio
 
-    from worker.redrive import kafka_topic, parse_since, redrive
+    from worker.destinations.redrive import kafka_topic, parse_since, redrive
 
     try:
         source, target = kafka_topic(args.source), kafka_topic(args.target)
@@ -77,13 +77,18 @@ def _redrive(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    from worker.sources.kafka_security import client_kwargs
+    from worker.sources.kafka.config import KafkaSourceConfig
+    from worker.sources.kafka.security import client_kwargs
 
     bootstrap: list[str] | dict[str, object]
     if args.bootstrap:
         bootstrap = args.bootstrap.split(",")
     elif args.config:  # the config's servers and security settings (SASL, SSL)
-        bootstrap = client_kwargs(load_config(args.config, [], os.environ).source)
+        settings = load_config(args.config, [], os.environ).source
+        if not isinstance(settings, KafkaSourceConfig):
+            print(f"error: --config {args.config}: redrive needs a kafka source", file=sys.stderr)
+            return EXIT_CONFIG
+        bootstrap = client_kwargs(settings)
     else:
         bootstrap = ["127.0.0.1:9092"]
     try:
@@ -100,8 +105,8 @@ def _redrive(args: argparse.Namespace) -> int:
 def _invoke(args: argparse.Namespace, config: WorkerConfig) -> int:
     import orjson
 
+    from worker.handling.handler import HandlerLoadError
     from worker.lambda_compat.local import invoke_once
-    from worker.pipeline.invoker import HandlerLoadError
 
     raw = sys.stdin.buffer.read() if args.event == "-" else Path(args.event).read_bytes()
     try:
@@ -128,7 +133,7 @@ def _status(url: str) -> int:
     import urllib.error
     import urllib.request
 
-    from worker.status import render_text
+    from worker.observe.status import render_text
 
     try:
         with urllib.request.urlopen(f"{url.rstrip('/')}/status.json", timeout=5) as response:
@@ -143,8 +148,11 @@ def _status(url: str) -> int:
 def _lag(config: WorkerConfig) -> int:
     import asyncio
 
-    from worker.sources.kafka_lag import group_lag
+    from worker.sources.kafka.config import KafkaSourceConfig
+    from worker.sources.kafka.lag import group_lag
 
+    if not isinstance(config.source, KafkaSourceConfig):
+        return _fail([f"source.kind = {config.source.kind!r}: `worker lag` reads kafka groups"])
     try:
         rows = asyncio.run(group_lag(config.source))
     except ConnectionError as exc:
@@ -179,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return _fail(exc.problems)
 
-    from worker.pipeline.invoker import HandlerLoadError, load_handler
+    from worker.handling.handler import HandlerLoadError, load_handler
 
     if args.command == "invoke":
         return _invoke(args, config)
@@ -193,12 +201,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return 0
 
-    from worker import app, logs
-    from worker.sources.kafka import SourceStartError
+    from worker.observe import logs
+    from worker.runtime.run import run
+    from worker.sources.base import SourceStartError
 
     logs.setup(config.runtime.log_level, config.runtime.log_format)
     try:
-        code = app.run(config)
+        code = run(config)
         # A handler thread stuck past its timeout must not keep the process alive: the
         # worker has drained and committed what it could, so leave now.
         sys.stdout.flush()

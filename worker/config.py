@@ -11,101 +11,50 @@ import os
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+
+from worker.config_base import Section, SourceSettings
+from worker.sources.kafka.config import KafkaSourceConfig
+from worker.sources.kinesis.config import KinesisSourceConfig
 
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class MemorySourceConfig(SourceSettings):
+    """The in-process log of `worker.testing`: a worker built in a test passes the source in."""
+
+    standalone = False
+    kind: Literal["memory"] = "memory"
 
 
-class SourceConfig(_Section):
-    kind: Literal["kafka", "kinesis", "memory"] = "kafka"
-    bootstrap_servers: list[str] = Field(default_factory=lambda: ["127.0.0.1:9092"], min_length=1)
-    topics: list[str] = Field(default_factory=list)
-    group_id: str = "streamworker"
-    client_id: str = "streamworker"
-    starting_position: Literal["trim_horizon", "latest", "at_timestamp"] = "trim_horizon"
-    starting_position_timestamp: Annotated[float, Field(ge=0)] = 0
-    commit_interval_ms: Annotated[int, Field(ge=0, le=60_000)] = 100
-    session_timeout_ms: Annotated[int, Field(ge=1000, le=3_600_000)] = 10_000
-    heartbeat_interval_ms: Annotated[int, Field(ge=100, le=60_000)] = 3_000
-    max_poll_interval_ms: Annotated[int, Field(ge=1000, le=86_400_000)] = 300_000
-    fetch_max_records: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
-    fetch_max_bytes: Annotated[int, Field(ge=1024)] = 52_428_800
-    max_partition_fetch_bytes: Annotated[int, Field(ge=1024)] = 2_097_152
-    fetch_min_bytes: Annotated[int, Field(ge=1)] = 1
-    fetch_max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 500
-    check_crcs: bool = True
-    event_source_arn: str | None = None
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_plain_username: str | None = None
-    #: From the file, the environment (WORKER__SOURCE__SASL_PLAIN_PASSWORD) or
-    #: `sasl_plain_password_file`; never printed or logged.
-    sasl_plain_password: SecretStr | None = None
-    sasl_plain_password_file: str | None = None
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _password_from_file(cls, data: Any) -> Any:
-        path = data.get("sasl_plain_password_file") if isinstance(data, dict) else None
-        if path:
-            try:
-                with open(path) as fh:
-                    data = {**data, "sasl_plain_password": fh.read().strip()}
-            except OSError as exc:
-                raise ValueError(
-                    f"source.sasl_plain_password_file = {path!r}: cannot read it: {exc.strerror}"
-                ) from None
-        return data
-
-    @model_validator(mode="after")
-    def _sasl_complete(self) -> SourceConfig:
-        if self.security_protocol.startswith("SASL"):
-            missing = [
-                k
-                for k in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password")
-                if getattr(self, k) is None
-            ]
-            if missing:
-                raise ValueError(
-                    f"source.security_protocol = {self.security_protocol!r} needs "
-                    + ", ".join(f"source.{k}" for k in missing)
-                )
-        return self
-
-    # Kinesis: the stream, where it and the lease table are (unset: the standard
-    # AWS_ENDPOINT_URL_KINESIS / AWS_ENDPOINT_URL_DYNAMODB variables, then AWS itself).
-    stream_name: str | None = None
-    stream_arn: str | None = None
-    region: str | None = None
-    endpoint_url: str | None = None
-    lease_endpoint_url: str | None = None
-    lease_table: str | None = None
-    lease_duration_s: Annotated[float, Field(ge=1, le=3600)] = 10
-
-    @model_validator(mode="after")
-    def _needs_topics(self) -> SourceConfig:
-        if self.kind == "kafka" and not self.topics:
-            raise ValueError("source.topics: a kafka source needs at least one topic")
-        if self.kind == "kinesis" and not (self.stream_name or self.stream_arn):
-            raise ValueError("source.stream_name: a kinesis source needs stream_name or stream_arn")
-        return self
+def _source_kind(value: Any) -> str | None:
+    """The `kind` tag, "kafka" when absent (the default source)."""
+    if isinstance(value, dict):
+        return value.get("kind", "kafka")
+    return getattr(value, "kind", None)
 
 
-class BatchingConfig(_Section):
+SourceConfig = Annotated[
+    Annotated[KafkaSourceConfig, Tag("kafka")]
+    | Annotated[KinesisSourceConfig, Tag("kinesis")]
+    | Annotated[MemorySourceConfig, Tag("memory")],
+    Discriminator(_source_kind),
+]
+SOURCE_MODELS: dict[str, type[SourceSettings]] = {
+    "kafka": KafkaSourceConfig,
+    "kinesis": KinesisSourceConfig,
+    "memory": MemorySourceConfig,
+}
+
+
+class BatchingConfig(Section):
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = 100
     maximum_batching_window_ms: Annotated[int, Field(ge=0, le=300_000)] = 500
     maximum_batch_bytes: Annotated[int, Field(ge=1, le=268_435_456)] = 6_291_456
     tumbling_window_s: Annotated[int, Field(ge=0, le=900)] = 0
 
 
-class HandlerConfig(_Section):
+class HandlerConfig(Section):
     target: str = "handlers.iot_telemetry:handle"
     style: Literal["native", "lambda"] = "native"
     timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 60
@@ -133,7 +82,7 @@ _DESTINATION = re.compile(
 )
 
 
-class ErrorsConfig(_Section):
+class ErrorsConfig(Section):
     bisect_batch_on_function_error: bool = True
     maximum_retry_attempts: Annotated[int, Field(ge=-1, le=10_000)] = -1
     maximum_record_age_s: Annotated[int, Field(ge=-1, le=604_800)] = -1
@@ -169,13 +118,13 @@ class ErrorsConfig(_Section):
         return value
 
 
-class FilterConfig(_Section):
+class FilterConfig(Section):
     patterns: list[str] = Field(default_factory=list)
 
     @field_validator("patterns")
     @classmethod
     def _valid(cls, value: list[str]) -> list[str]:
-        from worker.pipeline.filtering import PatternError, compile_pattern
+        from worker.lambda_compat.patterns import PatternError, compile_pattern
 
         problems = []
         for i, text in enumerate(value):
@@ -188,7 +137,7 @@ class FilterConfig(_Section):
         return value
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(Section):
     listen: str = "0.0.0.0:9108"
     enabled: bool = True
 
@@ -209,7 +158,7 @@ class MetricsConfig(_Section):
         return int(self.listen.rpartition(":")[2])
 
 
-class RuntimeConfig(_Section):
+class RuntimeConfig(Section):
     shutdown_timeout_s: Annotated[float, Field(ge=0, le=3600)] = 30
     rebalance_timeout_s: Annotated[float, Field(ge=0, le=3600)] = 20
     max_buffered_records: Annotated[int, Field(ge=1)] = 20_000
@@ -224,8 +173,8 @@ class RuntimeConfig(_Section):
     ] = (100_000, 50, 1000)
 
 
-class WorkerConfig(_Section):
-    source: SourceConfig = Field(default_factory=SourceConfig)
+class WorkerConfig(Section):
+    source: SourceConfig = Field(default_factory=dict, validate_default=True)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     handler: HandlerConfig = Field(default_factory=HandlerConfig)
     errors: ErrorsConfig = Field(default_factory=ErrorsConfig)
@@ -250,7 +199,8 @@ class WorkerConfig(_Section):
     @model_validator(mode="after")
     def _dlq_is_not_a_source(self) -> WorkerConfig:
         target = self.errors.on_failure
-        if target.startswith("kafka://") and target[len("kafka://") :] in self.source.topics:
+        topics = self.source.topics if isinstance(self.source, KafkaSourceConfig) else []
+        if target.startswith("kafka://") and target[len("kafka://") :] in topics:
             raise ValueError(
                 f"errors.on_failure = {target!r}: must not be a source topic "
                 "(its records would be consumed again)"

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from worker.config import WorkerConfig
+from worker.config import SOURCE_MODELS, WorkerConfig
 
 ENV_PREFIX = "WORKER__"
 
@@ -75,9 +75,17 @@ def load_config(
             raise ConfigError([f"--set {item}: expected section.key=value"])
         _put(tree, dotted.strip(), parse_scalar(raw.strip()), f"--set {item}")
     try:
-        return WorkerConfig.model_validate(tree)
+        config = WorkerConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc, tree)) from None
+    if not config.source.standalone:
+        raise ConfigError(
+            [
+                f"source.kind = {config.source.kind!r}: only for workers built in a test "
+                "(worker.testing); a daemon reads 'kafka' or 'kinesis'"
+            ]
+        )
+    return config
 
 
 def _lookup(tree: Any, loc: tuple[Any, ...]) -> Any:
@@ -91,24 +99,31 @@ def _lookup(tree: Any, loc: tuple[Any, ...]) -> Any:
     return tree
 
 
-def _model_at(loc: tuple[Any, ...]) -> Any:
-    model: Any = WorkerConfig
+def _model_at(loc: tuple[Any, ...], tree: dict[str, Any]) -> Any:
+    """The model of the section at `loc`; `[source]` by its kind, as the union picks it."""
+    if loc[:1] == ("source",):
+        source = tree.get("source")
+        kind = source.get("kind", "kafka") if isinstance(source, dict) else "kafka"
+        model: Any = SOURCE_MODELS.get(kind)
+        loc = loc[1:]
+    else:
+        model = WorkerConfig
     for part in loc:
-        field = model.model_fields.get(part)
+        field = model.model_fields.get(part) if model is not None else None
         if field is None or not isinstance(field.annotation, type):
             return None
         model = field.annotation
     return model
 
 
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    model = _model_at(loc[:-1])
+def _allowed_keys(loc: tuple[Any, ...], tree: dict[str, Any]) -> list[str]:
+    model = _model_at(loc[:-1], tree)
     return sorted(model.model_fields) if model is not None else []
 
 
-def _range(loc: tuple[Any, ...]) -> str:
+def _range(loc: tuple[Any, ...], tree: dict[str, Any]) -> str:
     """The field's numeric range as 'allowed: LOW..HIGH', from its constraints."""
-    model = _model_at(loc[:-1])
+    model = _model_at(loc[:-1], tree)
     field = model.model_fields.get(loc[-1]) if model is not None and loc else None
     if field is None:
         return ""
@@ -125,18 +140,29 @@ def describe_errors(exc: ValidationError, tree: dict[str, Any]) -> list[str]:
     """One line per problem: the key, the value given, and what is allowed."""
     lines = []
     for err in exc.errors(include_url=False):
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = _user_loc(err["loc"])
         key = ".".join(str(p) for p in loc) or "(top level)"
         value = _lookup(tree, loc)
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            allowed = ", ".join(_allowed_keys(loc)) or "none"
+        if err["type"] == "union_tag_invalid":
+            kinds = ", ".join(repr(k) for k, m in SOURCE_MODELS.items() if m.standalone)
+            lines.append(f"{key}.kind = {_lookup(tree, (*loc, 'kind'))!r}: must be one of {kinds}")
+        elif err["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(loc, tree)) or "none"
             lines.append(f"{key} = {value!r}: unknown key (allowed here: {allowed})")
         elif err["type"] == "missing":
             lines.append(f"{key}: required")
-        elif not loc or msg.startswith(f"{key}:"):
+        elif not loc or msg.startswith((f"{key}:", f"{key}.")):  # the message names its key
             lines.append(msg)
         else:
             bound = err["type"] in ("greater_than_equal", "less_than_equal", "greater_than")
-            lines.append(f"{key} = {value!r}: {msg}{_range(loc) if bound else ''}")
+            lines.append(f"{key} = {value!r}: {msg}{_range(loc, tree) if bound else ''}")
     return lines
+
+
+def _user_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The key path as the user wrote it: without validator names and the union's kind tag."""
+    parts = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+    if parts[:1] == ("source",) and len(parts) > 1 and parts[1] in SOURCE_MODELS:
+        parts = parts[:1] + parts[2:]
+    return parts

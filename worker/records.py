@@ -2,19 +2,19 @@
 
 Records are the source's own objects (aiokafka's `ConsumerRecord` for Kafka),
 given the few extra attributes of our API at class level, so that handing a
-batch to a handler costs nothing per record. `Record` states that API.
+batch to a handler costs nothing per record. `Record` states that API; every
+source's record type meets it, and the core is typed against it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 
-@runtime_checkable
 class Record(Protocol):
-    """The record API every source provides (DESIGN.md, Handlers)."""
+    """The record API every source provides (the README's handler section)."""
 
     key: bytes | None
     value: bytes | None
@@ -40,7 +40,7 @@ class Record(Protocol):
 class Batch:
     """Records of one partition in position order, handed to the handler in one call."""
 
-    records: Sequence[Any]
+    records: Sequence[Record]
     source: str
     partition: str
     #: Tumbling-window fields of the Lambda event (window, state, ...), when windows are on.

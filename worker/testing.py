@@ -21,11 +21,11 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from worker.app import Worker
 from worker.config import WorkerConfig
 from worker.destinations import Destination
-from worker.metrics import Metrics
+from worker.observe.metrics import Metrics
 from worker.records import Batch
+from worker.runtime.worker import Worker
 from worker.sources.memory import MemoryBroker, MemoryRecord, MemorySource
 
 __all__ = [

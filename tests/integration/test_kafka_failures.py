@@ -23,9 +23,9 @@ from tests.integration.kafka_helpers import (
     end_offsets,
     unique,
 )
-from worker.app import Worker
 from worker.config import WorkerConfig
-from worker.redrive import topic_partitions
+from worker.destinations.redrive import topic_partitions
+from worker.runtime.worker import Worker
 
 pytestmark = pytest.mark.kafka
 PARTITIONS = 4

@@ -11,8 +11,8 @@ from aiokafka import AIOKafkaProducer
 
 from tests.integration import aws_style_handler
 from tests.integration.kafka_helpers import committed_offsets, create_topic, unique
-from worker.app import Worker
 from worker.config import WorkerConfig
+from worker.runtime.worker import Worker
 
 pytestmark = pytest.mark.kafka
 

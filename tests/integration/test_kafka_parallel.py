@@ -16,8 +16,8 @@ from tests.integration.kafka_helpers import (
     produce_keyed,
     unique,
 )
-from worker.app import Worker
 from worker.config import WorkerConfig
+from worker.runtime.worker import Worker
 
 pytestmark = pytest.mark.kafka
 

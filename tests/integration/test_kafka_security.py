@@ -17,10 +17,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from scripts import kafka_broker
 from tests.integration.kafka_helpers import ROOT, WorkerProcess, unique, write_config
-from worker.app import Worker
 from worker.config import WorkerConfig
-from worker.sources.kafka_lag import group_lag
-from worker.sources.kafka_security import client_kwargs
+from worker.runtime.worker import Worker
+from worker.sources.kafka.lag import group_lag
+from worker.sources.kafka.security import client_kwargs
 
 pytestmark = pytest.mark.kafka
 SECRET = kafka_broker.SASL_USERS["alice"]

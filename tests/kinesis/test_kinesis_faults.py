@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 
 from scripts.emulators import Emulator
 from tests.kinesis.test_kinesis_source import config, make_stream, wait_active
-from worker.app import Worker
+from worker.runtime.worker import Worker
 from worker.sources.kinesis.source import KinesisSource
 
 
@@ -125,7 +125,10 @@ async def test_split_and_merge_while_records_flow_keeps_per_key_order(
         assert seqs == list(range(20)), f"{key}: {seqs}"  # children only after parents ended
 
 
-async def test_records_given_up_go_to_a_kinesis_stream_as_envelopes(kinesis: Emulator):
+async def test_records_given_up_go_to_a_kinesis_stream_as_envelopes(
+    kinesis: Emulator, monkeypatch: pytest.MonkeyPatch
+):
+    """From a non-Kinesis source, the destination finds Kinesis by AWS's standard settings."""
     from worker.testing import MemoryBroker, fully_committed, running_worker, wait_until
 
     dlq = await make_stream(kinesis, shards=1, records=0)
@@ -138,8 +141,9 @@ async def test_records_given_up_go_to_a_kinesis_stream_as_envelopes(kinesis: Emu
         if any(r.offset == 7 for r in batch.records):
             raise ValueError("bad reading")
 
-    settings = {"errors": {"maximum_retry_attempts": 0, "on_failure": f"kinesis://{dlq}"},
-                "source": {"region": "us-east-1", "endpoint_url": kinesis.url}}  # fmt: skip
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", kinesis.url)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    settings = {"errors": {"maximum_retry_attempts": 0, "on_failure": f"kinesis://{dlq}"}}
     async with running_worker(handler, broker, ["t"], settings):
         await wait_until(lambda: fully_committed(broker, "test", ["t"]), timeout_s=30)
     async with get_session().create_client(

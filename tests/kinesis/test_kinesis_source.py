@@ -13,8 +13,8 @@ import pytest
 from aiobotocore.session import get_session
 
 from scripts.emulators import Emulator
-from worker.app import Worker
 from worker.config import WorkerConfig
+from worker.runtime.worker import Worker
 from worker.sources.kinesis.leases import Lease, LeaseTable
 
 INTEGRATION = Path(__file__).resolve().parents[1] / "integration"
@@ -226,7 +226,7 @@ async def test_a_worker_whose_lease_is_taken_over_stops_and_the_new_owner_resume
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
         assert await checkpoints(dynamodb, table) == good  # A wrote nothing after losing it
-        assert a.lanes == {}  # and stopped the shard
+        assert a.partition_stats() == []  # and stopped the shard
     finally:
         a.request_exit()
         await task

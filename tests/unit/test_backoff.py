@@ -1,6 +1,6 @@
 import random
 
-from worker.pipeline.backoff import Backoff
+from worker.backoff import Backoff
 
 
 def test_ceiling_doubles_from_min_and_caps_at_max():

@@ -3,7 +3,7 @@ from itertools import chain
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.pipeline.batcher import Batcher
+from worker.partition.batcher import Batcher
 from worker.testing import make_batch
 
 

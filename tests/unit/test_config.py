@@ -97,7 +97,7 @@ def test_json_log_lines_carry_the_event_fields():
 
     import orjson
 
-    from worker.logs import JsonFormatter
+    from worker.observe.logs import JsonFormatter
 
     record = logging.LogRecord(
         "worker", logging.WARNING, __file__, 1,

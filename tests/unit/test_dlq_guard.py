@@ -1,7 +1,8 @@
 """The dead-letter guard halts a partition instead of dead-lettering everything."""
 
 from tests.unit.test_failure_policy import Handler, RecordingDestination, one_partition
-from worker.pipeline.dlq_guard import DeadLetterGuard, PartitionHalted
+from worker.handling.dead_letter import DeadLetterGuard
+from worker.partition.steps import PartitionHalted
 from worker.testing import running_worker, wait_until
 
 
@@ -42,9 +43,11 @@ async def test_a_handler_that_fails_everything_halts_the_partition_after_the_lim
         "errors": {"maximum_retry_attempts": 0, "max_consecutive_dead_letters": 5},
     }
     async with running_worker(handler, broker, ["t"], settings, destination=dlq) as w:
-        await wait_until(lambda: ("t", 0) in w.lanes and w.lanes[("t", 0)].halted is not None)
-        healthy, why = w.health()
-        ready, _ = w.readiness()
+        await wait_until(
+            lambda: w.partition(("t", 0)) is not None and w.partition(("t", 0)).halted is not None
+        )
+        healthy, why = w.health.health()
+        ready, _ = w.health.readiness()
         halted = w.metrics.halted.labels("memory", "t-0")._value.get()
         calls_at_halt = len(handler.calls)
     assert dlq.offsets() == [0, 1, 2, 3, 4]  # five, and not one more

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from worker.destinations.base import DestinationError, FailureEvent
-from worker.metrics import Metrics
+from worker.observe.metrics import Metrics
 from worker.testing import MemoryBroker, fully_committed, running_worker, wait_until
 
 TOPIC = "t"
@@ -155,7 +155,7 @@ async def test_records_older_than_the_age_limit_go_to_the_destination_without_an
     assert dlq.events[0].condition == "RecordAgeExceeded"
 
 
-async def test_records_that_age_out_while_retrying_are_given_up():
+async def test_records_that_age_out_while_retrying_are_given_up(monkeypatch):
     broker = one_partition(3)
     handler = Handler(poison={1})
     dlq = RecordingDestination()
@@ -164,8 +164,8 @@ async def test_records_that_age_out_while_retrying_are_given_up():
         "batching": {"batch_size": 3},
         "errors": {"bisect_batch_on_function_error": False, "maximum_record_age_s": 60},
     }
-    async with running_worker(handler, broker, [TOPIC], settings, destination=dlq) as w:
-        w.policy._clock = lambda: clock["now"]
+    monkeypatch.setattr(time, "time", lambda: clock["now"])
+    async with running_worker(handler, broker, [TOPIC], settings, destination=dlq):
         await wait_until(lambda: len(handler.calls) >= 2)
         clock["now"] += 120  # the records are now two minutes old
         await wait_until(lambda: fully_committed(broker, "test", [TOPIC]))

@@ -5,7 +5,9 @@ import json
 import pytest
 
 from worker.config_load import ConfigError, load_config
-from worker.pipeline.filtering import PatternError, RecordFilter, compile_pattern
+from worker.lambda_compat.filters import RecordFilter
+from worker.lambda_compat.patterns import PatternError, compile_pattern
+from worker.lambda_compat.shapes import shape_of
 from worker.testing import (
     MemoryBroker,
     fully_committed,
@@ -18,7 +20,7 @@ from worker.testing import (
 def matches(pattern: dict, value, key: bytes | None = b"dev-1") -> bool:
     raw = value if isinstance(value, bytes) else json.dumps(value).encode()
     (record,) = make_batch([raw], keys=[key], topic="telemetry", partition=3).records
-    return RecordFilter([json.dumps(pattern)], "kafka").matches(record)
+    return RecordFilter([json.dumps(pattern)], shape_of("kafka")).matches(record)
 
 
 @pytest.mark.parametrize(
@@ -95,7 +97,7 @@ def test_a_non_json_value_never_matches_a_value_pattern():
 
 
 def test_patterns_are_ored():
-    f = RecordFilter(['{"value": {"a": [1]}}', '{"value": {"b": [2]}}'], "kafka")
+    f = RecordFilter(['{"value": {"a": [1]}}', '{"value": {"b": [2]}}'], shape_of("kafka"))
     batch = make_batch([b'{"a": 1}', b'{"b": 2}', b'{"c": 3}'])
     assert [r.offset for r in f.keep(batch.records)] == [0, 1]
 

@@ -2,7 +2,7 @@ import asyncio
 import threading
 
 from worker.config import HandlerConfig
-from worker.pipeline.invoker import Invoker
+from worker.handling.invoker import Invoker
 from worker.testing import make_batch
 
 BATCH = make_batch([b"1"])

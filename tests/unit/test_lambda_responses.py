@@ -2,8 +2,8 @@
 
 import pytest
 
+from worker.handling.partial import InvalidResponse
 from worker.lambda_compat.responses import kafka_failed_indexes, kinesis_failed_indexes
-from worker.pipeline.partial import InvalidResponse
 from worker.testing import make_batch
 
 RECORDS = make_batch([b"a", b"b", b"c"], topic="t", partition=2, first_offset=10).records

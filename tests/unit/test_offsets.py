@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.pipeline.offsets import OffsetTracker
+from worker.partition.offsets import OffsetTracker
 
 
 def test_committable_is_the_end_of_the_finished_prefix():

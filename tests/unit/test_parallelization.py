@@ -4,7 +4,7 @@ import asyncio
 import random
 from collections import defaultdict
 
-from worker.pipeline.lane import route
+from worker.partition.key_lanes import route
 from worker.testing import MemoryBroker, fully_committed, make_batch, running_worker, wait_until
 
 
@@ -63,6 +63,6 @@ async def test_a_stuck_lane_does_not_hold_back_commits_of_what_precedes_it():
         for i in range(100):
             broker.produce("t", b"x", key=stuck_key if i == 53 else busy[i % 3], partition=0)
         await wait_until(lambda: broker.committed("test", "t", 0) == 50)
-        assert w.lanes[("t", 0)].tracker.committable == 49  # 50..54 holds the stuck record
+        assert w.partition(("t", 0)).stats().committed == 49  # 50..54 holds the stuck record
         gate.set()
         await wait_until(lambda: fully_committed(broker, "test", ["t"]))

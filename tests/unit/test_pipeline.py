@@ -86,8 +86,8 @@ async def test_a_full_buffer_pauses_the_partition_and_draining_resumes_it():
         source = w.source
         source.max_records = 20  # small fetches, as a real consumer's would be
         await wait_until(lambda: ("t", 0) in source.paused)
-        lane = w.lanes[("t", 0)]
-        assert lane.buffered_records < 50 + 20  # bounded: limit plus one fetch
+        partition = w.partition(("t", 0))
+        assert partition.buffered_records < 50 + 20  # bounded: limit plus one fetch
         rec.gate.set()
         await wait_until(lambda: fully_committed(broker, "test", [TOPIC]))
         assert ("t", 0) not in source.paused
@@ -107,7 +107,7 @@ async def test_revoke_finishes_the_batch_in_flight_commits_it_and_drops_the_rest
         rec.gate.set()
         await revoke
         assert broker.committed("test", TOPIC, 0) == 10  # the batch in flight, and no more
-        assert ("t", 0) not in w.lanes
+        assert w.partition(("t", 0)) is None
         await w.source.assign([("t", 0)])  # given back: resumes from the commit
         await wait_until(lambda: fully_committed(broker, "test", [TOPIC]))
     assert rec.handled()[0] == list(range(100))
@@ -185,9 +185,9 @@ async def test_the_memory_budget_pauses_every_partition_and_bounds_all_buffers_t
             broker.produce(TOPIC, b"x" * 500, key=b"k%d" % i, partition=i % 4)
         await wait_until(lambda: len(w.source.paused) == 4)
         fetch = 100 * (500 + 320)  # one more fetch may land after the check
-        assert w.buffered_bytes() <= budget + fetch
+        assert sum(p.buffered_bytes for p in w.assignments.partitions()) <= budget + fetch
         # Pausing sticks while the handler is blocked, whatever the lanes' own limits say.
-        assert all(lane.paused for lane in w.lanes.values())
+        assert all(p.paused for p in w.assignments.partitions())
         rec.gate.set()
         await wait_until(lambda: fully_committed(broker, "test", [TOPIC]), timeout_s=30)
         assert not w.source.paused
@@ -196,14 +196,20 @@ async def test_the_memory_budget_pauses_every_partition_and_bounds_all_buffers_t
 
 async def test_losing_one_partition_does_not_hold_back_the_commits_of_the_others():
     broker = broker_with(0, partitions=2)
-    rec = Recorder()
-    async with running_worker(rec, broker, [TOPIC], {"batching": {"batch_size": 10}}) as w:
-        await wait_until(lambda: len(w.lanes) == 2)
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    async def handler(batch):
+        if batch.partition == "t-1":
+            entered.set()
+            await gate.wait()
+
+    async with running_worker(handler, broker, [TOPIC], {"batching": {"batch_size": 10}}) as w:
+        broker.produce(TOPIC, b"x", partition=1)
+        await entered.wait()
         del w.source.positions[("t", 1)]  # ownership gone, its revoke not yet delivered
+        gate.set()  # t-1 now has something to commit, and cannot
         for i in range(40):
             broker.produce(TOPIC, b"%d" % i, partition=0)
-        w.lanes[("t", 1)].tracker.open(0)
-        w.lanes[("t", 1)].tracker.finish(0)  # t-1 has something to commit, and cannot
         await wait_until(lambda: broker.committed("test", TOPIC, 0) == 40)
-        assert w.lanes[("t", 0)].committed == 39
+        assert w.partition(("t", 0)).committed == 39
         assert broker.committed("test", TOPIC, 1) is None

@@ -4,11 +4,20 @@ import os
 from pathlib import Path
 
 import pytest
+from aiokafka.structs import ConsumerRecord
 
 from tests.unit.test_failure_policy import RecordingDestination
-from worker.config import HandlerConfig
-from worker.pipeline.invoker import HandlerLoadError, Invoker
-from worker.pipeline.process_pool import pack, unpack
+from worker.config import HandlerConfig, WorkerConfig
+from worker.handling.handler import HandlerLoadError
+from worker.handling.invoker import Invoker
+from worker.handling.process_pool import ChildSpec, ProcessPool, pack, unpack
+from worker.lambda_compat.adapter import child_handler
+from worker.lambda_compat.shapes import shape_of
+from worker.records import Batch
+from worker.sources.kafka.record import TRAITS as KAFKA
+from worker.sources.kinesis.record import TRAITS as KINESIS
+from worker.sources.kinesis.record import KinesisRecord
+from worker.sources.memory import TRAITS as MEMORY
 from worker.testing import MemoryBroker, fully_committed, make_batch, running_worker, wait_until
 
 
@@ -87,9 +96,9 @@ async def test_a_child_that_dies_fails_its_batch_which_is_retried_on_a_new_pool(
 
 def test_records_cross_to_a_child_as_flat_lists_and_come_back_whole():
     batch = make_batch([b"a", None], keys=[b"k", None], topic="tel", partition=3, first_offset=7)
-    packed = pack(batch)
-    assert all(isinstance(column, list) for column in packed[4:])
-    again = unpack(packed)
+    packed = pack(batch, MEMORY)
+    assert all(isinstance(column, list) for column in packed[0])
+    again = unpack(packed, MEMORY)
     assert [(r.topic, r.partition, r.offset, r.key, r.value) for r in again.records] == [
         ("tel", 3, 7, b"k", b"a"),
         ("tel", 3, 8, None, None),
@@ -102,3 +111,68 @@ def test_an_async_handler_cannot_run_in_processes():
 
     with pytest.raises(HandlerLoadError, match="plain"):
         Invoker(handler, HandlerConfig(concurrency="process"), processes=object())  # type: ignore[arg-type]
+
+
+def _kafka_records() -> list[ConsumerRecord]:
+    # LOG_APPEND_TIME (1) and headers: what a flat copy of "common" fields would lose.
+    return [
+        ConsumerRecord(
+            "tel",
+            3,
+            40 + i,
+            1_700_000_000_000 + i,
+            1,
+            b"dev-%d" % i,
+            b'{"t": 1}',
+            None,
+            5,
+            8,
+            [("trace", b"abc")],
+        )
+        for i in range(3)
+    ]
+
+
+def _kinesis_records() -> list[KinesisRecord]:
+    sequence = "49590338271490256608559692538361571095921575989136588898"
+    return [
+        KinesisRecord(
+            "tel",
+            "shardId-000000000007",
+            b"dev-%d" % i,
+            b'{"t": 1}',
+            str(int(sequence) + i),
+            1_700_000_000_000 + i,
+        )
+        for i in range(3)
+    ]
+
+
+def _memory_records() -> list:
+    return list(make_batch([b"a", b"b"], keys=[b"k", None], topic="tel", partition=1).records)
+
+
+SOURCES = {
+    "kafka": ({"kind": "kafka", "topics": ["tel"]}, KAFKA, _kafka_records),
+    "kinesis": ({"kind": "kinesis", "stream_name": "tel"}, KINESIS, _kinesis_records),
+    "memory": ({"kind": "memory"}, MEMORY, _memory_records),
+}
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+async def test_the_event_built_in_a_handler_process_equals_the_one_built_in_the_worker(source):
+    settings, traits, make_records = SOURCES[source]
+    config = WorkerConfig.model_validate(
+        {"source": settings, "handler": {"style": "lambda", "concurrency": "process",
+                                         "target": "tests.unit.process_handlers:echo_event"}}
+    )  # fmt: skip
+    records = make_records()
+    window = {"window": {"start": "a", "end": "b"}, "state": {"n": 1}}
+    batch = Batch(records, source, "p", window)
+    in_parent = shape_of(source).events(config)(records) | window
+    pool = ProcessPool(ChildSpec(child_handler, (config.model_dump_json(), source)), traits, 1)
+    try:
+        in_child = await pool.run(batch)
+    finally:
+        pool.close()
+    assert in_child == in_parent  # echo_event also checked the child's Lambda context

@@ -4,8 +4,8 @@ import json
 import urllib.request
 
 from worker.cli import main
-from worker.metrics import Metrics
-from worker.status import RateSampler, render_text
+from worker.observe.metrics import Metrics
+from worker.observe.status import RateSampler, render_text
 from worker.testing import MemoryBroker, fully_committed, running_worker, wait_until
 
 

@@ -13,21 +13,26 @@ def make_destination(config: WorkerConfig) -> Destination | None:
     target = config.errors.on_failure
     if target.startswith("kafka://"):
         from worker.destinations.kafka import KafkaDestination
-        from worker.sources.kafka_security import client_kwargs
+        from worker.sources.kafka.config import KafkaSourceConfig
+        from worker.sources.kafka.security import client_kwargs
 
+        # A Kafka source's servers and security; from another source, the default servers.
+        source = config.source if isinstance(config.source, KafkaSourceConfig) else None
         return KafkaDestination(
             target.removeprefix("kafka://"),
-            client_kwargs(config.source),
+            client_kwargs(source or KafkaSourceConfig(topics=["-"])),
             config.errors.on_failure_timeout_s,
         )
     if target.startswith("kinesis://"):
         from worker.destinations.kinesis import KinesisDestination
+        from worker.sources.kinesis.config import KinesisSourceConfig
 
-        s = config.source
+        # A Kinesis source's region and endpoint; else the standard AWS settings.
+        s = config.source if isinstance(config.source, KinesisSourceConfig) else None
         return KinesisDestination(
             target.removeprefix("kinesis://"),
-            s.region,
-            s.endpoint_url,
+            s.region if s else None,
+            s.endpoint_url if s else None,
             config.errors.on_failure_timeout_s,
         )
     if target.startswith("file://"):

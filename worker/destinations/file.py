@@ -8,17 +8,13 @@ timestamps, the batch size, the error with its traceback, and the records
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 from typing import Any
 
 import orjson
 
 from worker.destinations.base import DestinationError, FailureEvent
-
-
-def _b64(data: bytes | None) -> str | None:
-    return None if data is None else base64.b64encode(data).decode()
+from worker.encoding import b64
 
 
 def event_document(event: FailureEvent) -> dict[str, Any]:
@@ -45,9 +41,9 @@ def event_document(event: FailureEvent) -> dict[str, Any]:
             {
                 "offset": r.position,
                 "timestamp_ms": r.timestamp_ms,
-                "key": _b64(r.key),
-                "value": _b64(r.value),
-                "headers": [[k, _b64(v)] for k, v in r.headers],
+                "key": b64(r.key),
+                "value": b64(r.value),
+                "headers": [[k, b64(v)] for k, v in r.headers],
             }
             for r in records
         ],

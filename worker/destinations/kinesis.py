@@ -12,8 +12,6 @@ until `on_failure_timeout_s`; only then is the write a failure.
 from __future__ import annotations
 
 import asyncio
-import base64
-import random
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from typing import Any
@@ -22,15 +20,14 @@ import orjson
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
+from worker.backoff import Backoff
 from worker.destinations.base import DestinationError, FailureEvent
+from worker.encoding import b64
 
 MAX_ENTRIES = 500
 MAX_CALL_BYTES = 5 * 1024 * 1024
 MAX_ENTRY_BYTES = 1024 * 1024
-
-
-def _b64(data: bytes | None) -> str | None:
-    return None if data is None else base64.b64encode(data).decode()
+RETRY_BACKOFF = Backoff(100, 5000)
 
 
 def entries(event: FailureEvent) -> list[dict[str, Any]]:
@@ -45,8 +42,8 @@ def entries(event: FailureEvent) -> list[dict[str, Any]]:
             "timestamp_ms": r.timestamp_ms,
             "attempts": event.attempts,
             "error": {"type": event.error_type, "message": event.error_message[:1000]},
-            "key": _b64(r.key),
-            "data": _b64(r.value),
+            "key": b64(r.key),
+            "data": b64(r.value),
         }
         data = orjson.dumps(envelope)
         if len(data) + len(key.encode()) > MAX_ENTRY_BYTES:
@@ -102,14 +99,14 @@ class KinesisDestination:
             raise DestinationError(f"{self.name}: {exc}") from exc
 
     async def _put(self, call: list[dict[str, Any]]) -> None:
-        backoff = 0.1
+        attempt = 0
         while call:
             result = await self._client.put_records(StreamName=self.stream, Records=call)
             if not result.get("FailedRecordCount"):
                 return
             call = [e for e, r in zip(call, result["Records"], strict=True) if r.get("ErrorCode")]
-            await asyncio.sleep(random.uniform(backoff / 2, backoff))
-            backoff = min(backoff * 2, 5.0)
+            attempt += 1
+            await asyncio.sleep(RETRY_BACKOFF.delay_s(attempt))
 
     async def stop(self) -> None:
         await self._stack.aclose()

@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from worker.config import WorkerConfig
+from worker.handling.failure_policy import ResultParser
+from worker.handling.handler import is_coroutine_callable, load_handler
 from worker.lambda_compat.context import ContextFactory
-from worker.lambda_compat.events import kafka_event, kinesis_event
-from worker.lambda_compat.responses import kafka_failed_indexes, kinesis_failed_indexes
-from worker.pipeline.failure_policy import ResultParser
-from worker.pipeline.invoker import is_coroutine_callable
+from worker.lambda_compat.shapes import EventBuilder, shape_of
 from worker.records import Batch
-
-EventBuilder = Callable[[Sequence[Any]], dict[str, Any]]
-
-
-def event_builder(config: WorkerConfig, source_name: str) -> tuple[EventBuilder, ResultParser]:
-    """The event shape and identifier rules of the source: Kinesis, or Kafka (also memory)."""
-    s = config.source
-    if source_name == "kinesis":
-        region = config.handler.aws_region
-        arn = s.event_source_arn or f"arn:aws:kinesis:{region}:000000000000:stream/unknown"
-        role = f"arn:aws:iam::000000000000:role/{config.handler.function_name}"
-        return (lambda records: kinesis_event(records, region, arn, role)), kinesis_failed_indexes
-    return (
-        lambda records: kafka_event(records, s.bootstrap_servers, s.event_source_arn)
-    ), kafka_failed_indexes
 
 
 def _event(build: EventBuilder, batch: Batch) -> dict[str, Any]:
@@ -40,16 +24,23 @@ def lambda_style(
     fn: Callable[..., Any], config: WorkerConfig, source_name: str
 ) -> tuple[Callable[[Batch], Any], ResultParser]:
     """A batch handler calling `fn(event, context)`; the event is built where `fn` runs."""
-    build, parse = event_builder(config, source_name)
+    shape = shape_of(source_name)
+    build = shape.events(config)
     contexts = ContextFactory(config.handler)
     if is_coroutine_callable(fn):
 
         async def call_async(batch: Batch) -> Any:
             return await fn(_event(build, batch), contexts())
 
-        return call_async, parse
+        return call_async, shape.parse
 
     def call(batch: Batch) -> Any:
         return fn(_event(build, batch), contexts())
 
-    return call, parse
+    return call, shape.parse
+
+
+def child_handler(config_json: str, source_name: str) -> Callable[[Batch], Any]:
+    """In a handler process: the Lambda-style handler as a batch handler (a `ChildSpec`)."""
+    config = WorkerConfig.model_validate_json(config_json)
+    return lambda_style(load_handler(config.handler.target), config, source_name)[0]

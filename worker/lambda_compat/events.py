@@ -1,6 +1,6 @@
 """The events AWS Lambda sends for Kafka and Kinesis event source mappings, built from a batch.
 
-Shapes follow the AWS documentation (reference/lambda-esm-semantics.md §3):
+Shapes follow the AWS documentation for the MSK, self-managed Kafka and Kinesis triggers:
 Kafka records keyed "topic-partition" with base64 key (omitted when None) and
 value, epoch-millisecond timestamps and headers as lists of byte values;
 Kinesis `Records[].kinesis` with base64 `data` and arrival time in epoch
@@ -10,15 +10,17 @@ handler runs (its thread), not on the event loop.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from typing import Any
+
+from worker.encoding import b64
 
 _TIMESTAMP_TYPES = {0: "CREATE_TIME", 1: "LOG_APPEND_TIME"}
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+def timestamp_type(r: Any) -> str:
+    """Kafka's timestamp type by Lambda's name (records of other sources: CREATE_TIME)."""
+    return _TIMESTAMP_TYPES.get(getattr(r, "timestamp_type", 0), "CREATE_TIME")
 
 
 def kafka_record(r: Any) -> dict[str, Any]:
@@ -27,11 +29,11 @@ def kafka_record(r: Any) -> dict[str, Any]:
         "partition": r.partition,
         "offset": r.offset,
         "timestamp": r.timestamp_ms,
-        "timestampType": _TIMESTAMP_TYPES.get(getattr(r, "timestamp_type", 0), "CREATE_TIME"),
+        "timestampType": timestamp_type(r),
     }
     if r.key is not None:
-        out["key"] = _b64(r.key)
-    out["value"] = _b64(r.value) if r.value is not None else None
+        out["key"] = b64(r.key)
+    out["value"] = b64(r.value)
     out["headers"] = [{name: list(value or b"")} for name, value in r.headers]
     return out
 
@@ -61,7 +63,7 @@ def kinesis_record(r: Any, region: str, stream_arn: str, role_arn: str) -> dict[
             "kinesisSchemaVersion": "1.0",
             "partitionKey": r.key.decode() if isinstance(r.key, bytes) else r.key,
             "sequenceNumber": r.sequence_number,
-            "data": _b64(r.value or b""),
+            "data": b64(r.value or b""),
             "approximateArrivalTimestamp": r.timestamp_ms / 1000.0,
         },
         "eventSource": "aws:kinesis",

@@ -8,15 +8,15 @@ batch. `event` prints a sample event to start from.
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from worker.config import WorkerConfig
+from worker.encoding import unb64
+from worker.handling.handler import is_coroutine_callable, load_handler
 from worker.lambda_compat.context import ContextFactory
 from worker.lambda_compat.events import kafka_event, kinesis_event
-from worker.pipeline.invoker import is_coroutine_callable, load_handler
 from worker.records import Batch
 from worker.sources.memory import MemoryRecord
 
@@ -39,10 +39,6 @@ def sample_event(
     return kinesis_event([record], "us-east-1", arn, "arn:aws:iam::000000000000:role/worker")
 
 
-def _b64(text: str | None) -> bytes | None:
-    return base64.b64decode(text) if text is not None else None
-
-
 def batch_from_event(event: dict[str, Any]) -> Batch:
     """The records of a Kafka or Kinesis event as a native batch."""
     records: list[MemoryRecord] = []
@@ -55,8 +51,8 @@ def batch_from_event(event: dict[str, Any]) -> Batch:
                         r["topic"],
                         r["partition"],
                         r["offset"],
-                        _b64(r.get("key")),
-                        _b64(r.get("value")),
+                        unb64(r.get("key")),
+                        unb64(r.get("value")),
                         r["timestamp"],
                         headers,
                     )
@@ -71,7 +67,7 @@ def batch_from_event(event: dict[str, Any]) -> Batch:
                 0,
                 i,
                 k["partitionKey"].encode(),
-                _b64(k["data"]),
+                unb64(k["data"]),
                 int(k["approximateArrivalTimestamp"] * 1000),
                 sequence_number=k["sequenceNumber"],
                 shard_id=r["eventID"].split(":")[0],

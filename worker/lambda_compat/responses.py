@@ -1,6 +1,6 @@
 """Lambda's partial batch response, `{"batchItemFailures": [{"itemIdentifier": ...}]}`, as indexes.
 
-Rules as Lambda applies them (reference §1.4 and §2): a null or empty response,
+Rules as Lambda applies them: a null or empty response,
 a response without `batchItemFailures`, or an empty or null list means every
 record succeeded. An identifier that is null, empty, under a wrongly named
 key, of the wrong shape or not in the batch fails the whole invocation.
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from worker.pipeline.partial import InvalidResponse
+from worker.handling.partial import InvalidResponse
 
 
 def _identifiers(result: Any) -> list[Any] | None:

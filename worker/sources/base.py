@@ -1,21 +1,36 @@
-"""The contract between the pipeline and a record source.
+"""The contract between the core and a record source, and the traits the core may ask of it.
 
 Kafka partitions, Kinesis shards and the in-memory log all look the same to
-the pipeline: the source owns a set of partitions (by group assignment or by
+the core: the source owns a set of partitions (by group assignment or by
 lease), delivers their records in position order in chunks, can pause a
 partition, and checkpoints "everything up to and including position P of
 partition X is done". Ownership changes arrive through `AssignmentListener`;
 the source awaits `on_revoked` before it gives a partition away, which is
-where the pipeline drains and checkpoints (a Kafka revoke, a Kinesis lease
+where the core drains and checkpoints (a Kafka revoke, a Kinesis lease
 hand-off or shard end).
+
+Whatever differs between sources and matters to the core (how big a record
+is, its timestamp, what a buffered one costs in memory, how it crosses to a
+handler process, how a checkpoint reads) is a trait the source declares,
+never a comparison of source names in the core.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from worker.records import Record
+
+if TYPE_CHECKING:
+    from worker.observe.metrics import Metrics
 
 PartitionKey = Hashable
+
+
+class SourceStartError(Exception):
+    """The source could not start; the message says why in one line."""
 
 
 class AssignmentListener(Protocol):
@@ -36,23 +51,53 @@ class OwnershipLost(Exception):
         self.lost = frozenset(lost)
 
 
+def next_to_read(last_done: int) -> int:
+    """A checkpoint as an offset log shows it: the next position to read."""
+    return last_done + 1
+
+
+def last_done(position: int) -> int:
+    """A checkpoint as a sequence-numbered stream shows it: the last position done."""
+    return position
+
+
+@dataclass(frozen=True, slots=True)
+class RecordTraits:
+    """What the core needs to know about a source's records.
+
+    Every callable is a module-level function (or a C-level `attrgetter`), so the
+    traits pickle by reference into a handler process, and `size`/`timestamp_ms`
+    can be mapped over a whole chunk at C speed.
+    """
+
+    #: Payload bytes of one record.
+    size: Callable[[Any], int]
+    #: The record's timestamp in epoch milliseconds.
+    timestamp_ms: Callable[[Any], int]
+    #: Memory a buffered record costs beyond its value bytes (the record object, key and
+    #: value headers), counted against the buffer limits so that they bound what RSS sees.
+    overhead_bytes: int
+    #: Records to a few flat, picklable columns, and back to records with the full API:
+    #: how a batch crosses to a handler process without one pickled object per record.
+    pack: Callable[[Sequence[Any]], Any]
+    unpack: Callable[[Any], list[Any]]
+    #: A checkpoint (the last position done) as the source's own tools show it.
+    shown_checkpoint: Callable[[int], int]
+
+
 class Source(Protocol):
     """A partitioned, checkpointed log read by one worker among a group."""
 
     name: str
-    #: The number of payload bytes of one record (a C-level callable where possible,
-    #: since the batcher maps it over whole chunks).
-    record_size: Callable[[Any], int]
-    #: The record's timestamp in epoch milliseconds, likewise C-level where possible.
-    record_timestamp_ms: Callable[[Any], int]
+    traits: RecordTraits
 
-    def attach(self, metrics: Any) -> None:
-        """Take the worker's metrics, for what only the source sees (leases, throttles)."""
+    def attach(self, metrics: Metrics) -> None:
+        """Take the worker's metrics, to add the families only this source sees."""
 
     async def start(self, listener: AssignmentListener) -> None:
-        """Connect, join the group and begin delivering; fail fast on bad settings."""
+        """Connect, join the group and begin delivering; SourceStartError on bad settings."""
 
-    async def fetch(self, timeout_s: float) -> Mapping[PartitionKey, Sequence[Any]]:
+    async def fetch(self, timeout_s: float) -> Mapping[PartitionKey, Sequence[Record]]:
         """Next chunks of records per owned, unpaused partition (possibly none)."""
 
     def pause(self, partition: PartitionKey) -> None: ...
@@ -67,6 +112,11 @@ class Source(Protocol):
 
     def lag(self, partition: PartitionKey) -> int | None:
         """Records between the last checkpoint and the end of the partition, if known."""
+
+    def waiting(self, partition: PartitionKey) -> bool:
+        """True when the source knows of records past the checkpoint not yet delivered:
+        a record lag (Kafka) or a time behind the stream's tip (Kinesis). The commit
+        watchdog reads it, with the partition's own unfinished records."""
 
     async def stop(self) -> None:
         """Leave the group and release everything; the listener has been drained before."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from worker.sources.base import AssignmentListener, OwnershipLost
+from worker.sources.base import AssignmentListener, OwnershipLost, RecordTraits, next_to_read
 
 TopicPartition = tuple[str, int]
 
@@ -50,6 +50,30 @@ class MemoryRecord:
 
 def _record_size(record: MemoryRecord) -> int:
     return len(record.value) if record.value is not None else 0
+
+
+def pack(records: Sequence[MemoryRecord]) -> tuple[list[Any], ...]:
+    """Every field, column by column."""
+    return tuple(list(column) for column in zip(*(_fields(r) for r in records), strict=True))
+
+
+def _fields(r: MemoryRecord) -> tuple[Any, ...]:
+    return (r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, r.headers,
+            r.sequence_number, r.shard_id)  # fmt: skip
+
+
+def unpack(columns: tuple[list[Any], ...]) -> list[MemoryRecord]:
+    return [MemoryRecord(*fields) for fields in zip(*columns, strict=True)]
+
+
+TRAITS = RecordTraits(
+    size=_record_size,
+    timestamp_ms=attrgetter("timestamp"),
+    overhead_bytes=320,
+    pack=pack,
+    unpack=unpack,
+    shown_checkpoint=next_to_read,
+)
 
 
 @dataclass
@@ -99,8 +123,7 @@ class MemorySource:
     """The sole member of its group: owns every partition of its topics."""
 
     name = "memory"
-    record_size = staticmethod(_record_size)
-    record_timestamp_ms = attrgetter("timestamp")
+    traits = TRAITS
 
     def __init__(
         self,
@@ -182,7 +205,7 @@ class MemorySource:
         lost = {tp for tp in positions if tp not in self.positions}
         for (topic, part), pos in positions.items():
             if (topic, part) not in lost:
-                self.broker.offsets[(self.group_id, topic, part)] = pos + 1
+                self.broker.offsets[(self.group_id, topic, part)] = next_to_read(pos)
         self.commits.append({tp: p for tp, p in positions.items() if tp not in lost})
         if lost:
             raise OwnershipLost(f"not assigned: {sorted(lost)}", lost)
@@ -193,6 +216,9 @@ class MemorySource:
     def lag(self, partition: TopicPartition) -> int | None:
         committed = self.broker.committed(self.group_id, *partition) or 0
         return self.broker.end_offset(*partition) - committed
+
+    def waiting(self, partition: TopicPartition) -> bool:
+        return bool(self.lag(partition))
 
     async def stop(self) -> None:
         self._listener = None

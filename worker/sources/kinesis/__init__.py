@@ -1,1 +1,1 @@
-"""The Kinesis source: shards, KCL-style leases and checkpoints in DynamoDB."""
+"""The Kinesis source: shards owned by DynamoDB leases, read with GetRecords."""

@@ -19,7 +19,6 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 SHARD_END = "SHARD_END"
-TRIM_HORIZON = "TRIM_HORIZON"
 
 
 class LeaseLost(Exception):

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -28,14 +27,17 @@ from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
 
-import orjson
 from aiobotocore.session import get_session
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from worker.config import SourceConfig
-from worker.sources.base import AssignmentListener, OwnershipLost
+from worker.backoff import Backoff
+from worker.observe.metrics import Metrics
+from worker.sources.base import AssignmentListener, OwnershipLost, SourceStartError
 from worker.sources.kinesis.balance import Seen, plan
+from worker.sources.kinesis.config import KinesisSourceConfig
 from worker.sources.kinesis.leases import SHARD_END, Lease, LeaseLost, LeaseTable
+from worker.sources.kinesis.metrics import KinesisMetrics
+from worker.sources.kinesis.record import TRAITS, KinesisRecord
 
 log = logging.getLogger("worker.source.kinesis")
 
@@ -43,30 +45,8 @@ MIN_CALL_INTERVAL_S = 0.2  # GetRecords: 5 calls per second per shard
 MAX_READ_BYTES_PER_S = 2_000_000  # and 2 MB per second per shard
 IDLE_POLL_S = 0.5
 THROTTLES = {"ProvisionedThroughputExceededException", "LimitExceededException"}
+THROTTLE_BACKOFF = Backoff(250, 10_000)
 _SIZE = attrgetter("size")
-
-
-class KinesisRecord:
-    """One Kinesis record, with the record API every source gives handlers."""
-
-    __slots__ = ("key", "position", "sequence_number", "shard_id", "size", "timestamp_ms",
-                 "topic", "value")  # fmt: skip
-    headers: Sequence[tuple[str, bytes]] = ()
-    offset = property(attrgetter("position"))
-    partition = 0
-
-    def __init__(self, stream: str, shard_id: str, raw: dict[str, Any]) -> None:
-        self.topic = stream
-        self.shard_id = shard_id
-        self.key = raw["PartitionKey"].encode()
-        self.value = raw["Data"]
-        self.sequence_number = raw["SequenceNumber"]
-        self.position = int(self.sequence_number)
-        self.timestamp_ms = int(raw["ApproximateArrivalTimestamp"].timestamp() * 1000)
-        self.size = len(self.value)
-
-    def json(self) -> Any:
-        return orjson.loads(self.value)
 
 
 class _Shard:
@@ -80,19 +60,24 @@ class _Shard:
         self.reader: asyncio.Task[None] | None = None
         self.last_read: str | None = lease.checkpoint if lease.checkpoint != SHARD_END else None
         self.ended = False  # the reader saw the end; the lease ends once all is committed
+        self.behind_ms = 0  # MillisBehindLatest of the last GetRecords
+
+    @property
+    def waiting(self) -> bool:
+        """Records are queued here, or the stream's tip is ahead of what was read."""
+        return self.behind_ms > 0 or not self.chunks.empty()
 
 
 class KinesisSource:
     name = "kinesis"
-    record_size = attrgetter("size")
-    record_timestamp_ms = attrgetter("timestamp_ms")
+    traits = TRAITS
 
-    def __init__(self, config: SourceConfig, session: Any = None) -> None:
+    def __init__(self, config: KinesisSourceConfig, session: Any = None) -> None:
         """`session`: an aiobotocore session to use (default: a new one with the standard
         AWS credential chain); tests pass one with event hooks to inject faults."""
         self._config = config
         self._session = session or get_session()
-        self._stream = config.stream_name or (config.stream_arn or "").rsplit("/", 1)[-1]
+        self._stream = config.stream
         self.worker_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._shards: dict[str, _Shard] = {}
         self._seen: dict[str, Seen] = {}
@@ -102,13 +87,20 @@ class KinesisSource:
         self._listener: AssignmentListener | None = None
         self._kinesis: Any = None
         self._leases: LeaseTable | None = None
-        self._m: Any = None
+        self._m: KinesisMetrics | None = None
 
-    def attach(self, metrics: Any) -> None:
-        self._m = metrics
+    def attach(self, metrics: Metrics) -> None:
+        self._m = KinesisMetrics(metrics)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self, listener: AssignmentListener) -> None:
+        try:
+            await self._start(listener)
+        except (ClientError, BotoCoreError, TimeoutError) as exc:
+            await self._stack.aclose()
+            raise SourceStartError(f"kinesis: stream {self._stream}: {exc}") from None
+
+    async def _start(self, listener: AssignmentListener) -> None:
         self._listener = listener
         c = self._config
         session = self._session
@@ -240,7 +232,7 @@ class KinesisSource:
 
     async def _read(self, shard_id: str, shard: _Shard) -> None:
         iterator = await self._iterator(shard_id, shard.last_read)
-        backoff = 0.5
+        throttled = 0
         while iterator:
             await shard.resumed.wait()
             started = time.monotonic()
@@ -254,20 +246,21 @@ class KinesisSource:
                     continue
                 if code in THROTTLES:
                     self._calls(shard_id, "throttled")
-                    delay = random.uniform(backoff / 2, backoff)
+                    throttled += 1
+                    delay = THROTTLE_BACKOFF.delay_s(throttled)
                     log.warning("event=throttled shard=%s code=%s retry_in_s=%.2f",
                                 shard_id, code, delay)  # fmt: skip
                     await asyncio.sleep(delay)
-                    backoff = min(backoff * 2, 10.0)
                     continue
                 raise
-            backoff = 0.5
+            throttled = 0
             self._calls(shard_id, "ok")
-            if self._m is not None and "MillisBehindLatest" in page:
-                self._m.behind_latest.labels(self.name, shard_id).set(
-                    page["MillisBehindLatest"] / 1000.0
-                )
-            records = [KinesisRecord(self._stream, shard_id, r) for r in page["Records"]]
+            if "MillisBehindLatest" in page:
+                shard.behind_ms = page["MillisBehindLatest"]
+                if self._m is not None:
+                    self._m.behind_latest.labels(self.name, shard_id).set(shard.behind_ms / 1000)
+            stream = self._stream
+            records = [KinesisRecord.from_api(stream, shard_id, r) for r in page["Records"]]
             if records:
                 shard.last_read = records[-1].sequence_number
                 await shard.chunks.put(records)
@@ -349,3 +342,7 @@ class KinesisSource:
 
     def lag(self, partition: str) -> int | None:
         return None  # Kinesis gives time behind (MillisBehindLatest), not a record count
+
+    def waiting(self, partition: str) -> bool:
+        shard = self._shards.get(partition)
+        return shard is not None and shard.waiting

@@ -1,0 +1,268 @@
+"""The step that decides what happens to a batch until every record in it is resolved.
+
+A record is resolved when the handler succeeded for it, when the on-failure
+destination acknowledged it, or when it was dropped by an explicit, counted
+rule (retries or age exhausted with no destination). `submit()` returns only
+then; the partition commits nothing of a batch before. The rules follow
+Lambda's stream event source mappings (the README's failure section):
+
+- Error or timeout, bisect on: a piece of more than one record is split into
+  halves, left half first; splitting consumes no retry. A single record is
+  retried with backoff up to `maximum_retry_attempts`, then given up.
+- Bisect off: the whole piece is retried, then the whole piece is given up.
+- Partial batch response: `from_first_failure` (Lambda's rule) retries from
+  the first failed record on; `failed_only` retries only the failed records.
+  When retries run out, the records the last invocation reported failed are
+  given up; the others had succeeded.
+- `maximum_record_age_s`: before every invocation, records older than the
+  limit are given up without being invoked.
+
+`resolve()` is the one retry engine: tumbling windows call it too, with their
+own `Mode` (their own judge of the result, no bisect, and for a window's final
+invoke no giving up at all), so retry, backoff and giving up exist once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from worker.backoff import Backoff
+from worker.config import ErrorsConfig
+from worker.destinations.base import RECORD_AGE_EXCEEDED, RETRY_ATTEMPTS_EXHAUSTED
+from worker.handling.dead_letter import DeadLetter, Failure
+from worker.handling.invoker import Invoker, Outcome
+from worker.handling.partial import InvalidResponse, failed_indexes
+from worker.observe.errors import RecentErrors
+from worker.observe.metrics import Metrics
+from worker.partition.steps import Abandoned, PartitionContext, stopped_within
+from worker.records import Batch, Record
+
+log = logging.getLogger("worker.failures")
+
+ResultParser = Callable[[Any, Sequence[Any]], "list[int] | None"]
+#: (None, None) when all succeeded; else the failure and the failed indexes (None = all).
+Judge = Callable[[Outcome, Sequence[Record]], "tuple[Failure | None, list[int] | None]"]
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    """How `resolve` treats one kind of invocation."""
+
+    judge: Judge
+    bisect: bool
+    check_age: bool = True
+    #: False: retry until it succeeds or the partition stops (a window's final invoke,
+    #: whose state exists nowhere else).
+    may_give_up: bool = True
+
+
+@dataclass(slots=True)
+class _Piece:
+    """A run of a batch's records still to resolve, and how many times it has failed."""
+
+    records: Sequence[Record]
+    attempts: int = 0
+
+
+def _wall_clock() -> float:
+    """Record ages are judged against the wall clock, looked up at each call."""
+    return time.time()
+
+
+def outcome_failure(outcome: Outcome) -> Failure:
+    """The failure of an invocation that raised or timed out."""
+    return Failure(
+        "Timeout" if outcome.timed_out else type(outcome.error).__name__,
+        outcome.describe() if outcome.timed_out else str(outcome.error),
+        outcome.traceback_text(),
+    )
+
+
+class FailurePolicy:
+    """One partition's failure rules; the last step of its chain (or a window's engine)."""
+
+    def __init__(
+        self,
+        invoker: Invoker,
+        errors: ErrorsConfig,
+        dead_letter: DeadLetter,
+        ctx: PartitionContext,
+        metrics: Metrics,
+        recent_errors: RecentErrors,
+        record_timestamp_ms: Callable[[Record], int],
+        parse_result: ResultParser = failed_indexes,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._invoker = invoker
+        self._timestamp_ms = record_timestamp_ms
+        self._max_retries = errors.maximum_retry_attempts
+        self._max_age_ms = errors.maximum_record_age_s * 1000
+        self._partial = errors.report_batch_item_failures
+        self._failed_only = errors.partial_retry == "failed_only"
+        self._backoff = Backoff(*errors.retry_backoff_ms)
+        self._dead_letter = dead_letter
+        self._ctx = ctx
+        self._recent = recent_errors
+        self._parse = parse_result
+        self._clock = clock or _wall_clock
+        self._duration = metrics.handler_duration.labels(ctx.source)
+        self._batch_size = metrics.batch_size.labels(ctx.source)
+        self._inflight = metrics.inflight_batches.labels(ctx.source)
+        self._ignored_result_warned = False
+        self.mode = Mode(self._judge, bisect=errors.bisect_batch_on_function_error)
+
+    # -- the step -----------------------------------------------------------------------
+    async def submit(self, batch: Batch, end: int) -> Sequence[int]:
+        if batch.records:
+            await self.resolve(batch)
+        return (end,)
+
+    async def poll(self) -> Sequence[int]:
+        return ()
+
+    def deadline(self) -> float | None:
+        return None
+
+    # -- the engine ---------------------------------------------------------------------
+    async def resolve(self, batch: Batch, mode: Mode | None = None) -> Any:
+        """Return once every record of the batch is resolved: the last successful result
+        (None if the records were given up).
+
+        Raises Abandoned if the partition stops first, PartitionHalted if the dead-letter
+        guard refuses to give up more records; either way the batch stays uncommitted.
+        """
+        mode = mode or self.mode
+        m, label = self._ctx.metrics, self._ctx.label
+        pending: deque[_Piece] = deque([_Piece(batch.records)])
+        result = None
+        while pending:
+            piece = pending.popleft()
+            if mode.check_age and self._max_age_ms >= 0 and piece.records:
+                piece = await self._give_up_expired(piece)
+                if piece is None:
+                    continue
+            records = piece.records
+            outcome = await self.invoke_counted(replace(batch, records=records))
+            failure, failed = mode.judge(outcome, records)
+            if failure is None:
+                m.success.inc()
+                self._dead_letter.guard.handled(len(records))
+                result = outcome.result
+                continue
+            self._count_failure(outcome, records, failed, failure, piece.attempts)
+            if failed is None:  # the whole invocation failed
+                if mode.bisect and len(records) > 1:
+                    m.bisections.inc()
+                    mid = len(records) // 2
+                    pending.appendleft(_Piece(records[mid:], piece.attempts))
+                    pending.appendleft(_Piece(records[:mid], piece.attempts))
+                    continue
+                retry, give_up = records, records
+            else:
+                give_up = [records[i] for i in failed]
+                retry = give_up if self._failed_only else records[failed[0] :]
+                self._dead_letter.guard.handled(failed[0])  # those before the first succeeded
+            attempts = piece.attempts + 1
+            if mode.may_give_up and self.retries_exhausted(attempts):
+                if give_up:
+                    event = self._dead_letter.event(
+                        RETRY_ATTEMPTS_EXHAUSTED, give_up, attempts, failure
+                    )
+                    await self._dead_letter.give_up(event, "retries_exhausted")
+                result = None
+                continue
+            if await stopped_within(self._ctx.stopping, self._backoff.delay_s(attempts)):
+                raise Abandoned(label)
+            m.retries.inc()
+            pending.appendleft(_Piece(retry, attempts))
+        return result
+
+    async def invoke_counted(self, batch: Batch) -> Outcome:
+        """Invoke once, updating the per-batch metrics every invocation shares."""
+        m = self._ctx.metrics
+        n = len(batch.records)
+        if n:  # a window's final invoke has no records
+            m.invoked.inc(n)
+            m.iterator_age(max(self._clock() - batch.records[-1].timestamp_ms / 1000.0, 0.0))
+            self._batch_size.observe(n)
+        self._inflight.inc()
+        m.batch_started()
+        try:
+            outcome = await self._invoker.invoke(batch)
+        finally:
+            self._inflight.dec()
+            m.batch_ended()
+        self._duration.observe(outcome.duration_s)
+        return outcome
+
+    def retries_exhausted(self, attempts: int) -> bool:
+        return 0 <= self._max_retries < attempts
+
+    def _judge(
+        self, outcome: Outcome, records: Sequence[Record]
+    ) -> tuple[Failure | None, list[int] | None]:
+        if not outcome.ok:
+            return outcome_failure(outcome), None
+        if outcome.result is None:
+            return None, None
+        if not self._partial:
+            if not self._ignored_result_warned:
+                self._ignored_result_warned = True
+                log.warning(
+                    "event=handler_result_ignored reason='errors.report_batch_item_failures is off'"
+                )
+            return None, None
+        try:
+            failed = self._parse(outcome.result, records)
+        except InvalidResponse as exc:
+            return Failure("InvalidResponse", str(exc)), None
+        if not failed:
+            return None, None
+        return Failure("BatchItemFailure", f"the handler reported {len(failed)} failed"), failed
+
+    def _count_failure(
+        self,
+        outcome: Outcome,
+        records: Sequence[Record],
+        failed: list[int] | None,
+        failure: Failure,
+        attempts: int,
+    ) -> None:
+        m, label = self._ctx.metrics, self._ctx.label
+        if failed is None:
+            m.failed.inc(len(records))
+            (m.timeout if outcome.timed_out else m.error).inc()
+        else:
+            m.failed.inc(len(failed))
+            m.partial.inc()
+        text = f"{failure.error_type}: {failure.message}"
+        self._recent.add(label, text)
+        log.warning(
+            "event=invocation_failed partition=%s first=%s last=%s records=%d attempt=%d "
+            "failed_records=%d error=%r",
+            label,
+            records[0].position if records else None,
+            records[-1].position if records else None,
+            len(records),
+            attempts + 1,
+            len(failed) if failed is not None else len(records),
+            text,
+        )
+
+    async def _give_up_expired(self, piece: _Piece) -> _Piece | None:
+        """Give up the piece's records older than the age limit; return what is left to invoke."""
+        ts = self._timestamp_ms
+        limit = self._clock() * 1000 - self._max_age_ms
+        if min(map(ts, piece.records)) >= limit:
+            return piece
+        expired = [r for r in piece.records if ts(r) < limit]
+        fresh = [r for r in piece.records if ts(r) >= limit]
+        failure = Failure("RecordAgeExceeded", f"older than {self._max_age_ms // 1000}s")
+        event = self._dead_letter.event(RECORD_AGE_EXCEEDED, expired, piece.attempts, failure)
+        await self._dead_letter.give_up(event, "record_age_exceeded")
+        return _Piece(fresh, piece.attempts) if fresh else None

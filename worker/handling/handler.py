@@ -1,0 +1,55 @@
+"""Loading the user's handler, and telling how it must be called.
+
+A leaf: the CLI, the invoker, handler processes and `worker invoke` all load
+handlers the same way, so an import error reads the same everywhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+class HandlerLoadError(Exception):
+    """The handler target cannot be imported or is not callable."""
+
+
+def load_handler(target: str) -> Callable[..., Any]:
+    """Import `module:function`, with the working directory first on sys.path."""
+    module_name, _, attr = target.partition(":")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise HandlerLoadError(
+            f"handler.target {target!r}: cannot import module {module_name!r}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise HandlerLoadError(f"handler.target {target!r}: module {module_name!r} has no {attr!r}")
+    if not callable(fn):
+        raise HandlerLoadError(f"handler.target {target!r}: {attr!r} is not callable")
+    return fn
+
+
+def is_coroutine_callable(fn: Callable[..., Any]) -> bool:
+    """True for `async def` functions and for objects whose `__call__` is one."""
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 (the method, not callability)
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+
+
+def call_sync(fn: Callable[..., Any], *args: Any) -> Any:
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        # Never count an un-run coroutine as success: that would skip records.
+        if inspect.iscoroutine(result):
+            result.close()
+        raise TypeError("the handler returned an awaitable; declare it `async def`")
+    return result

@@ -1,0 +1,278 @@
+"""Every Prometheus metric the worker exports, named and documented in one place.
+
+Counters end in `_total`, durations are seconds, sizes are records or bytes.
+Per-partition series carry `source` and `partition` labels; histograms carry
+only `source`, so their series count does not grow with partitions. Updates
+happen once per batch or per poll, never per record. A source adds the
+families only it sees (`worker.sources.kinesis.metrics`) to the same registry.
+
+Every per-partition gauge is made through `partition_gauge`, so that when a
+partition leaves, all of its gauges go with it (a stale `halted = 1` on a pod
+that no longer owns the partition would page someone, and a sum across pods
+would count it twice). Per-partition counters stay: each counts what this
+process did, and Prometheus' rate() reads a series that stops as it should.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+
+# The `_created` series double the exposition and no dashboard reads them.
+disable_created_metrics()
+
+PARTITION_LABELS = ("source", "partition")
+_P = PARTITION_LABELS
+_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self._partition_gauges: list[Gauge] = []
+        self.records_polled = Counter(
+            "worker_records_polled", "Records read from the source.", _P, registry=r
+        )
+        self.records_filtered = Counter(
+            "worker_records_filtered",
+            "Records that matched no filter pattern: committed, never invoked.",
+            _P,
+            registry=r,
+        )
+        self.records_invoked = Counter(
+            "worker_records_invoked",
+            "Records passed to the handler; counted again on every retry.",
+            _P,
+            registry=r,
+        )
+        self.records_failed = Counter(
+            "worker_records_failed",
+            "Records in invocations that failed (error, timeout or reported item failure).",
+            _P,
+            registry=r,
+        )
+        self.records_committed = Counter(
+            "worker_records_committed",
+            "Records whose position was checkpointed at the source.",
+            _P,
+            registry=r,
+        )
+        self.batches = Counter(
+            "worker_batches",
+            "Handler invocations by outcome: success, partial (item failures), error, timeout.",
+            (*_P, "outcome"),
+            registry=r,
+        )
+        self.records_dead_lettered = Counter(
+            "worker_records_dead_lettered",
+            "Records the on-failure destination acknowledged (retries or age exhausted).",
+            _P,
+            registry=r,
+        )
+        self.records_dropped = Counter(
+            "worker_records_dropped",
+            "Records given up with no destination configured, by reason.",
+            (*_P, "reason"),
+            registry=r,
+        )
+        self.bisections = Counter(
+            "worker_bisections",
+            "Failed batches split in two to isolate a failing record.",
+            _P,
+            registry=r,
+        )
+        self.destination_failures = Counter(
+            "worker_destination_delivery_failures",
+            "Writes to the on-failure destination that failed (they are retried).",
+            ("source", "destination"),
+            registry=r,
+        )
+        self.retries = Counter(
+            "worker_retries", "Invocations that were retries of a failed batch.", _P, registry=r
+        )
+        self.handler_duration = Histogram(
+            "worker_handler_duration_seconds",
+            "Time the handler took per invocation.",
+            ("source",),
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "worker_batch_size_records",
+            "Records per invocation.",
+            ("source",),
+            buckets=_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.iterator_age = self.partition_gauge(
+            "worker_iterator_age_seconds",
+            "Age of the last record of the last invoked batch, from its timestamp to the invoke.",
+        )
+        self.offset_lag = self.partition_gauge(
+            "worker_offset_lag_records",
+            "Records between the last checkpoint and the end of the partition.",
+        )
+        self.committed_position = self.partition_gauge(
+            "worker_committed_position",
+            "Last position checkpointed (Kafka: the next offset to read).",
+        )
+        self.buffered_records = self.partition_gauge(
+            "worker_buffered_records",
+            "Records fetched and waiting for the handler.",
+        )
+        self.buffered_bytes = Gauge(
+            "worker_buffered_bytes",
+            "Estimated memory of all fetched, waiting records (values plus per-record overhead).",
+            ("source",),
+            registry=r,
+        )
+        self.halted = self.partition_gauge(
+            "worker_partition_halted",
+            "1 when the dead-letter guard stopped the partition (see errors.max_dead_letter_*).",
+        )
+        self.paused = self.partition_gauge(
+            "worker_partition_paused",
+            "1 while the partition is paused because its buffer is full.",
+        )
+        self.inflight_batches = Gauge(
+            "worker_inflight_batches", "Batches being handled now.", ("source",), registry=r
+        )
+        self.assigned_partitions = Gauge(
+            "worker_assigned_partitions", "Partitions owned now.", ("source",), registry=r
+        )
+        self.rebalances = Counter(
+            "worker_rebalances",
+            "Assignment changes (revokes and assigns).",
+            ("source",),
+            registry=r,
+        )
+        self.commit_failures = Counter(
+            "worker_commit_failures",
+            "Checkpoint attempts that failed (they are retried).",
+            ("source",),
+            registry=r,
+        )
+        # RSS, CPU and open files of the worker process, and the Python version.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.loop_lag = Histogram(
+            "worker_event_loop_lag_seconds",
+            "How late the event loop ran a 250 ms timer (a blocked loop delays heartbeats).",
+            ("source",),
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.poll_errors = Counter(
+            "worker_poll_errors", "Fetches from the source that raised.", ("source",), registry=r
+        )
+
+    def partition_gauge(self, name: str, documentation: str) -> Gauge:
+        """A gauge labelled by source and partition, removed when the partition leaves."""
+        gauge = Gauge(name, documentation, PARTITION_LABELS, registry=self.registry)
+        self._partition_gauges.append(gauge)
+        return gauge
+
+    def forget_partition(self, source: str, partition: str) -> None:
+        """Remove every per-partition gauge of a partition this worker no longer owns."""
+        for gauge in self._partition_gauges:
+            with contextlib.suppress(KeyError):
+                gauge.remove(source, partition)
+
+
+class PartitionMetrics:
+    """The labelled children of one partition, looked up once per assignment.
+
+    `.labels()` costs a dict lookup under a lock; doing it once here keeps the
+    per-batch updates to a plain `inc`/`set`. The few numbers the status view
+    shows are kept here as plain values too, written by the methods below, so
+    that observation never reads Prometheus back.
+    """
+
+    __slots__ = (
+        "_committed",
+        "_dead_lettered",
+        "_iterator_age",
+        "_metrics",
+        "bisections",
+        "buffered",
+        "committed_position",
+        "committed_records",
+        "dead_lettered_records",
+        "error",
+        "failed",
+        "filtered",
+        "halted",
+        "inflight",
+        "invoked",
+        "iterator_age_s",
+        "lag",
+        "partial",
+        "partition",
+        "paused",
+        "polled",
+        "retries",
+        "source",
+        "success",
+        "timeout",
+    )
+
+    def __init__(self, metrics: Metrics, source: str, partition: str) -> None:
+        self._metrics = metrics
+        self.source = source
+        self.partition = partition
+        labels = (source, partition)
+        self.polled = metrics.records_polled.labels(*labels)
+        self.invoked = metrics.records_invoked.labels(*labels)
+        self.filtered = metrics.records_filtered.labels(*labels)
+        self.failed = metrics.records_failed.labels(*labels)
+        self._committed = metrics.records_committed.labels(*labels)
+        self.retries = metrics.retries.labels(*labels)
+        self.bisections = metrics.bisections.labels(*labels)
+        self._dead_lettered = metrics.records_dead_lettered.labels(*labels)
+        self.partial = metrics.batches.labels(*labels, "partial")
+        self.success = metrics.batches.labels(*labels, "success")
+        self.error = metrics.batches.labels(*labels, "error")
+        self.timeout = metrics.batches.labels(*labels, "timeout")
+        self._iterator_age = metrics.iterator_age.labels(*labels)
+        self.lag = metrics.offset_lag.labels(*labels)
+        self.committed_position = metrics.committed_position.labels(*labels)
+        self.buffered = metrics.buffered_records.labels(*labels)
+        self.paused = metrics.paused.labels(*labels)
+        self.halted = metrics.halted.labels(*labels)
+        self.committed_records = 0
+        self.dead_lettered_records = 0
+        self.iterator_age_s = 0.0
+        self.inflight = 0
+
+    def records_committed(self, count: int, shown_position: int) -> None:
+        self.committed_records += count
+        self._committed.inc(count)
+        self.committed_position.set(shown_position)
+
+    def records_dead_lettered(self, count: int) -> None:
+        self.dead_lettered_records += count
+        self._dead_lettered.inc(count)
+
+    def iterator_age(self, age_s: float) -> None:
+        self.iterator_age_s = age_s
+        self._iterator_age.set(age_s)
+
+    def batch_started(self) -> None:
+        self.inflight += 1
+
+    def batch_ended(self) -> None:
+        self.inflight -= 1
+
+    def forget(self) -> None:
+        """Drop the partition's gauges once it is no longer owned, so stale values vanish."""
+        self._metrics.forget_partition(self.source, self.partition)

@@ -1,0 +1,315 @@
+"""One owned partition, and the only writer of its state.
+
+The poll loop feeds fetched chunks in. With `parallelization_factor` 1 the
+partition has one key lane: batches run one at a time in position order, and
+each batch is a unit of the offset tracker. With N > 1 the records spread
+over N key lanes (`key_lanes`), each run of `batch_size` fetched records
+being one tracker unit. Every batch goes through the partition's step chain
+(`steps`); the ends the chain reports resolved are finished in the tracker,
+whose finished prefix is what the committer may checkpoint.
+
+Everything about the partition (buffers, tracker, pause flag, checkpoint,
+halt) is written here only. The committer, the backpressure controller and
+the assignment registry call methods: `commit_point`/`mark_committed`,
+`mark_paused`/`mark_resumed`, `start`/`stop`; observation reads `stats()`.
+
+A full buffer asks the poll loop to pause the partition; draining below half
+resumes it, so memory is bounded by the buffer limits whatever the lag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+from worker.observe.metrics import PartitionMetrics
+from worker.observe.view import PartitionStats
+from worker.partition.batcher import Batcher
+from worker.partition.key_lanes import KeyLane, Segments
+from worker.partition.offsets import OffsetTracker
+from worker.partition.steps import Abandoned, PartitionContext, PartitionHalted, StepFactory
+from worker.records import Batch, Record
+from worker.sources.base import RecordTraits
+
+log = logging.getLogger("worker.partition")
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionSettings:
+    batch_size: int
+    max_batch_bytes: int
+    batching_window_s: float
+    key_lanes: int
+    max_buffered_records: int
+    max_buffered_bytes: int
+
+
+class Partition:
+    def __init__(
+        self,
+        key: Hashable,
+        label: str,
+        source: str,
+        settings: PartitionSettings,
+        traits: RecordTraits,
+        steps: StepFactory,
+        metrics: PartitionMetrics,
+        on_progress: Callable[[Partition], None],
+        on_drained: Callable[[Partition], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.key = key
+        self.label = label
+        self._source = source
+        self._traits = traits
+        self._settings = settings
+        self._lanes = [
+            KeyLane(Batcher(settings.batch_size, settings.max_batch_bytes,
+                            settings.batching_window_s, traits.size))
+            for _ in range(settings.key_lanes)
+        ]  # fmt: skip
+        self._single = len(self._lanes) == 1
+        self._segments = Segments(self._lanes)
+        self._metrics = metrics
+        self._on_progress = on_progress
+        self._on_drained = on_drained
+        self._clock = clock
+        self._stop = asyncio.Event()
+        self._steps = steps(PartitionContext(label, source, metrics, self._stop))
+        self.assigned_at = clock()
+        self._tracker = OffsetTracker()
+        self._sizes: dict[int, int] = {}  # tracker unit end -> records, until finished
+        self._fed_position: int | None = None
+        self._paused = False
+        self._releasing = False
+        #: Why the dead-letter guard stopped this partition, if it did.
+        self._halted: str | None = None
+        #: Position last checkpointed by this owner, and records finished since then.
+        self._committed: int | None = None
+        self._uncommitted_records = 0
+        #: Records fed and not yet finished: buffered, in flight, or handled by a lane that
+        #: ran ahead of the low watermark. Backpressure counts these, so what a crash can
+        #: make the next owner redo is bounded by max_buffered_records (plus one fetch).
+        self._unfinished_records = 0
+
+    # -- fed by the poll loop -------------------------------------------------------
+    def feed(self, records: Sequence[Record]) -> bool:
+        """Buffer a fetched chunk; True when the buffer is full and the partition should pause."""
+        self._metrics.polled.inc(len(records))
+        if self._fed_position is not None and records[0].position <= self._fed_position:
+            # A re-delivery of what is already buffered (a fetch raced a seek): keep order.
+            records = [r for r in records if r.position > self._fed_position]
+            if not records:
+                return self.full
+        now = self._clock()
+        if self._single:
+            lane = self._lanes[0]
+            lane.batcher.add(records, now)
+            lane.wake.set()
+        else:
+            step = self._settings.batch_size
+            for start in range(0, len(records), step):
+                segment = records[start : start + step]
+                end = self._segments.add(segment, now)
+                self._tracker.open(end)
+                self._sizes[end] = len(segment)
+        self._fed_position = records[-1].position
+        self._unfinished_records += len(records)
+        self._metrics.buffered.set(self.buffered_records)
+        return self.full
+
+    @property
+    def buffered_records(self) -> int:
+        return sum(lane.batcher.records for lane in self._lanes)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Estimated memory of the buffered records: value bytes plus per-record overhead."""
+        overhead = self._traits.overhead_bytes
+        return sum(lane.batcher.bytes + lane.batcher.records * overhead for lane in self._lanes)
+
+    @property
+    def unfinished_records(self) -> int:
+        return self._unfinished_records
+
+    @property
+    def full(self) -> bool:
+        s = self._settings
+        return (
+            self._unfinished_records >= s.max_buffered_records
+            or self.buffered_bytes >= s.max_buffered_bytes
+        )
+
+    def below_low_water(self) -> bool:
+        s = self._settings
+        return (
+            self._unfinished_records <= s.max_buffered_records // 2
+            and self.buffered_bytes <= s.max_buffered_bytes // 2
+        )
+
+    # -- told by others ---------------------------------------------------------------
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def mark_paused(self) -> None:
+        self._paused = True
+        self._metrics.paused.set(1)
+
+    def mark_resumed(self) -> None:
+        self._paused = False
+        self._metrics.paused.set(0)
+
+    @property
+    def halted(self) -> str | None:
+        return self._halted
+
+    @property
+    def committed(self) -> int | None:
+        return self._committed
+
+    def commit_point(self) -> tuple[int, int] | None:
+        """(position, records) to checkpoint, if the finished prefix moved past the last one."""
+        position = self._tracker.committable
+        if position is None or position == self._committed:
+            return None
+        return position, self._uncommitted_records
+
+    def mark_committed(self, position: int, records: int) -> None:
+        """The source checkpointed `position`, covering `records` finished records."""
+        self._committed = position
+        self._uncommitted_records -= records
+        self._metrics.records_committed(records, self._traits.shown_checkpoint(position))
+
+    def report_lag(self, lag: int | None) -> None:
+        """The source's record lag, when it counts one (read after fetches and commits)."""
+        if lag is not None:
+            self._metrics.lag.set(lag)
+
+    def stats(self) -> PartitionStats:
+        m = self._metrics
+        committed = self._committed
+        return PartitionStats(
+            key=self.key,
+            label=self.label,
+            assigned_at=self.assigned_at,
+            committed=committed,
+            shown_committed=None if committed is None else self._traits.shown_checkpoint(committed),
+            unfinished=self._unfinished_records,
+            buffered=self.buffered_records,
+            paused=self._paused,
+            releasing=self._releasing,
+            halted=self._halted,
+            committed_records=m.committed_records,
+            dead_lettered=m.dead_lettered_records,
+            iterator_age_s=m.iterator_age_s,
+            inflight=m.inflight,
+        )
+
+    # -- the key lanes' tasks ----------------------------------------------------------
+    def start(self) -> list[asyncio.Task[None]]:
+        for i, lane in enumerate(self._lanes):
+            lane.task = asyncio.create_task(self._run(lane), name=f"lane-{self.label}-{i}")
+        return [lane.task for lane in self._lanes if lane.task is not None]
+
+    async def _run(self, lane: KeyLane) -> None:
+        while not self._stop.is_set():
+            records = lane.batcher.take(self._clock())
+            try:
+                if records is None:
+                    await self._wait_for_work(lane)
+                    self._finish(await self._steps.poll())
+                    continue
+                self._metrics.buffered.set(self.buffered_records)
+                await self._process(lane, Batch(records, self._source, self.label))
+                if self._paused and self.below_low_water():
+                    self._on_drained(self)
+            except Abandoned:
+                return
+            except PartitionHalted as exc:
+                self._halt(str(exc))
+                return
+
+    async def _wait_for_work(self, lane: KeyLane) -> None:
+        lane.wake.clear()
+        deadline = lane.batcher.deadline()
+        if (due := self._steps.deadline()) is not None:
+            at = self._clock() + max(due - time.time(), 0.0)  # wall clock to our clock
+            deadline = at if deadline is None else min(deadline, at)
+        if deadline is None:
+            await lane.wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(lane.wake.wait(), max(deadline - self._clock(), 0.0))
+
+    async def _process(self, lane: KeyLane, batch: Batch) -> None:
+        end = batch.last_position
+        if self._single:
+            self._tracker.open(end)
+            self._sizes[end] = len(batch)  # filtered records are committed too
+        resolved = await self._steps.submit(batch, end)
+        self._finish(resolved if self._single else self._segments.done(lane, end))
+
+    def _finish(self, unit_ends: Sequence[int]) -> None:
+        """Mark tracker units resolved; the committer then checkpoints the finished prefix."""
+        if not unit_ends:
+            return
+        for end in unit_ends:
+            self._tracker.finish(end)
+            size = self._sizes.pop(end)
+            self._uncommitted_records += size
+            self._unfinished_records -= size
+        self._on_progress(self)
+
+    def _halt(self, why: str) -> None:
+        """Stop the whole partition: nothing more is invoked or committed until a restart."""
+        self._halted = why
+        self._stop.set()
+        for lane in self._lanes:
+            lane.wake.set()
+        self._metrics.halted.set(1)
+        committed = self._committed
+        log.error(
+            "event=partition_halted partition=%s committed=%s reason=%r note='nothing past "
+            "the committed position is handled or committed; fix the handler and restart'",
+            self.label,
+            None if committed is None else self._traits.shown_checkpoint(committed),
+            why,
+        )
+
+    # -- stopping -----------------------------------------------------------------------
+    async def stop(self, timeout_s: float) -> None:
+        """Take no new batch; let those in flight finish within `timeout_s`, else abandon them.
+
+        After this returns, `commit_point` covers exactly the work that finished.
+        """
+        self._releasing = True
+        self._stop.set()
+        for lane in self._lanes:
+            lane.wake.set()
+            lane.batcher.clear()
+        tasks = {
+            lane.task for lane in self._lanes if lane.task is not None and not lane.task.done()
+        }
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        if pending:
+            log.warning(
+                "event=batch_abandoned partition=%s batches=%d reason=deadline timeout_s=%s "
+                "note='left uncommitted; it will be handled again'",
+                self.label,
+                len(pending),
+                timeout_s,
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def forget(self) -> None:
+        """The partition left this worker: remove its gauges."""
+        self._metrics.forget()

@@ -1,1 +1,0 @@
-"""source -> partition lane -> batcher -> invoker -> failure policy -> offset tracker -> commit."""

@@ -1,0 +1,1 @@
+"""Running the worker: composition, lifecycle, assignments, backpressure, commits, tasks."""

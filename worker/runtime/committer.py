@@ -1,0 +1,71 @@
+"""Checkpoints the partitions' finished positions at the source, coalescing commits.
+
+One commit is in flight at a time. A partition that finished work calls
+`notify(partition)`; the committer then commits every partition that told it
+so, waits at least `interval_s`, and goes again if more finished meanwhile.
+Under load that coalesces many batches per commit; when idle, a finished
+batch is committed at once. Revoke and shutdown call `commit_now()` directly.
+The committer reads each partition's `commit_point()` and reports back with
+`mark_committed()`; it writes no partition's state itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from worker.observe.metrics import Metrics
+from worker.partition.partition import Partition
+from worker.sources.base import OwnershipLost, Source
+
+log = logging.getLogger("worker.committer")
+
+
+class Committer:
+    def __init__(self, source: Source, interval_s: float, metrics: Metrics) -> None:
+        self._source = source
+        self._interval_s = interval_s
+        self._failures = metrics.commit_failures.labels(source.name)
+        self._dirty: set[Partition] = set()
+        self._wanted = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    def notify(self, partition: Partition) -> None:
+        self._dirty.add(partition)
+        self._wanted.set()
+
+    def forget(self, partitions: Iterable[Partition]) -> None:
+        self._dirty.difference_update(partitions)
+
+    async def run(self) -> None:
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
+            dirty, self._dirty = self._dirty, set()
+            if not await self.commit_now(dirty):
+                self._dirty |= dirty
+                self._wanted.set()  # retry after the interval
+            await asyncio.sleep(self._interval_s)
+
+    async def commit_now(self, partitions: Iterable[Partition]) -> bool:
+        """Commit what the given partitions finished; False if the source refused for now."""
+        async with self._lock:
+            moved = [(p, point) for p in partitions if (point := p.commit_point()) is not None]
+            if not moved:
+                return True
+            try:
+                await self._source.commit({p.key: position for p, (position, _) in moved})
+            except OwnershipLost as exc:
+                # Those partitions are being taken away (a rebalance, a lost lease): their
+                # revoke path commits what it still may. The others were checkpointed.
+                log.info("event=commit_skipped reason=ownership_lost detail=%r", str(exc))
+                moved = [m for m in moved if m[0].key not in exc.lost]
+            except ConnectionError as exc:
+                self._failures.inc()
+                log.warning("event=commit_failed error=%r note='will retry'", str(exc))
+                return False
+            for p, (position, records) in moved:
+                p.mark_committed(position, records)
+                p.report_lag(self._source.lag(p.key))
+            return True

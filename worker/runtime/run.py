@@ -1,0 +1,42 @@
+"""The daemon in this process: uvloop, GC tuning and signals around one `Worker`."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+
+from worker.config import WorkerConfig
+from worker.runtime.worker import Worker
+
+log = logging.getLogger("worker")
+
+
+def tune_gc(config: WorkerConfig) -> None:
+    """Keep the cyclic garbage collector from rescanning buffered records.
+
+    Records hold no reference cycles, but with Python's default thresholds the
+    collector runs every 700 allocations and, as buffered records survive,
+    rescans them in ever older generations: measured here, that alone cost the
+    worker 10-20% of its throughput against a raw consume loop. Objects alive
+    after start-up are frozen out of collection; the thresholds are raised.
+    """
+    if config.runtime.gc_freeze:
+        gc.freeze()
+    gc.set_threshold(*config.runtime.gc_threshold)
+
+
+def run(config: WorkerConfig) -> int:
+    """Run the worker on uvloop until a signal; returns the process exit code."""
+    import uvloop
+
+    async def main() -> int:
+        worker = Worker(config)
+        tune_gc(config)
+        worker.install_signal_handlers()
+        return await worker.serve()
+
+    started = time.monotonic()
+    code = uvloop.run(main())
+    log.info("event=exited uptime_s=%.1f", time.monotonic() - started)
+    return code

@@ -1,0 +1,192 @@
+"""The worker's lifecycle: serve -> startup -> main_loop -> shutdown.
+
+The main loop is the only reader of the source: it fetches chunks and feeds
+each owned partition, which batches and runs them on its own tasks. The
+committer checkpoints finished work; assignment changes arrive through
+`Assignments`, which the source awaits, so a revoked partition is drained
+and committed before it is released. The worker is also the read-only view
+(`observe.view.WorkerView`) that health, the watchdog and status read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from worker.config import WorkerConfig
+from worker.destinations import Destination, make_destination
+from worker.observe.endpoints import Endpoints
+from worker.observe.errors import RecentErrors
+from worker.observe.health import Health
+from worker.observe.metrics import Metrics
+from worker.observe.status import Status, StatusInfo
+from worker.observe.view import PartitionStats
+from worker.observe.watchdog import CommitWatchdog, LoopMonitor
+from worker.partition.partition import Partition
+from worker.runtime.assignments import Assignments
+from worker.runtime.backpressure import Backpressure
+from worker.runtime.build import PartitionFactory, StepChain, make_invoker
+from worker.runtime.committer import Committer
+from worker.runtime.tasks import TaskSupervisor
+from worker.sources import make_source
+from worker.sources.base import Source
+
+log = logging.getLogger("worker")
+
+FETCH_TIMEOUT_S = 0.2
+POLL_ERROR_BACKOFF_S = 1.0
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, source: Source | None = None,
+                 handler: Callable[..., Any] | None = None, metrics: Metrics | None = None,
+                 destination: Destination | None = None) -> None:  # fmt: skip
+        self.config, rt = config, config.runtime
+        self.source = source or make_source(config.source)
+        self.metrics = metrics or Metrics()
+        self.source.attach(self.metrics)
+        self.tasks = TaskSupervisor(self.request_exit)
+        self.invoker, parse = make_invoker(config, self.source, handler)
+        self.destination = destination if destination is not None else make_destination(config)
+        errors = RecentErrors()
+        steps = StepChain(config, self.source, self.invoker, parse, self.destination,
+                          self.metrics, errors)  # fmt: skip
+        self.committer = Committer(
+            self.source, config.source.commit_interval_ms / 1000.0, self.metrics
+        )
+        bytes_gauge = self.metrics.buffered_bytes.labels(self.source.name)
+        backpressure = Backpressure(self.source, rt.memory_budget_bytes, bytes_gauge)
+        self.backpressure = backpressure
+        self.assignments = Assignments(
+            self.source, PartitionFactory(config, self.source, self.metrics, steps),
+            self.committer, backpressure, self.tasks, self.metrics, rt.rebalance_timeout_s,
+        )  # fmt: skip
+        self.watchdog = CommitWatchdog(self, rt.stall_timeout_s, self.request_exit)
+        self.health = Health(self, self.watchdog)
+        info = StatusInfo(self.source.name, config.source.group_id, config.handler.target)
+        self.status = Status(self, info, self.health.readiness, errors)
+        self.endpoints: Endpoints | None = None
+        self.should_exit = asyncio.Event()
+        self.exit_code = 0
+        self._started = False
+        self._signals = 0
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def serve(self) -> int:
+        try:
+            await self.startup()
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+        return self.exit_code
+
+    async def startup(self) -> None:
+        mc, rt, spawn = self.config.metrics, self.config.runtime, self.tasks.spawn
+        if mc.enabled:
+            h = self.health
+            self.endpoints = Endpoints(self.metrics.registry, h.health, h.readiness,
+                                       self.status.snapshot, mc.host, mc.port)  # fmt: skip
+            await self.endpoints.start()
+            spawn(self.status.run_sampler(), "rate sampler")
+        if self.destination is not None:
+            await self.destination.start()
+        self._warn_about_dropping()
+        spawn(self.committer.run(), "committer")
+        loop_lag = self.metrics.loop_lag.labels(self.source.name)
+        warn_s = self.config.source.loop_delay_budget_s
+        spawn(LoopMonitor(loop_lag, warn_s, rt.stall_timeout_s).run(), "loop monitor")
+        if rt.stall_timeout_s:
+            spawn(self.watchdog.run(), "commit watchdog")
+        await self.source.start(self.assignments)
+        self._started = True
+        port = self.endpoints.port if self.endpoints else None
+        log.info("event=started source=%s handler=%s metrics_port=%s", self.source.name,
+                 self.config.handler.target, port)  # fmt: skip
+
+    async def main_loop(self) -> None:
+        source, owned, backpressure = self.source, self.assignments, self.backpressure
+        while not self.should_exit.is_set():
+            try:
+                chunks = await source.fetch(FETCH_TIMEOUT_S)
+            except Exception as exc:  # the client retries internally; keep going
+                self.metrics.poll_errors.labels(source.name).inc()
+                log.warning("event=poll_failed error=%r", exc)
+                await asyncio.sleep(POLL_ERROR_BACKOFF_S)
+                continue
+            for key, records in chunks.items():
+                partition = owned.get(key)
+                if partition is None or not records:
+                    continue  # revoked meanwhile: the next owner reads it again
+                backpressure.fed(partition, partition.feed(records))
+                partition.report_lag(source.lag(key))
+            backpressure.apply_budget(owned.partitions())
+
+    async def shutdown(self) -> None:
+        log.info("event=shutdown_started partitions=%d", len(self.assignments.partitions()))
+        self.should_exit.set()
+        await self.assignments.release_all(self.config.runtime.shutdown_timeout_s)
+        await self.tasks.cancel_all()
+        if self._started:
+            await self.source.stop()
+        if self.destination is not None:
+            await self.destination.stop()
+        self.invoker.close()
+        if self.endpoints is not None:
+            await self.endpoints.stop()
+        log.info("event=shutdown_complete exit_code=%d", self.exit_code)
+
+    def request_exit(self, code: int = 0) -> None:
+        self.exit_code = self.exit_code or code
+        self.should_exit.set()
+
+    def _warn_about_dropping(self) -> None:
+        e = self.config.errors
+        if (e.maximum_retry_attempts >= 0 or e.maximum_record_age_s >= 0) and not self.destination:
+            log.warning("event=config_warning detail='retries or record age are limited and "
+                        "errors.on_failure is none: records that run out are dropped "
+                        "(counted in worker_records_dropped_total)'")  # fmt: skip
+
+    # -- the read-only view ---------------------------------------------------------------
+    def partition(self, key: Hashable) -> Partition | None:
+        return self.assignments.get(key)
+
+    def partition_stats(self) -> list[PartitionStats]:
+        return self.assignments.stats()
+
+    def waiting(self, key: Hashable) -> bool:
+        return self.source.waiting(key)
+
+    def lag(self, key: Hashable) -> int | None:
+        return self.source.lag(key)
+
+    def not_ready_reason(self) -> str | None:
+        if self.tasks.crashed:
+            return self.tasks.crashed
+        if self.should_exit.is_set():
+            return "shutting down"
+        if not self._started or not self.assignments.assigned_once:
+            return "waiting for the first assignment"
+        return None
+
+    # -- signals ----------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        """First SIGTERM/SIGINT: drain and exit 0. Second: exit at once."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                return
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("event=forced_exit signal=%s note='uncommitted work will be redone'",
+                        sig.name)  # fmt: skip
+            os._exit(130)
+        log.info("event=stop_requested signal=%s", sig.name)
+        self.should_exit.set()

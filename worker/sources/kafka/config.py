@@ -1,0 +1,78 @@
+"""`[source]` with `kind = "kafka"`: the consumer group, fetch tuning and security settings."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
+
+from worker.config_base import SourceSettings
+
+#: aiokafka writes fetch sizes as int32 on the wire.
+INT32_MAX = 2**31 - 1
+
+
+class KafkaSourceConfig(SourceSettings):
+    kind: Literal["kafka"] = "kafka"
+    bootstrap_servers: list[str] = Field(default_factory=lambda: ["127.0.0.1:9092"], min_length=1)
+    topics: list[str] = Field(default_factory=list)
+    client_id: str = "streamworker"
+    session_timeout_ms: Annotated[int, Field(ge=1000, le=3_600_000)] = 10_000
+    heartbeat_interval_ms: Annotated[int, Field(ge=100, le=60_000)] = 3_000
+    max_poll_interval_ms: Annotated[int, Field(ge=1000, le=86_400_000)] = 300_000
+    fetch_max_records: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    fetch_max_bytes: Annotated[int, Field(ge=1024, le=INT32_MAX)] = 52_428_800
+    max_partition_fetch_bytes: Annotated[int, Field(ge=1024, le=INT32_MAX)] = 2_097_152
+    fetch_min_bytes: Annotated[int, Field(ge=1, le=INT32_MAX)] = 1
+    fetch_max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 500
+    check_crcs: bool = True
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_plain_username: str | None = None
+    #: From the file, the environment (WORKER__SOURCE__SASL_PLAIN_PASSWORD) or
+    #: `sasl_plain_password_file`; never printed or logged.
+    sasl_plain_password: SecretStr | None = None
+    sasl_plain_password_file: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    @property
+    def loop_delay_budget_s(self) -> float:
+        """A loop blocked for a heartbeat interval risks the group session."""
+        return self.heartbeat_interval_ms / 1000.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_from_file(cls, data: Any) -> Any:
+        path = data.get("sasl_plain_password_file") if isinstance(data, dict) else None
+        if path:
+            try:
+                with open(path) as fh:
+                    data = {**data, "sasl_plain_password": fh.read().strip()}
+            except OSError as exc:
+                raise ValueError(
+                    f"source.sasl_plain_password_file = {path!r}: cannot read it: {exc.strerror}"
+                ) from None
+        return data
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSourceConfig:
+        if self.security_protocol.startswith("SASL"):
+            missing = [
+                k
+                for k in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password")
+                if getattr(self, k) is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"source.security_protocol = {self.security_protocol!r} needs "
+                    + ", ".join(f"source.{k}" for k in missing)
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _needs_topics(self) -> KafkaSourceConfig:
+        if not self.topics:
+            raise ValueError("source.topics: a kafka source needs at least one topic")
+        return self

@@ -1,0 +1,82 @@
+"""`worker lag`: a consumer group's committed offsets, end offsets and lag, from the broker.
+
+Like `kafka-consumer-groups --describe`: it reads the group's offsets with the
+admin API, so it works whether or not a worker is running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import (
+    CoordinatorLoadInProgressError,
+    GroupCoordinatorNotAvailableError,
+    KafkaConnectionError,
+    KafkaError,
+)
+
+from worker.sources.kafka.config import KafkaSourceConfig
+from worker.sources.kafka.security import client_kwargs
+
+COORDINATOR_WAIT_S = 10.0
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    topic: str
+    partition: int
+    committed: int | None
+    end: int
+
+    @property
+    def lag(self) -> int:
+        return self.end - (self.committed or 0)
+
+
+async def _group_offsets(admin: AIOKafkaAdminClient, group: str, tps: list[TopicPartition]) -> dict:
+    """The group's offsets; a cluster still electing its group coordinator is waited for."""
+    deadline = time.monotonic() + COORDINATOR_WAIT_S
+    while True:
+        try:
+            return await admin.list_consumer_group_offsets(group, partitions=tps)
+        except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def group_lag(config: KafkaSourceConfig) -> list[PartitionLag]:
+    connection = client_kwargs(config)
+    admin = AIOKafkaAdminClient(**connection)
+    consumer = AIOKafkaConsumer(**connection)
+    try:
+        await admin.start()
+        await consumer.start()
+        described = await admin.describe_topics(config.topics)
+        tps = [
+            TopicPartition(t["topic"], p["partition"])
+            for t in described
+            if not t.get("error_code")
+            for p in t["partitions"]
+        ]
+        committed = await _group_offsets(admin, config.group_id, tps)
+        ends = await consumer.end_offsets(tps)
+    except KafkaConnectionError as exc:
+        raise ConnectionError(
+            f"kafka: cannot connect to {config.bootstrap_servers}: {exc}"
+        ) from exc
+    except KafkaError as exc:
+        raise ConnectionError(f"kafka: {type(exc).__name__}: {exc}") from exc
+    finally:
+        await consumer.stop()
+        await admin.close()
+    rows = []
+    for tp in sorted(tps):
+        meta = committed.get(tp)
+        offset = meta.offset if meta is not None and meta.offset >= 0 else None
+        rows.append(PartitionLag(tp.topic, tp.partition, offset, ends[tp]))
+    return rows

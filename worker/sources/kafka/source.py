@@ -1,0 +1,166 @@
+"""Kafka source on aiokafka: a consumer group member with explicit, position-based commits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnknownTopicOrPartitionError,
+)
+
+from worker.observe.metrics import Metrics
+from worker.sources.base import AssignmentListener, OwnershipLost, SourceStartError, next_to_read
+from worker.sources.kafka.config import KafkaSourceConfig
+from worker.sources.kafka.record import TRAITS
+from worker.sources.kafka.security import (
+    auth_failure_message,
+    client_kwargs,
+    watch_for_auth_failure,
+)
+
+log = logging.getLogger("worker.source.kafka")
+
+
+class _RebalanceBridge(ConsumerRebalanceListener):
+    """Turns aiokafka's rebalance callbacks into our listener's, awaited in order.
+
+    aiokafka awaits these before it rejoins the group, so the pipeline can drain
+    and commit revoked partitions while this member still owns them.
+    """
+
+    def __init__(self, source: KafkaSource, listener: AssignmentListener) -> None:
+        self._source = source
+        self._listener = listener
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        partitions = sorted(revoked)
+        if partitions:
+            await self._listener.on_revoked(partitions)
+        self._source.forget(partitions)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        partitions = sorted(assigned)
+        await self._source.prepare(partitions)
+        await self._listener.on_assigned(partitions)
+
+
+class KafkaSource:
+    name = "kafka"
+    traits = TRAITS
+
+    def __init__(self, config: KafkaSourceConfig) -> None:
+        self._config = config
+        self._committed: dict[TopicPartition, int] = {}
+        reset = "latest" if config.starting_position == "latest" else "earliest"
+        self._consumer = AIOKafkaConsumer(
+            **client_kwargs(config),
+            group_id=config.group_id,
+            client_id=config.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset=reset,
+            session_timeout_ms=config.session_timeout_ms,
+            heartbeat_interval_ms=config.heartbeat_interval_ms,
+            max_poll_interval_ms=config.max_poll_interval_ms,
+            fetch_max_bytes=config.fetch_max_bytes,
+            max_partition_fetch_bytes=config.max_partition_fetch_bytes,
+            fetch_min_bytes=config.fetch_min_bytes,
+            fetch_max_wait_ms=config.fetch_max_wait_ms,
+            check_crcs=config.check_crcs,
+        )
+
+    def attach(self, metrics: Metrics) -> None:
+        return None  # the pipeline's metrics say all there is
+
+    async def start(self, listener: AssignmentListener) -> None:
+        self._consumer.subscribe(self._config.topics, listener=_RebalanceBridge(self, listener))
+        with watch_for_auth_failure() as watch:
+            try:
+                await self._consumer.start()
+            except KafkaConnectionError as exc:
+                await self._consumer.stop()
+                if watch.auth_failed:
+                    raise SourceStartError(auth_failure_message(self._config)) from None
+                servers = ",".join(self._config.bootstrap_servers)
+                raise SourceStartError(f"kafka: cannot connect to {servers}: {exc}") from None
+            except UnknownTopicOrPartitionError:
+                await self._consumer.stop()
+                raise SourceStartError(
+                    f"kafka: source.topics {self._config.topics}: not found at "
+                    f"{','.join(self._config.bootstrap_servers)} (create them first)"
+                ) from None
+
+    def forget(self, partitions: Sequence[TopicPartition]) -> None:
+        """Drop what this member knew of partitions it gave away."""
+        for tp in partitions:
+            self._committed.pop(tp, None)
+
+    async def prepare(self, partitions: list[TopicPartition]) -> None:
+        """Read committed offsets (for lag) and seek where the group has none yet."""
+        fresh = []
+        for tp in partitions:
+            committed = await self._consumer.committed(tp)
+            if committed is None:
+                fresh.append(tp)
+            else:
+                self._committed[tp] = committed
+        if not fresh:
+            return
+        if self._config.starting_position == "at_timestamp":
+            ts_ms = int(self._config.starting_position_timestamp * 1000)
+            found = await self._consumer.offsets_for_times({tp: ts_ms for tp in fresh})
+            ends = await self._consumer.end_offsets(fresh)
+            for tp in fresh:
+                hit = found.get(tp)
+                offset = hit.offset if hit is not None else ends[tp]
+                self._consumer.seek(tp, offset)
+                self._committed[tp] = offset
+        elif self._config.starting_position == "trim_horizon":
+            self._committed.update(await self._consumer.beginning_offsets(fresh))
+        else:
+            self._committed.update(await self._consumer.end_offsets(fresh))
+
+    async def fetch(self, timeout_s: float) -> Mapping[TopicPartition, Sequence[Any]]:
+        return await self._consumer.getmany(
+            timeout_ms=int(timeout_s * 1000), max_records=self._config.fetch_max_records
+        )
+
+    def pause(self, partition: TopicPartition) -> None:
+        self._consumer.pause(partition)
+
+    def resume(self, partition: TopicPartition) -> None:
+        if partition in self._consumer.assignment():
+            self._consumer.resume(partition)
+
+    async def commit(self, positions: Mapping[TopicPartition, int]) -> None:
+        offsets = {tp: next_to_read(pos) for tp, pos in positions.items()}
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
+            raise OwnershipLost(str(exc), positions) from exc
+        except KafkaError as exc:
+            raise ConnectionError(f"kafka commit failed: {exc}") from exc
+        self._committed.update(offsets)
+
+    def label(self, partition: TopicPartition) -> str:
+        return f"{partition.topic}-{partition.partition}"
+
+    def lag(self, partition: TopicPartition) -> int | None:
+        end = self._consumer.highwater(partition)
+        done = self._committed.get(partition)
+        if end is None or done is None:
+            return None
+        return max(end - done, 0)
+
+    def waiting(self, partition: TopicPartition) -> bool:
+        return bool(self.lag(partition))
+
+    async def stop(self) -> None:
+        await self._consumer.stop()

@@ -1,0 +1,39 @@
+"""`[source]` with `kind = "kinesis"`: the stream, and where it and the lease table are.
+
+Unset endpoints fall back to the standard AWS_ENDPOINT_URL_KINESIS /
+AWS_ENDPOINT_URL_DYNAMODB variables, then to AWS itself.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from worker.config_base import SourceSettings
+
+
+class KinesisSourceConfig(SourceSettings):
+    kind: Literal["kinesis"] = "kinesis"
+    stream_name: str | None = None
+    stream_arn: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+    lease_endpoint_url: str | None = None
+    lease_table: str | None = None
+    lease_duration_s: Annotated[float, Field(ge=1, le=3600)] = 10
+
+    @property
+    def loop_delay_budget_s(self) -> float:
+        """Leases are renewed every third of their duration."""
+        return self.lease_duration_s / 3
+
+    @property
+    def stream(self) -> str:
+        return self.stream_name or (self.stream_arn or "").rsplit("/", 1)[-1]
+
+    @model_validator(mode="after")
+    def _needs_stream(self) -> KinesisSourceConfig:
+        if not (self.stream_name or self.stream_arn):
+            raise ValueError("source.stream_name: a kinesis source needs stream_name or stream_arn")
+        return self

@@ -1,0 +1,42 @@
+"""The metric families only the Kinesis source sees: leases, GetRecords, checkpoints, time behind.
+
+Registered on the worker's registry when the source is attached, so a Kafka
+worker exports none of them. `behind_latest` is a per-partition gauge of the
+core's kind: it is removed with the shard's other series when the shard leaves.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+from worker.observe.metrics import PARTITION_LABELS, Metrics
+
+
+class KinesisMetrics:
+    def __init__(self, metrics: Metrics) -> None:
+        r = metrics.registry
+        self.leases_held = Gauge(
+            "worker_leases_held", "Kinesis shard leases this worker holds.", ("source",), registry=r
+        )
+        self.lease_events = Counter(
+            "worker_lease_events",
+            "Lease changes: taken (free), expired (taken over), stolen (balance), lost, ended.",
+            ("source", "event"),
+            registry=r,
+        )
+        self.behind_latest = metrics.partition_gauge(
+            "worker_behind_latest_seconds",
+            "Kinesis MillisBehindLatest of the last GetRecords, as seconds, per shard.",
+        )
+        self.get_records = Counter(
+            "worker_get_records_calls",
+            "Kinesis GetRecords calls, by result: ok, throttled, expired_iterator.",
+            (*PARTITION_LABELS, "result"),
+            registry=r,
+        )
+        self.checkpoints = Counter(
+            "worker_checkpoint_writes",
+            "Checkpoint writes to the lease table, by result: ok, conditional_failure.",
+            ("source", "result"),
+            registry=r,
+        )
