@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections import defaultdict
+from pathlib import Path
 
 import orjson
 import pytest
@@ -16,6 +17,8 @@ from scripts.emulators import Emulator
 from tests.kinesis.test_kinesis_source import config, make_stream, wait_active
 from worker.runtime.worker import Worker
 from worker.sources.kinesis.source import KinesisSource
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def run_until(worker: Worker, done, timeout_s: float) -> None:
@@ -159,3 +162,25 @@ async def test_records_given_up_go_to_a_kinesis_stream_as_envelopes(
     assert envelope["condition"] == "RetryAttemptsExhausted" and envelope["position"] == "7"
     assert envelope["error"] == {"type": "ValueError", "message": "bad reading"}
     assert __import__("base64").b64decode(envelope["data"]) == b'{"i": 7}'
+
+
+def test_a_missing_stream_stops_the_start_with_one_error_line(
+    kinesis: Emulator, dynamodb: Emulator, tmp_path
+):
+    """Start-up failures of the Kinesis source are one `error:` line (exit 1), no traceback."""
+    import subprocess
+    import sys
+
+    (tmp_path / "w.toml").write_text(
+        f'[source]\nkind = "kinesis"\nstream_name = "no-such-stream"\nregion = "us-east-1"\n'
+        f'endpoint_url = "{kinesis.url}"\nlease_endpoint_url = "{dynamodb.url}"\n'
+        "[metrics]\nenabled = false\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "run", "--config", str(tmp_path / "w.toml")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no-such-stream" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr

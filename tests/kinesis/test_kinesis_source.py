@@ -14,6 +14,7 @@ from aiobotocore.session import get_session
 
 from scripts.emulators import Emulator
 from worker.config import WorkerConfig
+from worker.observe.watchdog import EXIT_STALLED
 from worker.runtime.worker import Worker
 from worker.sources.kinesis.leases import Lease, LeaseTable
 
@@ -214,6 +215,10 @@ async def test_a_worker_whose_lease_is_taken_over_stops_and_the_new_owner_resume
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
         good = await checkpoints(dynamodb, table)
+        (shard_id,) = good
+        shard_gauge = {"source": "kinesis", "partition": shard_id}
+        sample = a.metrics.registry.get_sample_value
+        assert sample("worker_behind_latest_seconds", shard_gauge) is not None
         async with get_session().create_client(
             "dynamodb", region_name="us-east-1", endpoint_url=dynamodb.url
         ) as client:
@@ -227,6 +232,7 @@ async def test_a_worker_whose_lease_is_taken_over_stops_and_the_new_owner_resume
             await asyncio.sleep(0.1)
         assert await checkpoints(dynamodb, table) == good  # A wrote nothing after losing it
         assert a.partition_stats() == []  # and stopped the shard
+        assert sample("worker_behind_latest_seconds", shard_gauge) is None  # gone with it
     finally:
         a.request_exit()
         await task
@@ -251,3 +257,24 @@ async def test_a_worker_whose_lease_is_taken_over_stops_and_the_new_owner_resume
         await task
     # B redoes exactly what A could not commit, from right after the last good checkpoint.
     assert second_run == after
+
+
+async def test_the_commit_watchdog_trips_on_a_wedged_shard(kinesis: Emulator, dynamodb: Emulator):
+    """Kinesis counts no record lag; the first version reset the watchdog whenever the lag
+    was falsy, so a shard whose handler wedged was never reported. The partition's own
+    unfinished records (and the time behind the tip) say that records wait."""
+    stream = await make_stream(kinesis, shards=1, records=50)
+    table = f"leases-{uuid.uuid4().hex[:6]}"
+    entered = asyncio.Event()
+
+    async def wedged(batch) -> None:
+        entered.set()
+        await asyncio.Event().wait()  # well inside its timeout, for ever
+
+    base = config(kinesis, dynamodb, stream, table, timeout_s=3600)
+    runtime = base.runtime.model_copy(update={"stall_timeout_s": 1.5, "shutdown_timeout_s": 0.2})
+    w = Worker(base.model_copy(update={"runtime": runtime}), handler=wedged)
+    code = await asyncio.wait_for(w.serve(), timeout=60)
+    assert entered.is_set()
+    assert code == EXIT_STALLED
+    assert w.watchdog.stalled is not None and "shardId-" in w.watchdog.stalled

@@ -65,3 +65,17 @@ def test_an_unreachable_broker_fails_start_with_one_clear_line(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [errors[0]] and "kafka: cannot connect to 127.0.0.1:1" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+def test_the_memory_source_is_refused_by_the_daemon_with_one_line(tmp_path):
+    result = run_worker(tmp_path, '[source]\nkind = "memory"\n')
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "source.kind = 'memory'" in line and "kafka" in line and "kinesis" in line
+
+
+def test_a_source_accepts_only_its_own_keys(tmp_path):
+    result = run_worker(tmp_path, '[source]\nkind = "kinesis"\nstream_name = "s"\ntopics = ["t"]\n')
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "source.topics = ['t']: unknown key" in line and "stream_name" in line

@@ -56,3 +56,37 @@ async def test_a_handler_that_fails_everything_halts_the_partition_after_the_lim
     assert halted == 1
     assert len(handler.calls) == calls_at_halt  # nothing invoked after the halt
     assert "event=partition_halted" in caplog.text
+
+
+async def test_a_revoked_partition_leaves_no_gauge_behind_halted_included():
+    """A stale `worker_partition_halted = 1` on a pod that no longer owns the partition
+    pages someone for nothing, and sums across pods count it twice."""
+    from worker.observe.metrics import Metrics
+
+    broker = one_partition(50)
+    handler = Handler(poison=set(range(50)))
+    metrics = Metrics()
+    source_family = metrics.partition_gauge("worker_test_source_gauge", "a source's own")
+    settings = {
+        "batching": {"batch_size": 10},
+        "errors": {"maximum_retry_attempts": 0, "max_consecutive_dead_letters": 5},
+    }
+    labels = {"source": "memory", "partition": "t-0"}
+    sample = metrics.registry.get_sample_value
+    async with running_worker(handler, broker, ["t"], settings, metrics=metrics,
+                              destination=RecordingDestination()) as w:  # fmt: skip
+        await wait_until(lambda: (p := w.partition(("t", 0))) is not None and p.halted)
+        source_family.labels("memory", "t-0").set(7)
+        assert sample("worker_partition_halted", labels) == 1
+        assert w.health.health()[0] is False
+        await w.source.revoke([("t", 0)])
+        assert w.health.health() == (True, "ok")
+        gauges = [
+            s
+            for family in metrics.registry.collect()
+            if family.type == "gauge"
+            for s in family.samples
+            if s.labels.get("partition") == "t-0"
+        ]
+        assert gauges == []
+        assert sample("worker_records_failed_total", labels) > 0  # counters stay

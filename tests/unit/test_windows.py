@@ -106,3 +106,62 @@ async def test_a_window_invoke_without_state_is_a_failure_and_retried():
         await wait_until(lambda: fully_committed(broker, "test", ["t"]))
         errors = w.metrics.batches.labels("memory", "t-0", "error")._value.get()
     assert errors == 1 and replies == []
+
+
+async def test_a_window_whose_final_invoke_keeps_failing_is_never_committed():
+    """Lambda stops the shard until the final invoke succeeds. The first version gave the
+    final invoke up after the retries and committed the window: its result was lost."""
+    broker = MemoryBroker()
+    broker.create_topic("t", 1)
+    old_ms = int(time.time() * 1000) - 180_000  # a window long closed: it closes at once
+    for i in range(5):
+        broker.produce("t", b"{}", partition=0, timestamp_ms=old_ms + i)
+    finals: list[bool] = []
+    healed = asyncio.Event()
+
+    def handler(event, context):
+        if event["isFinalInvokeForWindow"]:
+            finals.append(healed.is_set())
+            if not healed.is_set():
+                raise RuntimeError("cannot deliver the window's result")
+        return {"state": {"n": 1}}
+
+    settings = {**WINDOW, "errors": {"maximum_retry_attempts": 1, "retry_backoff_ms": [1, 5]}}
+    async with running_worker(handler, broker, ["t"], settings) as w:
+        await wait_until(lambda: len(finals) >= 5)  # well past its retry limit of one
+        assert broker.committed("test", "t", 0) is None
+        dropped = [
+            s.value
+            for family in w.metrics.registry.collect()
+            if family.name == "worker_records_dropped"
+            for s in family.samples
+        ]
+        assert sum(dropped) == 0
+        healed.set()
+        await wait_until(lambda: fully_committed(broker, "test", ["t"]))
+    assert finals[-1] is True
+
+
+async def test_windows_work_with_handler_processes():
+    """The window and its state cross to the child with the batch; a final invoke carries
+    no records (the first version's pack() lost the window and failed on an empty batch)."""
+    broker = MemoryBroker()
+    broker.create_topic("telemetry", 1)
+    base = (int(time.time()) // 60 - 5) * 60_000
+    for minute in range(2):
+        for n in range(6):
+            value = {"device_id": f"dev-{n % 2}", "seq": n, "metrics": {"temperature": 20.0}}
+            broker.produce("telemetry", json.dumps(value).encode(), partition=0,
+                           timestamp_ms=base + minute * 60_000 + n * 1000)  # fmt: skip
+    settings = {
+        **WINDOW,
+        "handler": {"style": "lambda", "concurrency": "process", "processes": 1,
+                    "target": "handlers.lambda_iot_windows:lambda_handler"},
+        "errors": {"maximum_retry_attempts": 0},
+    }  # fmt: skip
+    async with running_worker(iot_window_handler, broker, ["telemetry"], settings) as w:
+        await wait_until(lambda: fully_committed(broker, "test", ["telemetry"]), timeout_s=60)
+        failed = w.metrics.registry.get_sample_value(
+            "worker_records_failed_total", {"source": "memory", "partition": "telemetry-0"}
+        )
+    assert not failed

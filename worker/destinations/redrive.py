@@ -27,6 +27,10 @@ class RedriveReport:
     moved: int = 0
     last_timestamp_ms: int | None = None
 
+    def moved_one(self, timestamp_ms: int) -> None:
+        self.moved += 1
+        self.last_timestamp_ms = max(self.last_timestamp_ms or 0, timestamp_ms)
+
 
 def parse_since(text: str) -> int:
     """Epoch seconds or an ISO 8601 time, as epoch milliseconds."""
@@ -101,8 +105,7 @@ async def redrive(
                         break
                     headers = [(k, v) for k, v in r.headers if not k.startswith(HEADER_PREFIX)]
                     acks.append(await producer.send(to_topic, r.value, key=r.key, headers=headers))
-                    report.moved += 1
-                    report.last_timestamp_ms = max(report.last_timestamp_ms or 0, r.timestamp)
+                    report.moved_one(r.timestamp)
             for tp in list(remaining):
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)

@@ -28,7 +28,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from worker.backoff import Backoff
@@ -147,7 +147,8 @@ class FailurePolicy:
                 if piece is None:
                     continue
             records = piece.records
-            outcome = await self.invoke_counted(replace(batch, records=records))
+            piece_batch = Batch(records, batch.source, batch.partition, batch.window)
+            outcome = await self.invoke_counted(piece_batch)
             failure, failed = mode.judge(outcome, records)
             if failure is None:
                 m.success.inc()

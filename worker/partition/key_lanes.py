@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 from zlib import crc32
 
 from worker.partition.batcher import Batcher
@@ -42,6 +43,10 @@ class KeyLane:
         self.task: asyncio.Task[None] | None = None
         #: (last position of this lane's slice of a segment, the segment's end), in order.
         self.slices: deque[tuple[int, int]] = deque()
+
+    def start(self, run: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        self.task = asyncio.create_task(run, name=name)
+        return self.task
 
 
 class Segments:

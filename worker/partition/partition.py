@@ -212,9 +212,8 @@ class Partition:
 
     # -- the key lanes' tasks ----------------------------------------------------------
     def start(self) -> list[asyncio.Task[None]]:
-        for i, lane in enumerate(self._lanes):
-            lane.task = asyncio.create_task(self._run(lane), name=f"lane-{self.label}-{i}")
-        return [lane.task for lane in self._lanes if lane.task is not None]
+        return [lane.start(self._run(lane), f"lane-{self.label}-{i}")
+                for i, lane in enumerate(self._lanes)]  # fmt: skip
 
     async def _run(self, lane: KeyLane) -> None:
         while not self._stop.is_set():

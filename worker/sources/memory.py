@@ -107,6 +107,9 @@ class MemoryBroker:
             self._arrived.set()
         return record
 
+    def commit(self, group: str, topic: str, partition: int, offset: int) -> None:
+        self.offsets[(group, topic, partition)] = offset
+
     def committed(self, group: str, topic: str, partition: int) -> int | None:
         return self.offsets.get((group, topic, partition))
 
@@ -205,7 +208,7 @@ class MemorySource:
         lost = {tp for tp in positions if tp not in self.positions}
         for (topic, part), pos in positions.items():
             if (topic, part) not in lost:
-                self.broker.offsets[(self.group_id, topic, part)] = next_to_read(pos)
+                self.broker.commit(self.group_id, topic, part, next_to_read(pos))
         self.commits.append({tp: p for tp, p in positions.items() if tp not in lost})
         if lost:
             raise OwnershipLost(f"not assigned: {sorted(lost)}", lost)
