@@ -213,3 +213,38 @@ async def test_losing_one_partition_does_not_hold_back_the_commits_of_the_others
         await wait_until(lambda: broker.committed("test", TOPIC, 0) == 40)
         assert w.partition(("t", 0)).committed == 39
         assert broker.committed("test", TOPIC, 1) is None
+
+
+async def test_partitions_stuck_on_poison_do_not_starve_a_healthy_one_of_the_budget():
+    """Three partitions retrying a poison record for ever keep their buffers: more than
+    half the memory budget. The first version resumed a budget-paused partition only when
+    the total fell under half the budget, so the healthy partition never ran again."""
+    broker = MemoryBroker()
+    broker.create_topic(TOPIC, 4)
+    budget = 1024 * 1024
+    for i in range(3 * 600):  # partitions 0..2: a poison record first, then a full buffer
+        broker.produce(TOPIC, b"x" * 500, key=b"k", partition=i % 3)
+    handled: list[int] = []
+
+    async def handler(batch) -> None:
+        if batch.partition != "t-3":
+            raise RuntimeError("poison")  # retried for ever (no retry limit)
+        handled.extend(r.offset for r in batch.records)
+
+    settings = {
+        "batching": {"batch_size": 10},
+        "errors": {"retry_backoff_ms": [50, 50]},
+        "runtime": {"memory_budget_bytes": budget, "max_buffered_bytes": 200_000,
+                    "max_buffered_records": 1_000_000},
+    }  # fmt: skip
+    async with running_worker(handler, broker, [TOPIC], settings) as w:
+        w.source.max_records = 100
+        await wait_until(lambda: all((p := w.partition((TOPIC, i))) and p.paused for i in range(3)))
+        stuck = [w.partition((TOPIC, i)) for i in range(3)]
+        held = sum(p.buffered_bytes for p in stuck)
+        assert held > budget // 2  # the stuck partitions hold more than half the budget
+        for _ in range(6000):  # 3 MB for the healthy partition: three times the budget
+            broker.produce(TOPIC, b"y" * 500, partition=3)
+        await wait_until(lambda: len(handled) == 6000, timeout_s=30)
+        assert sum(p.buffered_bytes for p in w.assignments.partitions()) <= budget + 100 * 820
+    assert handled == list(range(6000))

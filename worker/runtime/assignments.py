@@ -101,4 +101,4 @@ class Assignments:
 
     def _drained(self, partition: Partition) -> None:
         if self._partitions.get(partition.key) is partition:  # not released meanwhile
-            self._backpressure.drained(partition, self._partitions.values())
+            self._backpressure.drained(partition, list(self._partitions.values()))
