@@ -337,3 +337,56 @@ async def test_redrive_moves_dlq_records_back_and_a_fixed_handler_processes_them
     assert sorted(i for i, _ in fixed) == sorted(POISON)
     for _, headers in fixed:
         assert headers == {"origin": b"sensor"}  # error headers stripped, original kept
+
+
+async def test_a_record_over_the_dlq_topic_limit_goes_as_a_counted_envelope(kafka: str):
+    """The first version kept aiokafka's 1 MB request limit: a failing 5 MB record got
+    MessageSizeTooLargeError on every attempt and held its partition for ever. A failure
+    message with a lone surrogate could not be put in a header either."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    topic, dlq, group = unique("big"), unique("dlq"), unique("g")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:  # the source holds 8 MB records; the DLQ keeps the broker's default (1 MB)
+        await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={
+            "max.message.bytes": str(8 * 1024 * 1024)})])  # fmt: skip
+    finally:
+        await admin.close()
+    await create_topic(kafka, dlq, 1)
+    big = b'{"i": 1, "blob": "' + b"x" * (5 * 1024 * 1024) + b'"}'
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, max_request_size=8 * 1024 * 1024)
+    await producer.start()
+    try:
+        for i, value in enumerate([b'{"i": 0}', big, b'{"i": 2}', b'{"i": 3}']):
+            await producer.send_and_wait(topic, value, key=b"k%d" % i, partition=0)
+    finally:
+        await producer.stop()
+
+    async def handler(batch) -> None:
+        for r in batch.records:
+            if r.offset == 1:
+                raise ValueError("too big to handle")
+            if r.offset == 2:
+                raise ValueError("bad byte \ud800 in reading")
+
+    cfg = config(
+        kafka, topic, group,
+        batching={"batch_size": 10},
+        errors={"maximum_retry_attempts": 0, "on_failure": f"kafka://{dlq}"},
+    )  # fmt: skip
+    async with running(cfg, handler) as worker:
+        await wait_fully_committed(kafka, group, topic, 1)
+        truncated = worker.metrics.dead_letter_truncated.labels(f"kafka://{dlq}")._value.get()
+    assert truncated == 1
+    dead = {int(dict(r.headers)["worker.source.offset"]): r for r in await read_all(kafka, dlq)}
+    assert sorted(dead) == [1, 2]
+    envelope = dead[1]
+    headers = dict(envelope.headers)
+    assert headers["worker.truncated"] == b"true"
+    assert headers["worker.original_bytes"] == str(len(big)).encode()
+    document = orjson.loads(envelope.value)
+    assert document["position"] == 1 and document["original_bytes"] == len(big)
+    assert document["error"]["message"] == "too big to handle" and envelope.key == b"k1"
+    assert dict(dead[2].headers)["worker.error.message"] == b"bad byte ? in reading"
+    assert dead[2].value == b'{"i": 2}'

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from worker.config import WorkerConfig
 from worker.destinations.base import Destination, DestinationError, FailureEvent
+from worker.observe.metrics import Metrics
 
 __all__ = ["Destination", "DestinationError", "FailureEvent", "make_destination"]
 
 
-def make_destination(config: WorkerConfig) -> Destination | None:
+def make_destination(config: WorkerConfig, metrics: Metrics) -> Destination | None:
     """The destination named by `errors.on_failure`, or None for "none"."""
     target = config.errors.on_failure
     if target.startswith("kafka://"):
@@ -22,6 +23,7 @@ def make_destination(config: WorkerConfig) -> Destination | None:
             target.removeprefix("kafka://"),
             client_kwargs(source or KafkaSourceConfig(topics=["-"])),
             config.errors.on_failure_timeout_s,
+            metrics.dead_letter_truncated,
         )
     if target.startswith("kinesis://"):
         from worker.destinations.kinesis import KinesisDestination

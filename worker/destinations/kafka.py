@@ -2,22 +2,52 @@
 
 Original headers are kept; ours are prefixed `worker.` so `worker redrive`
 can strip exactly them. Sends wait for acks from all in-sync replicas.
+
+A record the topic cannot hold (larger than its `max.message.bytes`, read
+from the broker) would be refused on every attempt and hold its partition
+for ever. It goes instead as an envelope: the same key and headers, plus
+`worker.truncated = true` and `worker.original_bytes`, and as value a JSON
+document with the source position, the error and the first bytes of the
+value (base64). That is an explicit, counted rule
+(`worker_dead_letter_truncated_total`), logged once per record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
+from prometheus_client import Counter
 
 from worker.destinations.base import DestinationError, FailureEvent
+from worker.encoding import b64
+from worker.records import Record
+
+log = logging.getLogger("worker.destinations.kafka")
 
 HEADER_PREFIX = "worker."
+#: Kafka's default `message.max.bytes`, used until the topic's own limit is known.
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+#: What a record costs on the wire beyond key, value and headers (batch and record framing).
+RECORD_OVERHEAD_BYTES = 256
+#: How much of an oversize value the envelope keeps.
+ENVELOPE_VALUE_PREFIX_BYTES = 4096
+#: The producer itself never refuses by size: the topic's limit decides, checked here.
+PRODUCER_MAX_REQUEST_BYTES = 256 * 1024 * 1024
 
 
-def error_headers(event: FailureEvent, r: Any) -> list[tuple[str, bytes]]:
+def _text(value: str) -> bytes:
+    """Header text as UTF-8; a lone surrogate (from a handler's message) becomes "?"."""
+    return value.encode("utf-8", "replace")
+
+
+def error_headers(event: FailureEvent, r: Record) -> list[tuple[str, bytes]]:
     fields = {
         "source.topic": r.topic,
         "source.partition": str(r.partition),
@@ -29,16 +59,44 @@ def error_headers(event: FailureEvent, r: Any) -> list[tuple[str, bytes]]:
         "attempts": str(event.attempts),
         "failed_at_ms": str(event.failed_at_ms),
     }
-    return [(HEADER_PREFIX + k, v.encode()) for k, v in fields.items()]
+    return [(HEADER_PREFIX + k, _text(v)) for k, v in fields.items()]
+
+
+def wire_size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> int:
+    header_bytes = sum(len(k.encode()) + len(v or b"") for k, v in headers)
+    return len(key or b"") + len(value or b"") + header_bytes + RECORD_OVERHEAD_BYTES
+
+
+def envelope(event: FailureEvent, r: Record, limit: int) -> bytes:
+    """The value written in place of a record the topic cannot hold."""
+    value = r.value or b""
+    return orjson.dumps(
+        {
+            "truncated": True,
+            "reason": f"record of {len(value)} bytes is over the topic's limit of {limit}",
+            "source": event.source,
+            "topic": r.topic,
+            "partition": event.partition,
+            "position": r.position,
+            "condition": event.condition,
+            "error": {"type": event.error_type, "message": event.error_message[:1000]},
+            "original_bytes": len(value),
+            "value_prefix": b64(value[:ENVELOPE_VALUE_PREFIX_BYTES]),
+        }
+    )
 
 
 class KafkaDestination:
-    def __init__(self, topic: str, connection: dict[str, Any], timeout_s: float) -> None:
+    def __init__(
+        self, topic: str, connection: dict[str, Any], timeout_s: float, truncated: Counter
+    ) -> None:
         self.topic = topic
         self.name = f"kafka://{topic}"
         self._connection = connection
         self._timeout_s = timeout_s
+        self._truncated = truncated.labels(self.name)
         self._producer: AIOKafkaProducer | None = None
+        self._max_bytes: int | None = None
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
@@ -46,6 +104,7 @@ class KafkaDestination:
             acks="all",
             enable_idempotence=True,
             request_timeout_ms=int(self._timeout_s * 1000),
+            max_request_size=PRODUCER_MAX_REQUEST_BYTES,
         )
         await self._producer.start()
 
@@ -53,19 +112,80 @@ class KafkaDestination:
         assert self._producer is not None, "start() first"
         try:
             async with asyncio.timeout(self._timeout_s):
-                acks = [
-                    await self._producer.send(
-                        self.topic,
-                        r.value,
-                        key=r.key,
-                        headers=[*r.headers, *error_headers(event, r)],
-                    )
-                    for r in event.records
+                limit = await self._limit()
+                acks = []
+                for r in event.records:
+                    key, value, headers = self._message(event, r, limit)
+                    acks.append(await self._producer.send(self.topic, value, key=key,
+                                                          headers=headers))  # fmt: skip
+                results = await asyncio.gather(*acks, return_exceptions=True)
+                refused = [
+                    r for r, res in zip(event.records, results, strict=True) if _too_large(res)
                 ]
-                await asyncio.gather(*acks)
+                for res in results:
+                    if isinstance(res, BaseException) and not _too_large(res):
+                        raise res
+                for r in refused:  # the estimate was short: the broker's word decides
+                    _, value, headers = self._envelope(event, r, limit)
+                    await (await self._producer.send(self.topic, value, key=r.key,
+                                                     headers=headers))  # fmt: skip
         except (KafkaError, TimeoutError) as exc:
             raise DestinationError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+
+    def _message(
+        self, event: FailureEvent, r: Record, limit: int
+    ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+        headers = [*r.headers, *error_headers(event, r)]
+        if wire_size(r.key, r.value, headers) <= limit:
+            return r.key, r.value, headers
+        return self._envelope(event, r, limit)
+
+    def _envelope(
+        self, event: FailureEvent, r: Record, limit: int
+    ) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+        self._truncated.inc()
+        log.warning(
+            "event=dead_letter_truncated partition=%s position=%s original_bytes=%d "
+            "limit_bytes=%d destination=%s note='the record is over the topic limit: an "
+            "envelope with its position and error was written instead'",
+            event.partition, r.position, len(r.value or b""), limit, self.name,
+        )  # fmt: skip
+        headers = [
+            *error_headers(event, r),
+            (HEADER_PREFIX + "truncated", b"true"),
+            (HEADER_PREFIX + "original_bytes", str(len(r.value or b"")).encode()),
+        ]
+        return r.key, envelope(event, r, limit), headers
+
+    async def _limit(self) -> int:
+        """The topic's `max.message.bytes`, read once it can be (the topic may appear later)."""
+        if self._max_bytes is None:
+            self._max_bytes = await self._read_limit()
+        return self._max_bytes or DEFAULT_MAX_MESSAGE_BYTES
+
+    async def _read_limit(self) -> int | None:
+        admin = AIOKafkaAdminClient(**self._connection)
+        try:
+            await admin.start()
+            (response,) = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, self.topic)]
+            )
+        except KafkaError:
+            return None  # unknown for now: the default, and try again on the next send
+        finally:
+            await admin.close()
+        for error_code, _, _, _, entries in response.resources:
+            if error_code:
+                return None
+            for entry in entries:
+                if entry[0] == "max.message.bytes" and entry[1]:
+                    return int(entry[1])
+        return None
 
     async def stop(self) -> None:
         if self._producer is not None:
             await self._producer.stop()
+
+
+def _too_large(result: Any) -> bool:
+    return isinstance(result, MessageSizeTooLargeError | RecordTooLargeError)

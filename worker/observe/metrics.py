@@ -97,6 +97,12 @@ class Metrics:
             ("source", "destination"),
             registry=r,
         )
+        self.dead_letter_truncated = Counter(
+            "worker_dead_letter_truncated",
+            "Records over the destination's size limit, written as a truncated envelope.",
+            ("destination",),
+            registry=r,
+        )
         self.retries = Counter(
             "worker_retries", "Invocations that were retries of a failed batch.", _P, registry=r
         )

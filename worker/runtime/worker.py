@@ -51,7 +51,9 @@ class Worker:
         self.source.attach(self.metrics)
         self.tasks = TaskSupervisor(self.request_exit)
         self.invoker, parse = make_invoker(config, self.source, handler)
-        self.destination = destination if destination is not None else make_destination(config)
+        self.destination = (
+            destination if destination is not None else make_destination(config, self.metrics)
+        )
         errors = RecentErrors()
         steps = StepChain(config, self.source, self.invoker, parse, self.destination,
                           self.metrics, errors)  # fmt: skip
