@@ -34,6 +34,12 @@ Rules
   greater than the previous offset of the partition. A restart or a rebalance may
   go back to the last commit (a new process or a new epoch), which is redelivery,
   not a violation; going back within an epoch is.
+- **Skipped**: an epoch that handled an offset while the offsets just below it had
+  not been handled by anyone before (from the highest offset handled before, plus
+  one). An owner starts at a committed offset, and every commit is at most one past
+  what was handled, so the record before its first one was handled already; within
+  an epoch a partition's offsets follow one another (one batch at a time, no
+  transactions, no compaction). A skip is a loss waiting to be committed.
 - **Committed ahead**: a snapshot whose committed offset ``c`` of a partition is past
   an offset (below ``c``) that no process had handled by the snapshot's time. The
   topics carry no transactions or compaction, so every offset below the end is a
@@ -118,6 +124,18 @@ class OrderViolation:
 
 
 @dataclass(frozen=True, slots=True)
+class Skip:
+    """Offsets `first`..`until - 1` of a partition, passed over by one epoch."""
+
+    pid: int
+    partition: int
+    epoch: int
+    first: int
+    until: int  # the offset the epoch handled next
+    at_start: bool  # at the epoch's first offset (an owner starting past the commit)
+
+
+@dataclass(frozen=True, slots=True)
 class CommittedAhead:
     partition: int
     committed: int
@@ -143,6 +161,7 @@ class Report:
     lost: list[Produced] = field(default_factory=list)
     duplicates: dict[tuple[int, int], int] = field(default_factory=dict)
     order_violations: list[OrderViolation] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
     committed_ahead: list[CommittedAhead] = field(default_factory=list)
     unexplained_duplicates: list[Handled] = field(default_factory=list)
     mismatched: list[Handled] = field(default_factory=list)
@@ -172,6 +191,7 @@ class Report:
         return not (
             self.lost
             or self.order_violations
+            or self.skipped
             or self.committed_ahead
             or self.unexplained_duplicates
             or self.mismatched
@@ -185,6 +205,7 @@ class Report:
             f"duplicated={self.duplicated_records} extra_handlings={self.extra_handlings} "
             f"max_multiplicity={self.max_multiplicity} "
             f"order_violations={len(self.order_violations)} "
+            f"skipped={[(k.pid, k.partition, k.first, k.until) for k in self.skipped]} "
             f"committed_ahead={len(self.committed_ahead)} "
             f"unexplained_duplicates={len(self.unexplained_duplicates)} "
             f"mismatched={len(self.mismatched)} unexpected={len(self.unexpected)} "
@@ -270,6 +291,7 @@ def check(
     epochs = _epochs(handled, assignments)
     report.order_violations = _order_violations(handled, epochs)
     report.redeliveries = _redeliveries(handled, epochs)
+    report.skipped = _skips(handled, epochs)
     snaps = sorted(snapshots, key=lambda s: s.wall)
     report.committed_ahead = _committed_ahead(handled, snaps)
     report.unexplained_duplicates = _unexplained(handled, snaps)
@@ -324,6 +346,29 @@ def _redeliveries(handled: Sequence[Handled], epochs: list[int]) -> list[Redeliv
             )  # fmt: skip
         seen.add(po)
     return list(found.values())
+
+
+def _skips(handled: Sequence[Handled], epochs: list[int]) -> list[Skip]:
+    """Epochs that passed over offsets nobody had handled before (see the docstring)."""
+    done: dict[int, list[int]] = defaultdict(list)  # partition -> offsets handled, sorted
+    last: dict[tuple[int, int, int], int] = {}  # epoch -> its previous offset
+    out = []
+    for i in sorted(range(len(handled)), key=lambda i: handled[i].mono):
+        h = handled[i]
+        lane = (h.pid, h.partition, epochs[i])
+        offsets = done[h.partition]
+        previous = last.get(lane)
+        if previous != h.offset - 1:  # an epoch's first offset, or a jump within one
+            below = bisect.bisect_left(offsets, h.offset)
+            start = offsets[below - 1] + 1 if below else 0
+            if start < h.offset:
+                skip = Skip(h.pid, h.partition, epochs[i], start, h.offset, previous is None)
+                out.append(skip)
+        last[lane] = h.offset
+        at = bisect.bisect_left(offsets, h.offset)
+        if at == len(offsets) or offsets[at] != h.offset:
+            offsets.insert(at, h.offset)
+    return out
 
 
 def _committed_ahead(

@@ -186,3 +186,33 @@ def test_assignments_are_read_from_the_workers_json_log():
     found = parse_assignments("\n".join(lines), pid=7)
     wall = datetime(2026, 11, 24, 10, 0, 0, 123000, tzinfo=UTC).timestamp()
     assert found == [Assignment(7, wall, frozenset({0, 7})), Assignment(7, wall, frozenset())]
+
+
+def test_an_owner_that_starts_past_what_was_handled_skipped_records():
+    clock = Clock()
+    first = handle(clock, 1, 0, range(4))  # committed up to 4 at most
+    second = handle(clock, 2, 0, range(7, 10))  # started at 7: 4, 5 and 6 never handled
+    report = check(PRODUCED, first + second)
+    assert [(k.pid, k.partition, k.first, k.until, k.at_start) for k in report.skipped] == [
+        (2, 0, 4, 7, True)
+    ]
+    assert [r.offset for r in report.lost if r.partition == 0] == [4, 5, 6]
+    assert not report.ok
+
+
+def test_a_jump_within_an_assignment_is_a_skip_even_if_redone_later():
+    clock = Clock()
+    jumped = handle(clock, 1, 1, [0, 1, 2, 5, 6, 7, 8, 9])
+    redone = handle(clock, 2, 1, [3, 4])
+    report = check(PRODUCED, handle(clock, 1, 0, range(10)) + jumped + redone)
+    assert report.lost == []
+    assert [(k.partition, k.first, k.until, k.at_start) for k in report.skipped] == [
+        (1, 3, 5, False)
+    ]
+
+
+def test_starting_at_the_commit_or_at_zero_is_no_skip():
+    clock = Clock()
+    first = handle(clock, 1, 0, range(6))
+    second = handle(clock, 2, 0, range(4, 10)) + handle(clock, 2, 1, range(10))
+    assert check(PRODUCED, first + second).skipped == []
