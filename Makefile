@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 
 NPM_DIR ?= $(HOME)/.cache/streamworker/npm
 
-.PHONY: install kafka emulators system-tools demo test lint bench clean
+.PHONY: install kafka emulators system-tools demo test lint faults bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -37,6 +37,10 @@ lint: install
 
 test: install kafka emulators system-tools lint
 	$(PY) -m pytest
+
+# Issue 13's fault suite only: a three-node Kafka cluster, brokers and workers killed mid-stream.
+faults: install kafka
+	$(PY) -m pytest tests/faults -v -rPx --show-capture=stdout
 
 bench: install kafka emulators
 	$(PY) -m pip install -q -e '.[bench]'
