@@ -21,7 +21,6 @@ ready at the end and exit 0 on SIGTERM.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import time
@@ -186,56 +185,6 @@ def idle_on_backlog(status_json: str) -> bool:
     )
 
 
-#: The worker defect these tests found (see the README's "Fault tests"): when a
-#: partition's first fetched records reach the poll loop before the partition's lane
-#: exists (the assignment callback is still reading committed offsets), the loop drops
-#: them, yet the consumer's position has moved past them. The new owner then starts
-#: past its commit: it skips those records and, once later records arrive, commits
-#: over them (loss); with no later records it sits idle with lag (a stall).
-KNOWN_DEFECT = (
-    "worker defect: records fetched before the partition's lane exists are dropped "
-    "(worker/app.py main_loop, `if lane is None ... continue`) while the consumer's "
-    "position moves past them; a new owner skips them and commits over them"
-)
-
-
-def is_known_defect(report: Report, exc: BaseException) -> bool:
-    """The run failed the way KNOWN_DEFECT makes it fail, and in no other way."""
-    other = (
-        report.order_violations
-        or report.unexplained_duplicates
-        or report.mismatched
-        or report.unexpected
-        or report.produced_out_of_order
-        or any(not k.at_start for k in report.skipped)
-    )
-    if other:
-        return False
-    skipped = {(k.partition, o) for k in report.skipped for o in range(k.first, k.until)}
-    lost = {(r.partition, r.offset) for r in report.lost}
-    if isinstance(exc, WorkerSatOnBacklog):
-        return bool(lost)  # dropped with nothing after them: nothing to skip to
-    return bool(report.skipped) and lost <= skipped
-
-
-@contextlib.contextmanager
-def failing_only_by_the_known_defect(run: FaultRun) -> Iterator[None]:
-    """Turn a failure into an xfail when, and only when, the checker shows KNOWN_DEFECT.
-
-    The defect strikes a worker that joins with records waiting, about two runs in
-    three on this machine: not deterministic, so not a strict xfail; every other
-    finding still fails the test.
-    """
-    try:
-        yield
-    except AssertionError as exc:
-        report = run.report()
-        if is_known_defect(report, exc):
-            summarize(run.dir.name, run, report, known_defect=type(exc).__name__)
-            pytest.xfail(f"{KNOWN_DEFECT}: {report.summary()}")
-        raise
-
-
 @pytest.fixture
 def run(cluster: Cluster, tmp_path: Path) -> Iterator[FaultRun]:
     fault_run = FaultRun(cluster, tmp_path)
@@ -369,22 +318,21 @@ def test_sigkill_of_the_broker_leading_most_partitions_loses_nothing_and_keeps_k
     )
     down_s = time.monotonic() - fault_mono
     run.cluster.start_node(victim)
-    with failing_only_by_the_known_defect(run):
-        drain_s = run.wait_complete(worker)
-        run.cluster.wait_in_sync([run.topic])
-        ready_s = probe.longest_not_ready_s()
-        assert run.stop_worker(worker, probe) == 0
+    drain_s = run.wait_complete(worker)
+    run.cluster.wait_in_sync([run.topic])
+    ready_s = probe.longest_not_ready_s()
+    assert run.stop_worker(worker, probe) == 0
 
-        report = run.report()
-        assert_sound(run, report)
-        bound = uncommitted_bound(read_handled(run.logs), run.snapshots(), fault_wall)
-        assert report.extra_handlings <= bound, (report.extra_handlings, bound)
-        summarize(
-            "sigkill_partition_leader", run, report,
-            victim=victim, partitions_led=led, leaders_moved_s=round(moved_s, 2),
-            broker_down_s=round(down_s, 2), drain_after_restart_s=round(drain_s, 2),
-            duplicate_bound=bound, longest_not_ready_s=round(ready_s, 2), exit_code=0,
-        )  # fmt: skip
+    report = run.report()
+    assert_sound(run, report)
+    bound = uncommitted_bound(read_handled(run.logs), run.snapshots(), fault_wall)
+    assert report.extra_handlings <= bound, (report.extra_handlings, bound)
+    summarize(
+        "sigkill_partition_leader", run, report,
+        victim=victim, partitions_led=led, leaders_moved_s=round(moved_s, 2),
+        broker_down_s=round(down_s, 2), drain_after_restart_s=round(drain_s, 2),
+        duplicate_bound=bound, longest_not_ready_s=round(ready_s, 2), exit_code=0,
+    )  # fmt: skip
 
 
 def test_sigterm_of_the_group_coordinator_loses_nothing_and_commits_through_the_new_one(
@@ -421,23 +369,22 @@ def test_sigterm_of_the_group_coordinator_loses_nothing_and_commits_through_the_
     )
     down_s = time.monotonic() - fault_mono
     run.cluster.start_node(coordinator)
-    with failing_only_by_the_known_defect(run):
-        drain_s = run.wait_complete(worker)
-        run.cluster.wait_in_sync([run.topic])
-        ready_s = probe.longest_not_ready_s()
-        assert run.stop_worker(worker, probe) == 0
+    drain_s = run.wait_complete(worker)
+    run.cluster.wait_in_sync([run.topic])
+    ready_s = probe.longest_not_ready_s()
+    assert run.stop_worker(worker, probe) == 0
 
-        report = run.report()
-        assert_sound(run, report)
-        bound = uncommitted_bound(read_handled(run.logs), run.snapshots(), fault_wall)
-        assert report.extra_handlings <= bound, (report.extra_handlings, bound)
-        summarize(
-            "sigterm_group_coordinator", run, report,
-            coordinator=coordinator, new_coordinator=new[0], broker_exit_s=round(stopped_s, 2),
-            coordinator_moved_s=round(moved_s, 2), broker_down_s=round(down_s, 2),
-            drain_after_restart_s=round(drain_s, 2), duplicate_bound=bound,
-            longest_not_ready_s=round(ready_s, 2), exit_code=0,
-        )  # fmt: skip
+    report = run.report()
+    assert_sound(run, report)
+    bound = uncommitted_bound(read_handled(run.logs), run.snapshots(), fault_wall)
+    assert report.extra_handlings <= bound, (report.extra_handlings, bound)
+    summarize(
+        "sigterm_group_coordinator", run, report,
+        coordinator=coordinator, new_coordinator=new[0], broker_exit_s=round(stopped_s, 2),
+        coordinator_moved_s=round(moved_s, 2), broker_down_s=round(down_s, 2),
+        drain_after_restart_s=round(drain_s, 2), duplicate_bound=bound,
+        longest_not_ready_s=round(ready_s, 2), exit_code=0,
+    )  # fmt: skip
 
 
 def test_kill_9_of_the_worker_inside_the_handler_redoes_exactly_what_was_uncommitted(
@@ -479,26 +426,25 @@ def test_kill_9_of_the_worker_inside_the_handler_redoes_exactly_what_was_uncommi
     redo = {(h.partition, h.offset) for h in run1 if h.offset >= at_kill.get(h.partition, 0)}
     assert {(held.partition, o) for o in range(held.first, held.last + 1)} <= redo
 
-    with failing_only_by_the_known_defect(run):
-        restart_mono = time.monotonic()
-        second, second_probe = run.start_worker()
-        ready_after_s = time.monotonic() - restart_mono
-        drain_s = run.wait_complete(second)
-        assert run.stop_worker(second, second_probe) == 0
+    restart_mono = time.monotonic()
+    second, second_probe = run.start_worker()
+    ready_after_s = time.monotonic() - restart_mono
+    drain_s = run.wait_complete(second)
+    assert run.stop_worker(second, second_probe) == 0
 
-        report = run.report()
-        assert_sound(run, report)
-        # At least once, and no more: the second worker redid exactly what the first had
-        # handled past the commits, each once more.
-        assert set(report.duplicates) == redo, (sorted(set(report.duplicates) ^ redo)[:10], redo)
-        assert report.max_multiplicity <= 2
-        summarize(
-            "kill9_worker_in_handler", run, report,
-            held_batch=f"p{held.partition}:{held.first}-{held.last}",
-            committed_at_kill=sum(at_kill.values()), handled_by_first=len(run1),
-            duplicate_bound=len(redo), second_ready_after_s=round(ready_after_s, 2),
-            drain_s=round(drain_s, 2), first_exit=-9, exit_code=0,
-        )  # fmt: skip
+    report = run.report()
+    assert_sound(run, report)
+    # At least once, and no more: the second worker redid exactly what the first had
+    # handled past the commits, each once more.
+    assert set(report.duplicates) == redo, (sorted(set(report.duplicates) ^ redo)[:10], redo)
+    assert report.max_multiplicity <= 2
+    summarize(
+        "kill9_worker_in_handler", run, report,
+        held_batch=f"p{held.partition}:{held.first}-{held.last}",
+        committed_at_kill=sum(at_kill.values()), handled_by_first=len(run1),
+        duplicate_bound=len(redo), second_ready_after_s=round(ready_after_s, 2),
+        drain_s=round(drain_s, 2), first_exit=-9, exit_code=0,
+    )  # fmt: skip
 
 
 def test_a_restart_onto_a_backlog_loses_nothing_and_redoes_nothing(run: FaultRun):
@@ -515,15 +461,14 @@ def test_a_restart_onto_a_backlog_loses_nothing_and_redoes_nothing(run: FaultRun
     wait_until(
         lambda: run.producer.acked_count() >= handled_by_first + 1000, 60, "a backlog of 1,000"
     )
-    with failing_only_by_the_known_defect(run):
-        second, second_probe = run.start_worker()
-        drain_s = run.wait_complete(second)
-        assert run.stop_worker(second, second_probe) == 0
+    second, second_probe = run.start_worker()
+    drain_s = run.wait_complete(second)
+    assert run.stop_worker(second, second_probe) == 0
 
-        report = run.report()
-        assert_sound(run, report)
-        assert report.duplicates == {}, "a clean stop committed everything it had handled"
-        summarize(
-            "sigterm_restart_onto_backlog", run, report,
-            handled_by_first=handled_by_first, drain_s=round(drain_s, 2), exit_codes=[0, 0],
-        )  # fmt: skip
+    report = run.report()
+    assert_sound(run, report)
+    assert report.duplicates == {}, "a clean stop committed everything it had handled"
+    summarize(
+        "sigterm_restart_onto_backlog", run, report,
+        handled_by_first=handled_by_first, drain_s=round(drain_s, 2), exit_codes=[0, 0],
+    )  # fmt: skip

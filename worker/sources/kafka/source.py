@@ -33,7 +33,11 @@ class _RebalanceBridge(ConsumerRebalanceListener):
     """Turns aiokafka's rebalance callbacks into our listener's, awaited in order.
 
     aiokafka awaits these before it rejoins the group, so the pipeline can drain
-    and commit revoked partitions while this member still owns them.
+    and commit revoked partitions while this member still owns them. aiokafka
+    fetches newly assigned partitions while the assigned callback still runs
+    (reading committed offsets takes round trips); a record returned then would
+    find no partition to take it while the consumer's position moved past it.
+    So new partitions stay paused until the listener has them.
     """
 
     def __init__(self, source: KafkaSource, listener: AssignmentListener) -> None:
@@ -48,8 +52,10 @@ class _RebalanceBridge(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         partitions = sorted(assigned)
+        self._source.hold(partitions)
         await self._source.prepare(partitions)
         await self._listener.on_assigned(partitions)
+        self._source.release(partitions)
 
 
 class KafkaSource:
@@ -59,6 +65,8 @@ class KafkaSource:
     def __init__(self, config: KafkaSourceConfig) -> None:
         self._config = config
         self._committed: dict[TopicPartition, int] = {}
+        #: Partitions the listener was told of; only their records are returned.
+        self._announced: set[TopicPartition] = set()
         reset = "latest" if config.starting_position == "latest" else "earliest"
         self._consumer = AIOKafkaConsumer(
             **client_kwargs(config),
@@ -101,6 +109,18 @@ class KafkaSource:
         """Drop what this member knew of partitions it gave away."""
         for tp in partitions:
             self._committed.pop(tp, None)
+            self._announced.discard(tp)
+
+    def hold(self, partitions: Sequence[TopicPartition]) -> None:
+        """Assigned, but the listener does not have them yet: fetch none of their records."""
+        if partitions:
+            self._consumer.pause(*partitions)
+
+    def release(self, partitions: Sequence[TopicPartition]) -> None:
+        """The listener has them: their records may flow."""
+        self._announced.update(partitions)
+        if partitions:
+            self._consumer.resume(*partitions)
 
     async def prepare(self, partitions: list[TopicPartition]) -> None:
         """Read committed offsets (for lag) and seek where the group has none yet."""
@@ -128,9 +148,17 @@ class KafkaSource:
             self._committed.update(await self._consumer.end_offsets(fresh))
 
     async def fetch(self, timeout_s: float) -> Mapping[TopicPartition, Sequence[Any]]:
-        return await self._consumer.getmany(
+        chunks = await self._consumer.getmany(
             timeout_ms=int(timeout_s * 1000), max_records=self._config.fetch_max_records
         )
+        announced = self._announced
+        for tp in [tp for tp in chunks if tp not in announced]:
+            # Never hand out what nobody may take: read it again once announced (or, if it
+            # was revoked meanwhile, the next owner reads it from the commit).
+            first = chunks.pop(tp)[0].offset
+            if tp in self._consumer.assignment():
+                self._consumer.seek(tp, first)
+        return chunks
 
     def pause(self, partition: TopicPartition) -> None:
         self._consumer.pause(partition)
