@@ -77,6 +77,7 @@ class HandlerConfig(Section):
 
 
 _Ms = Annotated[int, Field(ge=0, le=3_600_000)]
+MIN_STALL_TIMEOUT_S = 1.0
 _DESTINATION = re.compile(
     r"^(none|kafka://[A-Za-z0-9._-]+|kinesis://[A-Za-z0-9._-]+|file://.+\.jsonl)$"
 )
@@ -161,13 +162,26 @@ class MetricsConfig(Section):
 class RuntimeConfig(Section):
     shutdown_timeout_s: Annotated[float, Field(ge=0, le=3600)] = 30
     rebalance_timeout_s: Annotated[float, Field(ge=0, le=3600)] = 20
-    max_buffered_records: Annotated[int, Field(ge=1)] = 20_000
-    max_buffered_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
-    memory_budget_bytes: Annotated[int, Field(ge=1024 * 1024)] = 32 * 1024 * 1024
+    #: Records fed and not yet committed, per partition: what a crash can make the next
+    #: owner redo. A million at most: past that the bound protects nothing.
+    max_buffered_records: Annotated[int, Field(ge=1, le=1_000_000)] = 20_000
+    max_buffered_bytes: Annotated[int, Field(ge=1024, le=4 * 1024**3)] = 8 * 1024 * 1024
+    memory_budget_bytes: Annotated[int, Field(ge=1024 * 1024, le=64 * 1024**3)] = 32 * 1024 * 1024
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     stall_timeout_s: Annotated[float, Field(ge=0, le=86_400)] = 900
     gc_freeze: bool = True
+
+    @field_validator("stall_timeout_s")
+    @classmethod
+    def _stall(cls, value: float) -> float:
+        if 0 < value < MIN_STALL_TIMEOUT_S:
+            raise ValueError(
+                f"must be 0 (off) or at least {MIN_STALL_TIMEOUT_S:g} s: the loop guard "
+                "wakes every second, so a shorter limit ends a healthy, idle worker"
+            )
+        return value
+
     gc_threshold: tuple[
         Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]
     ] = (100_000, 50, 1000)

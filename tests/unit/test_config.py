@@ -108,3 +108,26 @@ def test_json_log_lines_carry_the_event_fields():
     assert doc["event"] == "dead_lettered" and doc["partition"] == "t-3" and doc["records"] == "5"
     assert doc["error"] == "ValueError: x"
     assert doc["message"].startswith("event=dead_lettered")
+
+
+def test_values_that_would_hang_or_kill_a_worker_are_refused_with_their_range():
+    """A fetch size past int32 overflowed in aiokafka (ready, nothing handled); a stall
+    timeout under the loop guard's tick ended a healthy idle worker with status 3; a
+    buffer bound of 10**12 bounded nothing."""
+    with pytest.raises(ConfigError) as err:
+        load_config(
+            None,
+            ['source.topics=["t"]', "source.fetch_max_bytes=1099511627776",
+             "runtime.stall_timeout_s=0.2", "runtime.max_buffered_records=1000000000000"],
+            {},
+        )  # fmt: skip
+    lines = err.value.problems
+    assert len(lines) == 3
+    assert any(line.startswith("source.fetch_max_bytes") and "2147483647" in line for line in lines)
+    assert any(
+        line.startswith("runtime.stall_timeout_s = 0.2") and "0 (off)" in line for line in lines
+    )
+    assert any(
+        line.startswith("runtime.max_buffered_records") and "1000000" in line for line in lines
+    )
+    assert load_config(None, ['source.topics=["t"]', "runtime.stall_timeout_s=0"], {})

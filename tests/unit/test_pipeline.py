@@ -248,3 +248,23 @@ async def test_partitions_stuck_on_poison_do_not_starve_a_healthy_one_of_the_bud
         await wait_until(lambda: len(handled) == 6000, timeout_s=30)
         assert sum(p.buffered_bytes for p in w.assignments.partitions()) <= budget + 100 * 820
     assert handled == list(range(6000))
+
+
+async def test_while_commits_fail_handled_but_uncommitted_work_stays_bounded():
+    """The first version bounded only unhandled records: with commits failing it handled
+    20,000 records with max_buffered_records = 100, all of which a crash would redo."""
+    broker = broker_with(0, partitions=1)
+    rec = Recorder()
+    settings = {"batching": {"batch_size": 10}, "runtime": {"max_buffered_records": 100}}
+    async with running_worker(rec, broker, [TOPIC], settings) as w:
+        w.source.max_records = 50
+        w.source.commit_error = ConnectionError("broker down")
+        for i in range(2000):
+            broker.produce(TOPIC, b"%d" % i, partition=0)
+        await wait_until(lambda: w.partition((TOPIC, 0)) is not None)
+        p = w.partition((TOPIC, 0))
+        await wait_until(lambda: p.paused and p.stats().unfinished == 0)
+        assert len(rec.handled()[0]) == p.outstanding_records <= 2 * 100 + 50
+        w.source.commit_error = None
+        await wait_until(lambda: fully_committed(broker, "test", [TOPIC]), timeout_s=30)
+    assert rec.handled()[0] == list(range(2000))

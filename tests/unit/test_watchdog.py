@@ -110,7 +110,7 @@ async def test_revoking_one_partition_does_not_blind_it_to_a_stall_of_another():
             await asyncio.Event().wait()  # wedged, well inside its timeout
 
     settings = {
-        "runtime": {"stall_timeout_s": 0.5, "shutdown_timeout_s": 0.1},
+        "runtime": {"stall_timeout_s": 1.0, "shutdown_timeout_s": 0.1},
         "handler": {"timeout_s": 3600},
     }
     async with running_worker(handler, broker, ["t"], settings) as w:

@@ -92,8 +92,10 @@ class Partition:
         self._committed: int | None = None
         self._uncommitted_records = 0
         #: Records fed and not yet finished: buffered, in flight, or handled by a lane that
-        #: ran ahead of the low watermark. Backpressure counts these, so what a crash can
-        #: make the next owner redo is bounded by max_buffered_records (plus one fetch).
+        #: ran ahead of the low watermark. Backpressure bounds these, and apart the finished
+        #: ones not yet committed, each by max_buffered_records: so what a crash can make
+        #: the next owner redo stays within twice that (plus one fetch) even while commits
+        #: fail, and normal commits (every commit_interval_ms) never throttle a partition.
         self._unfinished_records = 0
 
     # -- fed by the poll loop -------------------------------------------------------
@@ -137,18 +139,25 @@ class Partition:
         return self._unfinished_records
 
     @property
+    def outstanding_records(self) -> int:
+        """Fed and not yet committed: what the next owner would redo after a crash."""
+        return self._unfinished_records + self._uncommitted_records
+
+    @property
     def full(self) -> bool:
         s = self._settings
         return (
             self._unfinished_records >= s.max_buffered_records
+            or self._uncommitted_records >= s.max_buffered_records
             or self.buffered_bytes >= s.max_buffered_bytes
         )
 
     def below_low_water(self) -> bool:
-        s = self._settings
+        half = self._settings.max_buffered_records // 2
         return (
-            self._unfinished_records <= s.max_buffered_records // 2
-            and self.buffered_bytes <= s.max_buffered_bytes // 2
+            self._unfinished_records <= half
+            and self._uncommitted_records <= half
+            and self.buffered_bytes <= self._settings.max_buffered_bytes // 2
         )
 
     # -- told by others ---------------------------------------------------------------
@@ -184,6 +193,8 @@ class Partition:
         self._committed = position
         self._uncommitted_records -= records
         self._metrics.records_committed(records, self._traits.shown_checkpoint(position))
+        if self._paused and self.below_low_water():
+            self._on_drained(self)
 
     def report_lag(self, lag: int | None) -> None:
         """The source's record lag, when it counts one (read after fetches and commits)."""
