@@ -211,6 +211,22 @@ class WorkerConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _rebalance_covers_the_drain(self) -> WorkerConfig:
+        s, drain_ms = self.source, self.runtime.rebalance_timeout_s * 1000
+        if isinstance(s, KafkaSourceConfig) and s.rebalance_timeout_ms < drain_ms:
+            raise ValueError(
+                f"source.rebalance_timeout_ms = {s.rebalance_timeout_ms}: must cover "
+                f"runtime.rebalance_timeout_s ({drain_ms:g} ms), or the broker gives "
+                "partitions away while they still drain"
+            )
+        if isinstance(s, KafkaSourceConfig) and s.rebalance_timeout_ms > s.max_poll_interval_ms:
+            raise ValueError(
+                f"source.rebalance_timeout_ms = {s.rebalance_timeout_ms}: must not exceed "
+                f"source.max_poll_interval_ms ({s.max_poll_interval_ms})"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _dlq_is_not_a_source(self) -> WorkerConfig:
         target = self.errors.on_failure
         topics = self.source.topics if isinstance(self.source, KafkaSourceConfig) else []

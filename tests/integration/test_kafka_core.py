@@ -296,3 +296,33 @@ async def test_records_fetched_while_an_assignment_is_prepared_are_not_skipped(
             await asyncio.sleep(0.1)
     assert sorted(handled) == sorted((p, o) for p, end in ends.items() for o in range(end))
     assert await committed_offsets(kafka, group, topic) == ends
+
+
+async def test_a_failing_assignment_callback_stops_the_worker_instead_of_owning_idle_partitions(
+    kafka: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """aiokafka logs and swallows an error raised in a rebalance callback: the first version
+    then owned the partitions with nothing processing them, ready, for ever. The fault is
+    raised in our own callback (the broker is not touched)."""
+    from tests.integration.test_kafka_failures import config, produce_numbered
+    from worker.runtime.worker import Worker
+    from worker.sources.kafka.source import KafkaSource
+
+    topic, group = unique("broken"), unique("g")
+    await create_topic(kafka, topic, PARTITIONS)
+    await produce_numbered(kafka, topic, 40, PARTITIONS)
+
+    async def broken_prepare(self: KafkaSource, partitions: list) -> None:
+        raise RuntimeError("cannot read committed offsets")
+
+    monkeypatch.setattr(KafkaSource, "prepare", broken_prepare)
+
+    async def handler(batch) -> None:
+        raise AssertionError("nothing may be handled")
+
+    worker = Worker(config(kafka, topic, group), handler=handler)
+    code = await asyncio.wait_for(worker.serve(), timeout=60)
+    assert code == 1
+    assert "cannot read committed offsets" in (worker.failure or "")
+    assert "event=source_failed" in caplog.text
+    assert await committed_offsets(kafka, group, topic) in ({}, {p: 0 for p in range(PARTITIONS)})

@@ -194,7 +194,7 @@ async def test_the_memory_budget_pauses_every_partition_and_bounds_all_buffers_t
     assert sum(len(v) for v in rec.handled().values()) == 8000
 
 
-async def test_losing_one_partition_does_not_hold_back_the_commits_of_the_others():
+async def test_losing_one_partition_does_not_hold_back_the_commits_of_the_others(caplog):
     broker = broker_with(0, partitions=2)
     entered, gate = asyncio.Event(), asyncio.Event()
 
@@ -213,6 +213,9 @@ async def test_losing_one_partition_does_not_hold_back_the_commits_of_the_others
         await wait_until(lambda: broker.committed("test", TOPIC, 0) == 40)
         assert w.partition(("t", 0)).committed == 39
         assert broker.committed("test", TOPIC, 1) is None
+        assert w.metrics.commits_refused.labels("memory")._value.get() == 1
+    refused = [r for r in caplog.records if "event=commit_refused" in r.getMessage()]
+    assert refused and refused[0].levelname == "WARNING" and "t-1@0" in refused[0].getMessage()
 
 
 async def test_partitions_stuck_on_poison_do_not_starve_a_healthy_one_of_the_budget():

@@ -168,6 +168,12 @@ class Metrics:
             ("source",),
             registry=r,
         )
+        self.commits_refused = Counter(
+            "worker_commits_refused",
+            "Partition checkpoints the source refused: this worker no longer owned them.",
+            ("source",),
+            registry=r,
+        )
         # RSS, CPU and open files of the worker process, and the Python version.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)

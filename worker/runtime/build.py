@@ -7,6 +7,7 @@ through. Everything below receives its collaborators ready-made.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -28,6 +29,17 @@ from worker.observe.metrics import Metrics, PartitionMetrics
 from worker.partition.partition import Partition, PartitionSettings
 from worker.partition.steps import PartitionContext, Step
 from worker.sources.base import Source
+
+log = logging.getLogger("worker")
+
+
+def warn_about_dropping(config: WorkerConfig, destination: Destination | None) -> None:
+    """Limited retries with nowhere to send what runs out: say so once, at start."""
+    e = config.errors
+    if (e.maximum_retry_attempts >= 0 or e.maximum_record_age_s >= 0) and destination is None:
+        log.warning("event=config_warning detail='retries or record age are limited and "
+                    "errors.on_failure is none: records that run out are dropped "
+                    "(counted in worker_records_dropped_total)'")  # fmt: skip
 
 
 def make_invoker(

@@ -27,6 +27,7 @@ class Committer:
         self._source = source
         self._interval_s = interval_s
         self._failures = metrics.commit_failures.labels(source.name)
+        self._refused = metrics.commits_refused.labels(source.name)
         self._dirty: set[Partition] = set()
         self._wanted = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -57,9 +58,16 @@ class Committer:
             try:
                 await self._source.commit({p.key: position for p, (position, _) in moved})
             except OwnershipLost as exc:
-                # Those partitions are being taken away (a rebalance, a lost lease): their
-                # revoke path commits what it still may. The others were checkpointed.
-                log.info("event=commit_skipped reason=ownership_lost detail=%r", str(exc))
+                # Those partitions were taken away (a rebalance, a lost lease): their work
+                # past the last commit will be redone by the new owner. The others of the
+                # same call were checkpointed.
+                refused = [m for m in moved if m[0].key in exc.lost]
+                self._refused.inc(len(refused))
+                log.warning(
+                    "event=commit_refused reason=ownership_lost partitions=%s detail=%r "
+                    "note='the new owner redoes what was handled past the last commit'",
+                    ",".join(f"{p.label}@{pos}" for p, (pos, _) in refused), str(exc),
+                )  # fmt: skip
                 moved = [m for m in moved if m[0].key not in exc.lost]
             except ConnectionError as exc:
                 self._failures.inc()

@@ -7,6 +7,7 @@ import logging
 import time
 
 from worker.config import WorkerConfig
+from worker.runtime.signals import Signals
 from worker.runtime.worker import Worker
 
 log = logging.getLogger("worker")
@@ -33,7 +34,7 @@ def run(config: WorkerConfig) -> int:
     async def main() -> int:
         worker = Worker(config)
         tune_gc(config)
-        worker.install_signal_handlers()
+        Signals(worker.request_exit).install()
         return await worker.serve()
 
     started = time.monotonic()

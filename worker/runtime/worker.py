@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -29,16 +27,17 @@ from worker.observe.watchdog import CommitWatchdog, LoopMonitor
 from worker.partition.partition import Partition
 from worker.runtime.assignments import Assignments
 from worker.runtime.backpressure import Backpressure
-from worker.runtime.build import PartitionFactory, StepChain, make_invoker
+from worker.runtime.build import PartitionFactory, StepChain, make_invoker, warn_about_dropping
 from worker.runtime.committer import Committer
 from worker.runtime.tasks import TaskSupervisor
 from worker.sources import make_source
-from worker.sources.base import Source
+from worker.sources.base import Source, SourceFailed
 
 log = logging.getLogger("worker")
 
 FETCH_TIMEOUT_S = 0.2
 POLL_ERROR_BACKOFF_S = 1.0
+EXIT_SOURCE_FAILED = 1
 
 
 class Worker:
@@ -74,8 +73,9 @@ class Worker:
         self.endpoints: Endpoints | None = None
         self.should_exit = asyncio.Event()
         self.exit_code = 0
+        #: Why the source could not go on, if it could not.
+        self.failure: str | None = None
         self._started = False
-        self._signals = 0
 
     # -- lifecycle ----------------------------------------------------------------------
     async def serve(self) -> int:
@@ -96,7 +96,7 @@ class Worker:
             spawn(self.status.run_sampler(), "rate sampler")
         if self.destination is not None:
             await self.destination.start()
-        self._warn_about_dropping()
+        warn_about_dropping(self.config, self.destination)
         spawn(self.committer.run(), "committer")
         loop_lag = self.metrics.loop_lag.labels(self.source.name)
         warn_s = self.config.source.loop_delay_budget_s
@@ -114,6 +114,12 @@ class Worker:
         while not self.should_exit.is_set():
             try:
                 chunks = await source.fetch(FETCH_TIMEOUT_S)
+            except SourceFailed as exc:
+                log.error("event=source_failed error=%r note='stopping: partitions this "
+                          "worker cannot process must go to another'", str(exc))  # fmt: skip
+                self.failure = str(exc)
+                self.request_exit(EXIT_SOURCE_FAILED)
+                break
             except Exception as exc:  # the client retries internally; keep going
                 self.metrics.poll_errors.labels(source.name).inc()
                 log.warning("event=poll_failed error=%r", exc)
@@ -145,13 +151,6 @@ class Worker:
         self.exit_code = self.exit_code or code
         self.should_exit.set()
 
-    def _warn_about_dropping(self) -> None:
-        e = self.config.errors
-        if (e.maximum_retry_attempts >= 0 or e.maximum_record_age_s >= 0) and not self.destination:
-            log.warning("event=config_warning detail='retries or record age are limited and "
-                        "errors.on_failure is none: records that run out are dropped "
-                        "(counted in worker_records_dropped_total)'")  # fmt: skip
-
     # -- the read-only view ---------------------------------------------------------------
     def partition(self, key: Hashable) -> Partition | None:
         return self.assignments.get(key)
@@ -166,29 +165,10 @@ class Worker:
         return self.source.lag(key)
 
     def not_ready_reason(self) -> str | None:
-        if self.tasks.crashed:
-            return self.tasks.crashed
+        if self.tasks.crashed or self.failure:
+            return self.tasks.crashed or self.failure
         if self.should_exit.is_set():
             return "shutting down"
         if not self._started or not self.assignments.assigned_once:
             return "waiting for the first assignment"
         return None
-
-    # -- signals ----------------------------------------------------------------------------
-    def install_signal_handlers(self) -> None:
-        """First SIGTERM/SIGINT: drain and exit 0. Second: exit at once."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, self._on_signal, sig)
-            except (NotImplementedError, RuntimeError):  # not the main thread
-                return
-
-    def _on_signal(self, sig: signal.Signals) -> None:
-        self._signals += 1
-        if self._signals > 1:
-            log.warning("event=forced_exit signal=%s note='uncommitted work will be redone'",
-                        sig.name)  # fmt: skip
-            os._exit(130)
-        log.info("event=stop_requested signal=%s", sig.name)
-        self.should_exit.set()

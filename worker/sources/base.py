@@ -33,6 +33,14 @@ class SourceStartError(Exception):
     """The source could not start; the message says why in one line."""
 
 
+class SourceFailed(Exception):
+    """The source cannot go on (a rebalance callback failed, a lease cannot be renewed).
+
+    Raised from `fetch()`: the worker stops, turns not ready and exits 1, rather than
+    own partitions it no longer processes.
+    """
+
+
 class AssignmentListener(Protocol):
     async def on_assigned(self, partitions: Sequence[PartitionKey]) -> None: ...
 

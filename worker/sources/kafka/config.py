@@ -20,6 +20,11 @@ class KafkaSourceConfig(SourceSettings):
     session_timeout_ms: Annotated[int, Field(ge=1000, le=3_600_000)] = 10_000
     heartbeat_interval_ms: Annotated[int, Field(ge=100, le=60_000)] = 3_000
     max_poll_interval_ms: Annotated[int, Field(ge=1000, le=86_400_000)] = 300_000
+    #: How long the group coordinator waits for members to rejoin in a rebalance: the
+    #: time a member has to drain and commit its revoked partitions. Must cover
+    #: `runtime.rebalance_timeout_s` (else the broker gives partitions away while they
+    #: still drain); at most `max_poll_interval_ms`.
+    rebalance_timeout_ms: Annotated[int, Field(ge=1000, le=86_400_000)] = 30_000
     fetch_max_records: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
     fetch_max_bytes: Annotated[int, Field(ge=1024, le=INT32_MAX)] = 52_428_800
     max_partition_fetch_bytes: Annotated[int, Field(ge=1024, le=INT32_MAX)] = 2_097_152

@@ -17,7 +17,13 @@ from aiokafka.errors import (
 )
 
 from worker.observe.metrics import Metrics
-from worker.sources.base import AssignmentListener, OwnershipLost, SourceStartError, next_to_read
+from worker.sources.base import (
+    AssignmentListener,
+    OwnershipLost,
+    SourceFailed,
+    SourceStartError,
+    next_to_read,
+)
 from worker.sources.kafka.config import KafkaSourceConfig
 from worker.sources.kafka.record import TRAITS
 from worker.sources.kafka.security import (
@@ -46,15 +52,22 @@ class _RebalanceBridge(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         partitions = sorted(revoked)
-        if partitions:
-            await self._listener.on_revoked(partitions)
+        try:
+            if partitions:
+                await self._listener.on_revoked(partitions)
+        except Exception as exc:  # aiokafka would log it and go on with a half-revoke
+            self._source.fail("revoking", partitions, exc)
         self._source.forget(partitions)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         partitions = sorted(assigned)
         self._source.hold(partitions)
-        await self._source.prepare(partitions)
-        await self._listener.on_assigned(partitions)
+        try:
+            await self._source.prepare(partitions)
+            await self._listener.on_assigned(partitions)
+        except Exception as exc:  # else: owned, held, and never processed
+            self._source.fail("taking", partitions, exc)
+            return
         self._source.release(partitions)
 
 
@@ -67,6 +80,7 @@ class KafkaSource:
         self._committed: dict[TopicPartition, int] = {}
         #: Partitions the listener was told of; only their records are returned.
         self._announced: set[TopicPartition] = set()
+        self._failure: SourceFailed | None = None
         reset = "latest" if config.starting_position == "latest" else "earliest"
         self._consumer = AIOKafkaConsumer(
             **client_kwargs(config),
@@ -75,6 +89,7 @@ class KafkaSource:
             enable_auto_commit=False,
             auto_offset_reset=reset,
             session_timeout_ms=config.session_timeout_ms,
+            rebalance_timeout_ms=config.rebalance_timeout_ms,
             heartbeat_interval_ms=config.heartbeat_interval_ms,
             max_poll_interval_ms=config.max_poll_interval_ms,
             fetch_max_bytes=config.fetch_max_bytes,
@@ -110,6 +125,13 @@ class KafkaSource:
         for tp in partitions:
             self._committed.pop(tp, None)
             self._announced.discard(tp)
+
+    def fail(self, doing: str, partitions: Sequence[TopicPartition], exc: Exception) -> None:
+        """A rebalance callback failed: the next fetch says so, and the worker stops."""
+        names = ",".join(map(self.label, partitions))
+        self._failure = self._failure or SourceFailed(
+            f"kafka: {doing} partitions {names} failed: {type(exc).__name__}: {exc}"
+        )
 
     def hold(self, partitions: Sequence[TopicPartition]) -> None:
         """Assigned, but the listener does not have them yet: fetch none of their records."""
@@ -148,6 +170,8 @@ class KafkaSource:
             self._committed.update(await self._consumer.end_offsets(fresh))
 
     async def fetch(self, timeout_s: float) -> Mapping[TopicPartition, Sequence[Any]]:
+        if self._failure is not None:
+            raise self._failure
         chunks = await self._consumer.getmany(
             timeout_ms=int(timeout_s * 1000), max_records=self._config.fetch_max_records
         )
