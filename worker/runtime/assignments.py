@@ -18,6 +18,7 @@ from worker.observe.view import PartitionStats
 from worker.partition.partition import Partition
 from worker.runtime.backpressure import Backpressure
 from worker.runtime.committer import Committer
+from worker.runtime.deadline import Deadline, bounded
 from worker.runtime.tasks import TaskSupervisor
 from worker.sources.base import Source
 
@@ -77,27 +78,35 @@ class Assignments:
 
     async def on_revoked(self, keys: Sequence[Hashable]) -> None:
         self._m_rebalances.inc()
-        await self.release(keys, self._rebalance_timeout_s, reason="revoked")
+        await self.release(keys, Deadline(self._rebalance_timeout_s), reason="revoked")
         log.info("event=revoked partitions=%s", ",".join(map(self._source.label, keys)))
 
     # -- releasing ---------------------------------------------------------------------------
-    async def release_all(self, timeout_s: float) -> None:
-        await self.release(list(self._partitions), timeout_s, reason="shutdown")
+    async def release_all(self, deadline: Deadline) -> None:
+        await self.release(list(self._partitions), deadline, reason="shutdown")
 
-    async def release(self, keys: Sequence[Hashable], timeout_s: float, reason: str) -> None:
-        """Drain the partitions of `keys` within `timeout_s`, commit their finished work,
-        drop them."""
+    async def release(self, keys: Sequence[Hashable], deadline: Deadline, reason: str) -> None:
+        """Drain the partitions of `keys` and commit their finished work, both before the
+        deadline; drop them."""
         leaving = [p for k in keys if (p := self._partitions.pop(k, None)) is not None]
         if not leaving:
             return
         self._m_assigned.set(len(self._partitions))
-        await asyncio.gather(*(p.stop(timeout_s) for p in leaving))
-        if not await self._committer.commit_now(leaving):
-            log.warning("event=final_commit_failed reason=%s partitions=%s", reason,
-                        ",".join(p.label for p in leaving))  # fmt: skip
+        await asyncio.gather(*(p.stop(deadline.left()) for p in leaving))
+        committed = await bounded(self._commit(leaving), deadline.left(), "final_commit")
+        if not committed:
+            log.warning(
+                "event=final_commit_failed reason=%s partitions=%s note='work past these "
+                "committed positions will be redone'", reason,
+                ",".join(f"{p.label}@{p.stats().shown_committed}" for p in leaving),
+            )  # fmt: skip
         self._committer.forget(leaving)
         for p in leaving:
             p.forget()
+
+    async def _commit(self, partitions: list[Partition]) -> None:
+        if not await self._committer.commit_now(partitions):
+            raise ConnectionError("the source refused the commit")
 
     def _drained(self, partition: Partition) -> None:
         if self._partitions.get(partition.key) is partition:  # not released meanwhile

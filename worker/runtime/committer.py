@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 
 from worker.observe.metrics import Metrics
@@ -20,6 +21,10 @@ from worker.partition.partition import Partition
 from worker.sources.base import OwnershipLost, Source
 
 log = logging.getLogger("worker.committer")
+
+#: A commit not acknowledged in this long counts as failed and is tried again (the
+#: Kafka client retries internally for as long as the coordinator is unreachable).
+COMMIT_TIMEOUT_S = 10.0
 
 
 class Committer:
@@ -31,6 +36,7 @@ class Committer:
         self._dirty: set[Partition] = set()
         self._wanted = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._failing_since: float | None = None
 
     def notify(self, partition: Partition) -> None:
         self._dirty.add(partition)
@@ -56,7 +62,8 @@ class Committer:
             if not moved:
                 return True
             try:
-                await self._source.commit({p.key: position for p, (position, _) in moved})
+                async with asyncio.timeout(COMMIT_TIMEOUT_S):
+                    await self._source.commit({p.key: position for p, (position, _) in moved})
             except OwnershipLost as exc:
                 # Those partitions were taken away (a rebalance, a lost lease): their work
                 # past the last commit will be redone by the new owner. The others of the
@@ -69,11 +76,26 @@ class Committer:
                     ",".join(f"{p.label}@{pos}" for p, (pos, _) in refused), str(exc),
                 )  # fmt: skip
                 moved = [m for m in moved if m[0].key not in exc.lost]
-            except ConnectionError as exc:
-                self._failures.inc()
-                log.warning("event=commit_failed error=%r note='will retry'", str(exc))
+            except (ConnectionError, TimeoutError) as exc:
+                self._failed(exc, [p for p, _ in moved])
                 return False
+            if self._failing_since is not None:
+                log.info("event=commits_recovered after_s=%.1f",
+                         time.monotonic() - self._failing_since)  # fmt: skip
+                self._failing_since = None
             for p, (position, records) in moved:
                 p.mark_committed(position, records)
                 p.report_lag(self._source.lag(p.key))
             return True
+
+    def _failed(self, exc: Exception, partitions: list[Partition]) -> None:
+        """Count every failed commit; log the first of an outage, not every retry."""
+        self._failures.inc()
+        error = str(exc) or f"not acknowledged within {COMMIT_TIMEOUT_S:g}s"
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.warning("event=commit_failed error=%r partitions=%s note='retrying; logged "
+                        "once until commits recover'", error,
+                        ",".join(p.label for p in partitions))  # fmt: skip
+        else:
+            log.debug("event=commit_failed error=%r", error)

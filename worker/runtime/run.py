@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
 
 from worker.config import WorkerConfig
+from worker.runtime.deadline import Backstop
 from worker.runtime.signals import Signals
 from worker.runtime.worker import Worker
 
 log = logging.getLogger("worker")
+
+#: How long past its shutdown budget the daemon may take before the backstop ends it.
+BACKSTOP_GRACE_S = 1.0
 
 
 def tune_gc(config: WorkerConfig) -> None:
@@ -35,7 +40,16 @@ def run(config: WorkerConfig) -> int:
         worker = Worker(config)
         tune_gc(config)
         Signals(worker.request_exit).install()
-        return await worker.serve()
+        serving = asyncio.create_task(worker.serve(), name="worker")
+        await worker.should_exit.wait()
+        # Past the budget the daemon ends whatever the loop is doing (a broker outage, a
+        # wedged thread): an orchestrator would SIGKILL it soon after anyway.
+        backstop = Backstop(worker.shutdown_budget_s() + BACKSTOP_GRACE_S, lambda: worker.exit_code)
+        backstop.arm()
+        try:
+            return await serving
+        finally:
+            backstop.disarm()
 
     started = time.monotonic()
     code = uvloop.run(main())

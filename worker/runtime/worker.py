@@ -23,12 +23,13 @@ from worker.observe.health import Health
 from worker.observe.metrics import Metrics
 from worker.observe.status import Status, StatusInfo
 from worker.observe.view import PartitionStats
-from worker.observe.watchdog import CommitWatchdog, LoopMonitor
+from worker.observe.watchdog import EXIT_STALLED, CommitWatchdog, LoopMonitor
 from worker.partition.partition import Partition
 from worker.runtime.assignments import Assignments
 from worker.runtime.backpressure import Backpressure
 from worker.runtime.build import PartitionFactory, StepChain, make_invoker, warn_about_dropping
 from worker.runtime.committer import Committer
+from worker.runtime.deadline import Deadline, bounded
 from worker.runtime.tasks import TaskSupervisor
 from worker.sources import make_source
 from worker.sources.base import Source, SourceFailed
@@ -38,6 +39,8 @@ log = logging.getLogger("worker")
 FETCH_TIMEOUT_S = 0.2
 POLL_ERROR_BACKOFF_S = 1.0
 EXIT_SOURCE_FAILED = 1
+#: After the watchdog tripped, a batch in flight is wedged: do not wait for it.
+STALLED_SHUTDOWN_S = 1.0
 
 
 class Worker:
@@ -133,18 +136,27 @@ class Worker:
                 partition.report_lag(source.lag(key))
             backpressure.apply_budget(owned.partitions())
 
+    def shutdown_budget_s(self) -> float:
+        """SIGTERM: `shutdown_timeout_s`. The watchdog's exit: at once, the loop is stuck."""
+        if self.exit_code == EXIT_STALLED:
+            return STALLED_SHUTDOWN_S
+        return self.config.runtime.shutdown_timeout_s
+
     async def shutdown(self) -> None:
+        """Every step within what is left of the budget: drain, final commit, source,
+        destination; a step that runs out is logged and the next one still runs."""
         log.info("event=shutdown_started partitions=%d", len(self.assignments.partitions()))
         self.should_exit.set()
-        await self.assignments.release_all(self.config.runtime.shutdown_timeout_s)
+        deadline = Deadline(self.shutdown_budget_s())
+        await self.assignments.release_all(deadline)
         await self.tasks.cancel_all()
         if self._started:
-            await self.source.stop()
+            await bounded(self.source.stop(), deadline.left(), "source_stop")
         if self.destination is not None:
-            await self.destination.stop()
+            await bounded(self.destination.stop(), deadline.left(), "destination_stop")
         self.invoker.close()
         if self.endpoints is not None:
-            await self.endpoints.stop()
+            await bounded(self.endpoints.stop(), deadline.left(), "endpoints_stop")
         log.info("event=shutdown_complete exit_code=%d", self.exit_code)
 
     def request_exit(self, code: int = 0) -> None:

@@ -1,0 +1,102 @@
+"""Broker outages: the worker stops within its budget and says why; nothing is lost.
+
+The broker is a dedicated single-node KRaft cluster (so it can be killed and restarted
+with its data) started by the repo's script; the fault is SIGKILL of its process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scripts import kafka_broker
+from tests.integration.kafka_helpers import (
+    WorkerProcess,
+    committed_offsets,
+    create_topic,
+    end_offsets,
+    eventually,
+    produce_keyed,
+    read_handled,
+    unique,
+    wait_for_group_coordinator,
+    write_config,
+)
+
+pytestmark = pytest.mark.kafka
+PARTITIONS = 2
+SHUTDOWN_S = 5
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[kafka_broker.Cluster]:
+    cluster = kafka_broker.start_cluster(tmp_path / "kafka", nodes=1)
+    try:
+        asyncio.run(wait_for_group_coordinator(cluster.bootstrap))
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_sigterm_during_an_outage_exits_0_within_the_budget_and_a_restart_loses_nothing(
+    broker: kafka_broker.Cluster, tmp_path: Path
+):
+    """The first version waited for the coordinator in the final commit and the client's
+    close: SIGTERM during an outage ended the worker after a minute or never, and
+    aiokafka's CancelledError could end it with a traceback and exit 1."""
+    bootstrap, topic, group = broker.bootstrap, unique("outage"), unique("g")
+
+    async def setup() -> dict[int, int]:
+        await create_topic(bootstrap, topic, PARTITIONS)
+        await produce_keyed(bootstrap, topic, 400)
+        return await end_offsets(bootstrap, topic, PARTITIONS)
+
+    ends = asyncio.run(setup())
+    config = write_config(
+        tmp_path / "w.toml", bootstrap, topic, group,
+        runtime={"shutdown_timeout_s": SHUTDOWN_S, "log_format": "text"},
+    )  # fmt: skip
+    worker = WorkerProcess(config, tmp_path, extra_env={"RECORD_SLEEP_S": "1"})
+    try:
+        # Mid-run: the first batches are handled, later ones still in the handler.
+        eventually(lambda: sum(map(len, read_handled(tmp_path, worker.pid).values())) >= 100,
+                   what="first batches handled")  # fmt: skip
+        (node,) = broker.running()
+        broker.stop_node(node.node_id, kafka_broker.signal.SIGKILL)
+        worker.wait_for_log("event=commit_failed", timeout_s=30)  # once, for the outage
+        started = time.monotonic()
+        worker.terminate()
+        code = worker.wait(timeout_s=SHUTDOWN_S + 20)
+        took = time.monotonic() - started
+        log = worker.log()
+    finally:
+        worker.stop()
+    assert code == 0, log[-3000:]
+    assert took <= SHUTDOWN_S + 2, f"took {took:.1f}s"
+    assert "Traceback" not in log
+    assert "event=shutdown_complete" in log
+    assert "event=final_commit_failed" in log  # naming what the next owner redoes
+    assert log.count("event=commit_failed") == 1
+
+    # Broker back, a new worker: everything handled at least once, nothing lost.
+    broker.start_node(node.node_id)
+    asyncio.run(wait_for_group_coordinator(bootstrap))
+    asyncio.run(produce_keyed(bootstrap, topic, 100))
+    ends = asyncio.run(end_offsets(bootstrap, topic, PARTITIONS))
+    second = WorkerProcess(config, tmp_path)
+    try:
+        eventually(lambda: asyncio.run(committed_offsets(bootstrap, group, topic)) == ends,
+                   what="second run committed")  # fmt: skip
+        handled: dict[int, set[int]] = {}
+        for pid in (worker.pid, second.pid):
+            for p, offsets in read_handled(tmp_path, pid).items():
+                handled.setdefault(p, set()).update(offsets)
+        assert handled == {p: set(range(end)) for p, end in ends.items()}
+        second.terminate()
+        assert second.wait() == 0
+    finally:
+        second.stop()

@@ -1,0 +1,82 @@
+"""Time budgets for stopping: every step of a shutdown gets what is left, and no more.
+
+A broker outage must not turn SIGTERM into a wait without end: the final
+commit and the client's close both wait for a coordinator that may not come
+back, and an orchestrator then kills the worker at the end of its grace
+period anyway. `bounded` runs one step within what is left and reports a step
+that ran out; `Backstop` is the last resort of the daemon process: a thread
+that ends it a little after the budget, whatever the event loop is doing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("worker")
+
+#: Each step gets at least this long, even when the budget is spent: a last try.
+MIN_STEP_S = 0.5
+
+
+class Deadline:
+    def __init__(self, budget_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.at = clock() + budget_s
+
+    def left(self) -> float:
+        return max(self.at - self._clock(), 0.0)
+
+
+async def bounded(step: Awaitable[object], timeout_s: float, what: str) -> bool:
+    """Await `step` within `timeout_s` (at least MIN_STEP_S); False if it did not finish.
+
+    A step that fails is logged, not raised: the rest of the shutdown still runs. That
+    includes a CancelledError the step raises on its own (aiokafka's consumer re-raises
+    that of a fetch cancelled in its backoff); one aimed at us is passed on.
+    """
+    try:
+        async with asyncio.timeout(max(timeout_s, MIN_STEP_S)):
+            await step
+        return True
+    except TimeoutError:
+        log.warning("event=shutdown_step_timed_out step=%s timeout_s=%.1f", what, timeout_s)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("event=shutdown_step_failed step=%s error=CancelledError", what)
+    except Exception as exc:
+        log.warning("event=shutdown_step_failed step=%s error=%r", what, str(exc))
+    return False
+
+
+class Backstop:
+    """Ends the process `after_s` from now unless disarmed: for the daemon only."""
+
+    def __init__(self, after_s: float, exit_code: Callable[[], int]) -> None:
+        self._after_s = after_s
+        self._exit_code = exit_code
+        self._disarmed = threading.Event()
+
+    def arm(self) -> None:
+        threading.Thread(target=self._watch, name="shutdown-backstop", daemon=True).start()
+
+    def disarm(self) -> None:
+        self._disarmed.set()
+
+    def _watch(self) -> None:
+        if not self._disarmed.wait(self._after_s):
+            self._fire(self._after_s, self._exit_code)
+
+    @staticmethod
+    def _fire(after_s: float, exit_code: Callable[[], int]) -> None:
+        code = exit_code()
+        log.error("event=shutdown_deadline_exceeded after_s=%.1f exit_code=%d note='ending the "
+                  "process; uncommitted work will be redone'", after_s, code)  # fmt: skip
+        logging.shutdown()
+        os._exit(code)
