@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -166,6 +167,10 @@ class WorkerProcess:
     @property
     def metrics_port(self) -> int:
         return int(self.wait_for_log(r"metrics_port=(\d+)").group(1))
+
+    def metrics_text(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return urllib.request.urlopen(url, timeout=5).read().decode()
 
     def terminate(self) -> None:
         self.proc.send_signal(signal.SIGTERM)

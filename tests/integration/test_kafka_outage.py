@@ -100,3 +100,73 @@ def test_sigterm_during_an_outage_exits_0_within_the_budget_and_a_restart_loses_
         assert second.wait() == 0
     finally:
         second.stop()
+
+
+def test_an_outage_is_logged_once_counted_and_its_end_logged_with_its_duration(
+    broker: kafka_broker.Cluster, tmp_path: Path
+):
+    """The first version logged nothing of its own through a 12 s outage and counted no
+    failed commit (the client retries internally): all evidence was the client's flood."""
+    bootstrap, topic, group = broker.bootstrap, unique("outage"), unique("g")
+    asyncio.run(create_topic(bootstrap, topic, PARTITIONS))
+    config = write_config(tmp_path / "w.toml", bootstrap, topic, group)
+    started = tmp_path / "started"
+    worker = WorkerProcess(
+        config, tmp_path, extra_env={"RECORD_SLEEP_S": "2", "RECORD_STARTED": str(started)}
+    )
+    try:  # fmt: skip
+        worker.wait_for_log("event=assigned", timeout_s=60)
+        asyncio.run(produce_keyed(bootstrap, topic, 50))
+        eventually(started.exists, what="a batch inside the handler")
+        (node,) = broker.running()
+        broker.stop_node(node.node_id, kafka_broker.signal.SIGKILL)
+        killed = time.monotonic()
+        # Handled while the broker is away: its commit cannot be acknowledged.
+        worker.wait_for_log("event=commit_failed", timeout_s=30)
+        time.sleep(max(12 - (time.monotonic() - killed), 0))  # the outage lasts 12 s
+        broker.start_node(node.node_id)
+        match = worker.wait_for_log(r"event=commits_recovered after_s=([\d.]+)", timeout_s=90)
+        assert float(match.group(1)) > 0
+        log = worker.log()
+        assert log.count("event=commit_failed") == 1
+        failures = [
+            line for line in worker.metrics_text().splitlines()
+            if line.startswith('worker_commit_failures_total{source="kafka"}')
+        ]  # fmt: skip
+        assert failures and float(failures[0].split()[-1]) >= 1
+        worker.terminate()
+        assert worker.wait() == 0
+    finally:
+        worker.stop()
+
+
+def test_the_watchdog_exit_takes_under_2s_while_the_coordinator_is_unreachable(
+    broker: kafka_broker.Cluster, tmp_path: Path
+):
+    """The first version only set a flag when the watchdog tripped, then waited in the
+    shutdown for a coordinator that was gone: exit came a minute later."""
+    bootstrap, topic, group = broker.bootstrap, unique("stall"), unique("g")
+    asyncio.run(create_topic(bootstrap, topic, PARTITIONS))
+    config = write_config(
+        tmp_path / "w.toml", bootstrap, topic, group,
+        handler={"target": "recording_handler:handle", "timeout_s": 3600},
+        runtime={"stall_timeout_s": 4, "log_format": "text"},
+    )  # fmt: skip
+    started = tmp_path / "started"
+    worker = WorkerProcess(
+        config, tmp_path, extra_env={"RECORD_SLEEP_S": "3600", "RECORD_STARTED": str(started)}
+    )
+    try:  # fmt: skip
+        worker.wait_for_log("event=assigned", timeout_s=60)
+        asyncio.run(produce_keyed(bootstrap, topic, 20))
+        eventually(started.exists, what="a batch inside the handler")
+        (node,) = broker.running()
+        broker.stop_node(node.node_id, kafka_broker.signal.SIGKILL)
+        worker.wait_for_log("event=commits_stalled", timeout_s=60)
+        tripped = time.monotonic()
+        code = worker.wait(timeout_s=30)
+        took = time.monotonic() - tripped
+    finally:
+        worker.stop()
+    assert code == 3
+    assert took < 2.0 + 0.5, f"exit {took:.1f}s after the trip"  # 0.5 s: log polling
