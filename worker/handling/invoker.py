@@ -18,7 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.config import HandlerConfig
-from worker.handling.handler import HandlerLoadError, call_sync, is_coroutine_callable
+from worker.handling.handler import (
+    HandlerLoadError,
+    call_sync,
+    is_coroutine_callable,
+    materialise,
+)
 from worker.handling.process_pool import ProcessPool
 
 log = logging.getLogger("worker.invoker")
@@ -72,7 +77,7 @@ class Invoker:
                 if self._processes is not None:
                     result = await self._processes.run(*args)
                 elif self._pool is None:
-                    result = await self._fn(*args)
+                    result = materialise(await self._fn(*args))
                 else:
                     loop = asyncio.get_running_loop()
                     result = await loop.run_in_executor(self._pool, call_sync, self._fn, *args)

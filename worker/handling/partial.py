@@ -4,19 +4,44 @@ Native handlers return the failed records themselves or their offsets
 (sequence numbers on Kinesis); `None` or an empty collection means all
 succeeded. Lambda-style responses are turned into positions by the Lambda
 adapter and read here too. As in Lambda, an identifier that is null, empty,
-of the wrong kind or not in the batch makes the whole invocation a failure.
+of the wrong kind or not in the batch makes the whole invocation a failure,
+and so does a response that cannot even be read (an iterable that raises, an
+unhashable item): the parsers raise only `InvalidResponse`, so odd output goes
+the failure path and never ends a lane.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+Parser = Callable[[Any, Sequence[Any]], "list[int] | None"]
 
 
 class InvalidResponse(Exception):
     """The handler's partial response names something that is not a record of the batch."""
 
 
+def total(parse: Parser) -> Parser:
+    """`parse`, raising nothing but InvalidResponse: whatever the handler returned, reading
+    it cannot raise past the failure policy (a TypeError there used to end the lane)."""
+
+    @functools.wraps(parse)
+    def parse_totally(result: Any, records: Sequence[Any]) -> list[int] | None:
+        try:
+            return parse(result, records)
+        except InvalidResponse:
+            raise
+        except Exception as exc:
+            raise InvalidResponse(
+                f"the response cannot be read: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    return parse_totally
+
+
+@total
 def failed_indexes(result: Any, records: Sequence[Any]) -> list[int] | None:
     """Sorted indexes of the failed records, or None when every record succeeded."""
     if result is None:

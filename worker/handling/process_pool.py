@@ -28,6 +28,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
+from worker.handling.handler import call_sync
 from worker.records import Batch
 from worker.sources.base import RecordTraits
 
@@ -71,7 +72,7 @@ def _init(spec: ChildSpec, traits: RecordTraits, cwd: str) -> None:
 
 def _run(packed: Packed) -> Any:
     assert _handler is not None and _traits is not None, "the pool initializer did not run"
-    result = _handler(unpack(packed, _traits))
+    result = call_sync(_handler, unpack(packed, _traits))
     if isinstance(result, list | tuple | set) and not isinstance(result, str | bytes):
         # Records do not travel back; their positions identify them just as well.
         return [getattr(item, "position", item) for item in result]

@@ -47,16 +47,6 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _judge_state(outcome: Outcome, records: Sequence[Record]) -> tuple[Failure | None, None]:
-    """A window invocation succeeds only by returning `{"state": {...}}`."""
-    if not outcome.ok:
-        return outcome_failure(outcome), None
-    result = outcome.result
-    if isinstance(result, dict) and isinstance(result.get("state"), dict):
-        return None, None
-    return Failure("InvalidResponse", f"must return {{'state': ...}}: {result!r}"), None
-
-
 class TumblingWindows:
     """The window step of one partition (the last of its chain, in place of the policy)."""
 
@@ -75,12 +65,34 @@ class TumblingWindows:
         self._grace_ms = int(grace_s * 1000)
         self._ts = record_timestamp_ms
         self._clock = clock
-        self._invoke_mode = Mode(_judge_state, bisect=False, check_age=False)
+        self._invoke_mode = Mode(self._judge_state, bisect=False, check_age=False)
         self._final_mode = replace(self._invoke_mode, may_give_up=False)
         self.start_ms: int | None = None
         self.state: dict[str, Any] = {}
         self._pending: list[int] = []  # batch ends waiting for the window's final invoke
         self._ready: list[int] = []  # batch ends whose window closed: committable
+        self._state_json = b"{}"  # the last accepted state, as JSON
+
+    def _judge_state(
+        self, outcome: Outcome, records: Sequence[Record]
+    ) -> tuple[Failure | None, None]:
+        """A window invocation succeeds only by returning `{"state": {...}}` that is JSON.
+
+        The state is kept as Lambda keeps it, as JSON: a set, bytes or another object
+        JSON cannot hold fails the invocation (the failure path, never the lane), and the
+        next invocation gets the state decoded again (keys JSON writes as strings, as
+        strings).
+        """
+        if not outcome.ok:
+            return outcome_failure(outcome), None
+        result = outcome.result
+        if not (isinstance(result, dict) and isinstance(result.get("state"), dict)):
+            return Failure("InvalidResponse", f"must return {{'state': ...}}: {result!r}"), None
+        try:
+            self._state_json = orjson.dumps(result["state"], option=orjson.OPT_NON_STR_KEYS)
+        except TypeError as exc:
+            return Failure("InvalidResponse", f"the state is not JSON: {exc}"), None
+        return None, None
 
     @property
     def end_ms(self) -> int:
@@ -144,8 +156,8 @@ class TumblingWindows:
         result = await self._policy.resolve(batch, mode)
         if final or result is None:  # a final invoke's state is dropped; given up: kept
             return
-        self.state = result["state"]
-        if len(orjson.dumps(self.state)) > MAX_STATE_BYTES:
+        self.state = orjson.loads(self._state_json)
+        if len(self._state_json) > MAX_STATE_BYTES:
             log.warning(
                 "event=window_terminated_early partition=%s reason=state_over_1MB",
                 self._ctx.label,
