@@ -50,6 +50,13 @@ class Outcome:
         return "".join(traceback.format_exception(self.error))
 
 
+def _cancelled_by_us() -> bool:
+    """True if this task was asked to stop (a partition stopping, shutdown), so a
+    CancelledError must travel on; False if the handler raised one of its own."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
 class Invoker:
     def __init__(
         self, fn: Callable[..., Any], config: HandlerConfig, processes: ProcessPool | None = None
@@ -81,8 +88,14 @@ class Invoker:
                 else:
                     loop = asyncio.get_running_loop()
                     result = await loop.run_in_executor(self._pool, call_sync, self._fn, *args)
-        except Exception as exc:
-            # A TimeoutError the handler raised itself is an ordinary error.
+        except asyncio.CancelledError as exc:
+            if _cancelled_by_us():
+                raise
+            return Outcome(False, time.perf_counter() - start, error=exc)
+        except BaseException as exc:
+            # The handler's SystemExit, KeyboardInterrupt or other BaseException fails its
+            # batch: `sys.exit(0)` in a handler is not the worker's exit. A TimeoutError the
+            # handler raised itself is an ordinary error.
             timed_out = deadline.expired()
             return Outcome(False, time.perf_counter() - start, error=exc, timed_out=timed_out)
         return Outcome(True, time.perf_counter() - start, result=result)
