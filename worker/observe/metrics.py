@@ -144,6 +144,19 @@ class Metrics:
             "worker_partition_paused",
             "1 while the partition is paused because its buffer is full.",
         )
+        self.handler_overruns = Counter(
+            "worker_handler_overruns",
+            "Handler calls still running past handler.timeout_s (threads cannot be stopped): "
+            "the partition waits for each to return before its next call.",
+            _P,
+            registry=r,
+        )
+        self.handler_overrunning = Gauge(
+            "worker_handler_overrunning_calls",
+            "Handler calls running past their timeout now.",
+            ("source",),
+            registry=r,
+        )
         self.inflight_batches = Gauge(
             "worker_inflight_batches", "Batches being handled now.", ("source",), registry=r
         )
