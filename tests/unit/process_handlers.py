@@ -34,3 +34,31 @@ def echo_event(event, context):
     """Lambda style: hand back the event this process built (with a live context)."""
     assert context.get_remaining_time_in_millis() > 0
     return event
+
+
+def hang_first_call(batch):
+    """The first call (per RESULT_DIR) hangs far past any timeout; later ones check it is gone."""
+    directory = os.environ["RESULT_DIR"]
+    first = os.path.join(directory, "first.pid")
+    calls = os.path.join(directory, "calls")
+    if not os.path.exists(first):
+        with open(first, "w") as fh:
+            fh.write(str(os.getpid()))
+        with open(calls, "a") as fh:
+            fh.write(f"enter {os.getpid()} first\n")
+        import time
+
+        time.sleep(120)
+        with open(calls, "a") as fh:  # never reached: the process is killed
+            fh.write(f"exit {os.getpid()} first\n")
+        return None
+    with open(first) as fh:
+        first_pid = int(fh.read())
+    alive = os.path.exists(f"/proc/{first_pid}")
+    with open(calls, "a") as fh:
+        fh.write(f"enter {os.getpid()} first_alive={alive} offsets={batch.records[0].offset}\n")
+    return None
+
+
+def echo_pid(batch):
+    return os.getpid()

@@ -147,3 +147,39 @@ async def test_filtered_records_are_committed_and_counted_but_never_invoked():
         filtered = w.metrics.records_filtered.labels("memory", "t-0")._value.get()
     assert seen == [0, 3, 6, 9]
     assert filtered == 7
+
+
+@pytest.mark.parametrize(
+    ("raw", "pattern"),
+    [
+        (b'{"t": 1e400}', {"value": {"t": [{"exists": True}]}}),  # past a double's range
+        (b'{"s": "\\ud800", "k": "x"}', {"value": {"k": ["x"]}}),  # an escaped lone surrogate
+        (b'\xef\xbb\xbf{"k": "x"}', {"value": {"k": ["x"]}}),  # a UTF-8 byte order mark
+    ],
+)
+def test_json_that_orjson_refuses_still_matches_a_value_pattern(raw, pattern):
+    assert matches(pattern, raw)
+
+
+@pytest.mark.parametrize("raw", [b"NaN", b'{"t": NaN}', b"not json", b'{"k": "x"'])
+def test_what_is_not_json_still_never_matches(raw):
+    assert not matches({"value": {"t": [{"exists": False}]}}, raw)
+
+
+def test_an_integer_past_64_bits_in_a_pattern_matches_exactly():
+    big = 123456789012345678901234567890
+    pattern = {"value": {"n": [big]}}
+    assert matches(pattern, b'{"n": 123456789012345678901234567890}')
+    assert not matches(pattern, b'{"n": 123456789012345678901234567891}')
+    assert not matches(pattern, b'{"n": 1.2345678901234568e+29}')
+
+
+@pytest.mark.parametrize("depth", [65, 3000])
+def test_a_pattern_nested_too_deep_is_a_pattern_error(depth):
+    text = '{"a":' * depth + "[1]" + "}" * depth
+    with pytest.raises(PatternError, match="levels"):
+        compile_pattern(text)
+
+
+def test_a_pattern_nested_within_the_limit_compiles():
+    compile_pattern('{"a":' * 60 + "[1]" + "}" * 60)

@@ -121,3 +121,16 @@ def test_context_gives_each_invoke_a_request_id_and_a_deadline_from_the_timeout(
     assert a.log_group_name == "/aws/lambda/iot" and "[$LATEST]" in a.log_stream_name
     assert a.memory_limit_in_mb == "1024"
     assert 29_000 < a.get_remaining_time_in_millis() <= 30_000
+
+
+def test_null_and_empty_header_values_keep_aws_shape_in_events_and_stay_apart_elsewhere():
+    """AWS documents header values only as byte lists: null and empty are both [] in the
+    event; a native handler and the dead-letter document still tell them apart."""
+    from worker.destinations.base import FailureEvent
+    from worker.destinations.file import event_document
+
+    record = MemoryRecord("t", 0, 0, None, b"v", 1, (("null", None), ("empty", b"")))
+    (event_record,) = kafka_event([record], ["b:9092"])["records"]["t-0"]
+    assert event_record["headers"] == [{"null": []}, {"empty": []}]
+    document = event_document(FailureEvent("RetryAttemptsExhausted", "kafka", "t-0", [record], 1))
+    assert document["records"][0]["headers"] == [["null", None], ["empty", ""]]

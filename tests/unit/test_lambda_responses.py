@@ -56,3 +56,17 @@ def test_kinesis_identifiers_are_sequence_numbers():
     for bad in ("400", "", None, 300):
         with pytest.raises(InvalidResponse):
             kinesis_failed_indexes(kafka(bad), records)
+
+
+def test_a_native_kinesis_response_may_name_sequence_numbers_as_strings():
+    from worker.handling.partial import InvalidResponse, failed_indexes
+    from worker.sources.kinesis.record import KinesisRecord
+
+    base = 49590338271490256608559692538361571095921575989136588898
+    records = [KinesisRecord("s", "shardId-0", b"k", b"v", str(base + i), 0) for i in range(4)]
+    assert failed_indexes([str(base + 2), str(base + 1)], records) == [1, 2]
+    assert failed_indexes([base + 3, records[0]], records) == [0, 3]  # ints and records too
+    with pytest.raises(InvalidResponse):
+        failed_indexes([str(base + 9)], records)
+    with pytest.raises(InvalidResponse):  # a Kafka record has no sequence number
+        failed_indexes(["0"], make_batch([b"1"]).records)

@@ -165,3 +165,32 @@ async def test_windows_work_with_handler_processes():
             "worker_records_failed_total", {"source": "memory", "partition": "telemetry-0"}
         )
     assert not failed
+
+
+async def test_a_far_future_record_is_windowed_as_now_and_the_partition_moves_on():
+    """A record stamped a day ahead used to open a window a day ahead: every later record
+    joined it (late data) and nothing was committed until the wall clock caught up."""
+    broker = MemoryBroker()
+    broker.create_topic("t", 1)
+    now_ms = int(time.time() * 1000)
+    for ts in (now_ms - 10_000, now_ms + 86_400_000, now_ms - 9_000, now_ms - 8_000):
+        broker.produce("t", b"{}", partition=0, timestamp_ms=ts)
+    windows: dict[int, str] = {}
+
+    def handler(event, context):
+        for records in event["records"].values():
+            for r in records:
+                windows[r["offset"]] = event["window"]["start"]
+        return {"state": {}}
+
+    settings = {
+        "batching": {"tumbling_window_s": 1, "batch_size": 10},
+        "handler": {"style": "lambda"},
+    }
+    async with running_worker(handler, broker, ["t"], settings) as w:
+        await wait_until(lambda: fully_committed(broker, "test", ["t"]), timeout_s=15)
+        early = w.metrics.window_early_records.labels("memory", "t-0")._value.get()
+    assert early == 1
+    assert sorted(windows) == [0, 1, 2, 3]  # nothing lost
+    start = datetime.strptime(windows[1], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert abs(start.timestamp() - now_ms / 1000) < 10  # its window is now, not a day ahead

@@ -12,6 +12,19 @@ RETRY_ATTEMPTS_EXHAUSTED = "RetryAttemptsExhausted"
 RECORD_AGE_EXCEEDED = "RecordAgeExceeded"
 
 
+def utf8_safe(text: str) -> str:
+    """`text`, with what UTF-8 cannot encode (lone surrogates) written as `\\udcff` escapes.
+
+    Error messages come from handler code and may hold lone surrogates (from a
+    `surrogateescape` decode, say); every destination must still be able to write them.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 class DestinationError(Exception):
     """The destination did not acknowledge the write; nothing may be committed past it."""
 
@@ -29,6 +42,12 @@ class FailureEvent:
     error_message: str = ""
     traceback: str = ""
     failed_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    def __post_init__(self) -> None:
+        # Once per failure event, so no destination meets text it cannot encode.
+        self.error_type = utf8_safe(self.error_type)
+        self.error_message = utf8_safe(self.error_message)
+        self.traceback = utf8_safe(self.traceback)
 
 
 class Destination(Protocol):

@@ -61,7 +61,10 @@ class FileDestination:
             raise DestinationError(f"errors.on_failure {self.name}: no directory {directory}")
 
     async def send(self, event: FailureEvent) -> None:
-        line = orjson.dumps(event_document(event)) + b"\n"
+        try:
+            line = orjson.dumps(event_document(event)) + b"\n"
+        except TypeError as exc:  # nothing a handler wrote reaches here (base.utf8_safe)
+            raise DestinationError(f"{self.name}: cannot write the event as JSON: {exc}") from exc
         try:
             await asyncio.to_thread(self._append, line)
         except OSError as exc:

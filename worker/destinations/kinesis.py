@@ -2,11 +2,13 @@
 
 Kinesis records have no headers, so each record goes as a JSON envelope: the
 condition, source, partition, position, timestamp, attempts, error, and the
-original key and data (base64), under the original partition key (so one
+original key, data and headers (`[[name, value]]`, values base64, as `file://`
+writes them), under the original partition key (so one
 key's failures stay in order). PutRecords calls respect AWS's limits, which
 emulators do not enforce: at most 500 entries and 5 MiB per call, 1 MiB per
 entry. Entries the call reports failed (throttling) are retried with backoff
-until `on_failure_timeout_s`; only then is the write a failure.
+until `on_failure_timeout_s`; only then is the write a failure. Any botocore
+error (an unreachable endpoint too) is a failed write, which the partition retries.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import orjson
 from aiobotocore.session import get_session
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.backoff import Backoff
 from worker.destinations.base import DestinationError, FailureEvent
@@ -44,6 +46,7 @@ def entries(event: FailureEvent) -> list[dict[str, Any]]:
             "error": {"type": event.error_type, "message": event.error_message[:1000]},
             "key": b64(r.key),
             "data": b64(r.value),
+            "headers": [[name, b64(value)] for name, value in r.headers],
         }
         data = orjson.dumps(envelope)
         if len(data) + len(key.encode()) > MAX_ENTRY_BYTES:
@@ -95,8 +98,10 @@ class KinesisDestination:
                     await self._put(call)
         except TimeoutError as exc:
             raise DestinationError(f"{self.name}: not acknowledged in time") from exc
-        except ClientError as exc:
-            raise DestinationError(f"{self.name}: {exc}") from exc
+        except (ClientError, BotoCoreError) as exc:
+            # BotoCoreError: unreachable endpoint, connection reset, read timeout, missing
+            # credentials: the partition waits and retries, as for any destination outage.
+            raise DestinationError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
 
     async def _put(self, call: list[dict[str, Any]]) -> None:
         attempt = 0

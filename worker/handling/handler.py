@@ -10,7 +10,7 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -45,6 +45,18 @@ def is_coroutine_callable(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
 
 
+def materialise(result: Any) -> Any:
+    """A returned iterator (a generator, `map`, ...) read to a list, where the handler runs.
+
+    Reading it runs handler code: an error it raises is the handler's error (its
+    invocation failed), and a slow one is bounded by the handler's timeout, not run
+    later on the event loop by whoever reads the response.
+    """
+    if isinstance(result, Iterator) and not isinstance(result, str | bytes | dict):
+        return list(result)
+    return result
+
+
 def call_sync(fn: Callable[..., Any], *args: Any) -> Any:
     result = fn(*args)
     if inspect.isawaitable(result):
@@ -52,4 +64,4 @@ def call_sync(fn: Callable[..., Any], *args: Any) -> Any:
         if inspect.iscoroutine(result):
             result.close()
         raise TypeError("the handler returned an awaitable; declare it `async def`")
-    return result
+    return materialise(result)

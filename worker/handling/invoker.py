@@ -1,14 +1,18 @@
 """Calls the user's handler with one batch, bounded by `handler.timeout_s`.
 
 Coroutine functions run on the event loop; plain functions run in a thread
-pool so that they never block the loop (aiokafka's heartbeats run on it). A
-timed-out coroutine is cancelled; a timed-out thread cannot be killed, so it
-runs on but its result is ignored and the batch counts as failed.
+pool so that they never block the loop (aiokafka's heartbeats run on it), or
+with `concurrency = "process"` in a pool of handler processes. A timed-out
+coroutine is cancelled. A timed-out handler process is killed and replaced,
+so the call really ends. A timed-out thread cannot be stopped: the batch
+fails and the thread runs on, and the partition's next call waits until it
+has returned (`overruns`), so two calls of one partition never overlap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 import traceback
@@ -18,8 +22,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.config import HandlerConfig
-from worker.handling.handler import HandlerLoadError, call_sync, is_coroutine_callable
-from worker.handling.process_pool import ProcessPool
+from worker.handling.handler import (
+    HandlerLoadError,
+    call_sync,
+    is_coroutine_callable,
+    materialise,
+)
+from worker.handling.overruns import Overruns
+from worker.handling.process_pool import CallTimedOut, ProcessPool
+from worker.observe.metrics import Metrics
+from worker.records import Batch
 
 log = logging.getLogger("worker.invoker")
 
@@ -45,40 +57,99 @@ class Outcome:
         return "".join(traceback.format_exception(self.error))
 
 
+def _cancelled_by_us() -> bool:
+    """True if this task was asked to stop (a partition stopping, shutdown), so a
+    CancelledError must travel on; False if the handler raised one of its own."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
 class Invoker:
     def __init__(
-        self, fn: Callable[..., Any], config: HandlerConfig, processes: ProcessPool | None = None
+        self,
+        fn: Callable[..., Any],
+        config: HandlerConfig,
+        processes: ProcessPool | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._fn = fn
         self._timeout_s = config.timeout_s
         self.is_async = is_coroutine_callable(fn)
         self._processes = processes
         self._pool: ThreadPoolExecutor | None = None
+        self._overruns: Overruns | None = None
         if processes is not None:
             if self.is_async:
                 raise HandlerLoadError(
                     "handler.concurrency = 'process' needs a plain (not async) handler function"
                 )
+            # A process past its timeout is killed before its call ends: no spare needed.
+            self._overruns = Overruns(processes.size, 0, metrics)
         elif not self.is_async:
-            self._pool = ThreadPoolExecutor(config.threads, thread_name_prefix="handler")
+            # As many spare threads as slots: overrunning threads leave the slots alone.
+            threads = config.threads
+            self._pool = ThreadPoolExecutor(2 * threads, thread_name_prefix="handler")
+            self._overruns = Overruns(threads, threads, metrics)
             if config.concurrency == "async":
                 log.info("handler is a plain function: running it in a thread pool")
 
-    async def invoke(self, *args: Any) -> Outcome:
+    @property
+    def overruns(self) -> Overruns | None:
+        """Calls past their timeout (thread and process modes), for tests and status."""
+        return self._overruns
+
+    async def invoke(self, batch: Batch) -> Outcome:
+        if self._overruns is None:
+            start = time.perf_counter()
+            return await self._call(start, self._call_async(batch))
+        return await self._call_in_pool(batch)
+
+    async def _call_in_pool(self, batch: Batch) -> Outcome:
+        overruns = self._overruns
+        assert overruns is not None
+        await overruns.wait(batch.partition)
+        await overruns.take_slot()  # before the clock starts: a queue is not the handler's time
         start = time.perf_counter()
-        deadline = asyncio.timeout(self._timeout_s)
+        try:
+            if self._processes is not None:
+                call = self._processes.submit(batch, self._timeout_s)
+            else:
+                assert self._pool is not None
+                call = self._pool.submit(call_sync, self._fn, batch)
+        except Exception as exc:  # the pool is shut down, or could not be replaced
+            overruns.give_back()
+            return Outcome(False, time.perf_counter() - start, error=exc)
+        outcome = None
+        try:
+            outcome = await self._call(start, self._result(call, batch.partition))
+            return outcome
+        finally:
+            reason = "timeout" if outcome is not None and outcome.timed_out else "cancelled"
+            overruns.settle(batch.source, batch.partition, call, reason)
+
+    async def _call_async(self, batch: Batch) -> Any:
+        return materialise(await self._fn(batch))
+
+    async def _result(self, call: concurrent.futures.Future[Any], partition: str) -> Any:
+        processes = self._processes
+        if processes is None:
+            return await asyncio.wrap_future(call)
+        return await processes.wait(call, partition)  # cancelled: pebble kills the child
+
+    async def _call(self, start: float, awaitable: Any) -> Outcome:
+        deadline = asyncio.timeout(self._timeout_s if self._processes is None else None)
         try:
             async with deadline:
-                if self._processes is not None:
-                    result = await self._processes.run(*args)
-                elif self._pool is None:
-                    result = await self._fn(*args)
-                else:
-                    loop = asyncio.get_running_loop()
-                    result = await loop.run_in_executor(self._pool, call_sync, self._fn, *args)
-        except Exception as exc:
-            # A TimeoutError the handler raised itself is an ordinary error.
-            timed_out = deadline.expired()
+                result = await awaitable
+        except asyncio.CancelledError as exc:
+            if _cancelled_by_us():
+                raise
+            return Outcome(False, time.perf_counter() - start, error=exc)
+        except BaseException as exc:
+            # The handler's SystemExit, KeyboardInterrupt or other BaseException fails its
+            # batch: `sys.exit(0)` in a handler is not the worker's exit. A TimeoutError the
+            # handler raised itself is an ordinary error.
+            timed_out = deadline.expired() or isinstance(exc, CallTimedOut)
             return Outcome(False, time.perf_counter() - start, error=exc, timed_out=timed_out)
         return Outcome(True, time.perf_counter() - start, result=result)
 

@@ -9,10 +9,15 @@ timestamp type, Kinesis's shard id). The child builds its handler with the
 `ChildSpec` the runtime gives (a module-level factory and its arguments,
 pickled by reference), so this module knows nothing of Lambda or of any
 source. The parent loads the handler first, so an import error fails the
-start with a clear message. A child that dies (segfault, os._exit, OOM kill)
-breaks the pool: the batch in flight fails into the normal retry path, the
-error says so, and a new pool replaces the broken one. A timed-out batch
-cannot be taken from its child: it runs on, and its result is ignored.
+start with a clear message.
+
+The pool is pebble's, which can end one child: a call past `handler.timeout_s`
+has its child killed (SIGTERM, then SIGKILL) and replaced, and its future ends
+only once the child is gone, so a timed-out call never runs on beside the
+retry. A child that dies (segfault, os._exit, OOM kill) fails only the batch it
+held; the error says so and pebble starts a new child. Whatever the handler
+raises (SystemExit too) travels back as a value, so an error from the future
+itself is always the pool's: a timeout, a dead child, a broken pool (replaced).
 """
 
 from __future__ import annotations
@@ -22,12 +27,17 @@ import logging
 import multiprocessing
 import os
 import sys
+import traceback
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
+from pebble import ProcessExpired
+from pebble import ProcessPool as PebblePool
+
+from worker.handling.handler import call_sync
 from worker.records import Batch
 from worker.sources.base import RecordTraits
 
@@ -41,6 +51,17 @@ _traits: RecordTraits | None = None
 
 class HandlerProcessDied(Exception):
     """A handler process died while it held the batch."""
+
+
+class CallTimedOut(TimeoutError):
+    """The call ran past `handler.timeout_s`; its process was killed and replaced."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an error raised in a handler process, as its text."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,49 +90,101 @@ def _init(spec: ChildSpec, traits: RecordTraits, cwd: str) -> None:
     _traits = traits
 
 
-def _run(packed: Packed) -> Any:
+def _run(packed: Packed) -> tuple[bool, Any, str]:
+    """In a child: (True, result, "") or (False, error, its traceback)."""
     assert _handler is not None and _traits is not None, "the pool initializer did not run"
-    result = _handler(unpack(packed, _traits))
+    try:
+        result = call_sync(_handler, unpack(packed, _traits))
+    except BaseException as exc:  # SystemExit too: the handler's, not the child's, exit
+        return False, exc, traceback.format_exc()
     if isinstance(result, list | tuple | set) and not isinstance(result, str | bytes):
         # Records do not travel back; their positions identify them just as well.
-        return [getattr(item, "position", item) for item in result]
-    return result
+        return True, [getattr(item, "position", item) for item in result], ""
+    return True, result, ""
 
 
 class ProcessPool:
     def __init__(self, spec: ChildSpec, traits: RecordTraits, processes: int) -> None:
         self._initargs = (spec, traits, os.getcwd())
         self._traits = traits
-        self._processes = processes
+        self.size = processes
         self._pool = self._new_pool()
 
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=self._processes,
-            mp_context=multiprocessing.get_context("spawn"),
+    def _new_pool(self) -> PebblePool:
+        return PebblePool(
+            max_workers=self.size,
             initializer=_init,
             initargs=self._initargs,
+            context=multiprocessing.get_context("spawn"),
         )
 
-    async def run(self, batch: Batch) -> Any:
-        pool = self._pool
-        loop = asyncio.get_running_loop()
+    async def run(self, batch: Batch, timeout_s: float | None = None) -> Any:
+        """One call, awaited: its result, or the handler's error (the invoker uses `submit`)."""
+        return await self.wait(self.submit(batch, timeout_s), batch.partition)
+
+    async def wait(self, call: Future[Any], partition: str) -> Any:
+        """The call's result, or the handler's error, or the pool's (timeout, dead child)."""
         try:
-            return await loop.run_in_executor(pool, _run, pack(batch, self._traits))
-        except BrokenProcessPool as exc:
-            if self._pool is pool:  # the first to notice replaces it
-                log.error(
-                    "event=handler_process_died partition=%s note='batch fails and is retried; "
-                    "the process pool is replaced'",
-                    batch.partition,
-                )
-                self._pool = self._new_pool()
-                pool.shutdown(wait=False, cancel_futures=True)
-            raise HandlerProcessDied(f"a handler process died: {exc}") from None
+            value = await asyncio.wrap_future(call)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            error = self.failed(exc, partition)
+            if error is exc:
+                raise
+            raise error from None
+        return self.result(value)
+
+    def submit(self, batch: Batch, timeout_s: float | None) -> Future[Any]:
+        """Start the call in a child; past `timeout_s` of running, the child is killed."""
+        packed = pack(batch, self._traits)
+        try:
+            return self._pool.schedule(_run, args=(packed,), timeout=timeout_s)
+        except RuntimeError:  # the pool broke (a child died while none was busy)
+            if self._pool.active:
+                raise
+            self._replace(batch.partition, "the process pool was broken")
+            return self._pool.schedule(_run, args=(packed,), timeout=timeout_s)
+
+    def result(self, value: Any) -> Any:
+        """What the call returned, or the handler's error raised here."""
+        ok, result, text = value
+        if ok:
+            return result
+        raise result from RemoteTraceback(text)
+
+    def failed(self, exc: BaseException, partition: str) -> BaseException:
+        """The error to report for a call whose future itself failed."""
+        if isinstance(exc, TimeoutError):
+            log.warning(
+                "event=handler_process_killed partition=%s reason=timeout note='the call ran "
+                "past handler.timeout_s; its process was killed and is replaced'",
+                partition,
+            )
+            return CallTimedOut(f"killed its handler process after {exc.args[-1]}s")
+        if isinstance(exc, ProcessExpired):
+            log.error(
+                "event=handler_process_died partition=%s exitcode=%s note='batch fails and "
+                "is retried; the process is replaced'",
+                partition, exc.exitcode,
+            )  # fmt: skip
+            return HandlerProcessDied(f"a handler process died: exit code {exc.exitcode}")
+        if isinstance(exc, BrokenProcessPool):
+            if not self._pool.active:  # the first call to notice replaces it
+                self._replace(partition, str(exc))
+            return HandlerProcessDied(f"the handler process pool broke: {exc}")
+        return exc
+
+    def _replace(self, partition: str, why: str) -> None:
+        log.error(
+            "event=handler_process_died partition=%s reason=%r note='batch fails and is "
+            "retried; the process pool is replaced'",
+            partition, why,
+        )  # fmt: skip
+        broken, self._pool = self._pool, self._new_pool()
+        broken.stop()
 
     def close(self) -> None:
         """Stop the children now: a handler still running in one is abandoned (uncommitted)."""
-        processes = list(getattr(self._pool, "_processes", {}).values())
-        for process in processes:
-            process.terminate()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.stop()
+        self._pool.join(timeout=10)

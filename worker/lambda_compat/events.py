@@ -2,7 +2,10 @@
 
 Shapes follow the AWS documentation for the MSK, self-managed Kafka and Kinesis triggers:
 Kafka records keyed "topic-partition" with base64 key (omitted when None) and
-value, epoch-millisecond timestamps and headers as lists of byte values;
+value, epoch-millisecond timestamps and headers as lists of byte values (AWS
+documents no other form: a header whose value is null is `[]` there, like an
+empty one, so a handler written for AWS never meets a null it was not written
+for; native handlers and the dead-letter documents keep None apart from b"");
 Kinesis `Records[].kinesis` with base64 `data` and arrival time in epoch
 seconds. Building an event is per-record work by nature; it runs where the
 handler runs (its thread), not on the event loop.

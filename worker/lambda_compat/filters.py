@@ -3,12 +3,16 @@
 Lambda's event filtering, applied to each batch before the handler (so
 `batch_size` counts records before filtering). Each record is matched as the
 document its source's Lambda shape gives; the value is decoded only when a
-pattern looks at it.
+pattern looks at it, with orjson, falling back to the standard library for
+the JSON orjson refuses (so `1e400`, an escaped lone surrogate or a UTF-8 BOM
+can still match), and with the standard library alone when a pattern names an
+integer past 64 bits (orjson would read the value's as a float). A value that
+is not JSON for either never matches a pattern on the body.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +23,34 @@ from worker.lambda_compat.shapes import Shape
 from worker.partition.steps import PartitionContext, Step
 from worker.records import Batch, Record
 
+_NOT_JSON = object()
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_exactly(value: bytes | None) -> Any:
+    """The standard library's reading of the value (exact integers, a BOM, lone surrogates),
+    or _NOT_JSON. NaN and Infinity, which the library would accept, are not JSON."""
+    if value is None:
+        return _NOT_JSON
+    try:
+        return json.loads(value, parse_constant=_no_constants)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return _NOT_JSON
+
+
+def decode(value: bytes | None) -> Any:
+    """orjson's reading of the value; where orjson refuses what JSON allows (a number past
+    a double's range, an escaped lone surrogate, a UTF-8 BOM), the standard library's."""
+    try:
+        return orjson.loads(value)  # type: ignore[arg-type]
+    except orjson.JSONDecodeError:
+        return decode_exactly(value)
+    except TypeError:  # no value at all
+        return _NOT_JSON
+
 
 class RecordFilter:
     """Keeps the records that match any pattern."""
@@ -28,6 +60,9 @@ class RecordFilter:
         self._document = shape.document
         self._body = shape.body
         self._needs_body = [mentions(p, self._body) for p in self._patterns]
+        # orjson reads integers past 64 bits as floats: a pattern naming one decodes exactly.
+        exact = any(p.exact_integers for p in self._patterns)
+        self._decode = decode_exactly if exact else decode
 
     def keep(self, records: Sequence[Record]) -> list[Record]:
         return [r for r in records if self.matches(r)]
@@ -38,9 +73,9 @@ class RecordFilter:
         for pattern, needs_body in zip(self._patterns, self._needs_body, strict=True):
             if needs_body and not decoded:
                 decoded = True
-                # Not JSON: the body stays missing and patterns on it cannot match.
-                with contextlib.suppress(orjson.JSONDecodeError, TypeError):
-                    doc[self._body] = orjson.loads(record.value)  # type: ignore[arg-type]
+                body = self._decode(record.value)
+                if body is not _NOT_JSON:  # else patterns on the body cannot match
+                    doc[self._body] = body
             if needs_body and self._body not in doc:
                 continue
             if pattern.match(doc):

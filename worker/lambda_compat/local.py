@@ -80,7 +80,7 @@ def batch_from_event(event: dict[str, Any]) -> Batch:
 class Invocation:
     response: Any
     took_s: float
-    error: Exception | None = None
+    error: BaseException | None = None
 
 
 def invoke_once(config: WorkerConfig, event: dict[str, Any]) -> Invocation:
@@ -93,6 +93,6 @@ def invoke_once(config: WorkerConfig, event: dict[str, Any]) -> Invocation:
     started = time.perf_counter()
     try:
         response = asyncio.run(fn(*args)) if is_coroutine_callable(fn) else fn(*args)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # `sys.exit()` in a handler is its error too
         return Invocation(None, time.perf_counter() - started, exc)
     return Invocation(response, time.perf_counter() - started)

@@ -9,7 +9,9 @@ a key holding a list matches a value by any of its matchers: a literal
 (`prefix`, `suffix`, `equals-ignore-case`, `anything-but`, `numeric`,
 `exists`). Keys are ANDed; `"$or": [pattern, ...]` ORs sub-patterns; the
 configured patterns are ORed. Numbers match by their JSON text, so 300 does
-not match 300.0 and "300" (a string) matches no number. A value that is a
+not match 300.0 and "300" (a string) matches no number; an integer past 64
+bits matches exactly (the filter then decodes values exactly). A pattern nests
+at most `MAX_DEPTH` levels (deeper is a `PatternError`, a config error). A value that is a
 list matches when any element does.
 
 Records are matched as the documents `shapes` describes per source. When the
@@ -21,10 +23,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 _MISSING = object()
+#: Objects and lists nested deeper than this are refused (compiling and matching recurse).
+MAX_DEPTH = 64
 Matcher = Callable[[Any], bool]  # given the field's value, or _MISSING
 
 
@@ -36,6 +40,8 @@ class PatternError(ValueError):
 class Pattern:
     fields: tuple[tuple[str, Pattern | tuple[Matcher, ...]], ...]
     alternatives: tuple[Pattern, ...] = ()  # from "$or"
+    #: It names an integer past 64 bits, so values must be decoded exactly to match it.
+    exact_integers: bool = False
 
     def match(self, doc: Any) -> bool:
         if not isinstance(doc, dict):
@@ -171,12 +177,32 @@ def _object(obj: Any, where: str) -> Pattern:
     return Pattern(tuple(fields), alternatives)
 
 
+def _shape(obj: Any) -> tuple[int, bool]:
+    """(nesting depth, whether an integer past 64 bits appears), without recursion."""
+    deepest, big, stack = 0, False, [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+        elif isinstance(node, int) and not isinstance(node, bool):
+            big = big or not -(2**63) <= node < 2**64
+    return deepest, big
+
+
 def compile_pattern(text: str) -> Pattern:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PatternError(f"not valid JSON: {exc}") from None
-    return _object(obj, "")
+    except RecursionError:
+        raise PatternError(f"nested deeper than {MAX_DEPTH} levels") from None
+    depth, big = _shape(obj)
+    if depth > MAX_DEPTH:
+        raise PatternError(f"nested {depth} levels deep; at most {MAX_DEPTH} are allowed")
+    return replace(_object(obj, ""), exact_integers=big)
 
 
 def mentions(node: Pattern, name: str) -> bool:

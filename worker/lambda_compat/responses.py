@@ -3,7 +3,8 @@
 Rules as Lambda applies them: a null or empty response,
 a response without `batchItemFailures`, or an empty or null list means every
 record succeeded. An identifier that is null, empty, under a wrongly named
-key, of the wrong shape or not in the batch fails the whole invocation.
+key, of the wrong shape (an unhashable value too) or not in the batch fails the
+whole invocation.
 Kafka identifiers are `{"partition": "topic-N", "offset": N}`; Kinesis
 identifiers are sequence numbers.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from worker.handling.partial import InvalidResponse
+from worker.handling.partial import InvalidResponse, total
 
 
 def _identifiers(result: Any) -> list[Any] | None:
@@ -35,6 +36,7 @@ def _identifiers(result: Any) -> list[Any] | None:
     return out or None
 
 
+@total
 def kafka_failed_indexes(result: Any, records: Sequence[Any]) -> list[int] | None:
     idents = _identifiers(result)
     if idents is None:
@@ -44,16 +46,18 @@ def kafka_failed_indexes(result: Any, records: Sequence[Any]) -> list[int] | Non
     for ident in idents:
         if not isinstance(ident, dict) or set(ident) != {"partition", "offset"}:
             raise InvalidResponse(f"kafka itemIdentifier must be {{partition, offset}}: {ident!r}")
-        offset = ident["offset"]
+        partition, offset = ident["partition"], ident["offset"]
         if isinstance(offset, str) and offset.isdigit():
             offset = int(offset)
-        i = index.get((ident["partition"], offset))
+        named = isinstance(partition, str) and isinstance(offset, int | float)
+        i = index.get((partition, offset)) if named else None
         if i is None or isinstance(offset, bool):
             raise InvalidResponse(f"itemIdentifier {ident!r} is not a record of this batch")
         failed.add(i)
     return sorted(failed)
 
 
+@total
 def kinesis_failed_indexes(result: Any, records: Sequence[Any]) -> list[int] | None:
     idents = _identifiers(result)
     if idents is None:

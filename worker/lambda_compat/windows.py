@@ -11,7 +11,11 @@ it. A state over 1 MB ends the window early: a final invoke with
 
 The state lives in memory only, so a window's batches are committed only
 after its final invoke succeeded: a crash replays the whole window. Records
-older than the open window (late data) are counted in the open window.
+older than the open window (late data) are counted in the open window. A record
+stamped more than one window width ahead of the wall clock (early data: a bad
+clock) is windowed as if it arrived now, and counted
+(`worker_window_early_records_total`), so a window opens at most one width ahead
+and the partition never waits for a far-future window to close.
 Invocations go through the failure policy's one retry engine: a failed one
 is retried with backoff up to `maximum_retry_attempts`, then its records go
 to the on-failure destination and the state is kept; bisect and batch item
@@ -47,16 +51,6 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _judge_state(outcome: Outcome, records: Sequence[Record]) -> tuple[Failure | None, None]:
-    """A window invocation succeeds only by returning `{"state": {...}}`."""
-    if not outcome.ok:
-        return outcome_failure(outcome), None
-    result = outcome.result
-    if isinstance(result, dict) and isinstance(result.get("state"), dict):
-        return None, None
-    return Failure("InvalidResponse", f"must return {{'state': ...}}: {result!r}"), None
-
-
 class TumblingWindows:
     """The window step of one partition (the last of its chain, in place of the policy)."""
 
@@ -75,12 +69,34 @@ class TumblingWindows:
         self._grace_ms = int(grace_s * 1000)
         self._ts = record_timestamp_ms
         self._clock = clock
-        self._invoke_mode = Mode(_judge_state, bisect=False, check_age=False)
+        self._invoke_mode = Mode(self._judge_state, bisect=False, check_age=False)
         self._final_mode = replace(self._invoke_mode, may_give_up=False)
         self.start_ms: int | None = None
         self.state: dict[str, Any] = {}
         self._pending: list[int] = []  # batch ends waiting for the window's final invoke
         self._ready: list[int] = []  # batch ends whose window closed: committable
+        self._state_json = b"{}"  # the last accepted state, as JSON
+
+    def _judge_state(
+        self, outcome: Outcome, records: Sequence[Record]
+    ) -> tuple[Failure | None, None]:
+        """A window invocation succeeds only by returning `{"state": {...}}` that is JSON.
+
+        The state is kept as Lambda keeps it, as JSON: a set, bytes or another object
+        JSON cannot hold fails the invocation (the failure path, never the lane), and the
+        next invocation gets the state decoded again (keys JSON writes as strings, as
+        strings).
+        """
+        if not outcome.ok:
+            return outcome_failure(outcome), None
+        result = outcome.result
+        if not (isinstance(result, dict) and isinstance(result.get("state"), dict)):
+            return Failure("InvalidResponse", f"must return {{'state': ...}}: {result!r}"), None
+        try:
+            self._state_json = orjson.dumps(result["state"], option=orjson.OPT_NON_STR_KEYS)
+        except TypeError as exc:
+            return Failure("InvalidResponse", f"the state is not JSON: {exc}"), None
+        return None, None
 
     @property
     def end_ms(self) -> int:
@@ -93,11 +109,30 @@ class TumblingWindows:
             return None
         return (self.end_ms + self._grace_ms) / 1000.0
 
+    def _window_times(self, records: Sequence[Record]) -> list[int]:
+        """Each record's time for windowing: its timestamp, unless that is more than a
+        window width ahead of the wall clock; such a record is windowed as arriving now
+        (counted), so one bad clock cannot open a window the partition waits days for."""
+        now_ms = int(self._clock() * 1000)
+        limit = now_ms + self._width_ms
+        times = [self._ts(r) for r in records]
+        early = [t for t in times if t > limit]
+        if not early:
+            return times
+        self._ctx.metrics.window_early.inc(len(early))
+        log.warning(
+            "event=window_early_records partition=%s records=%d max_ahead_s=%.0f "
+            "note='stamped over a window width ahead of the wall clock: windowed as now'",
+            self._ctx.label, len(early), (max(early) - now_ms) / 1000,
+        )  # fmt: skip
+        return [now_ms if t > limit else t for t in times]
+
     async def submit(self, batch: Batch, end: int) -> Sequence[int]:
         """Run the batch through its windows; return the batch ends that may now be committed."""
-        records, ts, i = batch.records, self._ts, 0
+        records, i = batch.records, 0
+        times = self._window_times(records)
         while i < len(records):
-            first_ts = ts(records[i])
+            first_ts = times[i]
             if self.start_ms is None:
                 self.start_ms = first_ts - first_ts % self._width_ms
             elif first_ts >= self.end_ms:
@@ -105,7 +140,7 @@ class TumblingWindows:
                 self.start_ms = first_ts - first_ts % self._width_ms
                 continue
             window_end, j = self.end_ms, i
-            while j < len(records) and ts(records[j]) < window_end:
+            while j < len(records) and times[j] < window_end:
                 j += 1
             await self._invoke(records[i:j])
             i = j
@@ -144,8 +179,8 @@ class TumblingWindows:
         result = await self._policy.resolve(batch, mode)
         if final or result is None:  # a final invoke's state is dropped; given up: kept
             return
-        self.state = result["state"]
-        if len(orjson.dumps(self.state)) > MAX_STATE_BYTES:
+        self.state = orjson.loads(self._state_json)
+        if len(self._state_json) > MAX_STATE_BYTES:
             log.warning(
                 "event=window_terminated_early partition=%s reason=state_over_1MB",
                 self._ctx.label,

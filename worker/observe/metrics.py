@@ -150,6 +150,26 @@ class Metrics:
             "worker_partition_paused",
             "1 while the partition is paused because its buffer is full.",
         )
+        self.window_early_records = Counter(
+            "worker_window_early_records",
+            "Records stamped more than a window width ahead of the wall clock: tumbling "
+            "windows place them by the wall clock instead (they are not lost).",
+            _P,
+            registry=r,
+        )
+        self.handler_overruns = Counter(
+            "worker_handler_overruns",
+            "Handler calls still running past handler.timeout_s (threads cannot be stopped): "
+            "the partition waits for each to return before its next call.",
+            _P,
+            registry=r,
+        )
+        self.handler_overrunning = Gauge(
+            "worker_handler_overrunning_calls",
+            "Handler calls running past their timeout now.",
+            ("source",),
+            registry=r,
+        )
         self.inflight_batches = Gauge(
             "worker_inflight_batches", "Batches being handled now.", ("source",), registry=r
         )
@@ -236,6 +256,7 @@ class PartitionMetrics:
         "source",
         "success",
         "timeout",
+        "window_early",
     )
 
     def __init__(self, metrics: Metrics, source: str, partition: str) -> None:
@@ -261,6 +282,7 @@ class PartitionMetrics:
         self.buffered = metrics.buffered_records.labels(*labels)
         self.paused = metrics.paused.labels(*labels)
         self.halted = metrics.halted.labels(*labels)
+        self.window_early = metrics.window_early_records.labels(*labels)
         self.committed_records = 0
         self.dead_lettered_records = 0
         self.iterator_age_s = 0.0
