@@ -46,6 +46,10 @@ async def test_a_thread_call_past_its_timeout_never_overlaps_the_partitions_next
         await wait_until(lambda: fully_committed(broker, "test", ["t"]))
         await wait_until(lambda: all(c[1] is not None for c in calls))
         timeouts = w.metrics.batches.labels("memory", "t-0", "timeout")._value.get()
+        overruns = w.metrics.registry.get_sample_value(
+            "worker_handler_overruns_total", {"source": "memory", "partition": "t-0"}
+        )
+    assert overruns and overruns >= 1  # the worker wires the counter into its invoker
     calls.sort(key=lambda c: c[0])
     for before, after in itertools.pairwise(calls):
         assert after[0] >= before[1], f"two calls of one partition overlapped: {calls}"

@@ -43,7 +43,7 @@ def warn_about_dropping(config: WorkerConfig, destination: Destination | None) -
 
 
 def make_invoker(
-    config: WorkerConfig, source: Source, handler: Callable[..., Any] | None
+    config: WorkerConfig, source: Source, handler: Callable[..., Any] | None, metrics: Metrics
 ) -> tuple[Invoker, ResultParser]:
     """The invoker of the configured handler (or `handler`), and how to read its results."""
     h = config.handler
@@ -59,7 +59,7 @@ def make_invoker(
             else ChildSpec(load_handler, (h.target,))
         )
         processes = ProcessPool(spec, source.traits, h.processes)
-    return Invoker(fn, h, processes), parse
+    return Invoker(fn, h, processes, metrics), parse
 
 
 class StepChain:

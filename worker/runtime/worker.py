@@ -52,7 +52,7 @@ class Worker:
         self.metrics = metrics or Metrics()
         self.source.attach(self.metrics)
         self.tasks = TaskSupervisor(self.request_exit)
-        self.invoker, parse = make_invoker(config, self.source, handler)
+        self.invoker, parse = make_invoker(config, self.source, handler, self.metrics)
         self.destination = (
             destination if destination is not None else make_destination(config, self.metrics)
         )
