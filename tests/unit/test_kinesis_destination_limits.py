@@ -23,11 +23,19 @@ def test_at_most_5_mib_per_call():
     assert [len(c) for c in split] == [5, 5, 2]
 
 
-def test_a_record_over_1_mib_is_refused_not_cut():
+def test_a_record_over_1_mib_goes_as_a_counted_truncated_envelope():
+    """The first version refused it on every attempt: the partition retried for ever."""
+    import orjson
+
     batch = make_batch([b"y" * (1024 * 1024)], keys=[b"k"])
     event = FailureEvent("RetryAttemptsExhausted", "memory", "t-0", batch.records, 1)
-    with pytest.raises(DestinationError, match="1 MiB"):
-        entries(event)
+    truncated: list = []
+    (item,) = entries(event, truncated.append)
+    envelope = orjson.loads(item["Data"])
+    assert len(item["Data"]) < 64 * 1024 and truncated == list(batch.records)
+    assert envelope["truncated"] is True and envelope["original_bytes"] == 1024 * 1024
+    assert envelope["data"] is None and envelope["position"] == "0"
+    assert envelope["condition"] == "RetryAttemptsExhausted"
 
 
 def test_the_envelope_keeps_the_records_headers_base64():

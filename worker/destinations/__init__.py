@@ -36,6 +36,7 @@ def make_destination(config: WorkerConfig, metrics: Metrics) -> Destination | No
             s.region if s else None,
             s.endpoint_url if s else None,
             config.errors.on_failure_timeout_s,
+            truncated=metrics.dead_letter_truncated,
         )
     if target.startswith("file://"):
         from worker.destinations.file import FileDestination

@@ -16,6 +16,7 @@ process did, and Prometheus' rate() reads a series that stops as it should.
 from __future__ import annotations
 
 import contextlib
+import time
 
 from prometheus_client import (
     CollectorRegistry,
@@ -131,6 +132,11 @@ class Metrics:
         self.committed_position = self.partition_gauge(
             "worker_committed_position",
             "Last position checkpointed (Kafka: the next offset to read).",
+        )
+        self.last_commit = self.partition_gauge(
+            "worker_last_commit_timestamp_seconds",
+            "When this worker last checkpointed the partition (or took it): the commit age is "
+            "time() minus this.",
         )
         self.buffered_records = self.partition_gauge(
             "worker_buffered_records",
@@ -248,6 +254,7 @@ class PartitionMetrics:
         "invoked",
         "iterator_age_s",
         "lag",
+        "last_commit",
         "partial",
         "partition",
         "paused",
@@ -292,6 +299,7 @@ class PartitionMetrics:
         self.committed_records += count
         self._committed.inc(count)
         self.committed_position.set(shown_position)
+        self.last_commit.set(time.time())
 
     def records_dead_lettered(self, count: int) -> None:
         self.dead_lettered_records += count
