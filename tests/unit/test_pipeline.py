@@ -271,3 +271,15 @@ async def test_while_commits_fail_handled_but_uncommitted_work_stays_bounded():
         w.source.commit_error = None
         await wait_until(lambda: fully_committed(broker, "test", [TOPIC]), timeout_s=30)
     assert rec.handled()[0] == list(range(2000))
+
+
+async def test_the_last_commit_time_is_exported_per_partition_and_goes_with_it():
+    broker = broker_with(30, partitions=1)
+    async with running_worker(Recorder(), broker, [TOPIC], {"batching": {"batch_size": 10}}) as w:
+        await wait_until(lambda: fully_committed(broker, "test", [TOPIC]))
+        labels = {"source": "memory", "partition": "t-0"}
+        stamp = w.metrics.registry.get_sample_value("worker_last_commit_timestamp_seconds", labels)
+        assert stamp is not None and abs(stamp - __import__("time").time()) < 60
+        await w.source.revoke([(TOPIC, 0)])
+        gone = w.metrics.registry.get_sample_value("worker_last_commit_timestamp_seconds", labels)
+        assert gone is None

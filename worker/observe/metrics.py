@@ -290,6 +290,8 @@ class PartitionMetrics:
         self.paused = metrics.paused.labels(*labels)
         self.halted = metrics.halted.labels(*labels)
         self.window_early = metrics.window_early_records.labels(*labels)
+        self.last_commit = metrics.last_commit.labels(*labels)
+        self.last_commit.set(time.time())  # taken now: the age counts from here
         self.committed_records = 0
         self.dead_lettered_records = 0
         self.iterator_age_s = 0.0
