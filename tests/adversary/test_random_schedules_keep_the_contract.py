@@ -19,6 +19,7 @@ from collections import defaultdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from worker.destinations.base import DestinationError
 from worker.runtime.worker import Worker
 from worker.sources.memory import MemorySource
 from worker.testing import MemoryBroker, memory_config, wait_until
@@ -60,13 +61,37 @@ ops = st.lists(
         st.tuples(st.just("commits_fail"), st.booleans()),
         st.tuples(st.just("handler_fails"), st.sampled_from([0.0, 0.3, 1.0])),
         st.tuples(st.just("run"), st.integers(0, 30)),
+        st.tuples(st.just("destination_fails"), st.booleans()),
     ),
     min_size=3,
     max_size=25,
 )
 
 
-async def scenario(schedule, pf: int, batch_size: int, seed: int, revoke_at_exit: bool) -> None:
+class RecordingDestination:
+    """Dead-lettered records count as resolved; `down` makes sends fail as an outage."""
+
+    name = "recording"
+
+    def __init__(self, resolve) -> None:
+        self._resolve = resolve
+        self.down = False
+
+    async def start(self) -> None:
+        return None
+
+    async def send(self, event) -> None:
+        if self.down:
+            raise DestinationError("down")
+        self._resolve(event.records)
+
+    async def stop(self) -> None:
+        return None
+
+
+async def scenario(
+    schedule, pf: int, batch_size: int, seed: int, revoke_at_exit: bool, retries: int = -1
+) -> None:
     rng = random.Random(seed)
     broker = MemoryBroker()
     broker.create_topic(TOPIC, PARTITIONS)
@@ -76,18 +101,23 @@ async def scenario(schedule, pf: int, batch_size: int, seed: int, revoke_at_exit
     done_seq: dict[bytes, set[int]] = defaultdict(set)
     fail = {"p": 0.0}
 
-    async def handler(batch):
-        if rng.random() < 0.5:
-            await asyncio.sleep(rng.random() / 1000)
-        if fail["p"] and rng.random() < fail["p"]:
-            raise RuntimeError("injected")
-        for r in batch.records:
+    def resolve(records) -> None:
+        for r in records:
             n = int(r.value)
             earlier = [m for m in range(n) if m not in done_seq[r.key]]
             if earlier:
                 violations.append(f"key {r.key!r} seq {n} handled before {earlier[:5]}")
             done_seq[r.key].add(n)
             handled.add((r.partition, r.offset))
+
+    async def handler(batch):
+        if rng.random() < 0.5:
+            await asyncio.sleep(rng.random() / 1000)
+        if fail["p"] and rng.random() < fail["p"]:
+            raise RuntimeError("injected")
+        resolve(batch.records)
+
+    destination = RecordingDestination(resolve)
 
     source = CheckedSource(broker, handled, violations)
     source.max_records = 25
@@ -98,10 +128,10 @@ async def scenario(schedule, pf: int, batch_size: int, seed: int, revoke_at_exit
             "source": {"commit_interval_ms": 0},
             "runtime": {"rebalance_timeout_s": 0.05, "shutdown_timeout_s": 0.05,
                         "max_buffered_records": 30},
-            "errors": {"retry_backoff_ms": [1, 5]},
+            "errors": {"retry_backoff_ms": [1, 5], "maximum_retry_attempts": retries},
         }
     )  # fmt: skip
-    w = Worker(config, source=source, handler=handler)
+    w = Worker(config, source=source, handler=handler, destination=destination)
     task = asyncio.create_task(w.serve())
     await wait_until(lambda: w.assignments.assigned_once)
     for op, arg in schedule:
@@ -116,6 +146,8 @@ async def scenario(schedule, pf: int, batch_size: int, seed: int, revoke_at_exit
             await source.assign([(TOPIC, p) for p in sorted(arg)])
         elif op == "commits_fail":
             source.commit_error = ConnectionError("down") if arg else None
+        elif op == "destination_fails":
+            destination.down = arg
         elif op == "handler_fails":
             fail["p"] = arg
         else:
@@ -123,6 +155,7 @@ async def scenario(schedule, pf: int, batch_size: int, seed: int, revoke_at_exit
         assert not task.done(), f"worker ended: {task}"
     fail["p"] = 0.0
     source.commit_error = None
+    destination.down = False
     missing = [(TOPIC, p) for p in range(PARTITIONS) if (TOPIC, p) not in source.positions]
     if missing:
         await source.assign(missing)
@@ -152,8 +185,9 @@ async def scenario(schedule, pf: int, batch_size: int, seed: int, revoke_at_exit
     batch_size=st.sampled_from([1, 4, 10]),
     seed=st.integers(0, 2**16),
     revoke_at_exit=st.booleans(),
+    retries=st.sampled_from([-1, 0, 2]),
 )
 def test_random_schedules_commit_only_handled_records_and_lose_nothing(
-    schedule, pf, batch_size, seed, revoke_at_exit
+    schedule, pf, batch_size, seed, revoke_at_exit, retries
 ):
-    asyncio.run(scenario(schedule, pf, batch_size, seed, revoke_at_exit))
+    asyncio.run(scenario(schedule, pf, batch_size, seed, revoke_at_exit, retries))
