@@ -1,0 +1,3 @@
+"""The adversary tests share the integration suite's real broker fixture."""
+
+from tests.integration.conftest import kafka  # noqa: F401
