@@ -88,8 +88,8 @@ async def test_a_partition_released_while_commits_fail_is_not_committed_again():
         assert source.answer() == {P1: 0}  # C1 goes through
         await wait_until(lambda: len(source.held) == 1)
         assert source.answer(ConnectionError("coordinator down")) == {P0: 0}  # the release's
-        await wait_until(lambda: len(source.held) == 1)
-        assert source.answer(ConnectionError("coordinator down")) == {P0: 0}  # the loop's
+        # The loop's own round had P0 too (it told the committer as it finished); a
+        # partition being released is no longer offered there, so nothing else is held.
         await asyncio.wait_for(revoke, 5)
         source.gated = False
         while source.held:

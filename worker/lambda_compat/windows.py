@@ -48,7 +48,12 @@ MAX_STATE_BYTES = 1024 * 1024
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """ISO 8601 UTC; a time `datetime` cannot show (a producer may stamp anything) as the
+    epoch milliseconds themselves, rather than a crash of the partition."""
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):
+        return str(ms)
 
 
 class TumblingWindows:
@@ -144,6 +149,8 @@ class TumblingWindows:
                 j += 1
             await self._invoke(records[i:j])
             i = j
+        if self.start_ms is None:  # nothing of it is in a window (all filtered out)
+            return [*self._take_ready(), end]
         self._pending.append(end)
         return self._take_ready()
 

@@ -174,6 +174,11 @@ class Partition:
         self._metrics.paused.set(0)
 
     @property
+    def releasing(self) -> bool:
+        """Being drained for a revoke or shutdown: only its release commits it now."""
+        return self._releasing
+
+    @property
     def halted(self) -> str | None:
         return self._halted
 

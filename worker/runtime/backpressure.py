@@ -10,7 +10,9 @@ own low water and holds less than half of its fair share of the budget
 (budget / partitions owned): whatever the others hold. Resuming on the
 total instead would let partitions stuck on a poison record, which keep
 their buffers, starve every healthy one for as long as they hold half the
-budget.
+budget. A paused partition that holds nothing at all may take one more
+fetch even over the budget (the next check pauses it again): it runs no
+batch, so nothing else would ever wake it.
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ class Backpressure:
         self._gauge.set(total)
         if total >= self._budget:
             for p in owned:
-                self._pause(p)
+                if p.paused and not p.buffered_bytes and p.below_low_water():
+                    self._resume(p)  # drained: one fetch, then paused again
+                else:
+                    self._pause(p)
             return
         half_share = self._half_share(len(owned))
         for p in owned:

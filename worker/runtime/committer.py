@@ -50,8 +50,11 @@ class Committer:
             await self._wanted.wait()
             self._wanted.clear()
             dirty, self._dirty = self._dirty, set()
+            # A partition being released is committed by its release, and only there: a
+            # stale offer of it would make Kafka refuse the whole call.
+            dirty = {p for p in dirty if not p.releasing}
             if not await self.commit_now(dirty):
-                self._dirty |= dirty
+                self._dirty |= {p for p in dirty if not p.releasing}
                 self._wanted.set()  # retry after the interval
             await asyncio.sleep(self._interval_s)
 

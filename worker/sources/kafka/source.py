@@ -192,19 +192,28 @@ class KafkaSource:
             self._consumer.resume(partition)
 
     async def commit(self, positions: Mapping[TopicPartition, int]) -> None:
-        offsets = {tp: next_to_read(pos) for tp, pos in positions.items()}
-        try:
-            await self._consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
-            raise OwnershipLost(str(exc), positions) from exc
-        except KafkaError as exc:
-            raise ConnectionError(f"kafka commit failed: {exc}") from exc
-        self._committed.update(offsets)
+        """Commit what is still assigned; name the rest lost (aiokafka would refuse the
+        whole call for one partition it no longer has, and the others' progress with it)."""
+        assigned = self._consumer.assignment()
+        offsets = {tp: next_to_read(pos) for tp, pos in positions.items() if tp in assigned}
+        gone = [tp for tp in positions if tp not in assigned]
+        if offsets:
+            try:
+                await self._consumer.commit(offsets)
+            except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
+                raise OwnershipLost(str(exc), positions) from exc
+            except KafkaError as exc:
+                raise ConnectionError(f"kafka commit failed: {exc}") from exc
+            self._committed.update(offsets)
+        if gone:
+            raise OwnershipLost(f"not assigned: {', '.join(map(self.label, gone))}", gone)
 
     def label(self, partition: TopicPartition) -> str:
         return f"{partition.topic}-{partition.partition}"
 
     def lag(self, partition: TopicPartition) -> int | None:
+        if partition not in self._consumer.assignment():
+            return None
         end = self._consumer.highwater(partition)
         done = self._committed.get(partition)
         if end is None or done is None:
@@ -212,7 +221,26 @@ class KafkaSource:
         return max(end - done, 0)
 
     def waiting(self, partition: TopicPartition) -> bool:
-        return bool(self.lag(partition))
+        """Records past what this member has taken: the end against the fetch position.
+
+        Not the lag: a topic written with transactions ends in a commit marker that is
+        never delivered, so the committed offset stays one short of the end for ever and a
+        caught-up worker would look stalled. The fetch position moves past markers.
+        """
+        if partition not in self._consumer.assignment():
+            return False
+        end, position = self._consumer.highwater(partition), self._fetch_position(partition)
+        if end is None or position is None:
+            return bool(self.lag(partition))
+        return end > position
+
+    def _fetch_position(self, partition: TopicPartition) -> int | None:
+        """aiokafka's own next fetch offset (`position()` is the async form, which waits)."""
+        try:
+            state = self._consumer._subscription.subscription.assignment.state_value(partition)
+        except AttributeError:  # not assigned now, or a client that keeps it elsewhere
+            return None
+        return state.position if state is not None and state.has_valid_position else None
 
     async def stop(self) -> None:
         await self._consumer.stop()
