@@ -8,13 +8,17 @@ narrows the gap, so workers settle within one of even (a late joiner too, say
 4 shards held 2/2 when a third worker arrives) instead of trading leases back
 and forth. A child shard is eligible only once every
 parent lease it knows of has reached SHARD_END, which keeps per-key order
-across splits and merges.
+across splits and merges. A lease the table names as this worker's but that
+this worker does not hold (a take or renewal whose answer was lost, a shard it
+stopped while the table still named it) is taken back first: no other worker
+would ever take it while it is renewed by nobody but "owned" by a live worker.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from worker.sources.kinesis.leases import Lease
@@ -40,9 +44,15 @@ def expired(lease: Lease, seen: dict[str, Seen], now: float, duration_s: float) 
 
 
 def plan(
-    leases: list[Lease], me: str, seen: dict[str, Seen], now: float, duration_s: float
+    leases: list[Lease],
+    me: str,
+    seen: dict[str, Seen],
+    now: float,
+    duration_s: float,
+    holding: Collection[str] | None = None,
 ) -> list[tuple[Lease, str]]:
-    """The leases to try to take this round, each with why: free, expired, or steal."""
+    """The leases to try to take this round, each with why: reclaim, free, expired, or
+    steal. `holding`: the shards this worker holds now (None: look for none to reclaim)."""
     by_id = {lease.shard_id: lease for lease in leases}
     open_leases = [
         lease
@@ -55,7 +65,10 @@ def plan(
     )
     workers = set(held) | {me}
     share = math.ceil(len(open_leases) / len(workers)) if open_leases else 0
-    mine = held.get(me, 0)
+    reclaim = [] if holding is None else [
+        lease for lease in open_leases if lease.owner == me and lease.shard_id not in holding
+    ]  # fmt: skip
+    mine = held.get(me, 0) + sum(lease.shard_id in dead for lease in reclaim)
     wanted = [lease for lease in open_leases if lease.shard_id in dead and lease.owner != me]
     takes = [(lease, "expired" if lease.owner else "free") for lease in wanted]
     takes = takes[: max(share - mine, 0)]
@@ -69,4 +82,4 @@ def plan(
                 if lease.owner == owner and lease.shard_id not in dead
             )  # fmt: skip
             takes.append((victim, "steal"))
-    return takes
+    return [(lease, "reclaim") for lease in reclaim] + takes
