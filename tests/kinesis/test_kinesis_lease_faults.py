@@ -19,7 +19,7 @@ from tests.kinesis.hooks import LeaseCalls, hold, unreachable, write_kind
 from tests.kinesis.test_kinesis_source import lease_rows, make_stream, wait_active
 from worker.config import WorkerConfig
 from worker.runtime.worker import Worker
-from worker.sources.kinesis.leases import SHARD_END, Lease
+from worker.sources.kinesis.leases import SHARD_END, Lease, LeaseTable
 from worker.sources.kinesis.source import KinesisSource
 
 
@@ -328,3 +328,56 @@ async def test_a_renewal_overlapping_a_closed_shards_last_checkpoint_still_ends_
     for h in handled:
         per_key.setdefault(h.key, []).append(h.seq)
     assert all(seqs == list(range(6)) for seqs in per_key.values()), per_key
+
+
+async def test_a_shard_being_drained_does_not_keep_the_other_leases_from_being_renewed(
+    kinesis: Emulator, dynamodb: Emulator, caplog: pytest.LogCaptureFixture
+):
+    """One shard's lease is taken over (by a conditional take from the test) while its
+    handler is inside a batch that does not end until the test says so, so revoking it
+    waits for that batch (up to rebalance_timeout_s = 15). The first version awaited
+    that drain inside its one renewal loop: meanwhile the worker's other lease went
+    unrenewed and expired. Now each lease has its own keeper: the other lease is renewed
+    all along."""
+    stream = await make_stream(kinesis, shards=2, records=200, keys=10)
+    table = f"leases-{uuid.uuid4().hex[:6]}"
+    base = lease_config(kinesis, dynamodb, stream, table, lease_duration_s=3)
+    runtime = base.runtime.model_copy(update={"rebalance_timeout_s": 15})
+    cfg = base.model_copy(update={"runtime": runtime})
+    wedged_shard: list[str] = []
+    entered, gate = asyncio.Event(), asyncio.Event()
+    handled: list[Handled] = []
+    record = recorder("a", handled)
+
+    async def handler(batch) -> None:
+        shard = batch.records[0].shard_id
+        if not wedged_shard and any(h.shard == shard for h in handled):
+            wedged_shard.append(shard)  # its first batch is committed; the next one wedges
+        if wedged_shard == [shard]:
+            entered.set()
+            await asyncio.wait_for(gate.wait(), 30)
+        await record(batch)
+
+    a = Worker(cfg, handler=handler)
+    ta = asyncio.create_task(a.serve())
+    try:
+        await until(entered.is_set, 30, "a wedged batch", ta)
+        async with get_session().create_client(
+            "dynamodb", region_name="us-east-1", endpoint_url=dynamodb.url
+        ) as client:
+            thief = LeaseTable(client, table, "thief")
+            leases = {lease.shard_id: lease for lease in await thief.all()}
+            await thief.take(leases[wedged_shard[0]])
+        (other,) = set(leases) - set(wedged_shard)
+        await until(lambda: "event=lease_lost" in caplog.text, 10, "the loss to be seen", ta)
+        counter = leases[other].counter
+
+        async def other_renewed() -> bool:
+            rows = {lease.shard_id: lease for lease in await lease_rows(dynamodb, table)}
+            return rows[other].owner == a.source.worker_id and rows[other].counter >= counter + 4
+
+        await until(other_renewed, 8, "the other lease to be renewed during the drain", ta)
+        assert not gate.is_set() and a.partition(wedged_shard[0]) is None  # still draining
+    finally:
+        gate.set()
+        await stop((a, ta))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,7 +13,9 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
-from scripts.emulators import Emulator
+import pytest
+
+from scripts.emulators import Emulator, start_dynamodb
 from tests.integration.kafka_helpers import eventually
 from tests.kinesis.test_kinesis_source import checkpoints, lease_rows, make_stream
 
@@ -135,3 +138,39 @@ def test_workers_spread_the_leases_and_stopping_one_moves_its_leases(
                 w.send_signal(signal.SIGTERM)
                 w.wait(60)
     assert sum(len(set(v)) for v in handled(tmp_path).values()) == 400
+
+
+@pytest.mark.parametrize("fault", ["stopped", "frozen"])
+def test_a_worker_cut_off_from_its_lease_table_exits_1_before_its_lease_can_expire(
+    kinesis: Emulator, tmp_path: Path, fault: str
+):
+    """The worker's own DynamoDB (a private moto) is killed, or frozen with SIGSTOP so
+    that calls hang instead of failing. Either way the worker cannot renew: it must give
+    its lease up before it expires, log `event=lease_lapsed` and exit 1, within the lease
+    duration plus its shutdown, instead of reading on unrenewed."""
+    private = start_dynamodb()
+    try:
+        stream = asyncio.run(make_stream(kinesis, shards=1, records=2000))
+        table = f"leases-{uuid.uuid4().hex[:6]}"
+        config = write_config(tmp_path / "w.toml", kinesis, private, stream, table)
+        worker = start(config, tmp_path, sleep_s="0.2")
+        try:
+            eventually(lambda: sum(map(len, handled(tmp_path).values())) >= 100, 60, "progress")
+            cut_at = time.monotonic()
+            if fault == "stopped":
+                os.kill(private.pid, signal.SIGKILL)
+            else:
+                os.kill(private.pid, signal.SIGSTOP)
+            code = worker.wait(60)
+            took_s = time.monotonic() - cut_at
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+        log = "".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
+        assert code == 1, log[-3000:]
+        assert "event=lease_lapsed" in log and "event=task_crashed" in log
+        assert took_s < 3 + 30, took_s  # the lease duration, plus a bounded shutdown
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(private.pid, signal.SIGCONT)
+        private.stop()
