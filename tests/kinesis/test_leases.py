@@ -7,7 +7,7 @@ import uuid
 import pytest
 from aiobotocore.session import get_session
 
-from worker.sources.kinesis.balance import plan
+from worker.sources.kinesis.balance import Seen, plan
 from worker.sources.kinesis.holder import LeaseHolder
 from worker.sources.kinesis.leases import SHARD_END, Lease, LeaseLost, LeaseTable
 
@@ -139,3 +139,12 @@ def test_a_lease_the_table_names_as_mine_that_i_do_not_hold_is_taken_back_first(
     takes = plan([mine, held, other], "w1", {}, now=0.0, duration_s=10.0, holding={"s1"})
     assert [(lease.shard_id, why) for lease, why in takes] == [("s0", "reclaim")]
     assert plan([mine, held, other], "w1", {}, 0.0, 10.0, holding={"s0", "s1"}) == []
+
+
+def test_a_shard_still_being_drained_here_is_not_taken_again_when_its_lease_expires():
+    """Its lease was lost to a worker that then died; until the drain of the old lane is
+    over, taking it back would run two lanes of one shard in this worker at once."""
+    lost = Lease("s0", "w2", 4, "100")
+    seen = {"s0": Seen(4, 0.0)}
+    assert plan([lost], "w1", seen, now=20.0, duration_s=10.0, holding={"s0"}) == []
+    assert [why for _, why in plan([lost], "w1", seen, 20.0, 10.0, holding=set())] == ["expired"]

@@ -52,7 +52,8 @@ def plan(
     holding: Collection[str] | None = None,
 ) -> list[tuple[Lease, str]]:
     """The leases to try to take this round, each with why: reclaim, free, expired, or
-    steal. `holding`: the shards this worker holds now (None: look for none to reclaim)."""
+    steal. `holding`: the shards this worker has now, those it is still draining included
+    (None: look for none to reclaim)."""
     by_id = {lease.shard_id: lease for lease in leases}
     open_leases = [
         lease
@@ -69,7 +70,12 @@ def plan(
         lease for lease in open_leases if lease.owner == me and lease.shard_id not in holding
     ]  # fmt: skip
     mine = held.get(me, 0) + sum(lease.shard_id in dead for lease in reclaim)
-    wanted = [lease for lease in open_leases if lease.shard_id in dead and lease.owner != me]
+    here = set(holding or ())  # held, or still being drained: never taken a second time
+    wanted = [
+        lease
+        for lease in open_leases
+        if lease.shard_id in dead and lease.owner != me and lease.shard_id not in here
+    ]
     takes = [(lease, "expired" if lease.owner else "free") for lease in wanted]
     takes = takes[: max(share - mine, 0)]
     if mine + len(takes) < share:
