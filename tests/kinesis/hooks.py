@@ -1,7 +1,7 @@
 """Fault injection at the botocore boundary for the Kinesis tests: event hooks on a session.
 
 `LeaseCalls(session)` tags every lease-table UpdateItem the session makes with the
-write it is (take, renew, checkpoint, release) and its shard, in the call's
+write it is (take, ask, hand_over, renew, checkpoint, release) and its shard, in the call's
 context, and runs the test's async hooks: `before(kind, shard)` before the call
 is sent (raising there fails the call as botocore raises to its caller once its
 own retries are spent; awaiting there holds the call back), and `after(kind,
@@ -26,6 +26,10 @@ After = Callable[[str, str, int], Awaitable[None]]
 def write_kind(params: dict[str, Any]) -> str:
     """Which lease write an UpdateItem is, from its update expression."""
     expression = params.get("UpdateExpression", "")
+    if expression.startswith("SET #owner = #pending"):
+        return "hand_over"
+    if expression.startswith("SET #pending"):
+        return "ask"
     if expression.startswith("SET #owner"):
         return "take"
     if expression.startswith("REMOVE #owner"):

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from aiobotocore.session import get_session
 
-from worker.sources.kinesis.balance import Seen, plan
+from worker.sources.kinesis.balance import Asks, Seen, plan
 from worker.sources.kinesis.holder import LeaseHolder
 from worker.sources.kinesis.leases import SHARD_END, Lease, LeaseLost, LeaseTable
 
@@ -148,3 +148,55 @@ def test_a_shard_still_being_drained_here_is_not_taken_again_when_its_lease_expi
     seen = {"s0": Seen(4, 0.0)}
     assert plan([lost], "w1", seen, now=20.0, duration_s=10.0, holding={"s0"}) == []
     assert [why for _, why in plan([lost], "w1", seen, 20.0, 10.0, holding=set())] == ["expired"]
+
+
+async def test_a_lease_asked_for_stays_its_owners_until_handed_over_in_one_write(dynamodb):
+    """The ask leaves owner and counter as they were (the owner renews and checkpoints on),
+    a second ask is refused, and the hand-over makes the asker owner in one write; a
+    forced take calls a pending ask off."""
+    name = f"leases-{uuid.uuid4().hex[:6]}"
+    ca, a = await table(dynamodb, "worker-a", name)
+    cb, b = await table(dynamodb, "worker-b", name)
+    cc, c = await table(dynamodb, "worker-c", name)
+    try:
+        await a.add_shard("shardId-000", ())
+        await a.add_shard("shardId-001", ())
+        first, second = await a.all()
+        holder = LeaseHolder(a, await a.take(first), time.monotonic(), 10)
+        (seen_by_b, _) = await b.all()
+        asked = await b.ask(seen_by_b)
+        assert (asked.owner, asked.counter, asked.pending) == ("worker-a", 1, "worker-b")
+        with pytest.raises(LeaseLost):
+            await c.ask(asked)  # one request at a time
+        await holder.renew()
+        await holder.checkpoint("55")
+        assert holder.lease.pending == "worker-b"  # the owner learns of it from its answers
+        await holder.hand_over()
+        (handed, _) = await b.all()
+        assert (handed.owner, handed.counter, handed.pending) == ("worker-b", 3, None)
+        assert handed.checkpoint == "55" and holder.lost is not None
+        other = await a.take(second)
+        await c.ask(other)
+        forced = await c.take(other)  # the owner did not hand over in time
+        assert (forced.owner, forced.pending) == ("worker-c", None)
+    finally:
+        for client in (ca, cb, cc):
+            await client.__aexit__(None, None, None)
+
+
+def test_a_steal_is_asked_for_counted_as_on_its_way_and_forced_only_when_overdue():
+    leases = [Lease(f"s{i}", "w1", 5, None) for i in range(4)]
+    asks = Asks(timeout_s=30.0)
+    takes = plan(leases, "w2", {}, now=0.0, duration_s=10.0, holding=set(), asks=asks)
+    assert [(lease.shard_id, why) for lease, why in takes] == [("s0", "ask")]
+    asks.asked("s0", 0.0)
+    leases[0] = Lease("s0", "w1", 6, None, pending="w2")  # renewed on while it drains
+    takes = plan(leases, "w2", {}, now=1.0, duration_s=10.0, holding=set(), asks=asks)
+    assert [(lease.shard_id, why) for lease, why in takes] == [("s1", "ask")]  # fair share: 2
+    leases[1] = Lease("s1", "w1", 6, None, pending="w2")
+    assert plan(leases, "w2", {}, now=2.0, duration_s=10.0, holding=set(), asks=asks) == []
+    takes = plan(leases, "w2", {}, now=31.0, duration_s=10.0, holding=set(), asks=asks)
+    assert [(lease.shard_id, why) for lease, why in takes] == [("s0", "force")]
+    leases[0] = Lease("s0", "w2", 7, None)  # handed over
+    takes = plan(leases, "w2", {}, now=31.5, duration_s=10.0, holding=set(), asks=asks)
+    assert [(lease.shard_id, why) for lease, why in takes] == [("s0", "handed")]

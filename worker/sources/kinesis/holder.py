@@ -76,6 +76,11 @@ class LeaseHolder:
         await self._write(self._table.release, moves_counter=True)
         self.give_up("released")
 
+    async def hand_over(self) -> None:
+        """Give the lease to the worker that asked for it (after the last checkpoint)."""
+        await self._write(self._table.hand_over, moves_counter=True)
+        self.give_up("handed over")
+
     async def _write(self, op: Callable[[Lease], Awaitable[Lease]],
                      moves_counter: bool = False) -> None:  # fmt: skip
         async with self._lock:

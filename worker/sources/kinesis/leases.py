@@ -2,7 +2,10 @@
 
 One item per shard: `shard_id`, `owner`, `counter` (bumped by every take,
 renew and release), `checkpoint` (the last sequence number done, or
-SHARD_END), `sub_checkpoint` (for KPL aggregation later) and `parents`. Every
+SHARD_END), `sub_checkpoint` (for KPL aggregation later), `parents`, and
+`pending_owner` while another worker asks for the lease (a graceful hand-off,
+after KCL 3's: the asker marks the lease without moving its counter, so the
+owner keeps renewing while it drains, then hands it over in one write). Every
 write that depends on owning the lease is conditional on `owner` and
 `counter` being what this worker last saw, so a worker that lost its lease
 (taken over after it stopped renewing, say) can never checkpoint: its write
@@ -46,6 +49,8 @@ class Lease:
     counter: int
     checkpoint: str | None
     parents: tuple[str, ...] = ()
+    #: The worker that asked for the lease (a graceful hand-off in progress), if any.
+    pending: str | None = None
 
     @property
     def ended(self) -> bool:
@@ -72,6 +77,7 @@ def _lease(item: dict[str, Any]) -> Lease:
         counter=int(item["counter"]["N"]),
         checkpoint=item.get("checkpoint", {}).get("S"),
         parents=tuple(p["S"] for p in item.get("parents", {}).get("L", [])),
+        pending=item.get("pending_owner", {}).get("S"),
     )
 
 
@@ -126,8 +132,9 @@ class LeaseTable:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     async def _update(self, lease: Lease, expression: str, values: dict[str, Any],
-                      names: dict[str, str] | None = None, mine: bool = True) -> Lease:  # fmt: skip
-        condition = "#counter = :seen" + (" AND #owner = :me" if mine else "")
+                      names: dict[str, str] | None = None, mine: bool = True,
+                      also: str = "") -> Lease:  # fmt: skip
+        condition = "#counter = :seen" + (" AND #owner = :me" if mine else "") + also
         values = {":seen": {"N": str(lease.counter)}, **values}
         if mine:
             values[":me"] = {"S": self.worker_id}
@@ -155,12 +162,38 @@ class LeaseTable:
         return _lease(answer["Attributes"])
 
     async def take(self, lease: Lease) -> Lease:
-        """Own a free, expired or stolen lease, if it is still as we last saw it."""
+        """Own a free, expired or stolen lease, if it is still as we last saw it (a hand-off
+        asked for it is called off)."""
         return await self._update(
             lease,
-            "SET #owner = :me, #counter = #counter + :one",
+            "SET #owner = :me, #counter = #counter + :one REMOVE #pending",
             {":me": {"S": self.worker_id}, ":one": {"N": "1"}},
+            {"#pending": "pending_owner"},
             mine=False,
+        )
+
+    async def ask(self, lease: Lease) -> Lease:
+        """Ask the owner for the lease: mark this worker as its pending owner, the counter
+        unchanged (the owner keeps renewing), if the lease is still as we last saw it and
+        nobody asked first."""
+        return await self._update(
+            lease,
+            "SET #pending = :me",
+            {":me": {"S": self.worker_id}, ":owner": {"S": lease.owner or ""}},
+            {"#pending": "pending_owner"},
+            mine=False,
+            also=" AND #owner = :owner AND attribute_not_exists(#pending)",
+        )
+
+    async def hand_over(self, lease: Lease) -> Lease:
+        """Give the lease to the worker that asked for it, in one write (after the last
+        checkpoint): owner becomes the pending owner, the counter moves."""
+        return await self._update(
+            lease,
+            "SET #owner = #pending, #counter = #counter + :one REMOVE #pending",
+            {":one": {"N": "1"}, ":to": {"S": lease.pending or ""}},
+            {"#pending": "pending_owner"},
+            also=" AND #pending = :to",
         )
 
     async def renew(self, lease: Lease) -> Lease:

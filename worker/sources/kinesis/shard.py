@@ -1,4 +1,5 @@
-"""An owned shard: the holder of its lease, its reader, and the task that keeps the lease."""
+"""An owned shard: the holder of its lease, its reader, the task that keeps the lease, and
+the task that hands it over when another worker asked for it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ class Shard:
         self.holder = holder
         self.reader = reader
         self._keeper: asyncio.Task[Any] | None = None
+        self._handoff: asyncio.Task[Any] | None = None
 
     @property
     def shard_id(self) -> str:
@@ -25,13 +27,23 @@ class Shard:
         self.reader.start(spawn)
         self._keeper = spawn(keeper, f"kinesis lease {self.shard_id}")
 
+    def hand_off(self, spawn: Spawn, handoff: Coroutine[Any, Any, None]) -> None:
+        """Start handing the lease over (once), beside the keeper, which renews meanwhile."""
+        if self._handoff is None:
+            self._handoff = spawn(handoff, f"kinesis hand-off {self.shard_id}")
+
+    @property
+    def handing_off(self) -> bool:
+        return self._handoff is not None
+
     async def stop(self) -> None:
-        """Stop the reader and the keeper (unless the keeper is the caller)."""
+        """Stop the reader, the keeper and a hand-off (any but the caller)."""
         await self.reader.stop()
-        keeper = self._keeper
-        if keeper is not None and keeper is not asyncio.current_task():
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
+        tasks = [t for t in (self._keeper, self._handoff)
+                 if t is not None and t is not asyncio.current_task()]  # fmt: skip
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     @property
     def finished(self) -> bool:

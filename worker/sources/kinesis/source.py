@@ -7,20 +7,16 @@ task runs under the worker's task supervisor (`AssignmentListener.spawn`), so
 one that dies turns the worker not ready and ends it instead of leaving it
 half-working and ready:
 
-- the coordinator takes free, expired or (for balance) stolen leases, takes
-  back a lease the table names as this worker's that no shard here holds, and
-  discovers new shards. A round that fails for a reason that may pass (see
+- the coordinator takes free or expired leases, asks for one (for balance)
+  from the most loaded worker (a graceful hand-off, see `keeper`) and takes it
+  by force only if the owner does not hand it over within `handoff_timeout_s`,
+  takes back a lease the table names as this worker's that no shard here holds,
+  and discovers new shards. A round that fails for a reason that may pass (see
   `transient`) is retried with backoff.
-- per shard, a keeper renews the lease every third of its duration, retrying
-  what may pass. It waits for no other shard, so draining one shard never lets
-  the others' leases expire. A lease found taken by another worker is revoked
-  through the normal path; its checkpoints then fail, so nothing is committed
-  by a worker that no longer owns the shard. A lease that could not be renewed
-  before a sixth of its duration was left is given up before any other worker
+- per shard, a keeper (`keeper.py`): renewals, hand-offs, the shard's end. A
+  lease that could not be renewed in time is given up before any other worker
   can find it expired: its reader stops, nothing more of it is committed, and
   the keeper fails, which ends the worker (status 1, `event=lease_lapsed`).
-  Once a closed shard is read, handled and committed, the keeper checkpoints
-  SHARD_END, which is what lets its children start.
 - per shard, a reader (`reader.py`).
 
 Each lease is written only through its `LeaseHolder`, one write at a time.
@@ -44,14 +40,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 from worker.backoff import Backoff
 from worker.observe.metrics import Metrics
 from worker.sources.base import AssignmentListener, OwnershipLost, SourceStartError
-from worker.sources.kinesis.balance import Seen, plan
+from worker.sources.kinesis.balance import Asks, Seen, plan
 from worker.sources.kinesis.config import KinesisSourceConfig
 from worker.sources.kinesis.holder import LeaseHolder
-from worker.sources.kinesis.leases import SHARD_END, Lease, LeaseLost, LeaseTable
+from worker.sources.kinesis.keeper import LeaseKeeper
+from worker.sources.kinesis.leases import Lease, LeaseLost, LeaseTable
 from worker.sources.kinesis.metrics import KinesisMetrics
 from worker.sources.kinesis.reader import ShardReader
 from worker.sources.kinesis.record import TRAITS, KinesisRecord
-from worker.sources.kinesis.renewal import LeaseLapsed, renew_in_time
 from worker.sources.kinesis.shard import Shard
 from worker.sources.kinesis.transient import retryable
 
@@ -62,7 +58,8 @@ RELEASE_TIMEOUT_S = 5.0
 #: Lease-table calls: bounded, so a hung connection cannot hold a checkpoint for minutes.
 LEASE_CLIENT = AioConfig(connect_timeout=5, read_timeout=10,
                          retries={"mode": "standard", "max_attempts": 3})  # fmt: skip
-_EVENTS = {"free": "taken", "expired": "expired", "steal": "stolen", "reclaim": "reclaimed"}
+_EVENTS = {"free": "taken", "expired": "expired", "steal": "stolen", "reclaim": "reclaimed",
+           "handed": "stolen", "force": "stolen"}  # fmt: skip
 
 
 class KinesisSource:
@@ -78,6 +75,7 @@ class KinesisSource:
         self.worker_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._shards: dict[str, Shard] = {}
         self._seen: dict[str, Seen] = {}
+        self._asks = Asks(config.handoff_deadline_s)
         self._arrived = asyncio.Event()
         self._stack = AsyncExitStack()
         self._coordinator: asyncio.Task[None] | None = None
@@ -181,8 +179,23 @@ class KinesisSource:
         assert self._leases is not None
         leases = await self._leases.all()
         for lease, why in plan(leases, self.worker_id, self._seen, time.monotonic(),
-                               self._config.lease_duration_s, self._shards):  # fmt: skip
-            await self._take(lease, why)
+                               self._config.lease_duration_s, self._shards,
+                               self._asks):  # fmt: skip
+            if why == "ask":
+                await self._ask(lease)
+            else:
+                await self._take(lease, why)
+
+    async def _ask(self, lease: Lease) -> None:
+        """Ask the owner to hand the lease over; it is read here once the table says so."""
+        assert self._leases is not None
+        try:
+            await self._leases.ask(lease)
+        except LeaseLost:
+            return  # it changed meanwhile, or another worker asked first
+        self._asks.asked(lease.shard_id, time.monotonic())
+        log.info("event=lease_handoff_asked shard=%s owner=%s", lease.shard_id, lease.owner)
+        self._count("event", "asked")
 
     async def _take(self, lease: Lease, why: str) -> None:
         assert self._leases is not None and self._listener is not None
@@ -197,80 +210,14 @@ class KinesisSource:
         reader = ShardReader(self._kinesis, self._config, lease.shard_id, taken.checkpoint,
                              self._arrived.set, self._m)  # fmt: skip
         shard = self._shards[lease.shard_id] = Shard(holder, reader)
-        self._event(_EVENTS[why])
+        self._count("event", _EVENTS[why])
         # The pipeline must own the shard before any record of it can arrive: a record
         # fetched for a shard it does not know would be dropped, and later commits
         # would pass over it.
         await self._listener.on_assigned([lease.shard_id])
-        shard.start(self._listener.spawn, self._keep(shard))
-
-    # -- keeping a lease ------------------------------------------------------------------------
-    async def _keep(self, shard: Shard) -> None:
-        """Renew the lease every third of its duration; end the shard once all of it is done."""
-        holder = shard.holder
-        interval = self._config.lease_duration_s / 3
-        try:
-            while True:
-                await asyncio.sleep(max(holder.renewed_at + interval - time.monotonic(), 0.0))
-                if shard.finished:  # everything read was handled and committed
-                    await self._end(shard)
-                    return
-                try:
-                    await self._renew(shard)
-                except LeaseLost:
-                    log.warning("event=lease_lost shard=%s note='stopped without committing'",
-                                shard.shard_id)  # fmt: skip
-                    self._event("lost")
-                    await self._drop(shard)
-                    return
-        except Exception:
-            holder.give_up("its keeper failed")
-            await shard.reader.stop()
-            raise
-
-    async def _renew(self, shard: Shard) -> None:
-        try:
-            await renew_in_time(shard.holder, self._config.lease_duration_s, self._renewal)
-        except LeaseLapsed as exc:
-            await shard.reader.stop()
-            self._event("lapsed")
-            log.error("event=lease_lapsed shard=%s error=%r note='could not renew it: stopped "
-                      "reading the shard, nothing more of it is committed; the worker exits so "
-                      "that another takes it over'", shard.shard_id, str(exc))  # fmt: skip
-            raise
-
-    async def _drop(self, shard: Shard) -> None:
-        """Stop a shard: the pipeline drains it (its commits fail if the lease is gone)."""
-        assert self._listener is not None
-        await shard.reader.stop()
-        await self._listener.on_revoked([shard.shard_id])
-        self._forget(shard)
-
-    async def _end(self, shard: Shard) -> None:
-        """All of a closed shard is handled and committed: mark SHARD_END so children start.
-
-        A write that fails for a reason that may pass leaves the lease ours and open in the
-        table: the coordinator then takes it back, reads the (empty) rest, and ends it again.
-        """
-        assert self._listener is not None
-        await shard.reader.stop()
-        await self._listener.on_revoked([shard.shard_id])
-        try:
-            await shard.holder.checkpoint(SHARD_END)
-            await shard.holder.release()
-        except LeaseLost:
-            self._forget(shard)  # taken meanwhile: its new owner ends it
-            return
-        except Exception as exc:
-            self._forget(shard)
-            if not retryable(exc):
-                raise
-            log.warning("event=shard_end_failed shard=%s error=%r note='retried next round'",
-                        shard.shard_id, str(exc))  # fmt: skip
-            return
-        self._forget(shard)
-        log.info("event=shard_ended shard=%s", shard.shard_id)
-        self._event("ended")
+        keeper = LeaseKeeper(shard, self._listener, self._config.lease_duration_s, self._count,
+                             self._forget)  # fmt: skip
+        shard.start(self._listener.spawn, keeper.run())
 
     def _forget(self, shard: Shard) -> None:
         if self._shards.get(shard.shard_id) is shard:
@@ -351,14 +298,15 @@ class KinesisSource:
         return shard is not None and shard.reader.waiting
 
     # -- metrics (per round or per call, never per record) ---------------------------
-    def _event(self, event: str) -> None:
-        if self._m is not None:
-            self._m.lease_events.labels(self.name, event).inc()
-            self._m.leases_held.labels(self.name).set(len(self._shards))
-
-    def _renewal(self, result: str) -> None:
-        if self._m is not None:
+    def _count(self, family: str, result: str) -> None:
+        """A lease event ("event", name) or a renewal's result ("renewal", result)."""
+        if self._m is None:
+            return
+        if family == "renewal":
             self._m.renewals.labels(self.name, result).inc()
+            return
+        self._m.lease_events.labels(self.name, result).inc()
+        self._m.leases_held.labels(self.name).set(len(self._shards))
 
     def _checkpoint_written(self, result: str) -> None:
         if self._m is not None:
