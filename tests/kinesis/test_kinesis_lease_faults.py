@@ -5,6 +5,7 @@ hook on the worker's own session (`tests/kinesis/hooks.py`); nothing else is fak
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from tests.kinesis.hooks import LeaseCalls, hold, unreachable, write_kind
 from tests.kinesis.test_kinesis_source import lease_rows, make_stream, wait_active
 from worker.config import WorkerConfig
 from worker.runtime.worker import Worker
-from worker.sources.kinesis.leases import SHARD_END, Lease, LeaseTable
+from worker.sources.kinesis.leases import SHARD_END, Lease, LeaseLost, LeaseTable
 from worker.sources.kinesis.source import KinesisSource
 
 
@@ -381,3 +382,59 @@ async def test_a_shard_being_drained_does_not_keep_the_other_leases_from_being_r
     finally:
         gate.set()
         await stop((a, ta))
+
+
+async def test_a_hand_off_the_owner_does_not_answer_is_taken_by_force_after_the_timeout(
+    kinesis: Emulator, dynamodb: Emulator, caplog: pytest.LogCaptureFixture
+):
+    """The owner of both leases is the test itself: it renews them every second but never
+    hands one over (an owner of an older version that does not know the protocol, or a
+    stuck one). The joining worker asks for one, waits `handoff_timeout_s`, takes it by
+    force and reads it; the owner's next renewal of that lease is refused."""
+    caplog.set_level(logging.INFO, logger="worker.source.kinesis")
+    stream = await make_stream(kinesis, shards=2, records=100, keys=10)
+    table = f"leases-{uuid.uuid4().hex[:6]}"
+    base = lease_config(kinesis, dynamodb, stream, table, lease_duration_s=3)
+    cfg = base.model_copy(update={"source": base.source.model_copy(
+        update={"handoff_timeout_s": 4.0})})  # fmt: skip
+    async with get_session().create_client(
+        "dynamodb", region_name="us-east-1", endpoint_url=dynamodb.url
+    ) as client:
+        old = LeaseTable(client, table, "old-owner")
+        await old.ensure()
+        async with get_session().create_client(
+            "kinesis", region_name="us-east-1", endpoint_url=kinesis.url
+        ) as kinesis_client:
+            shards = (await kinesis_client.list_shards(StreamName=stream))["Shards"]
+        for shard in shards:
+            await old.add_shard(shard["ShardId"], ())
+        held = {lease.shard_id: await old.take(lease) for lease in await old.all()}
+        refused: list[str] = []
+
+        async def renew_for_ever() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                for shard_id, lease in list(held.items()):
+                    try:
+                        held[shard_id] = await old.renew(lease)
+                    except LeaseLost:
+                        refused.append(shard_id)
+                        del held[shard_id]
+
+        renewer = asyncio.create_task(renew_for_ever())
+        handled: list[Handled] = []
+        b = Worker(cfg, handler=recorder("b", handled))
+        tb = asyncio.create_task(b.serve())
+        try:
+            await until(lambda: "event=lease_handoff_asked" in caplog.text, 20, "an ask", tb)
+            asked_at = time.monotonic()
+            await until(lambda: refused, 20, "the forced take to fence the old owner", tb)
+            waited_s = time.monotonic() - asked_at
+            (taken,) = refused
+            await until(lambda: {h.shard for h in handled} == {taken}, 20, "its records", tb)
+        finally:
+            renewer.cancel()
+            await stop((b, tb))
+    assert "reason=force" in caplog.text
+    assert waited_s >= 4.0 - 1.5  # not before the timeout (less a round and a renewal)
+    assert len(held) == 1  # the other lease stayed with its owner
