@@ -1,4 +1,5 @@
-"""What no emulator does: throttling and expired iterators (injected); and resharding."""
+"""What no emulator does: throttling, expired iterators and failed reads (injected); and
+resharding."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 from aiobotocore.session import get_session
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from scripts.emulators import Emulator
 from tests.kinesis.test_kinesis_source import config, make_stream, wait_active
@@ -61,19 +62,87 @@ async def test_throttling_and_expired_iterators_are_ridden_out_without_loss_or_d
     assert len(seen) == len(set(seen)) == 600  # nothing lost, nothing twice
     assert calls["calls"] > 5
     assert "event=throttled" in caplog.text
-    registry = worker.metrics.registry
+    assert calls_by(worker, "throttled") == 2 and calls_by(worker, "expired_iterator") == 1
+    assert calls_by(worker, "ok") > 0
 
-    def calls_by(result: str) -> float:
-        return sum(
-            s.value
-            for m in registry.collect()
-            if m.name == "worker_get_records_calls"
-            for s in m.samples
-            if s.labels.get("result") == result and s.name.endswith("_total")
-        )
 
-    assert calls_by("throttled") == 2 and calls_by("expired_iterator") == 1
-    assert calls_by("ok") > 0
+def calls_by(worker: Worker, result: str) -> float:
+    """worker_get_records_calls_total of one result, over every shard."""
+    return sum(
+        s.value
+        for m in worker.metrics.registry.collect()
+        if m.name == "worker_get_records_calls"
+        for s in m.samples
+        if s.labels.get("result") == result and s.name.endswith("_total")
+    )
+
+
+def client_error(code: str, status: int) -> ClientError:
+    response = {"Error": {"Code": code, "Message": "injected"},
+                "ResponseMetadata": {"HTTPStatusCode": status}}  # fmt: skip
+    return ClientError(response, "GetRecords")
+
+
+async def test_get_records_failures_that_may_pass_are_retried_without_loss_or_duplicates(
+    kinesis: Emulator, dynamodb: Emulator, caplog: pytest.LogCaptureFixture
+):
+    """InternalFailure (500), ServiceUnavailable (503) and a dropped connection
+    (EndpointConnectionError) on the 2nd, 3rd and 5th GetRecords, raised by a botocore
+    hook. The first version's reader died of the first, silently: the lease was still
+    renewed, the worker stayed ready and the shard was never read again."""
+    stream = await make_stream(kinesis, shards=2, records=600)
+    session = get_session()
+    calls = {"calls": 0}
+    faults = {2: client_error("InternalFailure", 500), 3: client_error("ServiceUnavailable", 503),
+              5: EndpointConnectionError(endpoint_url=kinesis.url)}  # fmt: skip
+
+    def inject(model, params, **kwargs):  # botocore's before-call hook
+        calls["calls"] += 1
+        if (fault := faults.get(calls["calls"])) is not None:
+            raise fault
+
+    session.register("before-call.kinesis.GetRecords", inject)
+    cfg = config(kinesis, dynamodb, stream, f"leases-{uuid.uuid4().hex[:6]}")
+    seen: list[str] = []
+
+    async def handler(batch) -> None:
+        seen.extend(r.sequence_number for r in batch.records)
+
+    worker = Worker(cfg, source=KinesisSource(cfg.source, session), handler=handler)
+    await run_until(worker, lambda: len(seen) >= 600, 60)
+    assert len(seen) == len(set(seen)) == 600  # nothing lost, nothing twice
+    assert calls_by(worker, "error") == 3 and calls_by(worker, "ok") > 0
+    assert caplog.text.count("event=read_retried") == 3
+
+
+async def test_a_get_records_error_that_will_not_pass_makes_the_worker_not_ready_and_exit_1(
+    kinesis: Emulator, dynamodb: Emulator, caplog: pytest.LogCaptureFixture
+):
+    """AccessDeniedException on every GetRecords after the first (a policy changed under a
+    running worker), raised by a botocore hook. The first version's reader died silently
+    and the worker stayed ready for ever, renewing a lease it no longer read."""
+    stream = await make_stream(kinesis, shards=1, records=50)
+    session = get_session()
+    calls = {"calls": 0}
+
+    def deny(model, params, **kwargs):  # botocore's before-call hook
+        calls["calls"] += 1
+        if calls["calls"] > 1:
+            raise client_error("AccessDeniedException", 400)
+
+    session.register("before-call.kinesis.GetRecords", deny)
+    cfg = config(kinesis, dynamodb, stream, f"leases-{uuid.uuid4().hex[:6]}")
+
+    async def handler(batch) -> None:
+        return None
+
+    worker = Worker(cfg, source=KinesisSource(cfg.source, session), handler=handler)
+    code = await asyncio.wait_for(worker.serve(), 30)
+    crashed = worker.tasks.crashed
+    assert code == 1
+    assert crashed is not None and crashed.startswith("task kinesis reader shardId-")
+    assert "AccessDeniedException" in crashed and worker.health.readiness() == (False, crashed)
+    assert "event=read_failed" in caplog.text and calls_by(worker, "failed") == 1
 
 
 async def test_split_and_merge_while_records_flow_keeps_per_key_order(

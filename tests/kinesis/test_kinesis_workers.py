@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -10,9 +12,12 @@ import sys
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
-from scripts.emulators import Emulator
+import pytest
+
+from scripts.emulators import Emulator, start_dynamodb
 from tests.integration.kafka_helpers import eventually
 from tests.kinesis.test_kinesis_source import checkpoints, lease_rows, make_stream
 
@@ -20,15 +25,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_config(
-    path: Path, kinesis: Emulator, dynamodb: Emulator, stream: str, table: str
-) -> Path:
+    path: Path, kinesis: Emulator, dynamodb: Emulator, stream: str, table: str,
+    lease_duration_s: float = 3, batch_size: int = 100,
+    target: str = "tests.kinesis.recorder:handle",
+) -> Path:  # fmt: skip
     path.write_text(
         "[source]\n"
         f'kind = "kinesis"\nstream_name = "{stream}"\nregion = "us-east-1"\n'
         f'endpoint_url = "{kinesis.url}"\nlease_endpoint_url = "{dynamodb.url}"\n'
-        f'lease_table = "{table}"\nlease_duration_s = 3\n'
-        "[batching]\nbatch_size = 100\nmaximum_batching_window_ms = 50\n"
-        '[handler]\ntarget = "tests.kinesis.recorder:handle"\n'
+        f'lease_table = "{table}"\nlease_duration_s = {lease_duration_s}\n'
+        f"[batching]\nbatch_size = {batch_size}\nmaximum_batching_window_ms = 50\n"
+        f'[handler]\ntarget = "{target}"\n'
         '[metrics]\nlisten = "127.0.0.1:0"\n[runtime]\nlog_format = "text"\n'
     )
     return path
@@ -135,3 +142,117 @@ def test_workers_spread_the_leases_and_stopping_one_moves_its_leases(
                 w.send_signal(signal.SIGTERM)
                 w.wait(60)
     assert sum(len(set(v)) for v in handled(tmp_path).values()) == 400
+
+
+@pytest.mark.parametrize("fault", ["stopped", "frozen"])
+def test_a_worker_cut_off_from_its_lease_table_exits_1_before_its_lease_can_expire(
+    kinesis: Emulator, tmp_path: Path, fault: str
+):
+    """The worker's own DynamoDB (a private moto) is killed, or frozen with SIGSTOP so
+    that calls hang instead of failing. Either way the worker cannot renew: it must give
+    its lease up before it expires, log `event=lease_lapsed` and exit 1, within the lease
+    duration plus its shutdown, instead of reading on unrenewed."""
+    private = start_dynamodb()
+    try:
+        stream = asyncio.run(make_stream(kinesis, shards=1, records=2000))
+        table = f"leases-{uuid.uuid4().hex[:6]}"
+        config = write_config(tmp_path / "w.toml", kinesis, private, stream, table)
+        worker = start(config, tmp_path, sleep_s="0.2")
+        try:
+            eventually(lambda: sum(map(len, handled(tmp_path).values())) >= 100, 60, "progress")
+            cut_at = time.monotonic()
+            if fault == "stopped":
+                os.kill(private.pid, signal.SIGKILL)
+            else:
+                os.kill(private.pid, signal.SIGSTOP)
+            code = worker.wait(60)
+            took_s = time.monotonic() - cut_at
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+        log = "".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
+        assert code == 1, log[-3000:]
+        assert "event=lease_lapsed" in log and "event=task_crashed" in log
+        assert took_s < 3 + 30, took_s  # the lease duration, plus a bounded shutdown
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(private.pid, signal.SIGCONT)
+        private.stop()
+
+
+@dataclass(frozen=True)
+class Batch:
+    pid: int
+    shard: str
+    started: float
+    ended: float
+
+
+def timed(record_dir: Path) -> list[tuple[Batch, int, str, int]]:
+    """Every handled record as (its batch, position, key, seq), from `timed_recorder`."""
+    out = []
+    for path in record_dir.glob("timed.*"):
+        for line in path.read_text().splitlines():
+            pid, shard, position, key, seq, started, ended = line.split()
+            batch = Batch(int(pid), shard, float(started), float(ended))
+            out.append((batch, int(position), key, int(seq)))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("lease_duration_s", "batch_s", "records", "workers"),
+    [(10, 1.0, 800, 2), (3, 4.0, 400, 2), (3, 1.0, 800, 3)],
+    ids=["lease 10 s", "a batch longer than the lease", "a third worker joins"],
+)
+def test_workers_joining_take_leases_by_hand_off_never_running_one_shard_twice_at_once(
+    kinesis: Emulator, dynamodb: Emulator, tmp_path: Path, lease_duration_s: float,
+    batch_s: float, records: int, workers: int,
+):  # fmt: skip
+    """Workers join while the first is inside slow batches on every shard. The first
+    version's steal started the joiner on a shard at once, beside its owner, for seconds
+    (duplicates and per-device order violations). Now the joiner asks, the owner drains
+    the shard, commits and hands the lease over, and only then does the joiner read it:
+    no two processes are ever inside batches of one shard at once, every record is
+    handled once and in order per device, no lease expires on the way, and the joiners
+    end with their fair share."""
+    stream = asyncio.run(make_stream(kinesis, shards=4, records=records, keys=40))
+    table = f"leases-{uuid.uuid4().hex[:6]}"
+    config = write_config(tmp_path / "w.toml", kinesis, dynamodb, stream, table,
+                          lease_duration_s=lease_duration_s, batch_size=20,
+                          target="tests.kinesis.timed_recorder:handle")  # fmt: skip
+    procs = [start(config, tmp_path, sleep_s=str(batch_s))]
+    try:
+        eventually(lambda: len({b.shard for b, *_ in timed(tmp_path)}) == 4, 60, "every shard")
+
+        def spread(n: int) -> bool:
+            counts = defaultdict(int)
+            for owner in asyncio.run(owners(dynamodb, table)).values():
+                counts[owner] += 1
+            return None not in counts and len(counts) == n and max(counts.values()) <= -(-4 // n)
+
+        for n in range(2, workers + 1):
+            procs.append(start(config, tmp_path, sleep_s=str(batch_s)))
+            eventually(lambda n=n: spread(n), 90, f"{n} workers with their fair share")
+        eventually(lambda: len({p for _, p, *_ in timed(tmp_path)}) >= records, 120, "all")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        codes = [p.wait(60) for p in procs]
+    rows = timed(tmp_path)
+    logs = "".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
+    assert codes == [0] * workers
+    assert "event=lease_handed_off" in logs
+    assert "reason=expired" not in logs and "event=lease_lost" not in logs  # none expired
+    assert len(rows) == len({p for _, p, *_ in rows}) == records  # each once
+    batches = defaultdict(set)
+    for batch, *_ in rows:
+        batches[batch.shard].add(batch)
+    for shard, seen in batches.items():
+        ordered = sorted(seen, key=lambda b: b.started)
+        for earlier, later in itertools.pairwise(ordered):
+            assert earlier.ended <= later.started, f"{shard}: {earlier} and {later} overlap"
+    per_key = defaultdict(list)
+    for _, _, key, seq in sorted(rows, key=lambda r: (r[0].started, r[1])):
+        per_key[key].append(seq)
+    assert all(seqs == list(range(len(seqs))) for seqs in per_key.values())

@@ -1,11 +1,15 @@
 """The lease table on moto's DynamoDB: conditional writes fence off a worker that lost its lease."""
 
+import asyncio
+import time
 import uuid
 
 import pytest
 from aiobotocore.session import get_session
 
-from worker.sources.kinesis.leases import SHARD_END, LeaseLost, LeaseTable
+from worker.sources.kinesis.balance import Asks, Seen, plan
+from worker.sources.kinesis.holder import LeaseHolder
+from worker.sources.kinesis.leases import SHARD_END, Lease, LeaseLost, LeaseTable
 
 
 async def table(dynamodb, worker_id: str, name: str):
@@ -61,3 +65,138 @@ async def test_parents_and_many_shards_survive_paging(dynamodb):
         assert all_leases[5].parents == ("shardId-004",)
     finally:
         await client.__aexit__(None, None, None)
+
+
+async def test_a_renewal_and_a_checkpoint_in_flight_at_once_both_land_on_the_holders_copy(
+    dynamodb,
+):
+    """Both writes of one lease start together; the holder sends them one at a time and
+    keeps the table's answer to each, so neither puts back a stale counter or checkpoint."""
+    name = f"leases-{uuid.uuid4().hex[:6]}"
+    client, leases = await table(dynamodb, "worker-a", name)
+    try:
+        await leases.add_shard("shardId-000", ())
+        (free,) = await leases.all()
+        holder = LeaseHolder(leases, await leases.take(free), time.monotonic(), 10)
+        for i in range(5):
+            await asyncio.gather(holder.renew(), holder.checkpoint(str(100 + i)), holder.renew())
+        (stored,) = await leases.all()
+        assert stored == holder.lease
+        assert (stored.owner, stored.counter, stored.checkpoint) == ("worker-a", 11, "104")
+    finally:
+        await client.__aexit__(None, None, None)
+
+
+async def test_a_holder_goes_on_from_the_table_when_its_own_write_moved_the_counter(dynamodb):
+    """A renewal the table applied but whose answer never came (a timeout) leaves the
+    holder one counter behind: the next write is refused, the refusal shows the lease is
+    still ours, and the holder goes on from the table's copy instead of dropping it."""
+    name = f"leases-{uuid.uuid4().hex[:6]}"
+    client, leases = await table(dynamodb, "worker-a", name)
+    try:
+        await leases.add_shard("shardId-000", ())
+        (free,) = await leases.all()
+        holder = LeaseHolder(leases, await leases.take(free), time.monotonic(), 10)
+        await leases.renew(holder.lease)  # applied; the holder never saw the answer
+        await holder.checkpoint("42")
+        await holder.renew()
+        (stored,) = await leases.all()
+        assert (stored.counter, stored.checkpoint) == (3, "42") and holder.lease == stored
+        assert holder.lost is None
+    finally:
+        await client.__aexit__(None, None, None)
+
+
+async def test_a_holder_whose_lease_was_taken_or_given_up_writes_nothing_more(dynamodb):
+    name = f"leases-{uuid.uuid4().hex[:6]}"
+    ca, a = await table(dynamodb, "worker-a", name)
+    cb, b = await table(dynamodb, "worker-b", name)
+    try:
+        await a.add_shard("shardId-000", ())
+        await a.add_shard("shardId-001", ())
+        first, second = await a.all()
+        taken = LeaseHolder(a, await a.take(first), time.monotonic(), 10)
+        lapsed = LeaseHolder(a, await a.take(second), time.monotonic(), 10)
+        await b.take((await b.all())[0])
+        with pytest.raises(LeaseLost):
+            await taken.checkpoint("7")  # refused by the table: worker-b has it
+        assert taken.lost is not None
+        lapsed.give_up("not renewed in time")
+        with pytest.raises(LeaseLost):
+            await lapsed.checkpoint("7")  # refused here: the table is not even asked
+        rows = {lease.shard_id: lease for lease in await a.all()}
+        assert rows["shardId-000"].owner == "worker-b" and rows["shardId-000"].checkpoint is None
+        assert rows["shardId-001"].owner == "worker-a" and rows["shardId-001"].checkpoint is None
+    finally:
+        await ca.__aexit__(None, None, None)
+        await cb.__aexit__(None, None, None)
+
+
+def test_a_lease_the_table_names_as_mine_that_i_do_not_hold_is_taken_back_first():
+    mine = Lease("s0", "w1", 4, "100")
+    held = Lease("s1", "w1", 9, None)
+    other = Lease("s2", "w2", 3, None)
+    takes = plan([mine, held, other], "w1", {}, now=0.0, duration_s=10.0, holding={"s1"})
+    assert [(lease.shard_id, why) for lease, why in takes] == [("s0", "reclaim")]
+    assert plan([mine, held, other], "w1", {}, 0.0, 10.0, holding={"s0", "s1"}) == []
+
+
+def test_a_shard_still_being_drained_here_is_not_taken_again_when_its_lease_expires():
+    """Its lease was lost to a worker that then died; until the drain of the old lane is
+    over, taking it back would run two lanes of one shard in this worker at once."""
+    lost = Lease("s0", "w2", 4, "100")
+    seen = {"s0": Seen(4, 0.0)}
+    assert plan([lost], "w1", seen, now=20.0, duration_s=10.0, holding={"s0"}) == []
+    assert [why for _, why in plan([lost], "w1", seen, 20.0, 10.0, holding=set())] == ["expired"]
+
+
+async def test_a_lease_asked_for_stays_its_owners_until_handed_over_in_one_write(dynamodb):
+    """The ask leaves owner and counter as they were (the owner renews and checkpoints on),
+    a second ask is refused, and the hand-over makes the asker owner in one write; a
+    forced take calls a pending ask off."""
+    name = f"leases-{uuid.uuid4().hex[:6]}"
+    ca, a = await table(dynamodb, "worker-a", name)
+    cb, b = await table(dynamodb, "worker-b", name)
+    cc, c = await table(dynamodb, "worker-c", name)
+    try:
+        await a.add_shard("shardId-000", ())
+        await a.add_shard("shardId-001", ())
+        first, second = await a.all()
+        holder = LeaseHolder(a, await a.take(first), time.monotonic(), 10)
+        (seen_by_b, _) = await b.all()
+        asked = await b.ask(seen_by_b)
+        assert (asked.owner, asked.counter, asked.pending) == ("worker-a", 1, "worker-b")
+        with pytest.raises(LeaseLost):
+            await c.ask(asked)  # one request at a time
+        await holder.renew()
+        await holder.checkpoint("55")
+        assert holder.lease.pending == "worker-b"  # the owner learns of it from its answers
+        await holder.hand_over()
+        (handed, _) = await b.all()
+        assert (handed.owner, handed.counter, handed.pending) == ("worker-b", 3, None)
+        assert handed.checkpoint == "55" and holder.lost is not None
+        other = await a.take(second)
+        await c.ask(other)
+        forced = await c.take(other)  # the owner did not hand over in time
+        assert (forced.owner, forced.pending) == ("worker-c", None)
+    finally:
+        for client in (ca, cb, cc):
+            await client.__aexit__(None, None, None)
+
+
+def test_a_steal_is_asked_for_counted_as_on_its_way_and_forced_only_when_overdue():
+    leases = [Lease(f"s{i}", "w1", 5, None) for i in range(4)]
+    asks = Asks(timeout_s=30.0)
+    takes = plan(leases, "w2", {}, now=0.0, duration_s=10.0, holding=set(), asks=asks)
+    assert [(lease.shard_id, why) for lease, why in takes] == [("s0", "ask")]
+    asks.asked("s0", 0.0)
+    leases[0] = Lease("s0", "w1", 6, None, pending="w2")  # renewed on while it drains
+    takes = plan(leases, "w2", {}, now=1.0, duration_s=10.0, holding=set(), asks=asks)
+    assert [(lease.shard_id, why) for lease, why in takes] == [("s1", "ask")]  # fair share: 2
+    leases[1] = Lease("s1", "w1", 6, None, pending="w2")
+    assert plan(leases, "w2", {}, now=2.0, duration_s=10.0, holding=set(), asks=asks) == []
+    takes = plan(leases, "w2", {}, now=31.0, duration_s=10.0, holding=set(), asks=asks)
+    assert [(lease.shard_id, why) for lease, why in takes] == [("s0", "force")]
+    leases[0] = Lease("s0", "w2", 7, None)  # handed over
+    takes = plan(leases, "w2", {}, now=31.5, duration_s=10.0, holding=set(), asks=asks)
+    assert [(lease.shard_id, why) for lease, why in takes] == [("s0", "handed")]

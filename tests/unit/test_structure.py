@@ -48,12 +48,7 @@ FOREIGN_WRITES_ALLOWED = {
     ("worker/observe/logs.py", "root.handlers[:]"),
 }
 #: Modules still to be brought under the rule, with the reason.
-FOREIGN_WRITES_PENDING = {
-    # The Kinesis `_Shard` record is written by the coordinator, the readers and the
-    # checkpoint path (its lease by two of them: defect 13.2); the lease rework of the
-    # reliability issue gives it one owner.
-    "worker/sources/kinesis/source.py",
-}
+FOREIGN_WRITES_PENDING: set[str] = set()
 
 
 def modules(root: Path = ROOT) -> dict[str, Path]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Sequence
+from typing import Any
 
 from worker.observe.metrics import Metrics
 from worker.observe.view import PartitionStats
@@ -80,6 +81,10 @@ class Assignments:
         self._m_rebalances.inc()
         await self.release(keys, Deadline(self._rebalance_timeout_s), reason="revoked")
         log.info("event=revoked partitions=%s", ",".join(map(self._source.label, keys)))
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """A long-lived task of the source's, supervised like the lanes."""
+        return self._tasks.spawn(coro, name)
 
     # -- releasing ---------------------------------------------------------------------------
     async def release_all(self, deadline: Deadline) -> None:

@@ -17,7 +17,8 @@ never a comparison of source names in the core.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+import asyncio
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -45,6 +46,12 @@ class AssignmentListener(Protocol):
     async def on_assigned(self, partitions: Sequence[PartitionKey]) -> None: ...
 
     async def on_revoked(self, partitions: Sequence[PartitionKey]) -> None: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run a long-lived task of the source's (a reader, a lease keeper) under the
+        worker's supervisor: one that dies of an error turns the worker not ready and
+        ends it, so no part of a source fails silently."""
+        ...
 
 
 class OwnershipLost(Exception):

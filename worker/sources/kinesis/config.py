@@ -22,6 +22,14 @@ class KinesisSourceConfig(SourceSettings):
     lease_endpoint_url: str | None = None
     lease_table: str | None = None
     lease_duration_s: Annotated[float, Field(ge=1, le=3600)] = 10
+    #: A lease asked for (a graceful hand-off) but not handed over within this long is
+    #: taken by force. Keep it above lease_duration_s + runtime.rebalance_timeout_s (the
+    #: longest an owner drains); unset: lease_duration_s + 20, for the default drain.
+    handoff_timeout_s: Annotated[float, Field(gt=0, le=7200)] | None = None
+
+    @property
+    def handoff_deadline_s(self) -> float:
+        return self.handoff_timeout_s or self.lease_duration_s + 20
 
     @property
     def loop_delay_budget_s(self) -> float:

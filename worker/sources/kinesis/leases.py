@@ -2,18 +2,26 @@
 
 One item per shard: `shard_id`, `owner`, `counter` (bumped by every take,
 renew and release), `checkpoint` (the last sequence number done, or
-SHARD_END), `sub_checkpoint` (for KPL aggregation later) and `parents`. Every
+SHARD_END), `sub_checkpoint` (for KPL aggregation later), `parents`, and
+`pending_owner` while another worker asks for the lease (a graceful hand-off,
+after KCL 3's: the asker marks the lease without moving its counter, so the
+owner keeps renewing while it drains, then hands it over in one write). Every
 write that depends on owning the lease is conditional on `owner` and
 `counter` being what this worker last saw, so a worker that lost its lease
 (taken over after it stopped renewing, say) can never checkpoint: its write
 fails and it drops the shard without committing. Expiry is judged as KCL does,
 by a counter that has not moved for `lease_duration_s` on this worker's clock.
+
+Every write returns the item as the table now holds it (`ALL_NEW`), and a
+refused write carries the item that refused it (`ALL_OLD`), so the caller's
+view of a lease is always the table's answer to its last write, never a copy
+patched up in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -22,7 +30,16 @@ SHARD_END = "SHARD_END"
 
 
 class LeaseLost(Exception):
-    """A conditional write failed: another worker owns the lease now."""
+    """A conditional write failed: the lease is not as this worker last saw it.
+
+    `current` is the lease as the table held it when it refused (None if it did not say):
+    owned by another worker, released, or still this worker's with a counter moved by a
+    write of its own whose answer never arrived.
+    """
+
+    def __init__(self, message: str, current: Lease | None = None) -> None:
+        super().__init__(message)
+        self.current = current
 
 
 @dataclass(frozen=True)
@@ -32,6 +49,8 @@ class Lease:
     counter: int
     checkpoint: str | None
     parents: tuple[str, ...] = ()
+    #: The worker that asked for the lease (a graceful hand-off in progress), if any.
+    pending: str | None = None
 
     @property
     def ended(self) -> bool:
@@ -58,6 +77,7 @@ def _lease(item: dict[str, Any]) -> Lease:
         counter=int(item["counter"]["N"]),
         checkpoint=item.get("checkpoint", {}).get("S"),
         parents=tuple(p["S"] for p in item.get("parents", {}).get("L", [])),
+        pending=item.get("pending_owner", {}).get("S"),
     )
 
 
@@ -112,13 +132,14 @@ class LeaseTable:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     async def _update(self, lease: Lease, expression: str, values: dict[str, Any],
-                      names: dict[str, str] | None = None, mine: bool = True) -> None:  # fmt: skip
-        condition = "#counter = :seen" + (" AND #owner = :me" if mine else "")
+                      names: dict[str, str] | None = None, mine: bool = True,
+                      also: str = "") -> Lease:  # fmt: skip
+        condition = "#counter = :seen" + (" AND #owner = :me" if mine else "") + also
         values = {":seen": {"N": str(lease.counter)}, **values}
         if mine:
             values[":me"] = {"S": self.worker_id}
         try:
-            await self._db.update_item(
+            answer = await self._db.update_item(
                 TableName=self.table,
                 Key={"shard_id": {"S": lease.shard_id}},
                 UpdateExpression=expression,
@@ -129,40 +150,68 @@ class LeaseTable:
                     **(names or {}),
                 },
                 ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
             if _conditional_failed(exc):
-                raise LeaseLost(f"lease of {lease.shard_id} changed under us") from None
+                item = exc.response.get("Item")
+                current = _lease(item) if item else None
+                raise LeaseLost(f"lease of {lease.shard_id} changed under us", current) from None
             raise
+        return _lease(answer["Attributes"])
 
     async def take(self, lease: Lease) -> Lease:
-        """Own a free, expired or stolen lease, if it is still as we last saw it."""
-        await self._update(
+        """Own a free, expired or stolen lease, if it is still as we last saw it (a hand-off
+        asked for it is called off)."""
+        return await self._update(
             lease,
-            "SET #owner = :me, #counter = #counter + :one",
+            "SET #owner = :me, #counter = #counter + :one REMOVE #pending",
             {":me": {"S": self.worker_id}, ":one": {"N": "1"}},
+            {"#pending": "pending_owner"},
             mine=False,
         )
-        return replace(lease, owner=self.worker_id, counter=lease.counter + 1)
+
+    async def ask(self, lease: Lease) -> Lease:
+        """Ask the owner for the lease: mark this worker as its pending owner, the counter
+        unchanged (the owner keeps renewing), if the lease is still as we last saw it and
+        nobody asked first."""
+        return await self._update(
+            lease,
+            "SET #pending = :me",
+            {":me": {"S": self.worker_id}, ":owner": {"S": lease.owner or ""}},
+            {"#pending": "pending_owner"},
+            mine=False,
+            also=" AND #owner = :owner AND attribute_not_exists(#pending)",
+        )
+
+    async def hand_over(self, lease: Lease) -> Lease:
+        """Give the lease to the worker that asked for it, in one write (after the last
+        checkpoint): owner becomes the pending owner, the counter moves."""
+        return await self._update(
+            lease,
+            "SET #owner = #pending, #counter = #counter + :one REMOVE #pending",
+            {":one": {"N": "1"}, ":to": {"S": lease.pending or ""}},
+            {"#pending": "pending_owner"},
+            also=" AND #pending = :to",
+        )
 
     async def renew(self, lease: Lease) -> Lease:
-        await self._update(lease, "SET #counter = #counter + :one", {":one": {"N": "1"}})
-        return replace(lease, counter=lease.counter + 1)
+        return await self._update(lease, "SET #counter = #counter + :one", {":one": {"N": "1"}})
 
     async def checkpoint(self, lease: Lease, sequence: str, sub_sequence: int = 0) -> Lease:
         """Record `sequence` (or SHARD_END) as done; LeaseLost if we no longer own it.
 
         `sub_sequence` is kept for KPL-aggregated records (always 0 until those are read).
         """
-        await self._update(
+        return await self._update(
             lease,
             "SET #checkpoint = :cp, #sub = :sub",
             {":cp": {"S": sequence}, ":sub": {"N": str(sub_sequence)}},
             {"#checkpoint": "checkpoint", "#sub": "sub_checkpoint"},
         )
-        return replace(lease, checkpoint=sequence)
 
-    async def release(self, lease: Lease) -> None:
+    async def release(self, lease: Lease) -> Lease:
         """Give the lease up (after the last checkpoint), so another worker takes it at once."""
-        await self._update(lease, "REMOVE #owner SET #counter = #counter + :one",
-                           {":one": {"N": "1"}})  # fmt: skip
+        return await self._update(lease, "REMOVE #owner SET #counter = #counter + :one",
+                                  {":one": {"N": "1"}})  # fmt: skip

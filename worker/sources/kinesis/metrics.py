@@ -20,7 +20,10 @@ class KinesisMetrics:
         )
         self.lease_events = Counter(
             "worker_lease_events",
-            "Lease changes: taken (free), expired (taken over), stolen (balance), lost, ended.",
+            "Lease changes: taken (free), expired (taken over), asked (a hand-off, for "
+            "balance), handed_off (to the worker that asked), stolen (by hand-off or, when "
+            "overdue, by force), reclaimed (the table named this worker, which did not hold "
+            "it), lost, lapsed (not renewed in time: the worker stops), ended.",
             ("source", "event"),
             registry=r,
         )
@@ -30,13 +33,20 @@ class KinesisMetrics:
         )
         self.get_records = Counter(
             "worker_get_records_calls",
-            "Kinesis GetRecords calls, by result: ok, throttled, expired_iterator.",
+            "Kinesis GetRecords calls, by result: ok, throttled, expired_iterator, error "
+            "(retried: a 500, a network failure), failed (not retryable: the worker stops).",
             (*PARTITION_LABELS, "result"),
             registry=r,
         )
         self.checkpoints = Counter(
             "worker_checkpoint_writes",
-            "Checkpoint writes to the lease table, by result: ok, conditional_failure.",
+            "Checkpoint writes to the lease table, by result: ok, conditional_failure, error.",
+            ("source", "result"),
+            registry=r,
+        )
+        self.renewals = Counter(
+            "worker_lease_renewals",
+            "Lease renewal attempts, by result: ok, error (retried until the lease would lapse).",
             ("source", "result"),
             registry=r,
         )

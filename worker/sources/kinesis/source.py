@@ -2,70 +2,64 @@
 by conditional writes to the lease table.
 
 The pipeline sees shards as partitions and sequence numbers as positions
-(`int(sequence_number)`: they are ordered within a shard). A coordinator task
-renews this worker's leases, takes free, expired or (for balance) stolen
-ones, and discovers new shards; each owned shard has a reader task that
-stays within AWS's per-shard limits (5 GetRecords calls/s) and backs off
-with jitter when throttled. A shard that ends (no NextShardIterator) is
-drained and committed through the normal revoke path, then checkpointed
-SHARD_END, which is what lets its children start. A lease found lost on
-renewal is revoked the same way; its checkpoint writes then fail, so nothing
-is committed by a worker that no longer owns the shard.
+(`int(sequence_number)`: they are ordered within a shard). Every long-lived
+task runs under the worker's task supervisor (`AssignmentListener.spawn`), so
+one that dies turns the worker not ready and ends it instead of leaving it
+half-working and ready:
+
+- the coordinator takes free or expired leases, asks for one (for balance)
+  from the most loaded worker (a graceful hand-off, see `keeper`) and takes it
+  by force only if the owner does not hand it over within `handoff_timeout_s`,
+  takes back a lease the table names as this worker's that no shard here holds,
+  and discovers new shards. A round that fails for a reason that may pass (see
+  `transient`) is retried with backoff.
+- per shard, a keeper (`keeper.py`): renewals, hand-offs, the shard's end. A
+  lease that could not be renewed in time is given up before any other worker
+  can find it expired: its reader stops, nothing more of it is committed, and
+  the keeper fails, which ends the worker (status 1, `event=lease_lapsed`).
+- per shard, a reader (`reader.py`).
+
+Each lease is written only through its `LeaseHolder`, one write at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from contextlib import AsyncExitStack
-from datetime import UTC, datetime
-from operator import attrgetter
+from contextlib import AsyncExitStack, suppress
 from typing import Any
 
+from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.backoff import Backoff
 from worker.observe.metrics import Metrics
 from worker.sources.base import AssignmentListener, OwnershipLost, SourceStartError
-from worker.sources.kinesis.balance import Seen, plan
+from worker.sources.kinesis.balance import Asks, Seen, plan
 from worker.sources.kinesis.config import KinesisSourceConfig
-from worker.sources.kinesis.leases import SHARD_END, Lease, LeaseLost, LeaseTable
+from worker.sources.kinesis.holder import LeaseHolder
+from worker.sources.kinesis.keeper import LeaseKeeper
+from worker.sources.kinesis.leases import Lease, LeaseLost, LeaseTable
 from worker.sources.kinesis.metrics import KinesisMetrics
+from worker.sources.kinesis.reader import ShardReader
 from worker.sources.kinesis.record import TRAITS, KinesisRecord
+from worker.sources.kinesis.shard import Shard
+from worker.sources.kinesis.transient import retryable
 
 log = logging.getLogger("worker.source.kinesis")
 
-MIN_CALL_INTERVAL_S = 0.2  # GetRecords: 5 calls per second per shard
-MAX_READ_BYTES_PER_S = 2_000_000  # and 2 MB per second per shard
-IDLE_POLL_S = 0.5
-THROTTLES = {"ProvisionedThroughputExceededException", "LimitExceededException"}
-THROTTLE_BACKOFF = Backoff(250, 10_000)
-_SIZE = attrgetter("size")
-
-
-class _Shard:
-    """An owned shard: its lease, its reader task and the records waiting to be fetched."""
-
-    def __init__(self, lease: Lease) -> None:
-        self.lease = lease
-        self.chunks: asyncio.Queue[list[KinesisRecord]] = asyncio.Queue(maxsize=2)
-        self.resumed = asyncio.Event()
-        self.resumed.set()
-        self.reader: asyncio.Task[None] | None = None
-        self.last_read: str | None = lease.checkpoint if lease.checkpoint != SHARD_END else None
-        self.ended = False  # the reader saw the end; the lease ends once all is committed
-        self.behind_ms = 0  # MillisBehindLatest of the last GetRecords
-
-    @property
-    def waiting(self) -> bool:
-        """Records are queued here, or the stream's tip is ahead of what was read."""
-        return self.behind_ms > 0 or not self.chunks.empty()
+ROUND_BACKOFF = Backoff(250, 10_000)
+RELEASE_TIMEOUT_S = 5.0
+#: Lease-table calls: bounded, so a hung connection cannot hold a checkpoint for minutes.
+LEASE_CLIENT = AioConfig(connect_timeout=5, read_timeout=10,
+                         retries={"mode": "standard", "max_attempts": 3})  # fmt: skip
+_EVENTS = {"free": "taken", "expired": "expired", "steal": "stolen", "reclaim": "reclaimed",
+           "handed": "stolen", "force": "stolen"}  # fmt: skip
 
 
 class KinesisSource:
@@ -79,8 +73,9 @@ class KinesisSource:
         self._session = session or get_session()
         self._stream = config.stream
         self.worker_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self._shards: dict[str, _Shard] = {}
+        self._shards: dict[str, Shard] = {}
         self._seen: dict[str, Seen] = {}
+        self._asks = Asks(config.handoff_deadline_s)
         self._arrived = asyncio.Event()
         self._stack = AsyncExitStack()
         self._coordinator: asyncio.Task[None] | None = None
@@ -108,31 +103,42 @@ class KinesisSource:
             session.create_client("kinesis", region_name=c.region, endpoint_url=c.endpoint_url)
         )
         dynamodb = await self._stack.enter_async_context(
-            session.create_client(
-                "dynamodb", region_name=c.region, endpoint_url=c.lease_endpoint_url
-            )
-        )
+            session.create_client("dynamodb", region_name=c.region,
+                                  endpoint_url=c.lease_endpoint_url, config=LEASE_CLIENT)
+        )  # fmt: skip
         self._leases = LeaseTable(dynamodb, c.lease_table or f"{c.group_id}-leases", self.worker_id)
         await self._leases.ensure()
         await self._discover()
         await self._coordinate_once()
         if not self._shards:  # nothing to take now: say so, so the worker turns ready
             await listener.on_assigned([])
-        self._coordinator = asyncio.create_task(self._coordinate(), name="kinesis-leases")
+        self._coordinator = listener.spawn(self._coordinate(), "kinesis coordinator")
 
     async def stop(self) -> None:
+        """Stop every task of the source, release the leases (bounded), close the clients."""
         if self._coordinator is not None:
             self._coordinator.cancel()
             await asyncio.gather(self._coordinator, return_exceptions=True)
-        for shard_id in list(self._shards):
-            shard = self._shards.pop(shard_id)
-            await self._stop_reader(shard)
-            with contextlib.suppress(LeaseLost, ClientError):
-                assert self._leases is not None
-                await self._leases.release(shard.lease)  # another worker takes it at once
+        shards = list(self._shards.values())
+        self._shards.clear()
+        await asyncio.gather(*(shard.stop() for shard in shards))
+        try:  # another worker takes a released lease at once, an unreleased one on expiry
+            async with asyncio.timeout(RELEASE_TIMEOUT_S):
+                await asyncio.gather(*(self._release(shard) for shard in shards))
+        except TimeoutError:
+            log.warning("event=lease_release_failed error='timed out' note='they expire'")
         await self._stack.aclose()
 
-    # -- leases -----------------------------------------------------------------------------
+    async def _release(self, shard: Shard) -> None:
+        try:
+            await shard.holder.release()
+        except LeaseLost:
+            return
+        except Exception as exc:  # stopping anyway: the lease then expires instead
+            log.warning("event=lease_release_failed shard=%s error=%r note='it expires after "
+                        "lease_duration_s'", shard.shard_id, str(exc))  # fmt: skip
+
+    # -- taking leases ------------------------------------------------------------------------
     async def _discover(self) -> None:
         """Add a lease for every shard of the stream (ListShards, paged as AWS pages it)."""
         assert self._leases is not None
@@ -149,200 +155,159 @@ class KinesisSource:
             kwargs = {"NextToken": page["NextToken"]}
 
     async def _coordinate(self) -> None:
+        """A round every third of a lease duration; new shards every third round."""
         interval = self._config.lease_duration_s / 3
-        rounds = 0
+        rounds = failures = 0
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(ROUND_BACKOFF.delay_s(failures) if failures else interval)
             rounds += 1
             try:
                 if rounds % 3 == 0:
                     await self._discover()  # children of a reshard, new shards
                 await self._coordinate_once()
-            except ClientError as exc:
-                log.warning("event=lease_round_failed error=%r", str(exc))
+            except Exception as exc:
+                if not retryable(exc):
+                    log.error("event=lease_round_failed error=%r note='not retryable: the "
+                              "worker stops'", str(exc))  # fmt: skip
+                    raise
+                failures += 1
+                log.warning("event=lease_round_failed error=%r attempt=%d", str(exc), failures)
+                continue
+            failures = 0
 
     async def _coordinate_once(self) -> None:
-        assert self._leases is not None and self._listener is not None
-        for shard_id, shard in list(self._shards.items()):
-            if shard.ended and shard.chunks.empty() and shard.lease.checkpoint == shard.last_read:
-                # Everything read was handled and committed: only now may the shard end.
-                await self._end_shard(shard_id)
-                continue
-            try:
-                shard.lease = await self._leases.renew(shard.lease)
-            except LeaseLost:
-                log.warning("event=lease_lost shard=%s note='stopped without committing'", shard_id)
-                self._event("lost")
-                await self._drop(shard_id)
+        assert self._leases is not None
         leases = await self._leases.all()
-        now = time.monotonic()
-        for lease, why in plan(leases, self.worker_id, self._seen, now,
-                               self._config.lease_duration_s):  # fmt: skip
-            try:
-                taken = await self._leases.take(lease)
-            except LeaseLost:
-                continue  # someone else was quicker
-            log.info("event=lease_taken shard=%s reason=%s from=%s", lease.shard_id, why,
-                     lease.owner)  # fmt: skip
-            self._event({"free": "taken", "expired": "expired", "steal": "stolen"}[why])
-            shard = self._shards[lease.shard_id] = _Shard(taken)
-            # The pipeline must own the shard before any record of it can arrive: a record
-            # fetched for a shard it does not know would be dropped, and later commits
-            # would pass over it.
-            await self._listener.on_assigned([lease.shard_id])
-            shard.reader = asyncio.create_task(self._read(lease.shard_id, shard))
+        for lease, why in plan(leases, self.worker_id, self._seen, time.monotonic(),
+                               self._config.lease_duration_s, self._shards,
+                               self._asks):  # fmt: skip
+            if why == "ask":
+                await self._ask(lease)
+            else:
+                await self._take(lease, why)
 
-    async def _drop(self, shard_id: str) -> None:
-        """Stop a shard: the pipeline drains it (its commits fail if the lease is gone)."""
-        shard = self._shards.get(shard_id)
-        if shard is None:
-            return
-        await self._stop_reader(shard)
-        assert self._listener is not None
-        await self._listener.on_revoked([shard_id])
-        self._shards.pop(shard_id, None)
+    async def _ask(self, lease: Lease) -> None:
+        """Ask the owner to hand the lease over; it is read here once the table says so."""
+        assert self._leases is not None
+        try:
+            await self._leases.ask(lease)
+        except LeaseLost:
+            return  # it changed meanwhile, or another worker asked first
+        self._asks.asked(lease.shard_id, time.monotonic())
+        log.info("event=lease_handoff_asked shard=%s owner=%s", lease.shard_id, lease.owner)
+        self._count("event", "asked")
+
+    async def _take(self, lease: Lease, why: str) -> None:
+        assert self._leases is not None and self._listener is not None
+        sent = time.monotonic()
+        try:
+            taken = await self._leases.take(lease)
+        except LeaseLost:
+            return  # someone else was quicker
+        log.info("event=lease_taken shard=%s reason=%s from=%s", lease.shard_id, why,
+                 lease.owner)  # fmt: skip
+        holder = LeaseHolder(self._leases, taken, sent, self._config.lease_duration_s)
+        reader = ShardReader(self._kinesis, self._config, lease.shard_id, taken.checkpoint,
+                             self._arrived.set, self._m)  # fmt: skip
+        shard = self._shards[lease.shard_id] = Shard(holder, reader)
+        self._count("event", _EVENTS[why])
+        # The pipeline must own the shard before any record of it can arrive: a record
+        # fetched for a shard it does not know would be dropped, and later commits
+        # would pass over it.
+        await self._listener.on_assigned([lease.shard_id])
+        keeper = LeaseKeeper(shard, self._listener, self._config.lease_duration_s, self._count,
+                             self._forget)  # fmt: skip
+        shard.start(self._listener.spawn, keeper.run())
+
+    def _forget(self, shard: Shard) -> None:
+        if self._shards.get(shard.shard_id) is shard:
+            del self._shards[shard.shard_id]
         if self._m is not None:
             self._m.leases_held.labels(self.name).set(len(self._shards))
 
-    async def _end_shard(self, shard_id: str) -> None:
-        """All of a closed shard is handled and committed: mark SHARD_END so children start."""
-        shard = self._shards[shard_id]
-        await self._drop(shard_id)
-        assert self._leases is not None
-        with contextlib.suppress(LeaseLost):
-            lease = await self._leases.checkpoint(shard.lease, SHARD_END)
-            await self._leases.release(lease)
-            log.info("event=shard_ended shard=%s", shard_id)
-            self._event("ended")
-
-    # -- reading ----------------------------------------------------------------------------
-    async def _iterator(self, shard_id: str, after: str | None) -> str:
-        c = self._config
-        kwargs: dict[str, Any] = {"StreamName": self._stream, "ShardId": shard_id}
-        if after:
-            kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=after)
-        elif c.starting_position == "latest":
-            kwargs["ShardIteratorType"] = "LATEST"
-        elif c.starting_position == "at_timestamp":
-            at = datetime.fromtimestamp(c.starting_position_timestamp, UTC)
-            kwargs.update(ShardIteratorType="AT_TIMESTAMP", Timestamp=at)
-        else:
-            kwargs["ShardIteratorType"] = "TRIM_HORIZON"
-        return (await self._kinesis.get_shard_iterator(**kwargs))["ShardIterator"]
-
-    async def _read(self, shard_id: str, shard: _Shard) -> None:
-        iterator = await self._iterator(shard_id, shard.last_read)
-        throttled = 0
-        while iterator:
-            await shard.resumed.wait()
-            started = time.monotonic()
-            try:
-                page = await self._kinesis.get_records(ShardIterator=iterator, Limit=10_000)
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code")
-                if code == "ExpiredIteratorException":
-                    self._calls(shard_id, "expired_iterator")
-                    iterator = await self._iterator(shard_id, shard.last_read)
-                    continue
-                if code in THROTTLES:
-                    self._calls(shard_id, "throttled")
-                    throttled += 1
-                    delay = THROTTLE_BACKOFF.delay_s(throttled)
-                    log.warning("event=throttled shard=%s code=%s retry_in_s=%.2f",
-                                shard_id, code, delay)  # fmt: skip
-                    await asyncio.sleep(delay)
-                    continue
-                raise
-            throttled = 0
-            self._calls(shard_id, "ok")
-            if "MillisBehindLatest" in page:
-                shard.behind_ms = page["MillisBehindLatest"]
-                if self._m is not None:
-                    self._m.behind_latest.labels(self.name, shard_id).set(shard.behind_ms / 1000)
-            stream = self._stream
-            records = [KinesisRecord.from_api(stream, shard_id, r) for r in page["Records"]]
-            if records:
-                shard.last_read = records[-1].sequence_number
-                await shard.chunks.put(records)
-                self._arrived.set()
-            iterator = page.get("NextShardIterator")
-            pause = MIN_CALL_INTERVAL_S if records else IDLE_POLL_S
-            # What this call read counts against the shard's 2 MB/s before the next one.
-            pause = max(pause, sum(map(_SIZE, records)) / MAX_READ_BYTES_PER_S)
-            await asyncio.sleep(max(pause - (time.monotonic() - started), 0.0))
-        shard.ended = True
-
-    async def _stop_reader(self, shard: _Shard) -> None:
-        if shard.reader is not None:
-            shard.reader.cancel()
-            await asyncio.gather(shard.reader, return_exceptions=True)
-
     # -- the source contract ------------------------------------------------------------
     async def fetch(self, timeout_s: float) -> Mapping[str, Sequence[KinesisRecord]]:
-        out = self._take()
+        out = self._queued()
         if out:
             return out
         self._arrived.clear()
-        with contextlib.suppress(TimeoutError):
+        with suppress(TimeoutError):
             await asyncio.wait_for(self._arrived.wait(), timeout_s)
-        return self._take()
+        return self._queued()
 
-    def _take(self) -> dict[str, list[KinesisRecord]]:
-        out: dict[str, list[KinesisRecord]] = {}
+    def _queued(self) -> dict[str, list[KinesisRecord]]:
+        out = {}
         for shard_id, shard in self._shards.items():
-            while not shard.chunks.empty():
-                out.setdefault(shard_id, []).extend(shard.chunks.get_nowait())
+            if records := shard.reader.take():
+                out[shard_id] = records
         return out
 
     def pause(self, partition: str) -> None:
         if (shard := self._shards.get(partition)) is not None:
-            shard.resumed.clear()
+            shard.reader.pause()
 
     def resume(self, partition: str) -> None:
         if (shard := self._shards.get(partition)) is not None:
-            shard.resumed.set()
+            shard.reader.resume()
 
     async def commit(self, positions: Mapping[str, int]) -> None:
-        """Checkpoint every shard still owned; then report the ones that were not."""
-        assert self._leases is not None
-        lost = []
-        for shard_id, position in positions.items():
-            shard = self._shards.get(shard_id)
-            if shard is None:
+        """Checkpoint every shard still owned (all at once); then report the ones that were
+        not. A write that may pass on retry fails the call as a ConnectionError, which the
+        committer retries; any other error is raised as it is."""
+        items = list(positions.items())
+        results = await asyncio.gather(*(self._checkpoint(s, p) for s, p in items),
+                                       return_exceptions=True)  # fmt: skip
+        lost, failed = [], None
+        for (shard_id, _), result in zip(items, results, strict=True):
+            if isinstance(result, BaseException):
+                if not retryable(result):
+                    raise result
+                failed = failed or result
+            elif not result:
                 lost.append(shard_id)
-                continue
-            try:
-                shard.lease = await self._leases.checkpoint(shard.lease, str(position))
-            except LeaseLost:
-                self._checkpoint("conditional_failure")
-                lost.append(shard_id)
-                continue
-            except ClientError as exc:  # throttled or unreachable: the committer retries
-                raise ConnectionError(f"lease table: {exc}") from exc
-            self._checkpoint("ok")
+        if failed is not None:
+            why = str(failed) or type(failed).__name__
+            raise ConnectionError(f"lease table: {why}") from failed
         if lost:
             raise OwnershipLost(f"leases lost: {', '.join(lost)}", lost)
 
+    async def _checkpoint(self, shard_id: str, position: int) -> bool:
+        """Checkpoint one shard; False if this worker does not own it (any more)."""
+        shard = self._shards.get(shard_id)
+        if shard is None:
+            return False
+        try:
+            await shard.holder.checkpoint(str(position))
+        except LeaseLost:
+            self._checkpoint_written("conditional_failure")
+            return False
+        except Exception:
+            self._checkpoint_written("error")
+            raise
+        self._checkpoint_written("ok")
+        return True
+
     def label(self, partition: str) -> str:
         return partition
-
-    # -- metrics (per round or per call, never per record) ---------------------------
-    def _event(self, event: str) -> None:
-        if self._m is not None:
-            self._m.lease_events.labels(self.name, event).inc()
-            self._m.leases_held.labels(self.name).set(len(self._shards))
-
-    def _calls(self, shard_id: str, result: str) -> None:
-        if self._m is not None:
-            self._m.get_records.labels(self.name, shard_id, result).inc()
-
-    def _checkpoint(self, result: str) -> None:
-        if self._m is not None:
-            self._m.checkpoints.labels(self.name, result).inc()
 
     def lag(self, partition: str) -> int | None:
         return None  # Kinesis gives time behind (MillisBehindLatest), not a record count
 
     def waiting(self, partition: str) -> bool:
         shard = self._shards.get(partition)
-        return shard is not None and shard.waiting
+        return shard is not None and shard.reader.waiting
+
+    # -- metrics (per round or per call, never per record) ---------------------------
+    def _count(self, family: str, result: str) -> None:
+        """A lease event ("event", name) or a renewal's result ("renewal", result)."""
+        if self._m is None:
+            return
+        if family == "renewal":
+            self._m.renewals.labels(self.name, result).inc()
+            return
+        self._m.lease_events.labels(self.name, result).inc()
+        self._m.leases_held.labels(self.name).set(len(self._shards))
+
+    def _checkpoint_written(self, result: str) -> None:
+        if self._m is not None:
+            self._m.checkpoints.labels(self.name, result).inc()

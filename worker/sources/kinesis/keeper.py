@@ -1,0 +1,156 @@
+"""One owned shard's lease on this worker, from the take to its end: the keeper task.
+
+It renews the lease every third of its duration (`renewal.renew_in_time`) and
+waits for no other shard, so draining one shard never lets the others' leases
+expire. Each renewal's answer says whether another worker asked for the lease;
+if so, a hand-off runs beside the keeper (which goes on renewing, so the lease
+cannot expire while the shard drains): stop reading, let the pipeline drain and
+commit the shard (`on_revoked`: no new batch, in-flight ones finish within
+`runtime.rebalance_timeout_s`), then hand the lease over in one conditional
+write. The asker reads the shard only once the table names it owner.
+
+A lease found taken is revoked the same way, its checkpoints then refused. A
+lease that lapsed (not renewed in time) stops its reader and fails the keeper,
+which ends the worker. A closed shard whose records are all handled and
+committed is checkpointed SHARD_END and released, which lets its children start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from worker.backoff import Backoff
+from worker.sources.base import AssignmentListener
+from worker.sources.kinesis.leases import SHARD_END, LeaseLost
+from worker.sources.kinesis.renewal import LeaseLapsed, renew_in_time
+from worker.sources.kinesis.shard import Shard
+from worker.sources.kinesis.transient import retryable
+
+log = logging.getLogger("worker.source.kinesis")
+
+HAND_OVER_ATTEMPTS = 5
+HAND_OVER_BACKOFF = Backoff(100, 1_000)
+
+
+class LeaseKeeper:
+    def __init__(self, shard: Shard, listener: AssignmentListener, duration_s: float,
+                 count: Callable[[str, str], None],
+                 forget: Callable[[Shard], None]) -> None:  # fmt: skip
+        """`count(family, result)`: a lease event ("event", name) or a renewal's result
+        ("renewal", result); `forget(shard)`: the source no longer has the shard."""
+        self._shard = shard
+        self._listener = listener
+        self._duration_s = duration_s
+        self._count = count
+        self._forget = forget
+
+    async def run(self) -> None:
+        shard = self._shard
+        holder = shard.holder
+        interval = self._duration_s / 3
+        try:
+            while True:
+                await asyncio.sleep(max(holder.renewed_at + interval - time.monotonic(), 0.0))
+                if shard.finished and not shard.handing_off:
+                    await self._end()
+                    return
+                try:
+                    await self._renew()
+                except LeaseLost:
+                    if shard.handing_off:
+                        return  # handed over (or taken by force meanwhile): the hand-off ends it
+                    log.warning("event=lease_lost shard=%s note='stopped without committing'",
+                                shard.shard_id)  # fmt: skip
+                    self._count("event", "lost")
+                    await self._drop()
+                    return
+                if holder.lease.pending and not shard.handing_off:
+                    shard.hand_off(self._listener.spawn, self._hand_off())
+        except Exception:
+            holder.give_up("its keeper failed")
+            await shard.reader.stop()
+            raise
+
+    async def _renew(self) -> None:
+        shard = self._shard
+        try:
+            await renew_in_time(shard.holder, self._duration_s,
+                                lambda result: self._count("renewal", result))  # fmt: skip
+        except LeaseLapsed as exc:
+            await shard.reader.stop()
+            self._count("event", "lapsed")
+            log.error("event=lease_lapsed shard=%s error=%r note='could not renew it: stopped "
+                      "reading the shard, nothing more of it is committed; the worker exits so "
+                      "that another takes it over'", shard.shard_id, str(exc))  # fmt: skip
+            raise
+
+    async def _drop(self) -> None:
+        """Stop the shard: the pipeline drains it (its commits fail if the lease is gone)."""
+        await self._shard.reader.stop()
+        await self._listener.on_revoked([self._shard.shard_id])
+        self._forget(self._shard)
+
+    async def _hand_off(self) -> None:
+        """Another worker asked for the lease: drain, commit, and hand it over."""
+        shard = self._shard
+        to = shard.holder.lease.pending
+        log.info("event=lease_handoff_started shard=%s to=%s", shard.shard_id, to)
+        await shard.reader.stop()
+        await self._listener.on_revoked([shard.shard_id])
+        try:
+            await self._hand_over()
+        finally:
+            self._forget(shard)
+
+    async def _hand_over(self) -> None:
+        shard = self._shard
+        for attempt in range(1, HAND_OVER_ATTEMPTS + 1):
+            try:
+                await shard.holder.hand_over()
+            except LeaseLost as exc:  # taken by force meanwhile (or it lapsed): fenced off
+                log.warning("event=lease_handoff_failed shard=%s error=%r", shard.shard_id,
+                            str(exc))  # fmt: skip
+                return
+            except Exception as exc:
+                if not retryable(exc):
+                    raise
+                if attempt == HAND_OVER_ATTEMPTS:
+                    shard.holder.give_up("could not hand it over")
+                    log.warning("event=lease_handoff_failed shard=%s error=%r note='left to "
+                                "expire'", shard.shard_id, str(exc))  # fmt: skip
+                    return
+                await asyncio.sleep(HAND_OVER_BACKOFF.delay_s(attempt))
+                continue
+            log.info("event=lease_handed_off shard=%s to=%s", shard.shard_id,
+                     shard.holder.lease.owner)  # fmt: skip
+            self._count("event", "handed_off")
+            return
+
+    async def _end(self) -> None:
+        """All of a closed shard is handled and committed: mark SHARD_END so children start.
+
+        A write that fails for a reason that may pass leaves the lease ours and open in the
+        table: the coordinator then takes it back, reads the (empty) rest, and ends it again.
+        """
+        shard = self._shard
+        await shard.reader.stop()
+        await self._listener.on_revoked([shard.shard_id])
+        try:
+            await shard.holder.checkpoint(SHARD_END)
+            await shard.holder.release()
+        except LeaseLost:
+            self._forget(shard)  # taken meanwhile: its new owner ends it
+            return
+        except Exception as exc:
+            self._forget(shard)
+            if not retryable(exc):
+                raise
+            log.warning("event=shard_end_failed shard=%s error=%r note='retried next round'",
+                        shard.shard_id, str(exc))  # fmt: skip
+            return
+        self._forget(shard)
+        log.info("event=shard_ended shard=%s", shard.shard_id)
+        self._count("event", "ended")

@@ -1,0 +1,185 @@
+"""One shard read in order: GetShardIterator, then GetRecords within AWS's per-shard limits.
+
+The reader stays within 5 GetRecords calls and 2 MB per second per shard and
+hands what it read to the source in chunks through a queue of two, so a
+paused or slow partition stops its reader instead of growing a buffer. A
+failure that may pass (a throttle, a 500, a dropped connection: see
+`transient`) is retried with the shared backoff and counted; an expired
+iterator is re-created after the last record read, so nothing is read twice.
+Any other failure ends the reader with an error: it runs under the worker's
+task supervisor, which then turns the worker not ready and ends it, since a
+shard that is no longer read must not sit behind a lease that is still renewed.
+The reader ends normally when the shard ends (no NextShardIterator).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from operator import attrgetter
+from typing import Any
+
+from worker.backoff import Backoff
+from worker.sources.kinesis.config import KinesisSourceConfig
+from worker.sources.kinesis.metrics import KinesisMetrics
+from worker.sources.kinesis.record import KinesisRecord
+from worker.sources.kinesis.transient import THROTTLE_CODES, error_code, retryable
+
+log = logging.getLogger("worker.source.kinesis")
+
+MIN_CALL_INTERVAL_S = 0.2  # GetRecords: 5 calls per second per shard
+MAX_READ_BYTES_PER_S = 2_000_000  # and 2 MB per second per shard
+IDLE_POLL_S = 0.5
+READ_BACKOFF = Backoff(250, 10_000)
+_SIZE = attrgetter("size")
+
+Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
+
+
+class ShardReader:
+    def __init__(self, kinesis: Any, config: KinesisSourceConfig, shard_id: str,
+                 after: str | None, on_arrival: Callable[[], None],
+                 metrics: KinesisMetrics | None) -> None:  # fmt: skip
+        """`after`: the sequence number to read after (the checkpoint), None for the
+        configured starting position; `on_arrival` is called when a chunk is queued."""
+        self.shard_id = shard_id
+        self._kinesis = kinesis
+        self._config = config
+        self._on_arrival = on_arrival
+        self._m = metrics
+        self._chunks: asyncio.Queue[list[KinesisRecord]] = asyncio.Queue(maxsize=2)
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._task: asyncio.Task[None] | None = None
+        #: The sequence number of the last record queued (what a new iterator starts after).
+        self.last_read = after
+        #: The shard ended (no NextShardIterator) and its last records are queued.
+        self.ended = False
+        #: MillisBehindLatest of the last GetRecords.
+        self.behind_ms = 0
+
+    # -- control (by the source) ----------------------------------------------------------
+    def start(self, spawn: Spawn) -> None:
+        self._task = spawn(self._run(), f"kinesis reader {self.shard_id}")
+
+    async def stop(self) -> None:
+        """Stop reading and drop what is queued: nothing more of the shard is delivered."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while not self._chunks.empty():
+            self._chunks.get_nowait()
+
+    def pause(self) -> None:
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        self._resumed.set()
+
+    def take(self) -> list[KinesisRecord]:
+        """Everything queued, in order (possibly nothing)."""
+        out: list[KinesisRecord] = []
+        while not self._chunks.empty():
+            out.extend(self._chunks.get_nowait())
+        return out
+
+    @property
+    def waiting(self) -> bool:
+        """Records are queued here, or the stream's tip is ahead of what was read."""
+        return self.behind_ms > 0 or not self._chunks.empty()
+
+    @property
+    def drained(self) -> bool:
+        """The shard ended and everything read from it was handed over."""
+        return self.ended and self._chunks.empty()
+
+    # -- reading ------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        iterator: str | None = await self._iterator()
+        failures = 0
+        while iterator:
+            await self._resumed.wait()
+            started = time.monotonic()
+            try:
+                page = await self._kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+            except Exception as exc:
+                code = error_code(exc)
+                if code == "ExpiredIteratorException":
+                    self._count("expired_iterator")
+                    iterator = await self._iterator()
+                    continue
+                if not retryable(exc):
+                    self._count("failed")
+                    log.error("event=read_failed shard=%s call=GetRecords error=%r note='not "
+                              "retryable: the worker stops'", self.shard_id, str(exc))  # fmt: skip
+                    raise
+                failures += 1
+                await self._back_off("GetRecords", exc, failures)
+                continue
+            failures = 0
+            self._count("ok")
+            records = await self._deliver(page)
+            iterator = page.get("NextShardIterator")
+            pause = MIN_CALL_INTERVAL_S if records else IDLE_POLL_S
+            # What this call read counts against the shard's 2 MB/s before the next one.
+            pause = max(pause, sum(map(_SIZE, records)) / MAX_READ_BYTES_PER_S)
+            await asyncio.sleep(max(pause - (time.monotonic() - started), 0.0))
+        self.ended = True
+
+    async def _deliver(self, page: dict[str, Any]) -> list[KinesisRecord]:
+        """Queue a page's records (waiting while the queue is full)."""
+        if "MillisBehindLatest" in page:
+            self.behind_ms = page["MillisBehindLatest"]
+            if self._m is not None:
+                self._m.behind_latest.labels("kinesis", self.shard_id).set(self.behind_ms / 1000)
+        stream, shard_id = self._config.stream, self.shard_id
+        records = [KinesisRecord.from_api(stream, shard_id, r) for r in page["Records"]]
+        if records:
+            self.last_read = records[-1].sequence_number
+            await self._chunks.put(records)
+            self._on_arrival()
+        return records
+
+    async def _iterator(self) -> str:
+        """A shard iterator after the last record read (or at the starting position)."""
+        c, failures = self._config, 0
+        kwargs: dict[str, Any] = {"StreamName": c.stream, "ShardId": self.shard_id}
+        if self.last_read:
+            kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER",
+                          StartingSequenceNumber=self.last_read)  # fmt: skip
+        elif c.starting_position == "latest":
+            kwargs["ShardIteratorType"] = "LATEST"
+        elif c.starting_position == "at_timestamp":
+            at = datetime.fromtimestamp(c.starting_position_timestamp, UTC)
+            kwargs.update(ShardIteratorType="AT_TIMESTAMP", Timestamp=at)
+        else:
+            kwargs["ShardIteratorType"] = "TRIM_HORIZON"
+        while True:
+            try:
+                return (await self._kinesis.get_shard_iterator(**kwargs))["ShardIterator"]
+            except Exception as exc:
+                if not retryable(exc):
+                    log.error("event=read_failed shard=%s call=GetShardIterator error=%r "
+                              "note='not retryable: the worker stops'", self.shard_id,
+                              str(exc))  # fmt: skip
+                    raise
+                failures += 1
+                await self._back_off("GetShardIterator", exc, failures)
+
+    async def _back_off(self, call: str, exc: Exception, failures: int) -> None:
+        code = error_code(exc)
+        throttled = code in THROTTLE_CODES
+        if call == "GetRecords":
+            self._count("throttled" if throttled else "error")
+        delay = READ_BACKOFF.delay_s(failures)
+        log.warning("event=%s shard=%s call=%s error=%r attempt=%d retry_in_s=%.2f",
+                    "throttled" if throttled else "read_retried", self.shard_id, call,
+                    code or f"{type(exc).__name__}: {exc}", failures, delay)  # fmt: skip
+        await asyncio.sleep(delay)
+
+    def _count(self, result: str) -> None:
+        if self._m is not None:
+            self._m.get_records.labels("kinesis", self.shard_id, result).inc()
