@@ -44,6 +44,8 @@ KEYS = 50  # produce_keyed's default: key kN goes to partition N % PARTITIONS
 BATCH = 100
 BUFFERED = 1000
 FETCH = 500
+#: A held batch must not time out (and be retried as pieces) on a slow machine.
+HELD = {"timeout_s": 300}
 
 
 def lanes_in_use(partition: int, lanes: int) -> int:
@@ -94,7 +96,7 @@ def test_kill_9_inside_batches_commits_none_of_them_and_a_restart_loses_nothing(
     config = write_config(
         tmp_path / "w.toml", kafka, topic, group,
         source={"topics": [topic, barrier.topic], "fetch_max_records": FETCH},
-        handler={"parallelization_factor": lanes},
+        handler={**HELD, "parallelization_factor": lanes},
         runtime={"max_buffered_records": BUFFERED},
     )  # fmt: skip
 
@@ -222,8 +224,9 @@ def test_sigterm_while_a_batch_is_inside_the_handler_waits_for_it_and_commits_it
     gate = tmp_path / "gate"
     gate.mkdir()
     config = write_config(
-        tmp_path / "w.toml", kafka, topic, group, source={"topics": [topic, barrier.topic]}
-    )
+        tmp_path / "w.toml", kafka, topic, group,
+        source={"topics": [topic, barrier.topic]}, handler=HELD,
+    )  # fmt: skip
     worker = WorkerProcess(config, tmp_path, hold_env({0: 500}, gate, barrier))
     try:
         eventually(lambda: read_gate(gate) != [], what="a batch held inside the handler")
@@ -259,6 +262,7 @@ def test_a_partition_held_in_the_handler_stops_fetching_at_its_buffer_limit(
         tmp_path / "w.toml", kafka, topic, group,
         source={"fetch_max_records": fetch},
         runtime={"max_buffered_records": limit},
+        handler=HELD,
     )  # fmt: skip
     worker = WorkerProcess(config, tmp_path, hold_env({0: 0}, gate))
     labels = (("partition", f"{topic}-0"), ("source", "kafka"))
