@@ -19,6 +19,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
+from prometheus_client.parser import text_string_to_metric_families
 
 from load.produce import create_topic
 
@@ -50,8 +51,15 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-async def produce_keyed(bootstrap: str, topic: str, count: int, keys: int = 50) -> None:
-    """`count` records keyed k0..k{keys-1}; each value is {"key": ..., "seq": n per key}."""
+async def produce_keyed(
+    bootstrap: str, topic: str, count: int, keys: int = 50, partitions: int | None = None
+) -> None:
+    """`count` records keyed k0..k{keys-1}; each value is {"key": ..., "seq": n per key}.
+
+    With `partitions`, key kN goes to partition N % partitions (so a test knows which
+    keys, and so which key lanes, each partition has); else the producer's partitioner
+    decides.
+    """
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, acks="all")
     await producer.start()
     try:
@@ -61,10 +69,33 @@ async def produce_keyed(bootstrap: str, topic: str, count: int, keys: int = 50) 
             k = i % keys
             value = orjson.dumps({"key": f"k{k}", "seq": seq[k]})
             seq[k] += 1
-            futures.append(await producer.send(topic, value, key=f"k{k}".encode()))
+            partition = None if partitions is None else k % partitions
+            futures.append(
+                await producer.send(topic, value, key=f"k{k}".encode(), partition=partition)
+            )
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+
+
+def keyed_topic(
+    bootstrap: str, count: int, partitions: int, by_key_number: bool = False
+) -> tuple[str, dict[int, int]]:
+    """A new topic holding `count` keyed records (see `produce_keyed`); its end offsets."""
+    topic = unique("telemetry")
+
+    async def go() -> dict[int, int]:
+        await create_topic(bootstrap, topic, partitions)
+        spread = partitions if by_key_number else None
+        await produce_keyed(bootstrap, topic, count, partitions=spread)
+        return await end_offsets(bootstrap, topic, partitions)
+
+    return topic, asyncio.run(go())
+
+
+def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offsets of `topic`, read from the broker now."""
+    return asyncio.run(committed_offsets(bootstrap, group, topic))
 
 
 async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
@@ -100,6 +131,51 @@ def read_handled(record_dir: Path, pid: int | None = None) -> dict[int, list[int
                 p, o, _ = line.split(" ")
                 out[int(p)].append(int(o))
     return out
+
+
+def read_gate(gate: Path, name: str = "entered") -> list[tuple[int, int, int]]:
+    """(partition, first, last) of each batch the recording handler held ("entered") or
+    let go after a hold ("exited"), in order."""
+    path = gate / name
+    if not path.exists():
+        return []
+    rows = (line.split(" ") for line in path.read_text().splitlines())
+    return [(int(p), int(first), int(last)) for _, p, first, last in rows]
+
+
+class CommitBarrier:
+    """A one-partition topic the worker also consumes, to know its commits caught up.
+
+    `wait()` produces a record to it and waits until the group's committed offset
+    covers that record. The worker commits every finished partition in each commit
+    round, one round at a time, so once a record produced now is committed, every
+    position the worker had finished before now has been sent to the broker too:
+    what the broker shows then is what the worker meant to commit, not a commit
+    still in flight.
+    """
+
+    def __init__(self, bootstrap: str, group: str) -> None:
+        self.bootstrap = bootstrap
+        self.group = group
+        self.topic = unique("barrier")
+
+    async def create(self) -> None:
+        await create_topic(self.bootstrap, self.topic, 1)
+
+    async def wait(self, timeout_s: float = 30) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        await producer.start()
+        try:
+            meta = await producer.send_and_wait(self.topic, b"{}", partition=0)
+        finally:
+            await producer.stop()
+        deadline = time.monotonic() + timeout_s
+        while (await committed_offsets(self.bootstrap, self.group, self.topic)).get(0, 0) <= (
+            meta.offset
+        ):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the worker did not commit {self.topic} in {timeout_s}s")
+            await asyncio.sleep(0.05)
 
 
 def write_config(path: Path, bootstrap: str, topic: str, group: str, **sections: dict) -> Path:
@@ -189,6 +265,16 @@ class WorkerProcess:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """The worker's metrics now: (name, sorted label items) -> value."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
 
 
 def eventually(predicate: Callable[[], bool], timeout_s: float = 60, what: str = "") -> None:

@@ -1,23 +1,25 @@
-"""The Kafka core against the real Apache Kafka broker: delivery, crash, rebalance, shutdown."""
+"""The Kafka core against the real Apache Kafka broker: delivery and rebalance.
+
+Crashes (kill -9) and shutdown (SIGTERM) are aimed at batches inside the handler in
+`test_kafka_crash.py`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from pathlib import Path
 
-import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.kafka_helpers import (
     WorkerProcess,
-    committed_offsets,
-    create_topic,
+    committed,
     end_offsets,
     eventually,
+    keyed_topic,
     produce_keyed,
     read_handled,
+    scrape,
     unique,
     write_config,
 )
@@ -27,31 +29,11 @@ PARTITIONS = 4
 
 
 def setup_topic(kafka: str, count: int, partitions: int = PARTITIONS) -> tuple[str, dict[int, int]]:
-    topic = unique("telemetry")
-
-    async def go() -> dict[int, int]:
-        await create_topic(kafka, topic, partitions)
-        await produce_keyed(kafka, topic, count)
-        return await end_offsets(kafka, topic, partitions)
-
-    return topic, asyncio.run(go())
-
-
-def committed(kafka: str, group: str, topic: str) -> dict[int, int]:
-    return asyncio.run(committed_offsets(kafka, group, topic))
+    return keyed_topic(kafka, count, partitions)
 
 
 def fully_committed(kafka: str, group: str, topic: str, ends: dict[int, int]) -> bool:
     return committed(kafka, group, topic) == ends
-
-
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 def test_clean_run_handles_every_record_once_in_order_and_commits_to_the_end(
@@ -96,107 +78,6 @@ def test_clean_run_handles_every_record_once_in_order_and_commits_to_the_end(
         worker.stop()
 
 
-@pytest.mark.parametrize("lanes", [1, 4])
-def test_kill_9_mid_stream_loses_nothing_and_restart_resumes_at_the_commit(
-    kafka: str, tmp_path: Path, lanes: int
-):
-    topic, ends = setup_topic(kafka, 20_000)
-    group = unique("g")
-    config = write_config(
-        tmp_path / "w.toml", kafka, topic, group,
-        handler={"parallelization_factor": lanes},
-        source={"fetch_max_records": 500},
-        runtime={"max_buffered_records": 1000},
-    )  # fmt: skip
-    slow = {"RECORD_SLEEP_S": "0.03"}
-
-    first = WorkerProcess(config, tmp_path, slow)
-    try:
-        eventually(
-            lambda: sum(map(len, read_handled(tmp_path, first.pid).values())) >= 4000,
-            what="a fifth of the records handled",
-        )
-        first.kill9()
-        first.wait()
-    finally:
-        first.stop()
-    run1 = read_handled(tmp_path, first.pid)
-    after_crash = committed(kafka, group, topic)
-    assert sum(map(len, run1.values())) < 20_000, "the kill came too late to test anything"
-    for p, offset in after_crash.items():
-        # Never committed ahead of what was handled.
-        assert set(range(offset)) <= set(run1[p]), f"partition {p} committed past unhandled"
-        if lanes == 1:
-            assert run1[p] == sorted(run1[p])
-
-    second = WorkerProcess(config, tmp_path)
-    try:
-        eventually(lambda: fully_committed(kafka, group, topic, ends), what="all committed")
-        second.terminate()
-        assert second.wait() == 0
-    finally:
-        second.stop()
-    run2 = read_handled(tmp_path, second.pid)
-    for p, end in ends.items():
-        resume = after_crash.get(p, 0)
-        resumed = run2[p] if lanes == 1 else sorted(run2[p])  # lanes interleave, keys don't
-        assert resumed == list(range(resume, end)), f"partition {p} did not resume at the commit"
-        assert set(run1[p]) | set(run2[p]) == set(range(end))
-        duplicates = len(set(run1[p]) & set(run2[p]))
-        # Bounded by the records a partition may hold unfinished (buffered, in flight, or
-        # handled ahead of the slowest lane) plus the one fetch that can land past it.
-        assert duplicates <= 1000 + 500
-
-
-def test_kill_9_with_dead_lettering_commits_nothing_unhandled_or_unrecorded(
-    kafka: str, tmp_path: Path
-):
-    topic, ends = setup_topic(kafka, 20_000)
-    group = unique("g")
-    dlq = tmp_path / "dlq.jsonl"
-    poison = {(p, end // 2) for p, end in ends.items()}
-    config = write_config(
-        tmp_path / "w.toml", kafka, topic, group,
-        errors={"maximum_retry_attempts": 1, "on_failure": f"file://{dlq}"},
-    )  # fmt: skip
-    env = {"RECORD_POISON": ",".join(f"{p}:{o}" for p, o in poison)}
-
-    def dead_lettered() -> dict[int, set[int]]:
-        out: dict[int, set[int]] = {p: set() for p in ends}
-        if dlq.exists():
-            for line in dlq.read_text().splitlines():
-                event = orjson.loads(line)
-                p = int(event["partition"].rsplit("-", 1)[1])
-                out[p].update(r["offset"] for r in event["records"])
-        return out
-
-    first = WorkerProcess(config, tmp_path, {**env, "RECORD_SLEEP_S": "0.03"})
-    try:
-        eventually(lambda: any(dead_lettered().values()), what="a first dead-letter")
-        first.kill9()
-        first.wait()
-    finally:
-        first.stop()
-    handled, dead = read_handled(tmp_path, first.pid), dead_lettered()
-    after_crash = committed(kafka, group, topic)
-    assert sum(after_crash.values()) < 20_000, "the kill came too late to test anything"
-    for p, offset in after_crash.items():
-        assert set(range(offset)) <= set(handled[p]) | dead[p], f"partition {p} skipped records"
-
-    second = WorkerProcess(config, tmp_path, env)
-    try:
-        eventually(lambda: fully_committed(kafka, group, topic, ends), what="all committed")
-        second.terminate()
-        assert second.wait() == 0
-    finally:
-        second.stop()
-    handled, dead = read_handled(tmp_path), dead_lettered()
-    for p, end in ends.items():
-        assert set(handled[p]) | dead[p] == set(range(end))
-        assert dead[p] == {o for q, o in poison if q == p}  # only the poison, never a neighbour
-    assert "event=dead_lettered" in second.log() + first.log()
-
-
 def assigned_count(worker: WorkerProcess, nth: int) -> int:
     line = worker.wait_for_log(r"event=assigned partitions=(\S*)", count=nth).group(1)
     return len([p for p in line.split(",") if p])
@@ -234,32 +115,6 @@ def test_two_workers_split_the_partitions_and_stopping_one_moves_them(kafka: str
         assert set(handled[p]) == set(range(end)), f"partition {p} lost records"
 
 
-def test_sigterm_during_a_slow_batch_lets_it_finish_commits_it_and_exits_0(
-    kafka: str, tmp_path: Path
-):
-    topic, ends = setup_topic(kafka, 100, partitions=1)
-    group = unique("g")
-    started = tmp_path / "started"
-    config = write_config(
-        tmp_path / "w.toml", kafka, topic, group, batching={"maximum_batching_window_ms": 10_000}
-    )
-    worker = WorkerProcess(
-        config, tmp_path, {"RECORD_SLEEP_S": "3", "RECORD_STARTED": str(started)}
-    )
-    try:
-        eventually(started.exists, what="the batch to start")
-        assert committed(kafka, group, topic) == {}
-        worker.terminate()
-        assert worker.wait() == 0
-    finally:
-        worker.stop()
-    assert read_handled(tmp_path, worker.pid) == {0: list(range(100))}
-    assert committed(kafka, group, topic) == ends
-    log = worker.log()
-    assert "event=stop_requested signal=SIGTERM" in log
-    assert log.index("event=shutdown_started") < log.index("event=shutdown_complete exit_code=0")
-
-
 async def test_records_fetched_while_an_assignment_is_prepared_are_not_skipped(
     kafka: str, monkeypatch: pytest.MonkeyPatch
 ):
@@ -269,6 +124,7 @@ async def test_records_fetched_while_an_assignment_is_prepared_are_not_skipped(
     so a worker joining onto a backlog skipped them and committed over them, or idled with
     lag. The callback is slowed at our own listener boundary, as a loaded coordinator
     slows it; the broker is not touched."""
+    from tests.integration.kafka_helpers import committed_offsets, create_topic
     from tests.integration.test_kafka_failures import config, produce_numbered, running
     from worker.sources.kafka.source import KafkaSource
 
@@ -304,6 +160,7 @@ async def test_a_failing_assignment_callback_stops_the_worker_instead_of_owning_
     """aiokafka logs and swallows an error raised in a rebalance callback: the first version
     then owned the partitions with nothing processing them, ready, for ever. The fault is
     raised in our own callback (the broker is not touched)."""
+    from tests.integration.kafka_helpers import committed_offsets, create_topic
     from tests.integration.test_kafka_failures import config, produce_numbered
     from worker.runtime.worker import Worker
     from worker.sources.kafka.source import KafkaSource

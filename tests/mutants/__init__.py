@@ -1,0 +1,156 @@
+"""Mutants: deliberate, small bugs in `worker/` that the tests must catch, every time.
+
+Each mutant is a unified diff against `worker/` (`<name>.diff` next to this file),
+kept to a hunk or two so it is easy to regenerate when the code moves. The
+runner (`python -m tests.mutants`, see `runner.py`) copies the tree to a
+temporary directory, applies one patch (failing loudly if it no longer applies:
+the patches must track the code), runs the tests named for it below and reports
+whether they caught it. A mutant that survives means a promise of the README is
+no longer guarded by any test.
+
+`MUTANTS` is the table: what each one breaks and which tests must fail. Unit
+tests run on the memory source in seconds (the default test suite runs them for
+every mutant, `tests/mutants/test_mutants.py`); the integration tests aim faults
+at the real broker and take about ten seconds each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+def _node(path: str, name: str) -> str:
+    return f"tests/{path}.py::{name}"
+
+
+def _crash(name: str) -> str:
+    """A test of the aimed-fault suite on the real broker."""
+    return _node("integration/test_kafka_crash", name)
+
+
+@dataclass(frozen=True, slots=True)
+class Mutant:
+    name: str
+    #: What the patch breaks, in the README's terms.
+    breaks: str
+    #: pytest node ids (from the repository root) that must fail with the patch applied.
+    tests: tuple[str, ...]
+
+    @property
+    def patch(self) -> Path:
+        return HERE / f"{self.name}.diff"
+
+    def unit_tests(self) -> tuple[str, ...]:
+        return tuple(t for t in self.tests if t.startswith("tests/unit/"))
+
+
+MUTANTS: tuple[Mutant, ...] = (
+    Mutant(
+        "commit_before_handle",
+        "Partition._process finishes a single-lane batch's tracker unit before the steps "
+        "run: a batch can be committed before its handler ran (a crash loses it)",
+        (
+            _crash(
+                "test_kill_9_inside_batches_commits_none_of_them_and_a_restart_loses_nothing[1]"
+            ),
+            _crash(
+                "test_kill_9_while_a_dead_letter_is_unacknowledged_commits_nothing_past_the_poison"
+            ),
+            _node(
+                "unit/test_pipeline",
+                "test_a_failing_batch_is_retried_until_it_succeeds_and_nothing_passes_it",
+            ),
+        ),
+    ),
+    Mutant(
+        "commit_before_handle_lanes",
+        "with several key lanes, Partition._process marks the lane's slice of its segments "
+        "done before the steps run: the low watermark passes batches still in a handler",
+        (
+            _crash(
+                "test_kill_9_inside_batches_commits_none_of_them_and_a_restart_loses_nothing[4]"
+            ),
+            _node(
+                "unit/test_parallelization",
+                "test_a_stuck_lane_does_not_hold_back_commits_of_what_precedes_it",
+            ),
+        ),
+    ),
+    Mutant(
+        "cancel_inflight_on_stop",
+        "Partition.stop cancels the batches in flight instead of waiting for them: SIGTERM "
+        "and revoke throw away work the handler is doing, and commit none of it",
+        (
+            _crash("test_sigterm_while_a_batch_is_inside_the_handler_waits_for_it_and_commits_it"),
+            _node(
+                "unit/test_pipeline",
+                "test_revoke_finishes_the_batch_in_flight_commits_it_and_drops_the_rest",
+            ),
+        ),
+    ),
+    Mutant(
+        "window_final_given_up",
+        "a tumbling window's final invoke may be given up after the retries: the window is "
+        "committed although its result was never delivered, nothing dead-lettered or counted",
+        (
+            _node(
+                "unit/test_windows",
+                "test_a_window_whose_final_invoke_keeps_failing_is_never_committed",
+            ),
+        ),
+    ),
+    Mutant(
+        "skip_destination_ack",
+        "DeadLetter.give_up starts the destination write and returns without awaiting its "
+        "acknowledgement: a given-up record is committed although the DLQ never got it",
+        (
+            _crash(
+                "test_kill_9_while_a_dead_letter_is_unacknowledged_commits_nothing_past_the_poison"
+            ),
+            _node(
+                "integration/test_kafka_failures",
+                "test_an_unwritable_dlq_holds_the_partition_and_recovers_once_writable",
+            ),
+            _node(
+                "unit/test_failure_policy",
+                "test_a_destination_that_is_down_holds_the_partition_until_it_recovers",
+            ),
+        ),
+    ),
+    Mutant(
+        "commit_refused_marked_committed",
+        "the committer marks every partition of a commit committed when the source refused "
+        "some (OwnershipLost): progress shown that never happened, and the commit the "
+        "partition's revoke still owes is skipped",
+        (
+            _node(
+                "unit/test_commit_refusals",
+                "test_a_partition_whose_commit_was_refused_still_owes_it_and_commits_it_on_revoke",
+            ),
+        ),
+    ),
+    Mutant(
+        "feed_uncounted",
+        "Partition.feed does not count fed records as unfinished: a partition whose handler "
+        "is stuck never pauses, so buffering (and what a crash makes the next owner redo) "
+        "has no bound",
+        (
+            _crash("test_a_partition_held_in_the_handler_stops_fetching_at_its_buffer_limit"),
+            _node(
+                "unit/test_pipeline",
+                "test_a_full_buffer_pauses_the_partition_and_draining_resumes_it",
+            ),
+        ),
+    ),
+)
+
+
+def by_name(name: str) -> Mutant:
+    for mutant in MUTANTS:
+        if mutant.name == name:
+            return mutant
+    raise KeyError(f"no mutant {name!r} (known: {', '.join(m.name for m in MUTANTS)})")
