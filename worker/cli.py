@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(config.runtime.log_level, config.runtime.log_format)
     try:
         code = run(config)
+        logs.flush_folded()
         # A handler thread stuck past its timeout must not keep the process alive: the
         # worker has drained and committed what it could, so leave now.
         sys.stdout.flush()

@@ -4,6 +4,11 @@ JSON lines on stdout by default (orjson), for log shippers: `ts`, `level`,
 `logger`, `message`, and every `key=value` of our event messages as a field of
 its own (`event`, `partition`, ...). `runtime.log_format = "text"` prints the
 same lines for humans.
+
+Client libraries repeat themselves: with two of three brokers down aiokafka
+logs about 50 ERROR lines a second, each the same sentence with another node
+id. Their lines are folded: the first of a kind is shown, the rest of its
+minute are counted, and one `event=log_lines_folded` line gives the count.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 import time
+from collections.abc import Callable
 
 import orjson
 
@@ -35,8 +42,73 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc).decode()
 
 
+#: How long the lines of one kind are counted, not shown, after the first of them.
+FOLD_WINDOW_S = 60.0
+
+
+class FoldRepeats(logging.Filter):
+    """Shows the first line of a kind from a library's logger, counts the rest of its window.
+
+    A kind is (logger, level, message template), so "Unable connect to node with id
+    %s" is one kind whatever the node. The worker's own lines are never folded: each
+    of them already says something once. When a kind's window has passed, its next
+    line is shown and the count of those held back goes out first; `flush()` says the
+    counts still held (the worker calls it when it stops).
+    """
+
+    def __init__(
+        self, window_s: float = FOLD_WINDOW_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self._window_s = window_s
+        self._clock = clock
+        self._lock = threading.Lock()  # handler threads (to_thread, pools) log too
+        #: kind -> (when its window opened, lines held back since)
+        self._kinds: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "worker" or record.name.startswith("worker."):
+            return True
+        kind = (record.name, record.levelno, str(record.msg))
+        now = self._clock()
+        with self._lock:
+            opened, held = self._kinds.get(kind, (now - self._window_s, 0))
+            if now - opened < self._window_s:
+                self._kinds[kind] = (opened, held + 1)
+                return False
+            self._kinds[kind] = (now, 0)
+        if held:
+            _say_folded(kind, held, now - opened)
+        return True
+
+    def flush(self) -> None:
+        now = self._clock()
+        with self._lock:
+            pending = [(k, held, now - opened) for k, (opened, held) in self._kinds.items() if held]
+            self._kinds = {k: (opened, 0) for k, (opened, _) in self._kinds.items()}
+        for kind, held, over in pending:
+            _say_folded(kind, held, over)
+
+
+def _say_folded(kind: tuple[str, int, str], held: int, over_s: float) -> None:
+    name, level, template = kind
+    logging.getLogger("worker").log(
+        level, "event=log_lines_folded logger=%s count=%d over_s=%.0f like=%r",
+        name, held, over_s, template,
+    )  # fmt: skip
+
+
+_fold = FoldRepeats()
+
+
+def flush_folded() -> None:
+    """Say how many library lines are still held back (at the end of a run)."""
+    _fold.flush()
+
+
 def setup(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(_fold)
     if fmt == "json":
         formatter: logging.Formatter = JsonFormatter()
         formatter.converter = time.gmtime  # type: ignore[assignment]

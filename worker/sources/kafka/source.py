@@ -15,6 +15,7 @@ from aiokafka.errors import (
     RebalanceInProgressError,
     UnknownTopicOrPartitionError,
 )
+from prometheus_client import Gauge
 
 from worker.observe.metrics import Metrics
 from worker.sources.base import (
@@ -25,6 +26,7 @@ from worker.sources.base import (
     next_to_read,
 )
 from worker.sources.kafka.config import KafkaSourceConfig
+from worker.sources.kafka.reach import BrokerProbe, Reachability
 from worker.sources.kafka.record import TRAITS
 from worker.sources.kafka.security import (
     auth_failure_message,
@@ -81,6 +83,7 @@ class KafkaSource:
         #: Partitions the listener was told of; only their records are returned.
         self._announced: set[TopicPartition] = set()
         self._failure: SourceFailed | None = None
+        self._reach = Reachability()
         reset = "latest" if config.starting_position == "latest" else "earliest"
         self._consumer = AIOKafkaConsumer(
             **client_kwargs(config),
@@ -100,7 +103,13 @@ class KafkaSource:
         )
 
     def attach(self, metrics: Metrics) -> None:
-        return None  # the pipeline's metrics say all there is
+        away = Gauge(
+            "worker_brokers_unreachable",
+            "Kafka brokers that did not answer the worker's last probe (every 2 s).",
+            ("source",),
+            registry=metrics.registry,
+        ).labels(self.name)
+        self._reach = Reachability(on_change=away.set)
 
     async def start(self, listener: AssignmentListener) -> None:
         self._consumer.subscribe(self._config.topics, listener=_RebalanceBridge(self, listener))
@@ -119,6 +128,8 @@ class KafkaSource:
                     f"kafka: source.topics {self._config.topics}: not found at "
                     f"{','.join(self._config.bootstrap_servers)} (create them first)"
                 ) from None
+        probe = BrokerProbe(client_kwargs(self._config), self._reach)
+        listener.spawn(probe.run(), "kafka broker probe")
 
     def forget(self, partitions: Sequence[TopicPartition]) -> None:
         """Drop what this member knew of partitions it gave away."""

@@ -1,0 +1,58 @@
+"""Library log floods are folded: the first line of a kind, then a count."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from worker.observe.logs import FoldRepeats
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _record(name: str, msg: str, *args: object, level: int = logging.ERROR) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, msg, args, None)
+
+
+def test_the_first_line_of_a_kind_is_shown_and_the_rest_of_its_minute_counted(
+    caplog: pytest.LogCaptureFixture,
+):
+    clock = Clock()
+    fold = FoldRepeats(window_s=60, clock=clock)
+    template = "Unable connect to node with id %s: %s"
+    shown = [fold.filter(_record("aiokafka.client", template, n, "refused")) for n in range(50)]
+    assert shown == [True] + [False] * 49
+    clock.now += 61
+    with caplog.at_level(logging.INFO, logger="worker"):
+        assert fold.filter(_record("aiokafka.client", template, 1, "refused"))
+    (folded,) = [r.getMessage() for r in caplog.records if "log_lines_folded" in r.getMessage()]
+    assert "count=49" in folded and "logger=aiokafka.client" in folded
+
+
+def test_other_kinds_and_the_workers_own_lines_are_never_held_back():
+    fold = FoldRepeats(window_s=60, clock=Clock())
+    assert fold.filter(_record("aiokafka.client", "a %s", 1))
+    assert fold.filter(_record("aiokafka.conn", "a %s", 1))  # another logger
+    assert fold.filter(_record("aiokafka.client", "a %s", 1, level=logging.WARNING))
+    assert fold.filter(_record("aiokafka.client", "b %s", 1))  # another sentence
+    for _ in range(3):
+        assert fold.filter(_record("worker", "event=commit_failed"))
+        assert fold.filter(_record("worker.source.kafka", "event=brokers_unreachable"))
+
+
+def test_flush_says_the_counts_still_held(caplog: pytest.LogCaptureFixture):
+    fold = FoldRepeats(window_s=60, clock=Clock())
+    for _ in range(5):
+        fold.filter(_record("aiokafka.consumer.fetcher", "Failed fetch messages from %s", 1))
+    with caplog.at_level(logging.INFO, logger="worker"):
+        fold.flush()
+        fold.flush()  # nothing held any more: says nothing
+    folded = [r.getMessage() for r in caplog.records if "log_lines_folded" in r.getMessage()]
+    assert len(folded) == 1 and "count=4" in folded[0]
