@@ -390,3 +390,40 @@ async def test_a_record_over_the_dlq_topic_limit_goes_as_a_counted_envelope(kafk
     assert document["error"]["message"] == "too big to handle" and envelope.key == b"k1"
     assert dict(dead[2].headers)["worker.error.message"] == b"bad byte \\ud800 in reading"
     assert dead[2].value == b'{"i": 2}'
+
+
+async def test_a_dead_letter_guard_halt_outlives_restarts_of_the_same_bad_deploy(kafka: str):
+    """The guard's counts lived in memory, so each restart of a halted worker (its
+    orchestrator restarts it, /healthz failing) dead-lettered five more records. They
+    now travel in the Kafka commit's metadata and are read back on assignment."""
+    topic, dlq, group = unique("halt"), unique("halt-dlq"), unique("g")
+    await create_topic(kafka, topic, 1)
+    await create_topic(kafka, dlq, 1)
+    await produce_numbered(kafka, topic, 40, 1)
+    cfg = config(
+        kafka, topic, group,
+        batching={"batch_size": 10, "maximum_batching_window_ms": 100},
+        errors={"maximum_retry_attempts": 0, "max_consecutive_dead_letters": 5,
+                "on_failure": f"kafka://{dlq}"},
+    )  # fmt: skip
+
+    async def until_halted() -> None:
+        bad = PoisonHandler(poison=set(range(40)))
+        async with running(cfg, bad) as worker:
+            deadline = time.monotonic() + 60
+            while not any(p.halted for p in worker.assignments.partitions()):
+                assert time.monotonic() < deadline, "never halted"
+                await asyncio.sleep(0.05)
+        assert bad.failing
+
+    for _ in range(3):  # the first run, then two restarts of the same bad deploy
+        await until_halted()
+        assert sorted(orjson.loads(r.value)["i"] for r in await read_all(kafka, dlq)) == [
+            0, 1, 2, 3, 4,
+        ]  # fmt: skip
+    fixed = PoisonHandler(poison=set())
+    async with running(cfg, fixed):
+        await wait_fully_committed(kafka, group, topic, 1)
+    # 0-4 were dead-lettered inside a batch that was never committed: redone, at least once.
+    assert sorted(fixed.handled) == list(range(40))
+    assert len(await read_all(kafka, dlq)) == 5

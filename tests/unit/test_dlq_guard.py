@@ -51,7 +51,8 @@ async def test_a_handler_that_fails_everything_halts_the_partition_after_the_lim
         halted = w.metrics.halted.labels("memory", "t-0")._value.get()
         calls_at_halt = len(handler.calls)
     assert dlq.offsets() == [0, 1, 2, 3, 4]  # five, and not one more
-    assert broker.committed("test", "t", 0) is None  # nothing past the halt
+    # Nothing past the halt (0, the next to read, carries the guard's note).
+    assert broker.committed("test", "t", 0) in (None, 0)
     assert not healthy and not ready and "t-0" in why
     assert halted == 1
     assert len(handler.calls) == calls_at_halt  # nothing invoked after the halt
@@ -90,3 +91,36 @@ async def test_a_revoked_partition_leaves_no_gauge_behind_halted_included():
         ]
         assert gauges == []
         assert sample("worker_records_failed_total", labels) > 0  # counters stay
+
+
+async def test_a_halt_outlives_a_restart_and_a_fixed_handler_goes_on():
+    """The guard's counts lived in memory: every restart of a halted worker (the
+    orchestrator restarts it, since /healthz fails) dead-lettered another
+    `max_consecutive_dead_letters` records. They are now written with the
+    partition's checkpoints and read back by its next owner."""
+    broker = one_partition(50)
+    settings = {
+        "batching": {"batch_size": 10},
+        "errors": {"maximum_retry_attempts": 0, "max_consecutive_dead_letters": 5},
+    }
+    dlq = RecordingDestination()
+
+    async def run_until_halted(handler: Handler) -> None:
+        async with running_worker(handler, broker, ["t"], settings, destination=dlq) as w:
+            await wait_until(lambda: (p := w.partition(("t", 0))) is not None and p.halted)
+
+    await run_until_halted(Handler(poison=set(range(50))))
+    assert dlq.offsets() == [0, 1, 2, 3, 4]
+    for _ in range(2):  # the same bad deploy, restarted: halts before one more record
+        bad = Handler(poison=set(range(50)))
+        await run_until_halted(bad)
+        assert bad.calls  # it did try
+        assert dlq.offsets() == [0, 1, 2, 3, 4]
+
+    fixed = Handler()
+    async with running_worker(fixed, broker, ["t"], settings, destination=dlq) as w:
+        await wait_until(lambda: broker.committed("test", "t", 0) == 50)
+        assert w.partition(("t", 0)).halted is None
+    assert dlq.offsets() == [0, 1, 2, 3, 4]
+    # 55 resolved, 5 of them dead-lettered; its first success reset the run.
+    assert getattr(broker, "notes", {}).get(("test", "t", 0)) == "dlg1:55,5,0"

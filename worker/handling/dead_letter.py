@@ -16,12 +16,18 @@ the next dead-letter when the ratio of dead-lettered records would pass
 `max_consecutive_dead_letters` records in a row would be dead-lettered with
 no success between them. The partition then halts: nothing more is invoked
 or committed, and the worker reports unhealthy.
+
+The guard's counts are written with the partition's checkpoints (a source's
+commit note) and read back by its next owner, so a halt outlives a restart:
+the same bad deploy, restarted by its orchestrator, halts again before it
+dead-letters one more record, while a fixed one resets the run of failures
+with its first success.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from worker.backoff import Backoff
@@ -44,6 +50,10 @@ class Failure:
     traceback: str = ""
 
 
+#: The guard's note: a version tag, then resolved, dead-lettered, in a row.
+_NOTE_TAG = "dlg1"
+
+
 @dataclass
 class DeadLetterGuard:
     max_ratio: float  # 1.0 = off
@@ -51,10 +61,33 @@ class DeadLetterGuard:
     resolved: int = 0
     dead: int = 0
     consecutive: int = 0
+    #: Told the guard's note after each change, to be checkpointed with the partition.
+    on_change: Callable[[str], None] | None = None
+
+    @classmethod
+    def resumed(
+        cls, note: str, max_ratio: float, max_consecutive: int, on_change: Callable[[str], None]
+    ) -> DeadLetterGuard:
+        """The guard of a partition whose last checkpoint carried `note` (or none)."""
+        guard = cls(max_ratio, max_consecutive, on_change=on_change)
+        tag, _, counts = note.partition(":")
+        if tag == _NOTE_TAG:
+            try:
+                resolved, dead, consecutive = (max(int(n), 0) for n in counts.split(","))
+            except ValueError:
+                log.warning("event=guard_note_unreadable note=%r", note[:100])
+            else:
+                guard.resolved, guard.dead, guard.consecutive = resolved, dead, consecutive
+        return guard
+
+    def note(self) -> str:
+        return f"{_NOTE_TAG}:{self.resolved},{self.dead},{self.consecutive}"
 
     def handled(self, records: int) -> None:
         self.resolved += records
         self.consecutive = 0
+        if self.on_change is not None:
+            self.on_change(self.note())
 
     def check(self, records: int) -> None:
         """Raise PartitionHalted if dead-lettering `records` more would pass a limit."""
@@ -75,6 +108,8 @@ class DeadLetterGuard:
         self.resolved += records
         self.dead += records
         self.consecutive += records
+        if self.on_change is not None:
+            self.on_change(self.note())
 
 
 class DeadLetter:

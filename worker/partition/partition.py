@@ -79,7 +79,7 @@ class Partition:
         self._on_drained = on_drained
         self._clock = clock
         self._stop = asyncio.Event()
-        self._steps = steps(PartitionContext(label, source, metrics, self._stop))
+        self._steps = steps(PartitionContext(key, label, source, metrics, self._stop))
         self.assigned_at = clock()
         self._tracker = OffsetTracker()
         self._sizes: dict[int, int] = {}  # tracker unit end -> records, until finished
@@ -287,6 +287,7 @@ class Partition:
         for lane in self._lanes:
             lane.wake.set()
         self._metrics.halted.set(1)
+        self._on_progress(self)  # the guard's note is checkpointed even if nothing moved
         committed = self._committed
         log.error(
             "event=partition_halted partition=%s committed=%s reason=%r note='nothing past "

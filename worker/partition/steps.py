@@ -15,7 +15,7 @@ batch stays uncommitted) or `PartitionHalted` (the dead-letter guard refuses).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,6 +35,7 @@ class PartitionHalted(Exception):
 class PartitionContext:
     """What a partition's steps know of it; the partition owns it and sets `stopping`."""
 
+    key: Hashable
     label: str
     source: str
     metrics: PartitionMetrics

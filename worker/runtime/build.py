@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Hashable
+from functools import partial
 from typing import Any
 
 from worker.backoff import Backoff
@@ -76,6 +77,7 @@ class StepChain:
         recent_errors: RecentErrors,
     ) -> None:
         self._config = config
+        self._source = source
         self._timestamp_ms = source.traits.timestamp_ms
         self._invoker = invoker
         self._parse = parse
@@ -84,10 +86,20 @@ class StepChain:
         self._recent_errors = recent_errors
         patterns = config.filter.patterns
         self._filter = RecordFilter(patterns, shape_of(source.name)) if patterns else None
+        e = config.errors
+        self._guarded = e.max_consecutive_dead_letters > 0 or e.max_dead_letter_ratio < 1.0
+        if self._guarded:
+            source.keep_notes()
 
     def __call__(self, ctx: PartitionContext) -> Step:
         e, b = self._config.errors, self._config.batching
-        guard = DeadLetterGuard(e.max_dead_letter_ratio, e.max_consecutive_dead_letters)
+        if self._guarded:
+            guard = DeadLetterGuard.resumed(
+                self._source.recall(ctx.key), e.max_dead_letter_ratio,
+                e.max_consecutive_dead_letters, partial(self._source.remember, ctx.key),
+            )  # fmt: skip
+        else:
+            guard = DeadLetterGuard(e.max_dead_letter_ratio, e.max_consecutive_dead_letters)
         dead_letter = DeadLetter(
             self._destination, Backoff(*e.retry_backoff_ms), self._metrics, ctx, guard
         )

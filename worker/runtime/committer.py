@@ -63,7 +63,7 @@ class Committer:
         async with self._lock:
             moved = [(p, point) for p in partitions if (point := p.commit_point()) is not None]
             if not moved:
-                return True
+                return await self._flush_notes()
             try:
                 async with asyncio.timeout(COMMIT_TIMEOUT_S):
                     await self._source.commit({p.key: position for p, (position, _) in moved})
@@ -89,7 +89,20 @@ class Committer:
             for p, (position, records) in moved:
                 p.mark_committed(position, records)
                 p.report_lag(self._source.lag(p.key))
-            return True
+            return await self._flush_notes()
+
+    async def _flush_notes(self) -> bool:
+        """Notes that changed with no position moved (a partition halted inside a batch)
+        are written at the positions already checkpointed, so the halt outlives us."""
+        try:
+            async with asyncio.timeout(COMMIT_TIMEOUT_S):
+                await self._source.flush_notes()
+        except OwnershipLost:
+            pass  # the new owner's guard counts afresh from the last checkpoint's note
+        except (ConnectionError, TimeoutError) as exc:
+            self._failed(exc, [])
+            return False
+        return True
 
     def _failed(self, exc: Exception, partitions: list[Partition]) -> None:
         """Count every failed commit; log the first of an outage, not every retry."""

@@ -122,6 +122,20 @@ class Source(Protocol):
     async def commit(self, positions: Mapping[PartitionKey, int]) -> None:
         """Checkpoint each partition as done up to and including the given position."""
 
+    def keep_notes(self) -> None:
+        """Keep each partition's note with its checkpoints from now on (see `remember`)."""
+
+    def remember(self, partition: PartitionKey, note: str) -> None:
+        """Write `note` (short) with the partition's next checkpoints, for its next owner:
+        the dead-letter guard's counts, so a halt outlives a restart."""
+
+    def recall(self, partition: PartitionKey) -> str:
+        """The note of the partition's last checkpoint when it was assigned ('' if none)."""
+
+    async def flush_notes(self) -> None:
+        """Write notes that changed while their partition's position did not move (the
+        guard halted a partition inside a batch): at the positions already checkpointed."""
+
     def label(self, partition: PartitionKey) -> str:
         """A stable human name for metrics and logs: "topic-3", "shardId-0001"."""
 

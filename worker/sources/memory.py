@@ -82,6 +82,8 @@ class MemoryBroker:
 
     topics: dict[str, list[list[MemoryRecord]]] = field(default_factory=dict)
     offsets: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    #: The note committed with each offset (Kafka's commit metadata).
+    notes: dict[tuple[str, str, int], str] = field(default_factory=dict)
     _arrived: asyncio.Event | None = None
 
     def create_topic(self, name: str, partitions: int = 1) -> None:
@@ -107,8 +109,9 @@ class MemoryBroker:
             self._arrived.set()
         return record
 
-    def commit(self, group: str, topic: str, partition: int, offset: int) -> None:
+    def commit(self, group: str, topic: str, partition: int, offset: int, note: str = "") -> None:
         self.offsets[(group, topic, partition)] = offset
+        self.notes[(group, topic, partition)] = note
 
     def committed(self, group: str, topic: str, partition: int) -> int | None:
         return self.offsets.get((group, topic, partition))
@@ -145,6 +148,7 @@ class MemorySource:
         #: Tests set this to make commits fail as a broker outage would.
         self.commit_error: Exception | None = None
         self._listener: AssignmentListener | None = None
+        self._notes: dict[TopicPartition, str] = {}
 
     def all_partitions(self) -> list[TopicPartition]:
         return [(t, p) for t in self.topics for p in range(len(self.broker.topics[t]))]
@@ -169,6 +173,7 @@ class MemorySource:
         for tp in partitions:
             self.positions.pop(tp, None)
             self.paused.discard(tp)
+            self._notes.pop(tp, None)
 
     async def fetch(self, timeout_s: float) -> Mapping[TopicPartition, Sequence[MemoryRecord]]:
         out = self._take()
@@ -208,10 +213,26 @@ class MemorySource:
         lost = {tp for tp in positions if tp not in self.positions}
         for (topic, part), pos in positions.items():
             if (topic, part) not in lost:
-                self.broker.commit(self.group_id, topic, part, next_to_read(pos))
+                note = self._notes.get((topic, part), "")
+                self.broker.commit(self.group_id, topic, part, next_to_read(pos), note)
         self.commits.append({tp: p for tp, p in positions.items() if tp not in lost})
         if lost:
             raise OwnershipLost(f"not assigned: {sorted(lost)}", lost)
+
+    def keep_notes(self) -> None:
+        return None  # the broker keeps every commit's note
+
+    def remember(self, partition: TopicPartition, note: str) -> None:
+        self._notes[partition] = note
+
+    def recall(self, partition: TopicPartition) -> str:
+        return self.broker.notes.get((self.group_id, *partition), "")
+
+    async def flush_notes(self) -> None:
+        for (topic, part), note in self._notes.items():
+            offset = self.broker.committed(self.group_id, topic, part)
+            if (topic, part) in self.positions and note != self.recall((topic, part)):
+                self.broker.commit(self.group_id, topic, part, offset or 0, note)
 
     def label(self, partition: TopicPartition) -> str:
         return f"{partition[0]}-{partition[1]}"

@@ -26,6 +26,7 @@ from worker.sources.base import (
     next_to_read,
 )
 from worker.sources.kafka.config import KafkaSourceConfig
+from worker.sources.kafka.notes import CommitNotes
 from worker.sources.kafka.reach import BrokerProbe, Reachability
 from worker.sources.kafka.record import TRAITS
 from worker.sources.kafka.security import (
@@ -84,6 +85,7 @@ class KafkaSource:
         self._announced: set[TopicPartition] = set()
         self._failure: SourceFailed | None = None
         self._reach = Reachability()
+        self._notes = CommitNotes(client_kwargs(config), config.group_id)
         reset = "latest" if config.starting_position == "latest" else "earliest"
         self._consumer = AIOKafkaConsumer(
             **client_kwargs(config),
@@ -136,6 +138,7 @@ class KafkaSource:
         for tp in partitions:
             self._committed.pop(tp, None)
             self._announced.discard(tp)
+        self._notes.forget(partitions)
 
     def fail(self, doing: str, partitions: Sequence[TopicPartition], exc: Exception) -> None:
         """A rebalance callback failed: the next fetch says so, and the worker stops."""
@@ -156,7 +159,8 @@ class KafkaSource:
             self._consumer.resume(*partitions)
 
     async def prepare(self, partitions: list[TopicPartition]) -> None:
-        """Read committed offsets (for lag) and seek where the group has none yet."""
+        """Read committed offsets (for lag) and notes, and seek where the group has none."""
+        await self._notes.load(partitions)
         fresh = []
         for tp in partitions:
             committed = await self._consumer.committed(tp)
@@ -210,7 +214,8 @@ class KafkaSource:
         gone = [tp for tp in positions if tp not in assigned]
         if offsets:
             try:
-                await self._consumer.commit(offsets)
+                await self._consumer.commit(self._notes.with_notes(offsets))
+                self._notes.written(offsets)
             except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
                 raise OwnershipLost(str(exc), positions) from exc
             except KafkaError as exc:
@@ -218,6 +223,23 @@ class KafkaSource:
             self._committed.update(offsets)
         if gone:
             raise OwnershipLost(f"not assigned: {', '.join(map(self.label, gone))}", gone)
+
+    def keep_notes(self) -> None:
+        self._notes.keep()
+
+    def remember(self, partition: TopicPartition, note: str) -> None:
+        self._notes.remember(partition, note)
+
+    def recall(self, partition: TopicPartition) -> str:
+        return self._notes.recall(partition)
+
+    async def flush_notes(self) -> None:
+        """Write changed notes at the positions already committed (nothing moves)."""
+        assigned = self._consumer.assignment()
+        due = {tp: self._committed[tp] for tp in self._notes.unwritten()
+               if tp in assigned and tp in self._committed}  # fmt: skip
+        if due:
+            await self.commit({tp: offset - 1 for tp, offset in due.items()})  # last done
 
     def label(self, partition: TopicPartition) -> str:
         return f"{partition.topic}-{partition.partition}"
@@ -254,4 +276,7 @@ class KafkaSource:
         return state.position if state is not None and state.has_valid_position else None
 
     async def stop(self) -> None:
-        await self._consumer.stop()
+        try:
+            await self._consumer.stop()
+        finally:
+            await self._notes.close()
