@@ -235,8 +235,11 @@ class KafkaSource:
 
     async def flush_notes(self) -> None:
         """Write changed notes at the positions already committed (nothing moves)."""
+        unwritten = self._notes.unwritten()
+        if not unwritten:
+            return
         assigned = self._consumer.assignment()
-        due = {tp: self._committed[tp] for tp in self._notes.unwritten()
+        due = {tp: self._committed[tp] for tp in unwritten
                if tp in assigned and tp in self._committed}  # fmt: skip
         if due:
             await self.commit({tp: offset - 1 for tp, offset in due.items()})  # last done
