@@ -90,6 +90,9 @@ MUTANTS: tuple[Mutant, ...] = (
                 "unit/test_pipeline",
                 "test_revoke_finishes_the_batch_in_flight_commits_it_and_drops_the_rest",
             ),
+            _node(
+                "unit/test_pipeline", "test_shutdown_lets_the_batch_in_flight_finish_and_commits_it"
+            ),
         ),
     ),
     Mutant(

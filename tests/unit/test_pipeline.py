@@ -126,13 +126,17 @@ async def test_revoke_abandons_a_batch_that_misses_the_deadline_uncommitted():
 
 
 async def test_shutdown_lets_the_batch_in_flight_finish_and_commits_it():
+    """The gate opens only once the partition is being stopped with the batch still
+    inside the handler, so a stop that cancels in-flight batches fails this test."""
     broker = broker_with(10, partitions=1)
     rec = Recorder()
     rec.gate = asyncio.Event()
     async with running_worker(rec, broker, [TOPIC], {"batching": {"batch_size": 10}}) as w:
         await rec.entered.wait()
+        partition = w.partition((TOPIC, 0))
+        assert partition is not None
         w.request_exit()
-        await asyncio.sleep(0)
+        await wait_until(lambda: partition.releasing)
         rec.gate.set()
     assert broker.committed("test", TOPIC, 0) == 10
 
