@@ -66,3 +66,32 @@ async def test_a_stuck_lane_does_not_hold_back_commits_of_what_precedes_it():
         assert w.partition(("t", 0)).stats().committed == 49  # 50..54 holds the stuck record
         gate.set()
         await wait_until(lambda: fully_committed(broker, "test", ["t"]))
+
+
+async def test_work_finished_past_a_stuck_lane_still_counts_as_uncommitted():
+    """A commit covered only the prefix before the gap, but counted every finished record
+    as committed: the uncommitted bound (what a crash redoes) went blind past the gap."""
+    broker = MemoryBroker()
+    broker.create_topic("t", 1)
+    gate = asyncio.Event()
+    busy, stuck_key = [b"k5", b"k1", b"k4"], b"k0"  # lanes 0, 1, 2; k0 has lane 3
+
+    async def handler(batch):
+        if any(r.offset == 53 for r in batch.records):
+            await gate.wait()
+
+    settings = {"handler": {"parallelization_factor": 4}, "batching": {"batch_size": 5}}
+    async with running_worker(handler, broker, ["t"], settings) as w:
+        w.source.max_records = 10
+        for i in range(100):
+            broker.produce("t", b"x", key=stuck_key if i == 53 else busy[i % 3], partition=0)
+        await wait_until(lambda: w.partition(("t", 0)) is not None)
+        partition = w.partition(("t", 0))
+        # All but the stuck segment [50..54] finished; the commit stops before it.
+        await wait_until(lambda: broker.committed("test", "t", 0) == 50
+                         and partition.unfinished_records == 5)  # fmt: skip
+        assert partition.outstanding_records == 50  # 50..99, not just the stuck five
+        gate.set()
+        await wait_until(lambda: fully_committed(broker, "test", ["t"]))
+        assert partition.outstanding_records == 0
+        assert w.metrics.records_committed.labels("memory", "t-0")._value.get() == 100

@@ -83,6 +83,7 @@ class Partition:
         self.assigned_at = clock()
         self._tracker = OffsetTracker()
         self._sizes: dict[int, int] = {}  # tracker unit end -> records, until finished
+        self._finished: dict[int, int] = {}  # then until committed
         self._fed_position: int | None = None
         self._paused = False
         self._releasing = False
@@ -191,11 +192,14 @@ class Partition:
         position = self._tracker.committable
         if position is None or position == self._committed:
             return None
-        return position, self._uncommitted_records
+        # With several lanes, units past a gap finished too: they are not covered yet.
+        return position, sum(n for end, n in self._finished.items() if end <= position)
 
     def mark_committed(self, position: int, records: int) -> None:
         """The source checkpointed `position`, covering `records` finished records."""
         self._committed = position
+        for end in [end for end in self._finished if end <= position]:
+            del self._finished[end]
         self._uncommitted_records -= records
         self._metrics.records_committed(records, self._traits.shown_checkpoint(position))
         if self._paused and self.below_low_water():
@@ -276,6 +280,7 @@ class Partition:
         for end in unit_ends:
             self._tracker.finish(end)
             size = self._sizes.pop(end)
+            self._finished[end] = size
             self._uncommitted_records += size
             self._unfinished_records -= size
         self._on_progress(self)
