@@ -168,6 +168,16 @@ def _lag(config: WorkerConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`worker status | head`): it had what it wanted. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "status":
         return _status(args.url)
@@ -201,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return 0
 
+    from worker.errors import StartError
     from worker.observe import logs
     from worker.runtime.run import run
-    from worker.sources.base import SourceStartError
 
     logs.setup(config.runtime.log_level, config.runtime.log_format)
     try:
@@ -217,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(code)
     except HandlerLoadError as exc:
         return _fail([str(exc)])
-    except SourceStartError as exc:
+    except StartError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2] / "worker"
 LAYERS: dict[str, int] = {
     # foundations: no imports of the worker beyond this layer
     "worker.records": 0,
+    "worker.errors": 0,
     "worker.encoding": 0,
     "worker.backoff": 0,
     "worker.config_base": 0,

@@ -27,6 +27,7 @@ from prometheus_client import Counter
 
 from worker.destinations.base import DestinationError, FailureEvent
 from worker.encoding import b64
+from worker.errors import StartError
 from worker.records import Record
 
 log = logging.getLogger("worker.destinations.kafka")
@@ -106,7 +107,14 @@ class KafkaDestination:
             request_timeout_ms=int(self._timeout_s * 1000),
             max_request_size=PRODUCER_MAX_REQUEST_BYTES,
         )
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            await self._producer.stop()
+            servers = ",".join(map(str, self._connection.get("bootstrap_servers", ())))
+            raise StartError(
+                f"errors.on_failure kafka://{self.topic}: cannot connect to {servers}: {exc}"
+            ) from None
 
     async def send(self, event: FailureEvent) -> None:
         assert self._producer is not None, "start() first"

@@ -9,6 +9,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from worker.errors import StartError
+
 
 class Endpoints:
     def __init__(
@@ -40,7 +42,15 @@ class Endpoints:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise StartError(
+                f"metrics.listen {self._host}:{self._port}: "
+                f"{exc.strerror or exc} (another process has the port? choose another in "
+                "metrics.listen, or port 0 for any free one)"
+            ) from None
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
         self.port = sockets[0].getsockname()[1] if sockets else self._port
 

@@ -85,6 +85,9 @@ class Worker:
         try:
             await self.startup()
             await self.main_loop()
+        except Exception:
+            self.exit_code = self.exit_code or EXIT_SOURCE_FAILED  # never log exit_code=0
+            raise
         finally:
             await self.shutdown()
         return self.exit_code

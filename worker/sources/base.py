@@ -22,6 +22,7 @@ from collections.abc import Callable, Coroutine, Hashable, Iterable, Mapping, Se
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from worker.errors import StartError
 from worker.records import Record
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 PartitionKey = Hashable
 
 
-class SourceStartError(Exception):
+class SourceStartError(StartError):
     """The source could not start; the message says why in one line."""
 
 
