@@ -9,7 +9,13 @@ commit the shard (`on_revoked`: no new batch, in-flight ones finish within
 `runtime.rebalance_timeout_s`), then hand the lease over in one conditional
 write. The asker reads the shard only once the table names it owner.
 
-A lease found taken is revoked the same way, its checkpoints then refused. A
+A lease found taken (fenced: a renewal, checkpoint or hand-over the table
+refused) stops its shard at once, whichever write found out and even in the
+middle of a hand-off: the reader stops, the lane starts no new batch, batches
+in flight are abandoned (`on_lost`) and nothing more is committed (the holder
+refuses every write), because the new owner is already reading from the last
+checkpoint. No request is answered once the worker is shutting down
+(`may_hand_off` is false): its release gives the lease up instead. A
 lease that lapsed (not renewed in time) stops its reader and fails the keeper,
 which ends the worker. A closed shard whose records are all handled and
 committed is checkpointed SHARD_END and released, which lets its children start.
@@ -37,10 +43,12 @@ HAND_OVER_BACKOFF = Backoff(100, 1_000)
 
 class LeaseKeeper:
     def __init__(self, shard: Shard, listener: AssignmentListener, duration_s: float,
-                 count: Callable[[str, str], None],
-                 forget: Callable[[Shard], None]) -> None:  # fmt: skip
+                 count: Callable[[str, str], None], forget: Callable[[Shard], None],
+                 may_hand_off: Callable[[], bool] = lambda: True) -> None:  # fmt: skip
         """`count(family, result)`: a lease event ("event", name) or a renewal's result
-        ("renewal", result); `forget(shard)`: the source no longer has the shard."""
+        ("renewal", result); `forget(shard)`: the source no longer has the shard;
+        `may_hand_off()`: whether a request for the lease may be answered now."""
+        self._may_hand_off = may_hand_off
         self._shard = shard
         self._listener = listener
         self._duration_s = duration_s
@@ -53,21 +61,21 @@ class LeaseKeeper:
         interval = self._duration_s / 3
         try:
             while True:
-                await asyncio.sleep(max(holder.renewed_at + interval - time.monotonic(), 0.0))
+                await holder.until_fenced(max(holder.renewed_at + interval - time.monotonic(), 0))
+                if holder.fenced:
+                    await self._lost()
+                    return
                 if shard.finished and not shard.handing_off:
                     await self._end()
                     return
                 try:
                     await self._renew()
                 except LeaseLost:
-                    if shard.handing_off:
-                        return  # handed over (or taken by force meanwhile): the hand-off ends it
-                    log.warning("event=lease_lost shard=%s note='stopped without committing'",
-                                shard.shard_id)  # fmt: skip
-                    self._count("event", "lost")
-                    await self._drop()
-                    return
-                if holder.lease.pending and not shard.handing_off:
+                    if holder.fenced:
+                        await self._lost()
+                    return  # otherwise handed over or released: nothing more to keep
+                wanted = holder.lease.pending and self._may_hand_off()
+                if wanted and not shard.handing_off:
                     shard.hand_off(self._listener.spawn, self._hand_off())
         except Exception:
             holder.give_up("its keeper failed")
@@ -87,11 +95,15 @@ class LeaseKeeper:
                       "that another takes it over'", shard.shard_id, str(exc))  # fmt: skip
             raise
 
-    async def _drop(self) -> None:
-        """Stop the shard: the pipeline drains it (its commits fail if the lease is gone)."""
-        await self._shard.reader.stop()
-        await self._listener.on_revoked([self._shard.shard_id])
-        self._forget(self._shard)
+    async def _lost(self) -> None:
+        """Another worker owns the lease: stop the shard at once, commit nothing more."""
+        shard = self._shard
+        log.warning("event=lease_lost shard=%s note='stopped at once: batches in flight "
+                    "abandoned, nothing more committed'", shard.shard_id)  # fmt: skip
+        self._count("event", "lost")
+        await shard.reader.stop()
+        await self._listener.on_lost([shard.shard_id])
+        self._forget(shard)
 
     async def _hand_off(self) -> None:
         """Another worker asked for the lease: drain, commit, and hand it over."""

@@ -77,6 +77,8 @@ class KinesisSource:
         self._seen: dict[str, Seen] = {}
         self._asks = Asks(config.handoff_deadline_s)
         self._arrived = asyncio.Event()
+        #: Set once the worker shuts down: no more takes, asks or hand-offs.
+        self._stopping = asyncio.Event()
         self._stack = AsyncExitStack()
         self._coordinator: asyncio.Task[None] | None = None
         self._listener: AssignmentListener | None = None
@@ -113,6 +115,16 @@ class KinesisSource:
         if not self._shards:  # nothing to take now: say so, so the worker turns ready
             await listener.on_assigned([])
         self._coordinator = listener.spawn(self._coordinate(), "kinesis coordinator")
+
+    async def stop_taking(self) -> None:
+        """Take, ask for and hand over no more leases. The round under way ends first (a
+        lease it takes is released with the rest), then so do the hand-offs under way
+        (drained, committed, handed over), which the worker's shutdown must not cancel
+        half-way: the drain's commit would be lost and its work redone."""
+        self._stopping.set()
+        if self._coordinator is not None:
+            await asyncio.wait({self._coordinator})
+        await asyncio.gather(*(shard.hand_off_done() for shard in list(self._shards.values())))
 
     async def stop(self) -> None:
         """Stop every task of the source, release the leases (bounded), close the clients."""
@@ -159,7 +171,11 @@ class KinesisSource:
         interval = self._config.lease_duration_s / 3
         rounds = failures = 0
         while True:
-            await asyncio.sleep(ROUND_BACKOFF.delay_s(failures) if failures else interval)
+            with suppress(TimeoutError):
+                wait_s = ROUND_BACKOFF.delay_s(failures) if failures else interval
+                await asyncio.wait_for(self._stopping.wait(), wait_s)
+            if self._stopping.is_set():
+                return
             rounds += 1
             try:
                 if rounds % 3 == 0:
@@ -181,6 +197,8 @@ class KinesisSource:
         for lease, why in plan(leases, self.worker_id, self._seen, time.monotonic(),
                                self._config.lease_duration_s, self._shards,
                                self._asks):  # fmt: skip
+            if self._stopping.is_set():
+                return
             if why == "ask":
                 await self._ask(lease)
             else:
@@ -216,7 +234,7 @@ class KinesisSource:
         # would pass over it.
         await self._listener.on_assigned([lease.shard_id])
         keeper = LeaseKeeper(shard, self._listener, self._config.lease_duration_s, self._count,
-                             self._forget)  # fmt: skip
+                             self._forget, lambda: not self._stopping.is_set())  # fmt: skip
         shard.start(self._listener.spawn, keeper.run())
 
     def _forget(self, shard: Shard) -> None:
