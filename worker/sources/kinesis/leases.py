@@ -212,6 +212,7 @@ class LeaseTable:
         )
 
     async def release(self, lease: Lease) -> Lease:
-        """Give the lease up (after the last checkpoint), so another worker takes it at once."""
-        return await self._update(lease, "REMOVE #owner SET #counter = #counter + :one",
-                                  {":one": {"N": "1"}})  # fmt: skip
+        """Give the lease up (after the last checkpoint), so another worker takes it at once;
+        a request for it goes too (it was made of this owner, and the lease is free now)."""
+        return await self._update(lease, "REMOVE #owner, #pending SET #counter = #counter + :one",
+                                  {":one": {"N": "1"}}, {"#pending": "pending_owner"})  # fmt: skip
