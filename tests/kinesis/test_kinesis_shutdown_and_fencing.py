@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
 
@@ -232,3 +233,43 @@ async def test_an_owner_fenced_off_by_a_take_abandons_its_batch_at_once_and_comm
     assert partition_gone and sent_later == []
     assert len(handled) == 10  # the first batch only: nothing started after the loss
     assert (await the_lease(dynamodb, table)).owner == "thief"
+
+
+async def test_a_lease_asked_for_by_a_worker_that_died_is_released_not_handed_to_it(
+    kinesis: Emulator, dynamodb: Emulator, caplog: pytest.LogCaptureFixture
+):
+    """A worker (the test) asks for the lease and dies at once: it never confirms its
+    request again. The owner drains the shard, whose batch in flight runs on for longer
+    than the lease (3.5 s, lease 3 s). The first version handed the lease to the dead
+    asker, and the shard stood still until that lease expired (a lease duration and a
+    round more). Now the owner, having seen no confirmation for a lease duration,
+    releases the lease after its last checkpoint instead, and takes it back (it is the
+    only worker) within a lease round: every record is handled, once."""
+    caplog.set_level(logging.INFO, logger="worker")
+    stream = await make_stream(kinesis, shards=1, records=40, keys=10)
+    table = f"leases-{uuid.uuid4().hex[:6]}"
+    cfg = lease_config(kinesis, dynamodb, stream, table, lease_duration_s=3, batch_size=10)
+    entered, gate, abandoned = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    handled: list[Handled] = []
+    handler = gated(recorder("a", handled), lambda n: n == 2, entered, gate, abandoned)
+    a = Worker(cfg, handler=handler)
+    ta = asyncio.create_task(a.serve())
+    try:
+        await until(entered.is_set, 30, "the second batch in flight", ta)
+        async with get_session().create_client(
+            "dynamodb", region_name="us-east-1", endpoint_url=dynamodb.url
+        ) as client:
+            await LeaseTable(client, table, "dead-asker").ask(await the_lease(dynamodb, table))
+        await until(lambda: "event=lease_handoff_started" in caplog.text, 10, "the hand-off", ta)
+        await hold(asyncio.Event(), 3.5)  # a batch longer than the lease
+        gate.set()
+        opened_at = time.monotonic()
+        await until(lambda: len(handled) >= 40, 20, "every record", ta)
+        stalled_s = time.monotonic() - opened_at
+    finally:
+        gate.set()
+        await stop((a, ta))
+    assert stalled_s < 2.5, stalled_s  # a lease round or two, not a lease duration more
+    assert "event=lease_handed_off" not in caplog.text and "reason=expired" not in caplog.text
+    assert sorted(h.position for h in handled) == sorted({h.position for h in handled})
+    assert "event=lease_handoff_dropped" in caplog.text

@@ -194,6 +194,10 @@ class KinesisSource:
     async def _coordinate_once(self) -> None:
         assert self._leases is not None
         leases = await self._leases.all()
+        for lease in leases:  # the requests this worker waits on: still wanted
+            if lease.pending == self.worker_id and lease.owner not in (None, self.worker_id):
+                with suppress(LeaseLost):  # answered or called off meanwhile
+                    await self._leases.still_asking(lease)
         for lease, why in plan(leases, self.worker_id, self._seen, time.monotonic(),
                                self._config.lease_duration_s, self._shards,
                                self._asks):  # fmt: skip
