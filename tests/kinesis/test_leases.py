@@ -229,3 +229,23 @@ async def test_no_request_for_a_lease_outlives_its_owner_release_and_takes_clear
     finally:
         for client in (ca, cb, cc):
             await client.__aexit__(None, None, None)
+
+
+async def test_a_refused_write_names_who_owns_the_lease_now_without_a_second_read(dynamodb):
+    """moto answers a failed condition with the item (ReturnValuesOnConditionCheckFailure
+    = ALL_OLD), so a fenced owner learns the new owner from the refusal itself."""
+    name = f"leases-{uuid.uuid4().hex[:6]}"
+    ca, a = await table(dynamodb, "worker-a", name)
+    cb, b = await table(dynamodb, "worker-b", name)
+    try:
+        await a.add_shard("shardId-000", ())
+        (free,) = await a.all()
+        mine = await a.take(free)
+        await b.take(mine)
+        with pytest.raises(LeaseLost) as refused:
+            await a.checkpoint(mine, "7")
+        assert refused.value.current is not None
+        assert (refused.value.current.owner, refused.value.current.counter) == ("worker-b", 2)
+    finally:
+        await ca.__aexit__(None, None, None)
+        await cb.__aexit__(None, None, None)
