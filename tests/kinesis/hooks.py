@@ -1,8 +1,8 @@
 """Fault injection at the botocore boundary for the Kinesis tests: event hooks on a session.
 
 `LeaseCalls(session)` tags every lease-table UpdateItem the session makes with the
-write it is (take, ask, hand_over, renew, checkpoint, release) and its shard, in the call's
-context, and runs the test's async hooks: `before(kind, shard)` before the call
+write it is (take, ask, still_asking, hand_over, renew, checkpoint, release) and its
+shard, in the call's context, and runs the test's async hooks: `before(kind, shard)` before the call
 is sent (raising there fails the call as botocore raises to its caller once its
 own retries are spent; awaiting there holds the call back), and `after(kind,
 shard, status)` once the table's answer (HTTP `status`) arrived and before the
@@ -30,6 +30,8 @@ def write_kind(params: dict[str, Any]) -> str:
         return "hand_over"
     if expression.startswith("SET #pending"):
         return "ask"
+    if expression.startswith("SET #asked"):
+        return "still_asking"
     if expression.startswith("SET #owner"):
         return "take"
     if expression.startswith("REMOVE #owner"):

@@ -5,6 +5,7 @@ hook on the worker's own session (`tests/kinesis/hooks.py`); nothing else is fak
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -334,12 +335,13 @@ async def test_a_renewal_overlapping_a_closed_shards_last_checkpoint_still_ends_
 async def test_a_shard_being_drained_does_not_keep_the_other_leases_from_being_renewed(
     kinesis: Emulator, dynamodb: Emulator, caplog: pytest.LogCaptureFixture
 ):
-    """One shard's lease is taken over (by a conditional take from the test) while its
-    handler is inside a batch that does not end until the test says so, so revoking it
-    waits for that batch (up to rebalance_timeout_s = 15). The first version awaited
-    that drain inside its one renewal loop: meanwhile the worker's other lease went
+    """Another worker (the test) asks for one shard's lease while its handler is inside
+    a batch that does not end until the test says so, so the hand-off drains that shard,
+    waiting for the batch (up to rebalance_timeout_s = 15). The first version awaited
+    a drain inside its one renewal loop: meanwhile the worker's other lease went
     unrenewed and expired. Now each lease has its own keeper: the other lease is renewed
     all along."""
+    caplog.set_level(logging.INFO, logger="worker.source.kinesis")
     stream = await make_stream(kinesis, shards=2, records=200, keys=10)
     table = f"leases-{uuid.uuid4().hex[:6]}"
     base = lease_config(kinesis, dynamodb, stream, table, lease_duration_s=3)
@@ -366,11 +368,14 @@ async def test_a_shard_being_drained_does_not_keep_the_other_leases_from_being_r
         async with get_session().create_client(
             "dynamodb", region_name="us-east-1", endpoint_url=dynamodb.url
         ) as client:
-            thief = LeaseTable(client, table, "thief")
-            leases = {lease.shard_id: lease for lease in await thief.all()}
-            await thief.take(leases[wedged_shard[0]])
+            asker = LeaseTable(client, table, "asker")
+            for _ in range(5):  # a renewal may move the counter between the read and the ask
+                leases = {lease.shard_id: lease for lease in await asker.all()}
+                with contextlib.suppress(LeaseLost):
+                    await asker.ask(leases[wedged_shard[0]])
+                    break
         (other,) = set(leases) - set(wedged_shard)
-        await until(lambda: "event=lease_lost" in caplog.text, 10, "the loss to be seen", ta)
+        await until(lambda: "event=lease_handoff_started" in caplog.text, 10, "the drain", ta)
         counter = leases[other].counter
 
         async def other_renewed() -> bool:

@@ -200,3 +200,52 @@ def test_a_steal_is_asked_for_counted_as_on_its_way_and_forced_only_when_overdue
     leases[0] = Lease("s0", "w2", 7, None)  # handed over
     takes = plan(leases, "w2", {}, now=31.5, duration_s=10.0, holding=set(), asks=asks)
     assert [(lease.shard_id, why) for lease, why in takes] == [("s0", "handed")]
+
+
+async def test_no_request_for_a_lease_outlives_its_owner_release_and_takes_clear_it(dynamodb):
+    """A request is made of one owner. The first version's release left it on the free
+    lease, so whoever took that lease next without clearing it (a worker of an older
+    version, say) owned a lease with a stale request: it would hand the shard to a worker
+    that had asked somebody else, perhaps long dead, and the asker counted it as on its
+    way and forced it. Now a release clears the request in the same write, as every take
+    (free, expired, forced) does."""
+    name = f"leases-{uuid.uuid4().hex[:6]}"
+    ca, a = await table(dynamodb, "worker-a", name)
+    cb, b = await table(dynamodb, "worker-b", name)
+    cc, c = await table(dynamodb, "worker-c", name)
+    try:
+        await a.add_shard("shardId-000", ())
+        (free,) = await a.all()
+        owned = await a.take(free)
+        await b.ask(owned)
+        (asked,) = await a.all()
+        released = await a.release(asked)
+        assert (released.owner, released.pending) == (None, None)
+        owned = await a.take(released)
+        await b.ask(owned)
+        (asked,) = await c.all()
+        expired = await c.take(asked)  # say worker-a stopped renewing
+        assert (expired.owner, expired.pending) == ("worker-c", None)
+    finally:
+        for client in (ca, cb, cc):
+            await client.__aexit__(None, None, None)
+
+
+async def test_a_refused_write_names_who_owns_the_lease_now_without_a_second_read(dynamodb):
+    """moto answers a failed condition with the item (ReturnValuesOnConditionCheckFailure
+    = ALL_OLD), so a fenced owner learns the new owner from the refusal itself."""
+    name = f"leases-{uuid.uuid4().hex[:6]}"
+    ca, a = await table(dynamodb, "worker-a", name)
+    cb, b = await table(dynamodb, "worker-b", name)
+    try:
+        await a.add_shard("shardId-000", ())
+        (free,) = await a.all()
+        mine = await a.take(free)
+        await b.take(mine)
+        with pytest.raises(LeaseLost) as refused:
+            await a.checkpoint(mine, "7")
+        assert refused.value.current is not None
+        assert (refused.value.current.owner, refused.value.current.counter) == ("worker-b", 2)
+    finally:
+        await ca.__aexit__(None, None, None)
+        await cb.__aexit__(None, None, None)

@@ -49,6 +49,8 @@ class Assignments:
         self._tasks = tasks
         self._rebalance_timeout_s = rebalance_timeout_s
         self._partitions: dict[Hashable, Partition] = {}
+        #: Partitions being drained by a release, until it is over (a loss cuts it short).
+        self._draining: dict[Hashable, Partition] = {}
         self._m_assigned = metrics.assigned_partitions.labels(source.name)
         self._m_rebalances = metrics.rebalances.labels(source.name)
         #: Whether the source has told us our share at least once (readiness waits for it).
@@ -82,6 +84,15 @@ class Assignments:
         await self.release(keys, Deadline(self._rebalance_timeout_s), reason="revoked")
         log.info("event=revoked partitions=%s", ",".join(map(self._source.label, keys)))
 
+    async def on_lost(self, keys: Sequence[Hashable]) -> None:
+        """Taken away without a hand-over (a fenced lease): start no new batch, abandon
+        those in flight at once (a drain under way too), commit nothing more of them."""
+        self._m_rebalances.inc()
+        draining = [p for k in keys if (p := self._draining.get(k)) is not None]
+        await asyncio.gather(*(p.stop(0) for p in draining))
+        await self.release(keys, Deadline(0), reason="lost")
+        log.info("event=lost partitions=%s", ",".join(map(self._source.label, keys)))
+
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """A long-lived task of the source's, supervised like the lanes."""
         return self._tasks.spawn(coro, name)
@@ -97,7 +108,12 @@ class Assignments:
         if not leaving:
             return
         self._m_assigned.set(len(self._partitions))
-        await asyncio.gather(*(p.stop(deadline.left()) for p in leaving))
+        self._draining.update((p.key, p) for p in leaving)
+        try:
+            await asyncio.gather(*(p.stop(deadline.left()) for p in leaving))
+        finally:
+            for p in leaving:
+                self._draining.pop(p.key, None)
         committed = await bounded(self._commit(leaving), deadline.left(), "final_commit")
         if not committed:
             log.warning(

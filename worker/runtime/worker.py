@@ -146,11 +146,14 @@ class Worker:
         return self.config.runtime.shutdown_timeout_s
 
     async def shutdown(self) -> None:
-        """Every step within what is left of the budget: drain, final commit, source,
-        destination; a step that runs out is logged and the next one still runs."""
+        """Every step within what is left of the budget: stop taking partitions, drain,
+        final commit, source, destination; a step that runs out is logged and the next
+        one still runs."""
         log.info("event=shutdown_started partitions=%d", len(self.assignments.partitions()))
         self.should_exit.set()
         deadline = Deadline(self.shutdown_budget_s())
+        if self._started:  # before releasing: a lease taken now would only be given up
+            await bounded(self.source.stop_taking(), deadline.left(), "stop_taking")
         await self.assignments.release_all(deadline)
         await self.tasks.cancel_all()
         if self._started:

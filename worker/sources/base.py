@@ -48,6 +48,11 @@ class AssignmentListener(Protocol):
 
     async def on_revoked(self, partitions: Sequence[PartitionKey]) -> None: ...
 
+    async def on_lost(self, partitions: Sequence[PartitionKey]) -> None:
+        """Taken away without a hand-over (another owner already reads them): abandon
+        their batches at once, commit nothing more of them."""
+        ...
+
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run a long-lived task of the source's (a reader, a lease keeper) under the
         worker's supervisor: one that dies of an error turns the worker not ready and
@@ -147,6 +152,10 @@ class Source(Protocol):
         """True when the source knows of records past the checkpoint not yet delivered:
         a record lag (Kafka) or a time behind the stream's tip (Kinesis). The commit
         watchdog reads it, with the partition's own unfinished records."""
+
+    async def stop_taking(self) -> None:
+        """Take no more partitions: the worker is shutting down and is about to release
+        what it owns (which stays owned until `stop`)."""
 
     async def stop(self) -> None:
         """Leave the group and release everything; the listener has been drained before."""

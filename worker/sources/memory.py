@@ -244,5 +244,8 @@ class MemorySource:
     def waiting(self, partition: TopicPartition) -> bool:
         return bool(self.lag(partition))
 
+    async def stop_taking(self) -> None:
+        """Assignments are the test's to make: nothing to stop."""
+
     async def stop(self) -> None:
         self._listener = None

@@ -278,6 +278,9 @@ class KafkaSource:
             return None
         return state.position if state is not None and state.has_valid_position else None
 
+    async def stop_taking(self) -> None:
+        """The group coordinator assigns partitions until the consumer leaves, in `stop`."""
+
     async def stop(self) -> None:
         try:
             await self._consumer.stop()

@@ -15,7 +15,10 @@ an earlier write of ours moved the counter but its answer never arrived (a
 timeout): the holder carries on from the table's copy. Any other refusal is a
 lost lease, and so is a lease the keeper gave up on (it could not be renewed
 in time): the holder then refuses every further write without asking the
-table, so nothing more of that shard is committed by this worker.
+table, so nothing more of that shard is committed by this worker. A lease the
+table refused (another worker owns it now, or nobody does) is *fenced*: the
+holder says so at once (`until_fenced`), whichever write found out, so the
+keeper stops the shard's lane without waiting for its next renewal.
 
 Each write holds the lock for at most a third of the lease's duration (it then
 fails with TimeoutError, which callers retry), so a hung checkpoint cannot keep
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 
 from worker.sources.kinesis.leases import Lease, LeaseLost, LeaseTable
 
@@ -41,6 +45,7 @@ class LeaseHolder:
         self._duration_s = duration_s
         self._renewed_at = taken_at
         self._lost: str | None = None
+        self._fenced = asyncio.Event()
 
     @property
     def lease(self) -> Lease:
@@ -60,6 +65,17 @@ class LeaseHolder:
     def lost(self) -> str | None:
         """Why this worker no longer counts the lease as its own, if it does not."""
         return self._lost
+
+    @property
+    def fenced(self) -> bool:
+        """The table refused a write: another worker owns the lease now (or nobody)."""
+        return self._fenced.is_set()
+
+    async def until_fenced(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s`, less if a write of the lease is refused meanwhile."""
+        with suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._fenced.wait()
 
     def give_up(self, why: str) -> None:
         """Count the lease as lost from now on: no further write of it is sent."""
@@ -99,6 +115,7 @@ class LeaseHolder:
                         self._lease = await op(current)
             except LeaseLost:
                 self.give_up("taken by another worker or released")
+                self._fenced.set()
                 raise
             if moves_counter:
                 self._renewed_at = sent

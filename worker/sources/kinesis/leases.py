@@ -51,6 +51,9 @@ class Lease:
     parents: tuple[str, ...] = ()
     #: The worker that asked for the lease (a graceful hand-off in progress), if any.
     pending: str | None = None
+    #: How many lease rounds the asker has confirmed its request since it asked: a
+    #: number that stops moving tells the owner the asker is gone.
+    asked: int = 0
 
     @property
     def ended(self) -> bool:
@@ -78,7 +81,11 @@ def _lease(item: dict[str, Any]) -> Lease:
         checkpoint=item.get("checkpoint", {}).get("S"),
         parents=tuple(p["S"] for p in item.get("parents", {}).get("L", [])),
         pending=item.get("pending_owner", {}).get("S"),
+        asked=int(item.get("pending_rounds", {}).get("N", "0")),
     )
+
+
+_PENDING = {"#pending": "pending_owner", "#asked": "pending_rounds"}
 
 
 def _conditional_failed(exc: ClientError) -> bool:
@@ -133,9 +140,10 @@ class LeaseTable:
 
     async def _update(self, lease: Lease, expression: str, values: dict[str, Any],
                       names: dict[str, str] | None = None, mine: bool = True,
-                      also: str = "") -> Lease:  # fmt: skip
-        condition = "#counter = :seen" + (" AND #owner = :me" if mine else "") + also
-        values = {":seen": {"N": str(lease.counter)}, **values}
+                      also: str = "", counted: bool = True) -> Lease:  # fmt: skip
+        condition = ("#counter = :seen" if counted else "attribute_exists(#counter)") + (
+            " AND #owner = :me" if mine else "") + also  # fmt: skip
+        values = {**({":seen": {"N": str(lease.counter)}} if counted else {}), **values}
         if mine:
             values[":me"] = {"S": self.worker_id}
         try:
@@ -166,9 +174,9 @@ class LeaseTable:
         asked for it is called off)."""
         return await self._update(
             lease,
-            "SET #owner = :me, #counter = #counter + :one REMOVE #pending",
+            "SET #owner = :me, #counter = #counter + :one REMOVE #pending, #asked",
             {":me": {"S": self.worker_id}, ":one": {"N": "1"}},
-            {"#pending": "pending_owner"},
+            _PENDING,
             mine=False,
         )
 
@@ -178,21 +186,37 @@ class LeaseTable:
         nobody asked first."""
         return await self._update(
             lease,
-            "SET #pending = :me",
-            {":me": {"S": self.worker_id}, ":owner": {"S": lease.owner or ""}},
-            {"#pending": "pending_owner"},
+            "SET #pending = :me, #asked = :zero",
+            {":me": {"S": self.worker_id}, ":owner": {"S": lease.owner or ""},
+             ":zero": {"N": "0"}},
+            _PENDING,
             mine=False,
             also=" AND #owner = :owner AND attribute_not_exists(#pending)",
-        )
+        )  # fmt: skip
+
+    async def still_asking(self, lease: Lease) -> Lease:
+        """Confirm this worker's request (every lease round while it waits): the owner hands
+        over only to an asker whose confirmations keep coming. Not conditional on the
+        counter, which the owner moves all the while; LeaseLost once the request is gone."""
+        return await self._update(
+            lease,
+            "SET #asked = #asked + :one",
+            {":me": {"S": self.worker_id}, ":owner": {"S": lease.owner or ""},
+             ":one": {"N": "1"}},
+            _PENDING,
+            mine=False,
+            also=" AND #owner = :owner AND #pending = :me",
+            counted=False,
+        )  # fmt: skip
 
     async def hand_over(self, lease: Lease) -> Lease:
         """Give the lease to the worker that asked for it, in one write (after the last
         checkpoint): owner becomes the pending owner, the counter moves."""
         return await self._update(
             lease,
-            "SET #owner = #pending, #counter = #counter + :one REMOVE #pending",
+            "SET #owner = #pending, #counter = #counter + :one REMOVE #pending, #asked",
             {":one": {"N": "1"}, ":to": {"S": lease.pending or ""}},
-            {"#pending": "pending_owner"},
+            _PENDING,
             also=" AND #pending = :to",
         )
 
@@ -212,6 +236,8 @@ class LeaseTable:
         )
 
     async def release(self, lease: Lease) -> Lease:
-        """Give the lease up (after the last checkpoint), so another worker takes it at once."""
-        return await self._update(lease, "REMOVE #owner SET #counter = #counter + :one",
-                                  {":one": {"N": "1"}})  # fmt: skip
+        """Give the lease up (after the last checkpoint), so another worker takes it at once;
+        a request for it goes too (it was made of this owner, and the lease is free now)."""
+        return await self._update(lease,
+                                  "REMOVE #owner, #pending, #asked SET #counter = #counter + :one",
+                                  {":one": {"N": "1"}}, _PENDING)  # fmt: skip

@@ -21,7 +21,8 @@ class KinesisMetrics:
         self.lease_events = Counter(
             "worker_lease_events",
             "Lease changes: taken (free), expired (taken over), asked (a hand-off, for "
-            "balance), handed_off (to the worker that asked), stolen (by hand-off or, when "
+            "balance), handed_off (to the worker that asked), ask_expired (released "
+            "instead: the asker stopped confirming), stolen (by hand-off or, when "
             "overdue, by force), reclaimed (the table named this worker, which did not hold "
             "it), lost, lapsed (not renewed in time: the worker stops), ended.",
             ("source", "event"),

@@ -36,6 +36,11 @@ class Shard:
     def handing_off(self) -> bool:
         return self._handoff is not None
 
+    async def hand_off_done(self) -> None:
+        """Wait for a hand-off under way (if any) to end, without cancelling it."""
+        if self._handoff is not None and self._handoff is not asyncio.current_task():
+            await asyncio.wait({self._handoff})
+
     async def stop(self) -> None:
         """Stop the reader, the keeper and a hand-off (any but the caller)."""
         await self.reader.stop()

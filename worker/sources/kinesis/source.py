@@ -77,6 +77,8 @@ class KinesisSource:
         self._seen: dict[str, Seen] = {}
         self._asks = Asks(config.handoff_deadline_s)
         self._arrived = asyncio.Event()
+        #: Set once the worker shuts down: no more takes, asks or hand-offs.
+        self._stopping = asyncio.Event()
         self._stack = AsyncExitStack()
         self._coordinator: asyncio.Task[None] | None = None
         self._listener: AssignmentListener | None = None
@@ -128,6 +130,16 @@ class KinesisSource:
             await listener.on_assigned([])
         self._coordinator = listener.spawn(self._coordinate(), "kinesis coordinator")
 
+    async def stop_taking(self) -> None:
+        """Take, ask for and hand over no more leases. The round under way ends first (a
+        lease it takes is released with the rest), then so do the hand-offs under way
+        (drained, committed, handed over), which the worker's shutdown must not cancel
+        half-way: the drain's commit would be lost and its work redone."""
+        self._stopping.set()
+        if self._coordinator is not None:
+            await asyncio.wait({self._coordinator})
+        await asyncio.gather(*(shard.hand_off_done() for shard in list(self._shards.values())))
+
     async def stop(self) -> None:
         """Stop every task of the source, release the leases (bounded), close the clients."""
         if self._coordinator is not None:
@@ -173,7 +185,11 @@ class KinesisSource:
         interval = self._config.lease_duration_s / 3
         rounds = failures = 0
         while True:
-            await asyncio.sleep(ROUND_BACKOFF.delay_s(failures) if failures else interval)
+            with suppress(TimeoutError):
+                wait_s = ROUND_BACKOFF.delay_s(failures) if failures else interval
+                await asyncio.wait_for(self._stopping.wait(), wait_s)
+            if self._stopping.is_set():
+                return
             rounds += 1
             try:
                 if rounds % 3 == 0:
@@ -192,9 +208,15 @@ class KinesisSource:
     async def _coordinate_once(self) -> None:
         assert self._leases is not None
         leases = await self._leases.all()
+        for lease in leases:  # the requests this worker waits on: still wanted
+            if lease.pending == self.worker_id and lease.owner not in (None, self.worker_id):
+                with suppress(LeaseLost):  # answered or called off meanwhile
+                    await self._leases.still_asking(lease)
         for lease, why in plan(leases, self.worker_id, self._seen, time.monotonic(),
                                self._config.lease_duration_s, self._shards,
                                self._asks):  # fmt: skip
+            if self._stopping.is_set():
+                return
             if why == "ask":
                 await self._ask(lease)
             else:
@@ -230,7 +252,7 @@ class KinesisSource:
         # would pass over it.
         await self._listener.on_assigned([lease.shard_id])
         keeper = LeaseKeeper(shard, self._listener, self._config.lease_duration_s, self._count,
-                             self._forget)  # fmt: skip
+                             self._forget, lambda: not self._stopping.is_set())  # fmt: skip
         shard.start(self._listener.spawn, keeper.run())
 
     def _forget(self, shard: Shard) -> None:
