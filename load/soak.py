@@ -112,6 +112,7 @@ class SoakOptions:
     drain_timeout_s: float = 300.0
     report_every_s: float = 60.0
     sample_every_s: float = 1.0
+    handler_sleep_s: float = 0.0  # each batch's work before it writes (fault_handler.py)
 
 
 @dataclass
@@ -300,7 +301,8 @@ class Soak:
                 self._start(slot)
 
     def _start(self, slot: int) -> None:
-        worker = WorkerProcess(self.dir, self.config, self.group, {"FAULT_LOG_DIR": str(self.logs)})
+        env = {"FAULT_LOG_DIR": str(self.logs), "FAULT_SLEEP_S": str(self.options.handler_sleep_s)}
+        worker = WorkerProcess(self.dir, self.config, self.group, env)
         self.slots.put(slot, worker)
         worker.wait_started(90)
 
