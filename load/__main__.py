@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     sk.add_argument("--no-broker-faults", action="store_true")
     sk.add_argument("--broker-down", type=float, default=10.0, help="seconds a broker stays down")
     sk.add_argument("--seed", type=int, default=13)
+    sk.add_argument(
+        "--handler-sleep",
+        type=float,
+        default=0.0,
+        help="seconds each batch works before it records (kills land inside)",
+    )
     sk.add_argument("--report-every", type=float, default=60.0, help="seconds between lines")
     sk.add_argument("--workdir", type=Path, help="keep the cluster and the logs here")
     sk.add_argument("--results", type=Path, default=Path(__file__).parent / "results")

@@ -37,6 +37,7 @@ def soak(args: argparse.Namespace) -> int:
         schedule=cycle_schedule(seconds, args.fault_every, args.workers, broker_nodes, args.seed),
         broker_down_s=args.broker_down,
         report_every_s=args.report_every,
+        handler_sleep_s=args.handler_sleep,
     )
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="soak-"))
     workdir.mkdir(parents=True, exist_ok=True)

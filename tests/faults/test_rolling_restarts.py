@@ -3,7 +3,7 @@
 Faults are injected at the process boundary only: every few seconds one `worker run`
 process gets SIGTERM (it drains, commits and exits 0) and a new one starts in its
 place; at random moments (seeded, the seed is in every failure message) one is killed
-with SIGKILL and a new one starts. The recording handler sleeps 30 ms per batch before
+with SIGKILL and a new one starts. The recording handler sleeps 200 ms per batch before
 it writes, so a kill often lands inside a batch not yet handled: a worker that had
 committed such a batch loses it, and the checker sees the loss.
 
@@ -44,7 +44,7 @@ def test_three_workers_under_rolling_restarts_and_random_kill_9_lose_nothing_and
     schedule = rolling_schedule(SECONDS, RESTART_EVERY_S, workers=3, kills=kills, seed=SEED)
     options = SoakOptions(
         seconds=SECONDS, rate=500.0, devices=40, partitions=8, workers=3, schedule=schedule,
-        drain_timeout_s=120.0, report_every_s=10.0, handler_sleep_s=0.03,
+        drain_timeout_s=120.0, report_every_s=10.0, handler_sleep_s=0.2,
     )  # fmt: skip
     result = Soak(cluster, tmp_path, options).run()
     r = result.report
