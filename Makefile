@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 
 NPM_DIR ?= $(HOME)/.cache/streamworker/npm
 
-.PHONY: install kafka emulators system-tools demo test lint faults bench clean
+.PHONY: install kafka emulators system-tools demo test lint faults bench soak clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -47,6 +47,13 @@ bench: install kafka emulators
 	@test -f $(NPM_DIR)/node_modules/kinesalite/cli.js || \
 	  npm install --silent --prefix $(NPM_DIR) kinesalite@3.3.3
 	$(PY) -m load bench
+
+# Issue 13's soak: 2,000 readings/s, three workers, kill -9 / SIGTERM / broker SIGKILL on a
+# schedule; figures and a chart in load/results/soak-*.{json,png}. `make soak MINUTES=3`.
+MINUTES ?= 30
+soak: install kafka
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m load soak --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,4 +1,4 @@
-"""python -m load produce|demo ..."""
+"""python -m load produce|bench|demo|soak ..."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 import time
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +33,26 @@ def main(argv: list[str] | None = None) -> int:
     dm = sub.add_parser("demo", help="local Kafka + telemetry + the worker, with live numbers")
     dm.add_argument("--records", type=int, default=200_000)
     dm.add_argument("--partitions", type=int, default=4)
+    sk = sub.add_parser("soak", help="fixed rate, three workers, crash and broker faults")
+    sk.add_argument("--minutes", type=float, default=30.0)
+    sk.add_argument("--rate", type=float, default=2000.0, help="keyed readings per second")
+    sk.add_argument("--devices", type=int, default=200, help="keys")
+    sk.add_argument("--partitions", type=int, default=12)
+    sk.add_argument("--workers", type=int, default=3)
+    sk.add_argument("--nodes", type=int, default=3, choices=[1, 3], help="Kafka nodes")
+    sk.add_argument("--fault-every", type=float, default=20.0, help="seconds between faults")
+    sk.add_argument("--no-broker-faults", action="store_true")
+    sk.add_argument("--broker-down", type=float, default=10.0, help="seconds a broker stays down")
+    sk.add_argument("--seed", type=int, default=13)
+    sk.add_argument(
+        "--handler-sleep",
+        type=float,
+        default=0.0,
+        help="seconds each batch works before it records (kills land inside)",
+    )
+    sk.add_argument("--report-every", type=float, default=60.0, help="seconds between lines")
+    sk.add_argument("--workdir", type=Path, help="keep the cluster and the logs here")
+    sk.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
 
     if args.cmd == "produce":
@@ -48,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         from load.bench import main as bench
 
         return bench(args.records, args.rounds, args.backlog, args.quick, args.only)
+    if args.cmd == "soak":
+        from load.soak_cli import soak
+
+        return soak(args)
     from load.demo import demo
 
     return demo(args.records, args.partitions)

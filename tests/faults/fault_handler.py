@@ -18,6 +18,10 @@ and must be handled again.
 `$FAULT_MARKS`, sleeps `$FAULT_HOLD_S` and appends `returned ...` before it
 returns. The test kills the worker on seeing `inside`; a missing `returned` then
 proves the kill landed while the handler was running.
+
+`$FAULT_SLEEP_S` (default 0): every batch sleeps this long *before* writing its lines,
+so a kill at a random moment often lands inside a batch that has not been handled
+yet; a worker that had committed such a batch has lost it, and the checker says so.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ _DIR = os.environ.get("FAULT_LOG_DIR", ".")
 _HOLD = os.environ.get("FAULT_HOLD", "")
 _MARKS = os.environ.get("FAULT_MARKS", os.path.join(_DIR, "marks.log"))
 _HOLD_S = float(os.environ.get("FAULT_HOLD_S", "5"))
+_SLEEP_S = float(os.environ.get("FAULT_SLEEP_S", "0"))
 _lock = threading.Lock()  # plain handlers run in the worker's thread pool
 _fd: int | None = None
 _held = False
@@ -66,6 +71,8 @@ def _take_hold() -> bool:
 
 def handle(batch) -> None:  # `batch` is the worker's Batch; this module imports no worker
     pid = os.getpid()
+    if _SLEEP_S:
+        time.sleep(_SLEEP_S)  # the handler's work, before its side effect
     lines = []
     for record in batch.records:
         reading = json.loads(record.value)

@@ -161,14 +161,15 @@ class PacedProducer(threading.Thread):
         queues: dict[str, asyncio.Queue[tuple[int, bytes] | None]] = {
             f"dev-{d:02d}": asyncio.Queue() for d in range(self._devices)
         }
-        pending: list[asyncio.Future[object]] = []
+        pending: set[asyncio.Future[object]] = set()  # a soak sends millions: keep the open
 
         async def sender(device: str, queue: asyncio.Queue[tuple[int, bytes] | None]) -> None:
             while (item := await queue.get()) is not None:
                 seq, value = item
                 future = await producer.send(self._topic, value, key=device.encode())
                 future.add_done_callback(self._on_ack(device, seq))
-                pending.append(future)
+                pending.add(future)
+                future.add_done_callback(pending.discard)
 
         senders = [asyncio.create_task(sender(d, q)) for d, q in queues.items()]
         seq: dict[str, int] = defaultdict(int)
