@@ -34,6 +34,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaTimeoutError
 
 from tests.faults.checker import CommitSnapshot, Handled, Produced, parse_handled
 
@@ -122,6 +123,8 @@ class PacedProducer(threading.Thread):
         self._acked_at: dict[tuple[int, int], float] = {}  # (partition, offset) -> monotonic
         self.failures: list[str] = []
         self.sent = 0
+        #: Sends refused because the buffer stayed full (a broker down); each retried.
+        self.send_timeouts = 0
 
     @property
     def acked(self) -> list[Produced]:
@@ -166,7 +169,12 @@ class PacedProducer(threading.Thread):
         async def sender(device: str, queue: asyncio.Queue[tuple[int, bytes] | None]) -> None:
             while (item := await queue.get()) is not None:
                 seq, value = item
-                future = await producer.send(self._topic, value, key=device.encode())
+                while True:  # a broker down long enough fills the buffer: wait, in order
+                    try:
+                        future = await producer.send(self._topic, value, key=device.encode())
+                        break
+                    except KafkaTimeoutError:
+                        self.send_timeouts += 1
                 future.add_done_callback(self._on_ack(device, seq))
                 pending.add(future)
                 future.add_done_callback(pending.discard)
