@@ -84,9 +84,12 @@ class LeaseHolder:
     async def renew(self) -> None:
         await self._write(self._table.renew, moves_counter=True)
 
-    async def checkpoint(self, sequence: str) -> None:
+    async def checkpoint(self, sequence: str, note: str | None = None) -> None:
         """Record `sequence` (or SHARD_END) as done; LeaseLost if the lease is not ours."""
-        await self._write(lambda lease: self._table.checkpoint(lease, sequence))
+        await self._write(lambda lease: self._table.checkpoint(lease, sequence, note=note))
+
+    async def write_note(self, note: str) -> None:
+        await self._write(lambda lease: self._table.write_note(lease, note))
 
     async def release(self) -> None:
         await self._write(self._table.release, moves_counter=True)

@@ -54,6 +54,8 @@ class Lease:
     #: How many lease rounds the asker has confirmed its request since it asked: a
     #: number that stops moving tells the owner the asker is gone.
     asked: int = 0
+    #: The note written with the checkpoints (the dead-letter guard's counts), if any.
+    note: str = ""
 
     @property
     def ended(self) -> bool:
@@ -82,6 +84,7 @@ def _lease(item: dict[str, Any]) -> Lease:
         parents=tuple(p["S"] for p in item.get("parents", {}).get("L", [])),
         pending=item.get("pending_owner", {}).get("S"),
         asked=int(item.get("pending_rounds", {}).get("N", "0")),
+        note=item.get("guard_note", {}).get("S", ""),
     )
 
 
@@ -223,16 +226,26 @@ class LeaseTable:
     async def renew(self, lease: Lease) -> Lease:
         return await self._update(lease, "SET #counter = #counter + :one", {":one": {"N": "1"}})
 
-    async def checkpoint(self, lease: Lease, sequence: str, sub_sequence: int = 0) -> Lease:
-        """Record `sequence` (or SHARD_END) as done; LeaseLost if we no longer own it.
+    async def checkpoint(
+        self, lease: Lease, sequence: str, sub_sequence: int = 0, note: str | None = None
+    ) -> Lease:
+        """Record `sequence` (or SHARD_END) as done, with `note` if given; LeaseLost if we
+        no longer own it.
 
         `sub_sequence` is kept for KPL-aggregated records (always 0 until those are read).
         """
+        values = {":cp": {"S": sequence}, ":sub": {"N": str(sub_sequence)}}
+        names = {"#checkpoint": "checkpoint", "#sub": "sub_checkpoint"}
+        expression = "SET #checkpoint = :cp, #sub = :sub"
+        if note is not None:
+            values[":note"], names["#note"] = {"S": note}, "guard_note"
+            expression += ", #note = :note"
+        return await self._update(lease, expression, values, names)
+
+    async def write_note(self, lease: Lease, note: str) -> Lease:
+        """Keep `note` with the lease (its checkpoint unchanged); LeaseLost if not ours."""
         return await self._update(
-            lease,
-            "SET #checkpoint = :cp, #sub = :sub",
-            {":cp": {"S": sequence}, ":sub": {"N": str(sub_sequence)}},
-            {"#checkpoint": "checkpoint", "#sub": "sub_checkpoint"},
+            lease, "SET #note = :note", {":note": {"S": note}}, {"#note": "guard_note"}
         )
 
     async def release(self, lease: Lease) -> Lease:

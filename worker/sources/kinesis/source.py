@@ -85,23 +85,37 @@ class KinesisSource:
         self._kinesis: Any = None
         self._leases: LeaseTable | None = None
         self._m: KinesisMetrics | None = None
+        self._notes: dict[str, str] = {}
 
     def attach(self, metrics: Metrics) -> None:
         self._m = KinesisMetrics(metrics)
 
-    # Checkpoint notes are not kept in the lease table yet: on Kinesis the dead-letter
-    # guard's counts start afresh with each owner (the README says so).
+    # Notes (the dead-letter guard's counts) live in the lease item beside the checkpoint,
+    # written with each checkpoint, or alone when a halt changed them and nothing moved.
     def keep_notes(self) -> None:
-        return None
+        return None  # notes are written only when remembered
 
     def remember(self, partition: str, note: str) -> None:
-        return None
+        self._notes[partition] = note
 
     def recall(self, partition: str) -> str:
-        return ""
+        shard = self._shards.get(partition)
+        return shard.holder.lease.note if shard is not None else ""
 
     async def flush_notes(self) -> None:
-        return None
+        for shard_id, note in list(self._notes.items()):
+            shard = self._shards.get(shard_id)
+            if shard is None:
+                del self._notes[shard_id]
+            elif note != shard.holder.lease.note:
+                try:
+                    await shard.holder.write_note(note)
+                except LeaseLost:
+                    self._notes.pop(shard_id, None)  # its next owner counts from the table
+                except Exception as exc:
+                    if retryable(exc):
+                        raise ConnectionError(f"kinesis: writing a note: {exc}") from exc
+                    raise
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self, listener: AssignmentListener) -> None:
@@ -313,7 +327,7 @@ class KinesisSource:
         if shard is None:
             return False
         try:
-            await shard.holder.checkpoint(str(position))
+            await shard.holder.checkpoint(str(position), self._notes.get(shard_id))
         except LeaseLost:
             self._checkpoint_written("conditional_failure")
             return False
