@@ -44,6 +44,10 @@ class JsonFormatter(logging.Formatter):
 
 #: How long the lines of one kind are counted, not shown, after the first of them.
 FOLD_WINDOW_S = 60.0
+#: Kinds kept at most: lines formatted before logging (an id in each) are kinds of their
+#: own; past this many, closed windows are dropped (their counts said), and a new kind
+#: that still finds no room is shown and not tracked.
+MAX_KINDS = 1000
 
 
 class FoldRepeats(logging.Filter):
@@ -69,16 +73,30 @@ class FoldRepeats(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == "worker" or record.name.startswith("worker."):
             return True
-        kind = (record.name, record.levelno, str(record.msg))
+        try:
+            template = str(record.msg)
+        except Exception:
+            return True  # the handler's formatting reports it (handleError), not the caller
+        kind = (record.name, record.levelno, template)
         now = self._clock()
+        closed: list[tuple[tuple[str, int, str], int, float]] = []
         with self._lock:
             opened, held = self._kinds.get(kind, (now - self._window_s, 0))
             if now - opened < self._window_s:
                 self._kinds[kind] = (opened, held + 1)
                 return False
-            self._kinds[kind] = (now, 0)
+            if kind not in self._kinds and len(self._kinds) >= MAX_KINDS:
+                closed = [(k, h, now - o) for k, (o, h) in self._kinds.items()
+                          if now - o >= self._window_s]  # fmt: skip
+                for k, _, _ in closed:
+                    del self._kinds[k]
+            if kind in self._kinds or len(self._kinds) < MAX_KINDS:
+                self._kinds[kind] = (now, 0)
         if held:
             _say_folded(kind, held, now - opened)
+        for k, h, over in closed:
+            if h:
+                _say_folded(k, h, over)
         return True
 
     def flush(self) -> None:

@@ -179,10 +179,17 @@ class KafkaSource:
                 offset = hit.offset if hit is not None else ends[tp]
                 self._consumer.seek(tp, offset)
                 self._committed[tp] = offset
-        elif self._config.starting_position == "trim_horizon":
-            self._committed.update(await self._consumer.beginning_offsets(fresh))
         else:
-            self._committed.update(await self._consumer.end_offsets(fresh))
+            # The consumer may have reset these positions itself before now, and records
+            # may have arrived since: seek to the offsets read, so reading starts where
+            # `_committed` says (flush_notes commits there: never past an unread record).
+            if self._config.starting_position == "trim_horizon":
+                starts = await self._consumer.beginning_offsets(fresh)
+            else:
+                starts = await self._consumer.end_offsets(fresh)
+            for tp in fresh:
+                self._consumer.seek(tp, starts[tp])
+            self._committed.update(starts)
 
     async def fetch(self, timeout_s: float) -> Mapping[TopicPartition, Sequence[Any]]:
         if self._failure is not None:
