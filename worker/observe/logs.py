@@ -50,14 +50,21 @@ FOLD_WINDOW_S = 60.0
 MAX_KINDS = 1000
 
 
+#: The client libraries whose lines are folded; handlers' and our own lines never are.
+FOLDED_LIBRARIES = frozenset({"aiokafka", "kafka", "botocore", "aiobotocore", "urllib3", "aiohttp"})
+#: How often any line passing by also says the counts of windows that closed.
+SWEEP_S = 1.0
+
+
 class FoldRepeats(logging.Filter):
-    """Shows the first line of a kind from a library's logger, counts the rest of its window.
+    """Shows the first line of a kind from a client library, counts the rest of its window.
 
     A kind is (logger, level, message template), so "Unable connect to node with id
-    %s" is one kind whatever the node. The worker's own lines are never folded: each
-    of them already says something once. When a kind's window has passed, its next
-    line is shown and the count of those held back goes out first; `flush()` says the
-    counts still held (the worker calls it when it stops).
+    %s" is one kind whatever the node. Only the libraries in `FOLDED_LIBRARIES` are
+    folded: the worker's lines already say each thing once, and a handler's lines are
+    the user's to judge. Once a kind's window has closed, its count goes out with the
+    next line of any logger (at most one sweep a second), so a flood that stopped is
+    summed up soon after, not at exit; `flush()` says what is still held.
     """
 
     def __init__(
@@ -69,35 +76,41 @@ class FoldRepeats(logging.Filter):
         self._lock = threading.Lock()  # handler threads (to_thread, pools) log too
         #: kind -> (when its window opened, lines held back since)
         self._kinds: dict[tuple[str, int, str], tuple[float, int]] = {}
+        self._swept_at = clock()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == "worker" or record.name.startswith("worker."):
+        now = self._clock()
+        if now - self._swept_at >= SWEEP_S:
+            self._sweep(now)
+        if record.name.partition(".")[0] not in FOLDED_LIBRARIES:
             return True
         try:
             template = str(record.msg)
         except Exception:
             return True  # the handler's formatting reports it (handleError), not the caller
         kind = (record.name, record.levelno, template)
-        now = self._clock()
-        closed: list[tuple[tuple[str, int, str], int, float]] = []
         with self._lock:
             opened, held = self._kinds.get(kind, (now - self._window_s, 0))
             if now - opened < self._window_s:
                 self._kinds[kind] = (opened, held + 1)
                 return False
-            if kind not in self._kinds and len(self._kinds) >= MAX_KINDS:
-                closed = [(k, h, now - o) for k, (o, h) in self._kinds.items()
-                          if now - o >= self._window_s]  # fmt: skip
-                for k, _, _ in closed:
-                    del self._kinds[k]
             if kind in self._kinds or len(self._kinds) < MAX_KINDS:
-                self._kinds[kind] = (now, 0)
+                self._kinds[kind] = (now, 0)  # else shown, not tracked: the table is full
         if held:
             _say_folded(kind, held, now - opened)
-        for k, h, over in closed:
-            if h:
-                _say_folded(k, h, over)
         return True
+
+    def _sweep(self, now: float) -> None:
+        """Say and forget the kinds whose window closed (which also bounds the table)."""
+        with self._lock:
+            self._swept_at = now
+            closed = [(k, h, now - o) for k, (o, h) in self._kinds.items()
+                      if now - o >= self._window_s]  # fmt: skip
+            for k, _, _ in closed:
+                del self._kinds[k]
+        for kind, held, over in closed:
+            if held:
+                _say_folded(kind, held, over)
 
     def flush(self) -> None:
         now = self._clock()
