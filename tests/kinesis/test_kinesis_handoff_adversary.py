@@ -159,3 +159,71 @@ async def test_a_hand_off_whose_final_checkpoint_fails_hands_over_at_the_last_go
     assert failed and "event=final_commit_failed" in caplog.text
     assert lease.checkpoint is not None and int(lease.checkpoint) <= positions[-1]
     assert len(redone) == 10  # the drained batch, and only it
+
+
+async def test_a_hand_off_does_not_hand_over_while_an_abandoned_thread_is_inside_a_batch(
+    kinesis: Emulator, dynamodb: Emulator, caplog: pytest.LogCaptureFixture
+):
+    """A plain (thread) handler is inside its second batch for 4 s when an asker (the
+    test, confirming its request) asks; rebalance_timeout_s is 1 s. The drain abandons
+    the batch at its deadline, but a thread cannot be stopped: it runs on. The hand-off
+    then hands the lease over at once, so the new owner may start the shard from the
+    last checkpoint while the old owner's thread is still inside a batch of it: two
+    workers inside batches of one shard at once (the README promises that within one
+    worker a partition waits for its overrunning thread). Expected: the lease is not
+    handed over (nor released) while a call of the shard is still running."""
+    import threading
+
+    caplog.set_level(logging.INFO, logger="worker")
+    stream = await make_stream(kinesis, shards=1, records=40, keys=10)
+    table = f"leases-{uuid.uuid4().hex[:6]}"
+    base = lease_config(kinesis, dynamodb, stream, table, lease_duration_s=3, batch_size=10)
+    from tests.kinesis.test_kinesis_shutdown_and_fencing import with_runtime
+
+    cfg = with_runtime(base, rebalance_timeout_s=1)
+    inside, entered = threading.Event(), threading.Event()
+    count = {"n": 0}
+
+    def handler(batch) -> None:
+        count["n"] += 1
+        if count["n"] == 2:
+            inside.set()
+            entered.set()
+            try:
+                time.sleep(4)
+            finally:
+                inside.clear()
+
+    a = Worker(cfg, handler=handler)
+    ta = asyncio.create_task(a.serve())
+
+    async def confirm() -> None:
+        async with get_session().create_client(
+            "dynamodb", region_name="us-east-1", endpoint_url=dynamodb.url
+        ) as client:
+            asker = LeaseTable(client, table, "asker")
+            while True:
+                await asyncio.sleep(0.5)
+                try:
+                    await asker.still_asking(await the_lease(dynamodb, table))
+                except LeaseLost:
+                    return
+
+    confirming = None
+    overlap = None
+    try:
+        await until(entered.is_set, 30, "the second batch in flight", ta)
+        await as_another_worker(dynamodb, table, "asker", "ask")
+        confirming = asyncio.create_task(confirm())
+
+        async def given_away() -> bool:
+            return (await the_lease(dynamodb, table)).owner != a.source.worker_id
+
+        await until(given_away, 15, "the lease to leave the owner", ta)
+        overlap = inside.is_set()
+    finally:
+        if confirming is not None:
+            confirming.cancel()
+        await asyncio.to_thread(lambda: time.sleep(0) or None)
+        await stop((a, ta))
+    assert not overlap, "the lease left its owner while its thread was inside a batch of it"
