@@ -227,3 +227,41 @@ async def test_a_hand_off_does_not_hand_over_while_an_abandoned_thread_is_inside
         await asyncio.to_thread(lambda: time.sleep(0) or None)
         await stop((a, ta))
     assert not overlap, "the lease left its owner while its thread was inside a batch of it"
+
+
+async def test_a_hand_over_whose_answer_is_lost_is_reported_as_handed_off(
+    kinesis: Emulator, dynamodb: Emulator, caplog: pytest.LogCaptureFixture
+):
+    """The hand-over write is applied by the table but its answer is lost (a hook raises
+    the connection error after the call). The retry is refused (the asker owns it now);
+    the owner logs lease_handoff_failed and then lease_lost (counted as a loss, its
+    batches 'abandoned'), although the hand-off did exactly what it should."""
+    caplog.set_level(logging.INFO, logger="worker")
+    stream = await make_stream(kinesis, shards=1, records=20, keys=10)
+    table = f"leases-{uuid.uuid4().hex[:6]}"
+    cfg = lease_config(kinesis, dynamodb, stream, table, lease_duration_s=3, batch_size=10)
+    dropped: list[str] = []
+
+    async def after(kind: str, shard: str, status: int) -> None:
+        if kind == "hand_over" and status == 200 and not dropped:
+            dropped.append(kind)
+            raise unreachable()
+
+    session = get_session()
+    LeaseCalls(session, after=after)
+    handled: list[Handled] = []
+    a = Worker(cfg, source=KinesisSource(cfg.source, session), handler=recorder("a", handled))
+    ta = asyncio.create_task(a.serve())
+    try:
+        await until(lambda: len(handled) >= 20, 30, "the records", ta)
+        await as_another_worker(dynamodb, table, "asker", "ask")
+
+        async def handed() -> bool:
+            return (await the_lease(dynamodb, table)).owner == "asker"
+
+        await until(handed, 15, "the hand-over", ta)
+        await hold(asyncio.Event(), 1.5)
+    finally:
+        await stop((a, ta))
+    assert dropped
+    assert "event=lease_lost" not in caplog.text, "a completed hand-off reported as a loss"
