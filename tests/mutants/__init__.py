@@ -149,6 +149,31 @@ MUTANTS: tuple[Mutant, ...] = (
             ),
         ),
     ),
+    Mutant(
+        "release_beside_running_thread",
+        "Assignments.release lets a revoked partition go at the deadline while a handler "
+        "thread of it still runs: the next owner handles the same records beside the "
+        "zombie (overlap, per-key order broken)",
+        (
+            _node(
+                "integration/test_kafka_revoke",
+                "test_a_thread_past_the_revoke_deadline_holds_the_partition_then_releases_it",
+            ),
+            _node(
+                "integration/test_kafka_revoke",
+                "test_a_thread_past_the_hold_limit_makes_the_worker_exit_3_and_the_next_owner"
+                "_redoes_it",
+            ),
+            _node(
+                "unit/test_revoke_hold",
+                "test_a_thread_past_the_revoke_deadline_holds_the_partition_until_it_returns",
+            ),
+            _node(
+                "unit/test_revoke_hold",
+                "test_a_thread_past_the_hold_limit_fails_stop_with_exit_3_and_never_releases",
+            ),
+        ),
+    ),
 )
 
 

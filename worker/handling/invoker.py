@@ -7,6 +7,8 @@ coroutine is cancelled. A timed-out handler process is killed and replaced,
 so the call really ends. A timed-out thread cannot be stopped: the batch
 fails and the thread runs on, and the partition's next call waits until it
 has returned (`overruns`), so two calls of one partition never overlap.
+`running_s` / `returned` tell a partition's release whether anything of it still
+runs (a thread, or a cancelled call's process not yet gone).
 """
 
 from __future__ import annotations
@@ -98,6 +100,16 @@ class Invoker:
         """Calls past their timeout (thread and process modes), for tests and status."""
         return self._overruns
 
+    def running_s(self, partition: str, threads_only: bool = False) -> float | None:
+        """How long the oldest call of `partition` still running has run (None: none).
+        Coroutines are cancelled with their task, so only pool calls can be running."""
+        return None if self._overruns is None else self._overruns.running_s(partition, threads_only)
+
+    async def returned(self, partition: str) -> None:
+        """Return once no call of `partition` runs any more."""
+        if self._overruns is not None:
+            await self._overruns.returned(partition)
+
     async def invoke(self, batch: Batch) -> Outcome:
         if self._overruns is None:
             start = time.perf_counter()
@@ -109,7 +121,7 @@ class Invoker:
         assert overruns is not None
         await overruns.wait(batch.partition)
         await overruns.take_slot()  # before the clock starts: a queue is not the handler's time
-        start = time.perf_counter()
+        start, since = time.perf_counter(), time.monotonic()
         try:
             if self._processes is not None:
                 call = self._processes.submit(batch, self._timeout_s)
@@ -125,7 +137,11 @@ class Invoker:
             return outcome
         finally:
             reason = "timeout" if outcome is not None and outcome.timed_out else "cancelled"
-            overruns.settle(batch.source, batch.partition, call, reason)
+            if self._processes is not None and outcome is None:
+                call.cancel()  # we were cancelled: pebble stops the child (no-op if finished)
+            if self._processes is not None and call.cancelled():  # its child is being killed
+                overruns.ending(batch.partition, self._processes.gone(call, batch.partition), since)
+            overruns.settle(batch.source, batch.partition, call, reason, since)
 
     async def _call_async(self, batch: Batch) -> Any:
         return materialise(await self._fn(batch))

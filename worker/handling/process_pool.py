@@ -18,11 +18,18 @@ retry. A child that dies (segfault, os._exit, OOM kill) fails only the batch it
 held; the error says so and pebble starts a new child. Whatever the handler
 raises (SystemExit too) travels back as a value, so an error from the future
 itself is always the pool's: a timeout, a dead child, a broken pool (replaced).
+
+A call cancelled while it runs (its partition was revoked past the deadline, or is
+stopping) has its child stopped by pebble too, a moment later: pebble's manager
+thread terminates it (SIGKILL after 3 s) and only then notifies waiters of the
+cancelled future. `gone` turns that into a future the invoker hands to `Overruns`,
+so the partition is released only once the child that held its batch has exited.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import multiprocessing
 import os
@@ -103,12 +110,25 @@ def _run(packed: Packed) -> tuple[bool, Any, str]:
     return True, result, ""
 
 
+def _reap(call: Future[Any], partition: str) -> None:
+    """In the reaper thread: wait until pebble has stopped the child of a cancelled call."""
+    concurrent.futures.wait([call])
+    log.warning(
+        "event=handler_process_killed partition=%s reason=cancelled note='the batch was "
+        "abandoned (revoke or stop past the deadline); its process was stopped and is "
+        "replaced'",
+        partition,
+    )
+
+
 class ProcessPool:
     def __init__(self, spec: ChildSpec, traits: RecordTraits, processes: int) -> None:
         self._initargs = (spec, traits, os.getcwd())
         self._traits = traits
         self.size = processes
         self._pool = self._new_pool()
+        #: Waits, one at a time, for the children of cancelled calls to be stopped.
+        self._reaper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reaper")
 
     def _new_pool(self) -> PebblePool:
         return PebblePool(
@@ -145,6 +165,11 @@ class ProcessPool:
                 raise
             self._replace(batch.partition, "the process pool was broken")
             return self._pool.schedule(_run, args=(packed,), timeout=timeout_s)
+
+    def gone(self, call: Future[Any], partition: str) -> Future[None]:
+        """For a cancelled call: a future done once pebble has stopped the child running it
+        (`concurrent.futures.wait` returns for a cancelled pebble future only then)."""
+        return self._reaper.submit(_reap, call, partition)
 
     def result(self, value: Any) -> Any:
         """What the call returned, or the handler's error raised here."""
@@ -186,5 +211,6 @@ class ProcessPool:
 
     def close(self) -> None:
         """Stop the children now: a handler still running in one is abandoned (uncommitted)."""
+        self._reaper.shutdown(wait=False, cancel_futures=True)
         self._pool.stop()
         self._pool.join(timeout=10)

@@ -200,6 +200,13 @@ class Metrics:
             ("source",),
             registry=r,
         )
+        self.revoke_blocked = Counter(
+            "worker_revoke_blocked",
+            "Revoked partitions held past runtime.rebalance_timeout_s because a handler call "
+            "of theirs still ran (a thread cannot be stopped): not released until it returned.",
+            _P,
+            registry=r,
+        )
         # RSS, CPU and open files of the worker process, and the Python version.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)

@@ -37,6 +37,10 @@ from worker.sources.kafka.security import (
 
 log = logging.getLogger("worker.source.kafka")
 
+#: What a member failing stop needs before the group would give its partitions away: the
+#: worker's short shutdown and its backstop (2 s), and some slack.
+REVOKE_EXIT_MARGIN_S = 3.0
+
 
 class _RebalanceBridge(ConsumerRebalanceListener):
     """Turns aiokafka's rebalance callbacks into our listener's, awaited in order.
@@ -103,6 +107,19 @@ class KafkaSource:
             fetch_max_wait_ms=config.fetch_max_wait_ms,
             check_crcs=config.check_crcs,
         )
+
+    @property
+    def revoke_hold_s(self) -> float:
+        """How long from a revoke's start this member can keep its partitions from others.
+
+        The coordinator waits `rebalance_timeout_ms` for every member to rejoin, counted
+        from the rebalance's start, which a member learns of at its next heartbeat (up to
+        `heartbeat_interval_ms` later); aiokafka keeps heartbeating while the revoke
+        callback runs, so the session holds. Past the timeout the member is dropped and its
+        partitions given away: a worker must be gone (its stuck handler thread with it)
+        by then, so it fails stop `REVOKE_EXIT_MARGIN_S` earlier."""
+        c = self._config
+        return (c.rebalance_timeout_ms - c.heartbeat_interval_ms) / 1000 - REVOKE_EXIT_MARGIN_S
 
     def attach(self, metrics: Metrics) -> None:
         away = Gauge(
