@@ -68,7 +68,7 @@ class Worker:
         self.assignments = Assignments(
             self.source, PartitionFactory(config, self.source, self.metrics, steps),
             self.committer, backpressure, self.tasks, self.metrics, rt.rebalance_timeout_s,
-            self.invoker, getattr(self.source, "revoke_hold_s", None), self.request_exit,
+            self.invoker, self.source.revoke_hold_s, self.request_exit,
         )  # fmt: skip
         self.watchdog = CommitWatchdog(self, rt.stall_timeout_s, self.request_exit)
         self.health = Health(self, self.watchdog)

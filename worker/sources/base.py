@@ -111,6 +111,10 @@ class Source(Protocol):
 
     name: str
     traits: RecordTraits
+    #: How long from a revoke's start the source can keep a partition from its next owner
+    #: while a handler call of it still runs; None: no longer than the drain deadline (a
+    #: call still running then makes the worker fail stop, exit 3).
+    revoke_hold_s: float | None
 
     def attach(self, metrics: Metrics) -> None:
         """Take the worker's metrics, to add the families only this source sees."""

@@ -130,6 +130,7 @@ class MemorySource:
 
     name = "memory"
     traits = TRAITS
+    revoke_hold_s = None  # the sole member: nobody takes a partition from it
 
     def __init__(
         self,

@@ -65,6 +65,9 @@ _EVENTS = {"free": "taken", "expired": "expired", "steal": "stolen", "reclaim": 
 class KinesisSource:
     name = "kinesis"
     traits = TRAITS
+    #: Not yet tied to `handoff_timeout_s`: a thread still running at the revoke's
+    #: deadline makes the worker fail stop (exit 3) before the lease is handed over.
+    revoke_hold_s = None
 
     def __init__(self, config: KinesisSourceConfig, session: Any = None) -> None:
         """`session`: an aiobotocore session to use (default: a new one with the standard
