@@ -93,6 +93,10 @@ class Assignments:
         self._m_rebalances = metrics.rebalances.labels(source.name)
         #: Whether the source has told us our share at least once (readiness waits for it).
         self.assigned_once = False
+        #: A revoked partition's call outlived the hold: the worker must end without
+        #: giving anything away (its source is not stopped; leases expire, the group
+        #: drops the member), so the call never runs beside the next owner.
+        self.stuck = False
 
     def get(self, key: Hashable) -> Partition | None:
         return self._partitions.get(key)
@@ -229,6 +233,7 @@ class Assignments:
             "never runs beside the next owner, which redoes it from the last commit'",
             ",".join(labels), self._hold_s, EXIT_REVOKE_STUCK,
         )  # fmt: skip
+        self.stuck = True
         if self._fail_stop is not None:
             self._fail_stop(EXIT_REVOKE_STUCK)
         await asyncio.Event().wait()

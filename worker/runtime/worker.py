@@ -157,7 +157,11 @@ class Worker:
             await bounded(self.source.stop_taking(), deadline.left(), "stop_taking")
         await self.assignments.release_all(deadline)
         await self.tasks.cancel_all()
-        if self._started:
+        if self._started and self.assignments.stuck:
+            log.warning("event=source_not_stopped reason=revoke_hold_exceeded note='nothing "
+                        "is given away while a handler call runs: leases expire, the "
+                        "group drops this member once the process has ended'")  # fmt: skip
+        elif self._started:
             await bounded(self.source.stop(), deadline.left(), "source_stop")
         if self.destination is not None:
             await bounded(self.destination.stop(), deadline.left(), "destination_stop")
