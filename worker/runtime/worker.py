@@ -147,9 +147,8 @@ class Worker:
         return self.config.runtime.shutdown_timeout_s
 
     async def shutdown(self) -> None:
-        """Every step within what is left of the budget: stop taking partitions, drain,
-        final commit, source, destination; a step that runs out is logged and the next
-        one still runs."""
+        """Every step within what is left of the budget: stop taking, drain, final commit,
+        source, destination; a step that runs out is logged, the next one still runs."""
         log.info("event=shutdown_started partitions=%d", len(self.assignments.partitions()))
         self.should_exit.set()
         deadline = Deadline(self.shutdown_budget_s())
@@ -157,10 +156,8 @@ class Worker:
             await bounded(self.source.stop_taking(), deadline.left(), "stop_taking")
         await self.assignments.release_all(deadline)
         await self.tasks.cancel_all()
-        if self._started and self.assignments.stuck:
-            log.warning("event=source_not_stopped reason=revoke_hold_exceeded note='nothing "
-                        "is given away while a handler call runs: leases expire, the "
-                        "group drops this member once the process has ended'")  # fmt: skip
+        if self._started and self.assignments.stuck:  # give nothing away beside the call
+            log.warning("event=source_not_stopped reason=revoke_hold_exceeded")
         elif self._started:
             await bounded(self.source.stop(), deadline.left(), "source_stop")
         if self.destination is not None:
