@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     dm = sub.add_parser("demo", help="local Kafka + telemetry + the worker, with live numbers")
     dm.add_argument("--records", type=int, default=200_000)
     dm.add_argument("--partitions", type=int, default=4)
+    dm.add_argument(
+        "--keep",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the worker serving after the run until Ctrl-C (default: when on a terminal)",
+    )
     sk = sub.add_parser("soak", help="fixed rate, three workers, crash and broker faults")
     sk.add_argument("--minutes", type=float, default=30.0)
     sk.add_argument("--rate", type=float, default=2000.0, help="keyed readings per second")
@@ -75,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return soak(args)
     from load.demo import demo
 
-    return demo(args.records, args.partitions)
+    return demo(args.records, args.partitions, keep=args.keep)
 
 
 if __name__ == "__main__":

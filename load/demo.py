@@ -2,14 +2,18 @@
 
 Starts the real Kafka broker from Maven jars, creates a `telemetry` topic,
 produces a backlog of readings, starts `worker run` with the example IoT
-handler, keeps producing live telemetry while printing throughput, lag and
-where the metrics are, then stops everything cleanly.
+handler, keeps producing live telemetry while printing the worker's rate, lag
+and where its status page and metrics are. Run from a terminal (or with
+`--keep`), the worker then keeps serving its pages until Ctrl-C, so they can be
+looked at; either way everything is stopped cleanly and the temporary folders
+are removed (kept, and named, when something failed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -56,10 +60,29 @@ async def _setup(bootstrap: str, partitions: int, records: int) -> None:
     print(f"   produced a backlog of {n:,} readings in {time.monotonic() - started:.1f}s")
 
 
+def _serve_until_interrupted(port: int) -> None:
+    """Keep the worker up so its pages can be opened; Ctrl-C (or SIGTERM) ends the wait."""
+    print(f"   the worker is still serving: status page http://127.0.0.1:{port}/")
+    print("   press Ctrl-C to stop the worker and Kafka")
+    caught = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, caught)
+    try:
+        signal.sigwait(caught)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, caught)
+
+
 def demo(
-    records: int = 200_000, partitions: int = 4, live_rate: int = 5000, live_s: int = 15
+    records: int = 200_000,
+    partitions: int = 4,
+    live_rate: int = 5000,
+    live_s: int = 15,
+    keep: bool | None = None,
 ) -> int:
+    """`keep` None: keep serving after the run when standard input is a terminal."""
+    keep = sys.stdin.isatty() if keep is None else keep
     workdir = Path(tempfile.mkdtemp(prefix="streamworker-demo-"))
+    ok = False
     print(f"1. starting Apache Kafka {kafka_broker.KAFKA_VERSION} (jars from Maven Central)")
     broker = kafka_broker.start(workdir / "kafka")
     worker: subprocess.Popen[bytes] | None = None
@@ -82,6 +105,7 @@ def demo(
                 ],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
+        print(f"   status:   http://127.0.0.1:{port}/   (also /status.json)")
         print(f"   metrics:  http://127.0.0.1:{port}/metrics   (also /healthz, /readyz)")
         print(f"   log:      {log_path}")
         print(f"4. live telemetry at {live_rate:,}/s for {live_s}s on top of the backlog")
@@ -93,6 +117,10 @@ def demo(
             cwd=ROOT, stdout=subprocess.DEVNULL,
         )  # fmt: skip
         total = records + live_rate * live_s
+        print(
+            "   the worker's rate is shown; once the backlog is done it can only keep pace"
+            f" with the live producer ({live_rate:,}/s)"
+        )
         started = time.monotonic()
         last_done, last_t = 0.0, started
         while True:
@@ -107,7 +135,8 @@ def demo(
             rate = (done - last_done) / (now - last_t)
             last_done, last_t = done, now
             print(
-                f"   committed {done:>9,.0f} / {total:,}   {rate:>9,.0f} rec/s   lag {lag:>8,.0f}"
+                f"   committed {done:>9,.0f} / {total:,}   worker {rate:>9,.0f} rec/s"
+                f"   lag {lag:>8,.0f}"
             )
             if done >= total and producer.poll() is not None:
                 break
@@ -117,13 +146,20 @@ def demo(
         took = time.monotonic() - started
         print(f"5. done: {total:,} readings handled and committed in {took:.1f}s")
         batches = _metric_sum(text, "worker_batches_total")
-        print(f"   {batches:,.0f} handler calls; metrics were at http://127.0.0.1:{port}/metrics")
+        print(f"   {batches:,.0f} handler calls, {total / took:,.0f} rec/s on average")
+        if keep:
+            _serve_until_interrupted(port)
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(60)
         print(f"6. worker stopped on SIGTERM with exit code {code}; Kafka stopping")
+        ok = code == 0
         return code
     finally:
         for proc in (producer, worker):
             if proc is not None and proc.poll() is None:
                 proc.kill()
         broker.stop()
+        if ok:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"   kept {workdir} (the worker's log and Kafka's) to look at")

@@ -13,11 +13,19 @@ from load.telemetry import readings
 
 
 async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
-    """Create a topic (the local broker does not create topics on first use)."""
+    """Create a topic (the local broker does not create topics on first use) and wait
+    until every partition has a leader, so the first sends are not refused and retried
+    with a `NotLeaderForPartitionError` line."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, partitions, 1)])
+        for _ in range(100):
+            (topic,) = await admin.describe_topics([name])
+            led = [p for p in topic["partitions"] if p["leader"] >= 0]
+            if topic["error_code"] == 0 and len(led) == partitions:
+                return
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
 
