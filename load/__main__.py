@@ -19,6 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--count", type=int, help="records to send as fast as possible")
     pr.add_argument("--rate", type=float, help="records per second")
     pr.add_argument("--duration", type=float, help="seconds, with --rate")
+    pr.add_argument("--invalid", type=int, default=0, help="readings cut short (poison records)")
+    tp = sub.add_parser("topic", help="create a topic (no error if it exists)")
+    tp.add_argument("name")
+    tp.add_argument("--bootstrap", default="127.0.0.1:9092")
+    tp.add_argument("--partitions", type=int, default=1)
     bn = sub.add_parser("bench", help="the worker against the raw client, side by side")
     bn.add_argument("--records", type=int, default=1_000_000)
     bn.add_argument("--rounds", type=int, default=3)
@@ -66,10 +71,19 @@ def main(argv: list[str] | None = None) -> int:
 
         started = time.monotonic()
         n = asyncio.run(
-            produce(args.bootstrap, args.topic, args.devices, args.count, args.rate, args.duration)
-        )
+            produce(
+                args.bootstrap, args.topic, args.devices, args.count, args.rate, args.duration,
+                invalid=args.invalid,
+            )
+        )  # fmt: skip
         took = time.monotonic() - started
         print(f"produced {n} records to {args.topic} in {took:.1f}s ({n / took:,.0f}/s)")
+        return 0
+    if args.cmd == "topic":
+        from load.produce import create_topic
+
+        asyncio.run(create_topic(args.bootstrap, args.name, args.partitions))
+        print(f"topic {args.name}: {args.partitions} partition(s) at {args.bootstrap}")
         return 0
     if args.cmd == "bench":
         from load.bench import main as bench

@@ -164,17 +164,21 @@ def _sasl_properties(port: int, controller_port: int) -> dict[str, str]:
 
 
 def start(
-    workdir: Path | None = None, extra: dict[str, str] | None = None, sasl: bool = False
+    workdir: Path | None = None,
+    extra: dict[str, str] | None = None,
+    sasl: bool = False,
+    port: int | None = None,
 ) -> Broker:
     """Format a fresh KRaft log dir and start the broker; return once it accepts clients.
 
     With `sasl`, the client listener is SASL_PLAINTEXT with PLAIN, SCRAM-SHA-256 and
-    SCRAM-SHA-512 for the users in SASL_USERS.
+    SCRAM-SHA-512 for the users in SASL_USERS. `port` is the client port (default: a
+    free one), for a broker that users and configs find at a known address.
     """
     lib = fetch_jars()
     workdir = Path(workdir or tempfile.mkdtemp(prefix="kafka-"))
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
-    port, controller_port = free_port(), free_port()
+    port, controller_port = port or free_port(), free_port()
     props = workdir / "server.properties"
     settings = {**(_sasl_properties(port, controller_port) if sasl else {}), **(extra or {})}
     props.write_text(_properties(workdir, port, controller_port, settings))
@@ -682,11 +686,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("fetch")
-    s = sub.add_parser("start")
+    s = sub.add_parser("start", help="start a broker in DIR in the background; prints its address")
     s.add_argument("dir", type=Path)
-    t = sub.add_parser("stop")
+    s.add_argument("--port", type=int, help="client port (default: a free one)")
+    t = sub.add_parser("stop", help="stop the broker started in DIR")
     t.add_argument("dir", type=Path)
-    sub.add_parser("run")
+    r = sub.add_parser("run", help="a broker in the foreground until Ctrl-C")
+    r.add_argument("--port", type=int, help="client port (default: a free one)")
     cs = sub.add_parser("cluster-start", help="three nodes in DIR; prints the bootstrap list")
     cs.add_argument("dir", type=Path)
     cs.add_argument("--nodes", type=int, default=3)
@@ -702,7 +708,7 @@ def main() -> int:
     if args.cmd == "fetch":
         print(fetch_jars())
     elif args.cmd == "start":
-        print(start(args.dir).bootstrap)
+        print(start(args.dir, port=args.port).bootstrap)
     elif args.cmd == "stop":
         pidfile = args.dir / "broker.pid"
         if pidfile.exists():
@@ -710,7 +716,7 @@ def main() -> int:
             pidfile.unlink()
     else:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        broker = start()
+        broker = start(port=args.port)
         print(f"kafka {KAFKA_VERSION} ready at {broker.bootstrap} (Ctrl-C stops it)", flush=True)
         try:
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
