@@ -143,6 +143,7 @@ class DeadLetter:
             error_type=failure.error_type,
             error_message=failure.message,
             traceback=failure.traceback,
+            where=failure.where,
         )
 
     async def give_up(self, event: FailureEvent, reason: str) -> None:
