@@ -47,9 +47,10 @@ def parse_since(text: str, now_s: float | None = None) -> int:
         raise ValueError(f"--since {text!r}: not a time ({SINCE_ALLOWED})") from None
     now_ms = int((time.time() if now_s is None else now_s) * 1000)
     if since_ms > now_ms:
+        hint = f"; milliseconds are written {SINCE_PREFIX}N" if since_ms > now_ms * 100 else ""
         raise ValueError(
             f"--since {text!r} is {shown_time(since_ms)}, in the future (now "
-            f"{shown_time(now_ms)}): nothing was dead-lettered after it"
+            f"{shown_time(now_ms)}): nothing was dead-lettered after it{hint}"
         )
     if since_ms < 0:
         raise ValueError(f"--since {text!r}: before 1970 ({SINCE_ALLOWED})")
@@ -58,7 +59,10 @@ def parse_since(text: str, now_s: float | None = None) -> int:
 
 def shown_time(epoch_ms: int) -> str:
     """An epoch-ms time as ISO 8601 UTC with milliseconds (which `--since` accepts)."""
-    moment = datetime.fromtimestamp(epoch_ms / 1000, UTC)
+    try:
+        moment = datetime.fromtimestamp(epoch_ms / 1000, UTC)
+    except (ValueError, OverflowError, OSError):  # past year 9999
+        return f"{SINCE_PREFIX}{epoch_ms}"
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
 
 
