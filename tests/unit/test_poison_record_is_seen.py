@@ -176,3 +176,15 @@ async def test_invocation_failed_says_where_and_the_traceback_is_logged_once_per
         assert len(tracebacks) == len(failed)
     else:
         assert len(tracebacks) == 1
+
+
+def test_the_raising_frame_of_a_handler_process_is_read_from_its_traceback_text():
+    error = ValueError("bad reading")
+    error.traceback = (  # as pebble hands back an exception raised in a handler process
+        "Traceback (most recent call last):\n"
+        f'  File "{raised_at.__code__.co_filename}", line 10, in call\n'
+        '  File "handlers/iot.py", line 42, in handle\n'
+        f'  File "{json.__file__}", line 346, in loads\n'
+        "ValueError: bad reading\n"
+    )
+    assert raised_at(error) == "handlers/iot.py:42"
