@@ -188,3 +188,31 @@ def test_the_raising_frame_of_a_handler_process_is_read_from_its_traceback_text(
         "ValueError: bad reading\n"
     )
     assert raised_at(error) == "handlers/iot.py:42"
+
+
+@pytest.mark.parametrize(
+    "errors, destination, says",
+    [
+        ({}, None, "retries are unlimited and there is no on-failure destination"),
+        ({}, "file", "retries are unlimited: one bad record stops its partition"),
+        ({"maximum_retry_attempts": 2}, None, "records that run out are dropped"),
+        ({"maximum_record_age_s": 60}, None, "records that run out are dropped"),
+        ({"maximum_retry_attempts": 2}, "file", None),
+    ],
+)
+def test_the_start_up_warning_says_what_the_failure_settings_do_to_a_bad_record(
+    caplog, tmp_path, errors, destination, says
+):
+    from worker.destinations.file import FileDestination
+    from worker.runtime.build import warn_about_failures
+    from worker.testing import memory_config
+
+    caplog.set_level(logging.WARNING)
+    dest = FileDestination(str(tmp_path / "dlq.jsonl")) if destination else None
+    warn_about_failures(memory_config({"errors": errors}), dest)
+    lines = [r.getMessage() for r in caplog.records]
+    if says is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and lines[0].startswith("event=config_warning ")
+        assert says in lines[0]
