@@ -1,4 +1,4 @@
-"""The `worker` command: run, check-config, status, lag, invoke, event, redrive."""
+"""The `worker` command: run, check-config, status, lag, invoke, event, redrive, dlq."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from worker.config import WorkerConfig
 from worker.config_load import ConfigError, load_config
+from worker.destinations import dlq_view
 
 EXIT_CONFIG = 2
 
@@ -49,10 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     rd = sub.add_parser("redrive", help="replay dead-lettered records from a DLQ topic")
     rd.add_argument("--from", dest="source", required=True, metavar="kafka://DLQ_TOPIC")
     rd.add_argument("--to", dest="target", required=True, metavar="kafka://TOPIC")
-    rd.add_argument("--since", help="epoch seconds or ISO 8601 time of the first record to move")
+    rd.add_argument(
+        "--since",
+        help="first DLQ time to move: epoch seconds, timestamp_ms=N (as "
+        "printed by redrive) or ISO 8601",
+    )
     rd.add_argument("--limit", type=int, help="move at most N records")
     rd.add_argument("--bootstrap", help="HOST:PORT[,HOST:PORT]; default: the config's")
     rd.add_argument("--config", type=Path, help="TOML config file (servers and security)")
+    dlq_view.add_parser(sub)
     return p
 
 
@@ -70,27 +76,15 @@ def _redrive(args: argparse.Namespace) -> int:
     import asyncio
 
     from worker.destinations.redrive import kafka_topic, parse_since, redrive
+    from worker.destinations.topics import kafka_connection, shown_time
 
     try:
         source, target = kafka_topic(args.source), kafka_topic(args.target)
         since = parse_since(args.since) if args.since else None
+        bootstrap = kafka_connection(args.bootstrap, args.config, dict(os.environ))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    from worker.sources.kafka.config import KafkaSourceConfig
-    from worker.sources.kafka.security import client_kwargs
-
-    bootstrap: list[str] | dict[str, object]
-    if args.bootstrap:
-        bootstrap = args.bootstrap.split(",")
-    elif args.config:  # the config's servers and security settings (SASL, SSL)
-        settings = load_config(args.config, [], os.environ).source
-        if not isinstance(settings, KafkaSourceConfig):
-            print(f"error: --config {args.config}: redrive needs a kafka source", file=sys.stderr)
-            return EXIT_CONFIG
-        bootstrap = client_kwargs(settings)
-    else:
-        bootstrap = ["127.0.0.1:9092"]
     try:
         report = asyncio.run(redrive(bootstrap, source, target, since, args.limit))
     except ValueError as exc:
@@ -98,7 +92,9 @@ def _redrive(args: argparse.Namespace) -> int:
         return 1
     print(f"moved {report.moved} records from {args.source} to {args.target}")
     if report.last_timestamp_ms is not None:
-        print(f"last record moved had timestamp_ms={report.last_timestamp_ms}")
+        last = report.last_timestamp_ms
+        print(f"last record moved had timestamp_ms={last} ({shown_time(last)})")
+        print(f"to move only records dead-lettered after it: --since {report.next_since()}")
     return 0
 
 
@@ -187,6 +183,8 @@ def _main(argv: list[str] | None) -> int:
         event = sample_event(args.kind, args.value, args.key, args.topic, args.partition)
         print(json.dumps(event, indent=2))
         return 0
+    if args.command == "dlq":
+        return dlq_view.run(args)
     if args.command == "redrive":
         try:
             return _redrive(args)

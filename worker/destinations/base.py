@@ -41,6 +41,8 @@ class FailureEvent:
     error_type: str = ""
     error_message: str = ""
     traceback: str = ""
+    #: `file:line` that raised, in the handler's code where it can be told.
+    where: str = ""
     failed_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
     def __post_init__(self) -> None:

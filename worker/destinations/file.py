@@ -36,6 +36,7 @@ def event_document(event: FailureEvent) -> dict[str, Any]:
             "type": event.error_type,
             "message": event.error_message,
             "traceback": event.traceback,
+            "at": event.where,
         },
         "records": [
             {

@@ -1,7 +1,10 @@
 """kafka://TOPIC: each failed record produced with its original key and value plus error headers.
 
 Original headers are kept; ours are prefixed `worker.` so `worker redrive`
-can strip exactly them. Sends wait for acks from all in-sync replicas.
+can strip exactly them. They hold the source position, the condition, the
+error (type, message, the `file:line` that raised, and the traceback's last
+8000 characters), the attempts and when it failed; `worker dlq` lists them.
+Sends wait for acks from all in-sync replicas.
 
 A record the topic cannot hold (larger than its `max.message.bytes`, read
 from the broker) would be refused on every attempt and hold its partition
@@ -39,6 +42,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 RECORD_OVERHEAD_BYTES = 256
 #: How much of an oversize value the envelope keeps.
 ENVELOPE_VALUE_PREFIX_BYTES = 4096
+#: How much of a traceback the headers keep: its end, where the raising frames are.
+TRACEBACK_HEADER_CHARS = 8000
 #: The producer itself never refuses by size: the topic's limit decides, checked here.
 PRODUCER_MAX_REQUEST_BYTES = 256 * 1024 * 1024
 
@@ -57,6 +62,8 @@ def error_headers(event: FailureEvent, r: Record) -> list[tuple[str, bytes]]:
         "condition": event.condition,
         "error.type": event.error_type,
         "error.message": event.error_message[:1000],
+        "error.at": event.where,
+        "error.traceback": event.traceback[-TRACEBACK_HEADER_CHARS:],
         "attempts": str(event.attempts),
         "failed_at_ms": str(event.failed_at_ms),
     }

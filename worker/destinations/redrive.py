@@ -5,21 +5,31 @@ offsets taken when it starts, so records dead-lettered meanwhile wait for the
 next run. Each record keeps its key, value and original headers; the
 `worker.*` error headers are stripped. It joins no consumer group and
 commits nothing: running it twice sends twice, so use `--since` to pick up
-where an earlier run stopped (it prints the last timestamp it moved).
+where an earlier run stopped: it prints the `--since` that moves only what
+was dead-lettered after the last record it moved.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaProducer
 
+from worker.destinations.dlq_read import records_to_end
 from worker.destinations.kafka import HEADER_PREFIX
+from worker.destinations.topics import (
+    SINCE_PREFIX,
+    connection_of,
+    kafka_topic,
+    parse_since,
+    topic_partitions,
+)
+
+__all__ = ["RedriveReport", "kafka_topic", "parse_since", "redrive", "topic_partitions"]
 
 
 @dataclass
@@ -31,41 +41,11 @@ class RedriveReport:
         self.moved += 1
         self.last_timestamp_ms = max(self.last_timestamp_ms or 0, timestamp_ms)
 
-
-def parse_since(text: str) -> int:
-    """Epoch seconds or an ISO 8601 time, as epoch milliseconds."""
-    try:
-        return int(float(text) * 1000)
-    except ValueError:
-        return int(datetime.fromisoformat(text).timestamp() * 1000)
-
-
-def connection_of(bootstrap: Sequence[str] | dict[str, Any]) -> dict[str, Any]:
-    """Client settings: a bootstrap list, or the full settings (security included)."""
-    if isinstance(bootstrap, dict):
-        return bootstrap
-    return {"bootstrap_servers": list(bootstrap)}
-
-
-async def topic_partitions(
-    bootstrap: Sequence[str] | dict[str, Any], topic: str
-) -> list[TopicPartition]:
-    """The topic's partitions from the broker; ValueError if there is no such topic."""
-    admin = AIOKafkaAdminClient(**connection_of(bootstrap))
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    if described.get("error_code") or not described.get("partitions"):
-        raise ValueError(f"kafka://{topic}: no such topic")
-    return sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
-
-
-def kafka_topic(url: str) -> str:
-    if not url.startswith("kafka://") or len(url) == len("kafka://"):
-        raise ValueError(f"{url!r}: expected kafka://TOPIC")
-    return url.removeprefix("kafka://")
+    def next_since(self) -> str | None:
+        """The `--since` of a next run that moves only records after the last one moved."""
+        if self.last_timestamp_ms is None:
+            return None
+        return f"{SINCE_PREFIX}{self.last_timestamp_ms + 1}"
 
 
 async def redrive(
@@ -75,42 +55,21 @@ async def redrive(
     since_ms: int | None = None,
     limit: int | None = None,
 ) -> RedriveReport:
-    tps = await topic_partitions(bootstrap, from_topic)
-    connection = connection_of(bootstrap)
-    consumer = AIOKafkaConsumer(**connection, enable_auto_commit=False)
-    producer = AIOKafkaProducer(**connection, acks="all")
-    await consumer.start()
+    await topic_partitions(bootstrap, from_topic)  # ValueError before anything is sent
+    producer = AIOKafkaProducer(**connection_of(bootstrap), acks="all")
     await producer.start()
     report = RedriveReport()
     try:
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        if since_ms is None:
-            # An explicit seek: seek_to_beginning() right after assign() can lose to the
-            # consumer's own initial offset reset.
-            for tp, offset in (await consumer.beginning_offsets(tps)).items():
-                consumer.seek(tp, offset)
-        else:
-            found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
-            for tp in tps:
-                hit = found.get(tp)
-                consumer.seek(tp, hit.offset if hit is not None else ends[tp])
-        remaining = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
         acks = []
-        while remaining and (limit is None or report.moved < limit):
-            chunks = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, records in chunks.items():
-                for r in records:
-                    if r.offset >= ends[tp] or (limit is not None and report.moved >= limit):
-                        break
-                    headers = [(k, v) for k, v in r.headers if not k.startswith(HEADER_PREFIX)]
-                    acks.append(await producer.send(to_topic, r.value, key=r.key, headers=headers))
-                    report.moved_one(r.timestamp)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
+        records = records_to_end(bootstrap, from_topic, since_ms)
+        async with contextlib.aclosing(records):
+            async for r in records:
+                if limit is not None and report.moved >= limit:
+                    break
+                headers = [(k, v) for k, v in r.headers if not k.startswith(HEADER_PREFIX)]
+                acks.append(await producer.send(to_topic, r.value, key=r.key, headers=headers))
+                report.moved_one(r.timestamp)
         await asyncio.gather(*acks)
     finally:
         await producer.stop()
-        await consumer.stop()
     return report

@@ -48,6 +48,8 @@ class Failure:
     error_type: str
     message: str
     traceback: str = ""
+    #: `file:line` that raised, in the handler's code where it can be told.
+    where: str = ""
 
 
 #: The guard's note: a version tag, then resolved, dead-lettered, in a row.
@@ -141,6 +143,7 @@ class DeadLetter:
             error_type=failure.error_type,
             error_message=failure.message,
             traceback=failure.traceback,
+            where=failure.where,
         )
 
     async def give_up(self, event: FailureEvent, reason: str) -> None:

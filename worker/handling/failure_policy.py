@@ -37,12 +37,18 @@ from worker.destinations.base import RECORD_AGE_EXCEEDED, RETRY_ATTEMPTS_EXHAUST
 from worker.handling.dead_letter import DeadLetter, Failure
 from worker.handling.invoker import Invoker, Outcome
 from worker.handling.partial import InvalidResponse, failed_indexes
+from worker.handling.raised_at import raised_at
 from worker.observe.errors import RecentErrors
-from worker.observe.metrics import Metrics
+from worker.observe.metrics import Metrics, PartitionMetrics
+from worker.observe.view import RetryingBatch
 from worker.partition.steps import Abandoned, PartitionContext, stopped_within
 from worker.records import Batch, Record
 
 log = logging.getLogger("worker.failures")
+
+#: Distinct errors (type and raising line) whose traceback each policy logs at WARNING;
+#: past them, and for repeats, the traceback is logged at DEBUG only.
+TRACEBACKS_SHOWN = 20
 
 ResultParser = Callable[[Any, Sequence[Any]], "list[int] | None"]
 #: (None, None) when all succeeded; else the failure and the failed indexes (None = all).
@@ -69,6 +75,29 @@ class _Piece:
     attempts: int = 0
 
 
+class _ShownRetry:
+    """What one `resolve` call is retrying now, published to its partition's metrics.
+
+    Shown once per failure and taken back when the records succeed, are given up or
+    abandoned; on a batch that succeeds first time it costs one check.
+    """
+
+    __slots__ = ("_metrics", "shown")
+
+    def __init__(self, metrics: PartitionMetrics) -> None:
+        self._metrics = metrics
+        self.shown: RetryingBatch | None = None
+
+    def show(self, batch: RetryingBatch) -> None:
+        self.shown = batch
+        self._metrics.retrying_now(id(self), batch)
+
+    def over(self) -> None:
+        if self.shown is not None:
+            self.shown = None
+            self._metrics.retry_over(id(self))
+
+
 def _wall_clock() -> float:
     """Record ages are judged against the wall clock, looked up at each call."""
     return time.time()
@@ -80,6 +109,7 @@ def outcome_failure(outcome: Outcome) -> Failure:
         "Timeout" if outcome.timed_out else type(outcome.error).__name__,
         outcome.describe() if outcome.timed_out else str(outcome.error),
         outcome.traceback_text(),
+        "" if outcome.timed_out else raised_at(outcome.error),
     )
 
 
@@ -114,6 +144,7 @@ class FailurePolicy:
         self._batch_size = metrics.batch_size.labels(ctx.source)
         self._inflight = metrics.inflight_batches.labels(ctx.source)
         self._ignored_result_warned = False
+        self._tracebacks_shown: set[tuple[str, str]] = set()
         self.mode = Mode(self._judge, bisect=errors.bisect_batch_on_function_error)
 
     # -- the step -----------------------------------------------------------------------
@@ -137,8 +168,17 @@ class FailurePolicy:
         guard refuses to give up more records; either way the batch stays uncommitted.
         """
         mode = mode or self.mode
-        m, label = self._ctx.metrics, self._ctx.label
         pending: deque[_Piece] = deque([_Piece(batch.records)])
+        retry = _ShownRetry(self._ctx.metrics)
+        try:
+            return await self._resolve(batch, mode, pending, retry)
+        finally:
+            retry.over()
+
+    async def _resolve(
+        self, batch: Batch, mode: Mode, pending: deque[_Piece], retry: _ShownRetry
+    ) -> Any:
+        m, label = self._ctx.metrics, self._ctx.label
         result = None
         while pending:
             piece = pending.popleft()
@@ -151,6 +191,7 @@ class FailurePolicy:
             outcome = await self.invoke_counted(piece_batch)
             failure, failed = mode.judge(outcome, records)
             if failure is None:
+                retry.over()
                 m.success.inc()
                 self._dead_letter.guard.handled(len(records))
                 result = outcome.result
@@ -163,10 +204,10 @@ class FailurePolicy:
                     pending.appendleft(_Piece(records[mid:], piece.attempts))
                     pending.appendleft(_Piece(records[:mid], piece.attempts))
                     continue
-                retry, give_up = records, records
+                retry_records, give_up = records, records
             else:
                 give_up = [records[i] for i in failed]
-                retry = give_up if self._failed_only else records[failed[0] :]
+                retry_records = give_up if self._failed_only else records[failed[0] :]
                 self._dead_letter.guard.handled(failed[0])  # those before the first succeeded
             attempts = piece.attempts + 1
             if mode.may_give_up and self.retries_exhausted(attempts):
@@ -175,12 +216,14 @@ class FailurePolicy:
                         RETRY_ATTEMPTS_EXHAUSTED, give_up, attempts, failure
                     )
                     await self._dead_letter.give_up(event, "retries_exhausted")
+                retry.over()
                 result = None
                 continue
+            retry.show(self._retrying(retry.shown, retry_records, attempts, failure))
             if await stopped_within(self._ctx.stopping, self._backoff.delay_s(attempts)):
                 raise Abandoned(label)
             m.retries.inc()
-            pending.appendleft(_Piece(retry, attempts))
+            pending.appendleft(_Piece(retry_records, attempts))
         return result
 
     async def invoke_counted(self, batch: Batch) -> Outcome:
@@ -200,6 +243,20 @@ class FailurePolicy:
             m.batch_ended()
         self._duration.observe(outcome.duration_s)
         return outcome
+
+    def _retrying(
+        self,
+        before: RetryingBatch | None,
+        records: Sequence[Record],
+        attempts: int,
+        failure: Failure,
+    ) -> RetryingBatch:
+        """The retry to publish; its `since` is kept while the same records are retried."""
+        position = records[0].position if records else -1
+        same = before is not None and before.position == position
+        since = before.since if same and before is not None else self._clock()
+        error = f"{failure.error_type}: {failure.message}"[:300]
+        return RetryingBatch(position, len(records), attempts, error, since)
 
     def retries_exhausted(self, attempts: int) -> bool:
         return 0 <= self._max_retries < attempts
@@ -242,18 +299,35 @@ class FailurePolicy:
             m.failed.inc(len(failed))
             m.partial.inc()
         text = f"{failure.error_type}: {failure.message}"
-        self._recent.add(label, text)
+        first = records[0].position if records else None
+        last = records[-1].position if records else None
+        self._recent.add(label, str(first) if first == last else f"{first}..{last}", text)
         log.warning(
             "event=invocation_failed partition=%s first=%s last=%s records=%d attempt=%d "
-            "failed_records=%d error=%r",
-            label,
-            records[0].position if records else None,
-            records[-1].position if records else None,
-            len(records),
-            attempts + 1,
-            len(failed) if failed is not None else len(records),
-            text,
-        )
+            "failed_records=%d error=%r at=%s",
+            label, first, last, len(records), attempts + 1,
+            len(failed) if failed is not None else len(records), text, failure.where or "-",
+        )  # fmt: skip
+        if failure.traceback:
+            self._log_traceback(label, failure)
+
+    def _log_traceback(self, label: str, failure: Failure) -> None:
+        """The traceback once per distinct error (type and raising line), then at DEBUG."""
+        kind = (failure.error_type, failure.where)
+        first_time = kind not in self._tracebacks_shown
+        if first_time and len(self._tracebacks_shown) < TRACEBACKS_SHOWN:
+            self._tracebacks_shown.add(kind)
+            level = logging.WARNING
+        elif log.isEnabledFor(logging.DEBUG):
+            level = logging.DEBUG
+        else:
+            return
+        log.log(
+            level,
+            "event=invocation_traceback partition=%s error_type=%s at=%s note=%r traceback=%r",
+            label, failure.error_type, failure.where or "-",
+            "shown once per distinct error; repeats at DEBUG", failure.traceback,
+        )  # fmt: skip
 
     async def _give_up_expired(self, piece: _Piece) -> _Piece | None:
         """Give up the piece's records older than the age limit; return what is left to invoke."""

@@ -28,6 +28,8 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from worker.observe.view import RetryingBatch
+
 # The `_created` series double the exposition and no dashboard reads them.
 disable_created_metrics()
 
@@ -152,6 +154,15 @@ class Metrics:
             "worker_partition_halted",
             "1 when the dead-letter guard stopped the partition (see errors.max_dead_letter_*).",
         )
+        self.retrying = self.partition_gauge(
+            "worker_partition_retrying",
+            "1 while a failed batch of the partition waits for another attempt: nothing past "
+            "it is committed until it succeeds or is given up.",
+        )
+        self.retry_attempts = self.partition_gauge(
+            "worker_partition_retry_attempts",
+            "Failed attempts so far of the batch the partition is retrying (0 when none).",
+        )
         self.paused = self.partition_gauge(
             "worker_partition_paused",
             "1 while the partition is paused because its buffer is full.",
@@ -248,6 +259,8 @@ class PartitionMetrics:
         "_dead_lettered",
         "_iterator_age",
         "_metrics",
+        "_retry_attempts",
+        "_retrying",
         "bisections",
         "buffered",
         "committed_position",
@@ -267,6 +280,7 @@ class PartitionMetrics:
         "paused",
         "polled",
         "retries",
+        "retrying",
         "source",
         "success",
         "timeout",
@@ -303,6 +317,12 @@ class PartitionMetrics:
         self.dead_lettered_records = 0
         self.iterator_age_s = 0.0
         self.inflight = 0
+        self._retrying = metrics.retrying.labels(*labels)
+        self._retry_attempts = metrics.retry_attempts.labels(*labels)
+        self._retrying.set(0)
+        self._retry_attempts.set(0)
+        #: The batches being retried now, by the token of the call retrying each.
+        self.retrying: dict[int, RetryingBatch] = {}
 
     def records_committed(self, count: int, shown_position: int) -> None:
         self.committed_records += count
@@ -317,6 +337,20 @@ class PartitionMetrics:
     def iterator_age(self, age_s: float) -> None:
         self.iterator_age_s = age_s
         self._iterator_age.set(age_s)
+
+    def retrying_now(self, token: int, batch: RetryingBatch) -> None:
+        """A failed batch waits for its next attempt (called once per failure, never on
+        success)."""
+        self.retrying[token] = batch
+        self._retrying.set(1)
+        self._retry_attempts.set(max(b.attempts for b in self.retrying.values()))
+
+    def retry_over(self, token: int) -> None:
+        """The batch `token` was retrying succeeded, was given up, or was abandoned."""
+        if self.retrying.pop(token, None) is None:
+            return
+        self._retrying.set(1 if self.retrying else 0)
+        self._retry_attempts.set(max((b.attempts for b in self.retrying.values()), default=0))
 
     def batch_started(self) -> None:
         self.inflight += 1

@@ -1,7 +1,8 @@
 """The worker's state at a glance: what `/status.json`, the status page and `worker status` show.
 
 A snapshot per partition: committed position, lag, iterator age, commit rate
-over the last few seconds, buffered records, paused, dead-lettered; plus
+over the last few seconds, buffered records, paused, dead-lettered, and the
+batch it is retrying (position, attempts, error, since when); plus
 readiness, in-flight batches and the last errors. Everything comes from the
 stats the partitions publish; rates from a sampler that reads their committed
 counts once a second, so a snapshot costs nothing on the hot path.
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.observe.errors import RecentErrors
-from worker.observe.view import WorkerView
+from worker.observe.view import RetryingBatch, WorkerView
 
 RATE_WINDOW_S = 5.0
 
@@ -84,6 +85,7 @@ class Status:
                 "buffered": p.buffered,
                 "paused": p.paused,
                 "dead_lettered": p.dead_lettered,
+                "retrying": _retrying(p.retrying),
             }
             for p in stats
         ]
@@ -99,6 +101,21 @@ class Status:
             "partitions": partitions,
             "last_errors": self._errors.snapshot(),
         }
+
+
+def _retrying(batches: tuple[RetryingBatch, ...]) -> dict[str, Any] | None:
+    """The partition's retry, shown by its longest-failing batch (None: not retrying)."""
+    if not batches:
+        return None
+    b = min(batches, key=lambda b: b.since)
+    return {
+        "position": b.position,
+        "records": b.records,
+        "attempts": b.attempts,
+        "error": b.error,
+        "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(b.since)),
+        "for_s": round(max(time.time() - b.since, 0.0), 1),
+    }
 
 
 def render_text(status: dict[str, Any]) -> str:
@@ -118,7 +135,25 @@ def render_text(status: dict[str, Any]) -> str:
             f"{p['rate_per_s']:>10,.0f} {p['buffered']:>9} {p['dead_lettered']:>6}  "
             f"{'yes' if p['paused'] else ''}"
         )
+    retrying = [(p["partition"], p["retrying"]) for p in status["partitions"] if p.get("retrying")]
+    if retrying:
+        lines += [
+            "",
+            "retrying (nothing past these is committed until they succeed or are given up):",
+        ]
+        lines += [
+            f"  {label} retrying position {r['position']} ({r['records']} records): "
+            f"{r['attempts']} attempts since {r['since']} ({r['for_s']:.0f}s): {r['error']}"
+            for label, r in retrying
+        ]
     if status["last_errors"]:
         lines += ["", "last errors:"]
-        lines += [f"  {e['at']} {e['partition']}: {e['error']}" for e in status["last_errors"]]
+        lines += [_error_line(e) for e in status["last_errors"]]
     return "\n".join(lines)
+
+
+def _error_line(e: dict[str, Any]) -> str:
+    count = e.get("count", 1)
+    seen = f" x{count} since {e['first_seen']}" if count > 1 else ""
+    where = f"@{e['position']}" if e.get("position") else ""
+    return f"  {e['at']} {e['partition']}{where}: {e['error']}{seen}"

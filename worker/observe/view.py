@@ -8,6 +8,24 @@ from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
+class RetryingBatch:
+    """A failed batch (or record) of a partition waiting for its next attempt.
+
+    Published because a record that always fails holds its partition for ever
+    under unlimited retries, and nothing else shows it: the worker stays ready.
+    """
+
+    #: Source position of the first record retried, and how many records are retried.
+    position: int
+    records: int
+    #: Failed invocations of it so far.
+    attempts: int
+    error: str
+    #: Wall-clock time (epoch seconds) of its first failure.
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
 class PartitionStats:
     """A snapshot one partition publishes of itself."""
 
@@ -30,6 +48,8 @@ class PartitionStats:
     dead_lettered: int
     iterator_age_s: float
     inflight: int
+    #: Batches of it being retried now (one per key lane at most).
+    retrying: tuple[RetryingBatch, ...] = ()
 
 
 class WorkerView(Protocol):

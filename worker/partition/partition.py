@@ -228,6 +228,7 @@ class Partition:
             dead_lettered=m.dead_lettered_records,
             iterator_age_s=m.iterator_age_s,
             inflight=m.inflight,
+            retrying=tuple(m.retrying.values()),
         )
 
     # -- the key lanes' tasks ----------------------------------------------------------

@@ -34,10 +34,25 @@ from worker.sources.base import Source
 log = logging.getLogger("worker")
 
 
-def warn_about_dropping(config: WorkerConfig, destination: Destination | None) -> None:
-    """Limited retries with nowhere to send what runs out: say so once, at start."""
+def warn_about_failures(config: WorkerConfig, destination: Destination | None) -> None:
+    """Say once, at start, what the failure settings do to a record that always fails.
+
+    Unlimited retries (the default) retry it for ever: its partition stops there while
+    the worker stays ready. Limited ones with nowhere to send what runs out drop it.
+    """
     e = config.errors
-    if (e.maximum_retry_attempts >= 0 or e.maximum_record_age_s >= 0) and destination is None:
+    unlimited = e.maximum_retry_attempts < 0 and e.maximum_record_age_s < 0
+    if unlimited and destination is None:
+        log.warning("event=config_warning detail='retries are unlimited and there is no "
+                    "on-failure destination: one bad record stops its partition' "
+                    "see='worker_partition_retrying, worker status' fix='set "
+                    "errors.maximum_retry_attempts and errors.on_failure'")  # fmt: skip
+    elif unlimited:
+        log.warning("event=config_warning detail='retries are unlimited: one bad record stops "
+                    "its partition, and errors.on_failure is never used' "
+                    "see='worker_partition_retrying, worker status' fix='set "
+                    "errors.maximum_retry_attempts or errors.maximum_record_age_s'")  # fmt: skip
+    elif destination is None:
         log.warning("event=config_warning detail='retries or record age are limited and "
                     "errors.on_failure is none: records that run out are dropped "
                     "(counted in worker_records_dropped_total)'")  # fmt: skip

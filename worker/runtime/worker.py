@@ -27,7 +27,12 @@ from worker.observe.watchdog import EXIT_STALLED, CommitWatchdog, LoopMonitor
 from worker.partition.partition import Partition
 from worker.runtime.assignments import Assignments
 from worker.runtime.backpressure import Backpressure
-from worker.runtime.build import PartitionFactory, StepChain, make_invoker, warn_about_dropping
+from worker.runtime.build import (
+    PartitionFactory,
+    StepChain,
+    make_invoker,
+    warn_about_failures,
+)
 from worker.runtime.committer import Committer
 from worker.runtime.deadline import Deadline, bounded
 from worker.runtime.tasks import TaskSupervisor
@@ -103,7 +108,7 @@ class Worker:
             spawn(self.status.run_sampler(), "rate sampler")
         if self.destination is not None:
             await self.destination.start()
-        warn_about_dropping(self.config, self.destination)
+        warn_about_failures(self.config, self.destination)
         spawn(self.committer.run(), "committer")
         loop_lag = self.metrics.loop_lag.labels(self.source.name)
         warn_s = self.config.source.loop_delay_budget_s

@@ -1,0 +1,123 @@
+"""`worker dlq`: what was dead-lettered, as a table or one JSON object per line.
+
+`--from kafka://TOPIC` reads the DLQ topic up to its end as the command
+starts (joining no group, committing nothing); `--from file://PATH` reads a
+file destination. Each line is one record: when it failed, its source
+position, key, condition, attempts and error. `--since` takes the same
+times as `worker redrive`, and `--limit N` stops after N records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the Kafka client is imported when the command runs, not for `--help`
+    from worker.destinations.dlq_read import DeadLetterEntry
+
+EXIT_USAGE = 2
+_ERROR_CHARS = 60
+
+
+def add_parser(sub: Any) -> None:
+    """The `dlq` subcommand, on the `worker` command's subparsers."""
+    cmd = sub.add_parser("dlq", help="list dead-lettered records (a DLQ topic or file)")
+    cmd.add_argument("--from", dest="source", required=True,
+                     metavar="kafka://DLQ_TOPIC | file://PATH")  # fmt: skip
+    cmd.add_argument("--since", help="only records dead-lettered at or after this time "
+                     "(epoch seconds, timestamp_ms=N, or ISO 8601)")  # fmt: skip
+    cmd.add_argument("--limit", type=int, help="list at most N records")
+    cmd.add_argument("--json", action="store_true", help="one JSON object per record")
+    cmd.add_argument("--bootstrap", help="HOST:PORT[,HOST:PORT]; default: the config's")
+    cmd.add_argument("--config", type=Path, help="TOML config file (servers and security)")
+
+
+async def _kafka(args: argparse.Namespace, topic: str, since_ms: int | None) -> list[Any]:
+    from worker.destinations.dlq_read import kafka_entry, records_to_end
+    from worker.destinations.topics import kafka_connection
+
+    connection = kafka_connection(args.bootstrap, args.config, dict(os.environ))
+    entries: list[DeadLetterEntry] = []
+    records = records_to_end(connection, topic, since_ms)
+    async with contextlib.aclosing(records):
+        async for r in records:
+            if args.limit is not None and len(entries) >= args.limit:
+                break
+            entries.append(kafka_entry(r))
+    return entries
+
+
+def entries(args: argparse.Namespace) -> list[DeadLetterEntry]:
+    """The entries `args` ask for; ValueError (or ConfigError) says what is wrong."""
+    from worker.destinations.dlq_read import file_entries
+    from worker.destinations.topics import kafka_topic, parse_since
+
+    since_ms = parse_since(args.since) if args.since else None
+    if args.limit is not None and args.limit < 0:
+        raise ValueError(f"--limit {args.limit}: must be 0 or more")
+    if args.source.startswith("file://"):
+        path = Path(args.source.removeprefix("file://"))
+        if not path.is_file():
+            raise ValueError(f"--from {args.source}: no such file")
+        found = file_entries(path, since_ms)
+        if args.limit is None:
+            return list(found)
+        return [e for _, e in zip(range(args.limit), found, strict=False)]
+    if not args.source.startswith("kafka://"):
+        raise ValueError(f"--from {args.source!r}: expected kafka://TOPIC or file://PATH")
+    return asyncio.run(_kafka(args, kafka_topic(args.source), since_ms))
+
+
+def render_table(found: Iterable[DeadLetterEntry]) -> str:
+    from worker.destinations.topics import shown_time
+
+    lines = [f"{'failed at':<24} {'source position':<32} {'key':<16} {'condition':<22} "
+             f"{'attempts':>8}  error"]  # fmt: skip
+    count = 0
+    for e in found:
+        count += 1
+        when = shown_time(e.failed_at_ms) if e.failed_at_ms is not None else "-"
+        error = f"{e.error_type}: {e.error_message}"
+        if len(error) > _ERROR_CHARS:
+            error = error[: _ERROR_CHARS - 3] + "..."
+        where = f" at {e.at}" if e.at else ""
+        attempts = "-" if e.attempts is None else e.attempts
+        lines.append(f"{when:<24} {e.source_position:<32} {e.key or '-':<16} "
+                     f"{e.condition:<22} {attempts:>8}  {error}{where}")  # fmt: skip
+    lines.append(f"{count} records")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`worker dlq`: 0 when listed (even none), 2 for a wrong argument, 1 if unreadable."""
+    import orjson
+    from aiokafka.errors import KafkaError
+
+    from worker.config_load import ConfigError
+
+    try:
+        found = entries(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, KafkaError) as exc:
+        print(f"error: --from {args.source}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        out = sys.stdout.buffer
+        for e in found:
+            out.write(orjson.dumps(e.document()) + b"\n")
+        out.flush()
+    else:
+        print(render_table(found))
+    return 0
