@@ -164,17 +164,21 @@ def _sasl_properties(port: int, controller_port: int) -> dict[str, str]:
 
 
 def start(
-    workdir: Path | None = None, extra: dict[str, str] | None = None, sasl: bool = False
+    workdir: Path | None = None,
+    extra: dict[str, str] | None = None,
+    sasl: bool = False,
+    port: int | None = None,
 ) -> Broker:
     """Format a fresh KRaft log dir and start the broker; return once it accepts clients.
 
     With `sasl`, the client listener is SASL_PLAINTEXT with PLAIN, SCRAM-SHA-256 and
-    SCRAM-SHA-512 for the users in SASL_USERS.
+    SCRAM-SHA-512 for the users in SASL_USERS. With `port`, clients find it there (a
+    worker started before its broker already knows the address); else a free port.
     """
     lib = fetch_jars()
     workdir = Path(workdir or tempfile.mkdtemp(prefix="kafka-"))
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
-    port, controller_port = free_port(), free_port()
+    port, controller_port = port or free_port(), free_port()
     props = workdir / "server.properties"
     settings = {**(_sasl_properties(port, controller_port) if sasl else {}), **(extra or {})}
     props.write_text(_properties(workdir, port, controller_port, settings))

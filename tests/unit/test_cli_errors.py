@@ -58,7 +58,7 @@ def test_an_unreachable_broker_fails_start_with_one_clear_line(tmp_path):
     (tmp_path / "h.py").write_text("def handle(batch):\n    pass\n")
     result = run_worker(
         tmp_path,
-        '[source]\ntopics = ["t"]\nbootstrap_servers = ["127.0.0.1:1"]\n'
+        '[source]\ntopics = ["t"]\nbootstrap_servers = ["127.0.0.1:1"]\nconnect_timeout_s = 0\n'
         '[handler]\ntarget = "h:handle"\n[metrics]\nenabled = false\n',
     )
     assert result.returncode == 1

@@ -29,6 +29,12 @@ from worker.destinations.base import DestinationError, FailureEvent
 from worker.encoding import b64
 from worker.errors import StartError
 from worker.records import Record
+from worker.sources.kafka.preflight import (
+    AuthRefused,
+    BrokerUnreachable,
+    servers_of,
+    topics_missing_at,
+)
 
 log = logging.getLogger("worker.destinations.kafka")
 
@@ -89,17 +95,45 @@ def envelope(event: FailureEvent, r: Record, limit: int) -> bytes:
 
 class KafkaDestination:
     def __init__(
-        self, topic: str, connection: dict[str, Any], timeout_s: float, truncated: Counter
+        self,
+        topic: str,
+        connection: dict[str, Any],
+        timeout_s: float,
+        truncated: Counter,
+        connect_timeout_s: float = 60,
     ) -> None:
         self.topic = topic
         self.name = f"kafka://{topic}"
         self._connection = connection
         self._timeout_s = timeout_s
+        self._connect_timeout_s = connect_timeout_s
         self._truncated = truncated.labels(self.name)
         self._producer: AIOKafkaProducer | None = None
         self._max_bytes: int | None = None
 
+    async def check(self) -> None:
+        """The broker answers (waited for) and has the topic: a dead-letter topic that does
+        not exist would fail every send, each after a timeout, long after the start."""
+        where, servers = f"errors.on_failure {self.name}", servers_of(self._connection)
+        try:
+            missing = await topics_missing_at(
+                self._connection, [self.topic], self._connect_timeout_s, where
+            )
+        except AuthRefused:
+            raise StartError(f"{where}: {servers} refused the credentials") from None
+        except BrokerUnreachable as exc:
+            raise StartError(
+                f"{where}: {exc} (waited up to source.connect_timeout_s = "
+                f"{self._connect_timeout_s:g})"
+            ) from None
+        if missing:
+            raise StartError(
+                f"{where}: topic {missing[0]} at {servers}: create it first "
+                "(the worker never creates topics), or correct the name"
+            )
+
     async def start(self) -> None:
+        await self.check()
         self._producer = AIOKafkaProducer(
             **self._connection,
             acks="all",
@@ -138,7 +172,17 @@ class KafkaDestination:
                     await (await self._producer.send(self.topic, value, key=r.key,
                                                      headers=headers))  # fmt: skip
         except (KafkaError, TimeoutError) as exc:
-            raise DestinationError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            raise DestinationError(f"{self.name}: {self._reason(exc)}") from exc
+
+    def _reason(self, exc: BaseException) -> str:
+        """The error as a line that says something even when its message is empty."""
+        text = str(exc).strip()
+        if isinstance(exc, TimeoutError) and not text:
+            text = (
+                f"no acknowledgement from {servers_of(self._connection)} within "
+                f"errors.on_failure_timeout_s = {self._timeout_s:g} s"
+            )
+        return f"{type(exc).__name__}: {text or 'no message (see the client log above)'}"
 
     def _message(
         self, event: FailureEvent, r: Record, limit: int

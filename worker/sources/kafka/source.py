@@ -27,6 +27,7 @@ from worker.sources.base import (
 )
 from worker.sources.kafka.config import KafkaSourceConfig
 from worker.sources.kafka.notes import CommitNotes
+from worker.sources.kafka.preflight import check_source
 from worker.sources.kafka.reach import BrokerProbe, Reachability
 from worker.sources.kafka.record import TRAITS
 from worker.sources.kafka.security import (
@@ -131,6 +132,7 @@ class KafkaSource:
         self._reach = Reachability(on_change=away.set)
 
     async def start(self, listener: AssignmentListener) -> None:
+        await check_source(self._config)  # else aiokafka waits on a missing topic for ever
         self._consumer.subscribe(self._config.topics, listener=_RebalanceBridge(self, listener))
         with watch_for_auth_failure() as watch:
             try:
