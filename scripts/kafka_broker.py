@@ -164,21 +164,17 @@ def _sasl_properties(port: int, controller_port: int) -> dict[str, str]:
 
 
 def start(
-    workdir: Path | None = None,
-    extra: dict[str, str] | None = None,
-    sasl: bool = False,
-    port: int | None = None,
+    workdir: Path | None = None, extra: dict[str, str] | None = None, sasl: bool = False
 ) -> Broker:
     """Format a fresh KRaft log dir and start the broker; return once it accepts clients.
 
     With `sasl`, the client listener is SASL_PLAINTEXT with PLAIN, SCRAM-SHA-256 and
-    SCRAM-SHA-512 for the users in SASL_USERS. With `port`, clients find it there (a
-    worker started before its broker already knows the address); else a free port.
+    SCRAM-SHA-512 for the users in SASL_USERS.
     """
     lib = fetch_jars()
     workdir = Path(workdir or tempfile.mkdtemp(prefix="kafka-"))
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
-    port, controller_port = port or free_port(), free_port()
+    port, controller_port = free_port(), free_port()
     props = workdir / "server.properties"
     settings = {**(_sasl_properties(port, controller_port) if sasl else {}), **(extra or {})}
     props.write_text(_properties(workdir, port, controller_port, settings))
@@ -194,8 +190,23 @@ def start(
          "-t", _cluster_id(), "-c", str(props), *scram],
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
+    return _launch(lib, workdir, port)
+
+
+def restart(workdir: Path) -> Broker:
+    """Start again the broker `start` made in `workdir` (stopped since): same port, same data.
+
+    For a broker that comes up after its clients: they know its address, and the topics
+    and the group coordinator they need were made while it first ran.
+    """
+    port = int((workdir / "bootstrap").read_text().rpartition(":")[2])
+    return _launch(fetch_jars(), workdir, port)
+
+
+def _launch(lib: Path, workdir: Path, port: int) -> Broker:
+    props = workdir / "server.properties"
     heap = ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"]
-    with (workdir / "logs" / "stdout").open("wb") as out:
+    with (workdir / "logs" / "stdout").open("ab") as out:
         proc = subprocess.Popen(
             [*_java(lib, workdir, heap), "kafka.Kafka", str(props)],
             stdout=out,
