@@ -32,6 +32,7 @@ from worker.records import Record
 from worker.sources.kafka.preflight import (
     AuthRefused,
     BrokerUnreachable,
+    described,
     servers_of,
     topics_missing_at,
 )
@@ -172,17 +173,8 @@ class KafkaDestination:
                     await (await self._producer.send(self.topic, value, key=r.key,
                                                      headers=headers))  # fmt: skip
         except (KafkaError, TimeoutError) as exc:
-            raise DestinationError(f"{self.name}: {self._reason(exc)}") from exc
-
-    def _reason(self, exc: BaseException) -> str:
-        """The error as a line that says something even when its message is empty."""
-        text = str(exc).strip()
-        if isinstance(exc, TimeoutError) and not text:
-            text = (
-                f"no acknowledgement from {servers_of(self._connection)} within "
-                f"errors.on_failure_timeout_s = {self._timeout_s:g} s"
-            )
-        return f"{type(exc).__name__}: {text or 'no message (see the client log above)'}"
+            reason = failure_reason(exc, servers_of(self._connection), self._timeout_s)
+            raise DestinationError(f"{self.name}: {reason}") from exc
 
     def _message(
         self, event: FailureEvent, r: Record, limit: int
@@ -237,6 +229,23 @@ class KafkaDestination:
     async def stop(self) -> None:
         if self._producer is not None:
             await self._producer.stop()
+
+
+def failure_reason(exc: BaseException, servers: str, timeout_s: float) -> str:
+    """The error as a line that says something even when its message is empty.
+
+    `asyncio.timeout` raises a bare TimeoutError: `destination_failed` said only
+    "TimeoutError: ", so what timed out, and where, is said here.
+    """
+    text = described(exc)
+    if isinstance(exc, TimeoutError) and text == type(exc).__name__:
+        return (
+            f"TimeoutError: no acknowledgement from {servers} within "
+            f"errors.on_failure_timeout_s = {timeout_s:g} s"
+        )
+    if text == type(exc).__name__:
+        return f"{text}: no message (the client's log lines above say more)"
+    return text
 
 
 def _too_large(result: Any) -> bool:

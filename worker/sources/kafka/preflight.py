@@ -60,9 +60,9 @@ class AuthRefused(Exception):
 
 
 def described(exc: BaseException) -> str:
-    """`Type: message` once (aiokafka's messages often start with their type already)."""
+    """`Type: message`, the type once (aiokafka's messages often hold it already)."""
     name, text = type(exc).__name__, str(exc).strip()
-    return text if text.startswith(name) else f"{name}: {text}".rstrip(": ")
+    return text if name in text else f"{name}: {text}".rstrip(": ")
 
 
 def servers_of(connection: Mapping[str, Any]) -> str:
