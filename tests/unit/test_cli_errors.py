@@ -45,6 +45,9 @@ def test_a_handler_that_fails_to_import_stops_the_start_with_module_and_reason(t
     assert "'broken_handler'" in result.stderr
     assert "ModuleNotFoundError: No module named 'no_such_dependency_abc'" in result.stderr
     assert "Traceback" not in result.stderr
+    # the handler is loaded before any Kafka client exists: none is left unclosed
+    assert "Unclosed" not in result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_a_missing_function_in_the_handler_module_is_named(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -143,6 +144,9 @@ class KafkaSource:
                     raise SourceStartError(auth_failure_message(self._config)) from None
                 servers = ",".join(self._config.bootstrap_servers)
                 raise SourceStartError(f"kafka: cannot connect to {servers}: {exc}") from None
+            except asyncio.CancelledError:  # SIGTERM while joining: leave nothing open
+                await self._consumer.stop()
+                raise
             except UnknownTopicOrPartitionError:
                 await self._consumer.stop()
                 raise SourceStartError(
