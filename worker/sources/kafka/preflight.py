@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka.client import AIOKafkaClient
@@ -74,7 +74,6 @@ async def connected_client(
     connection: Mapping[str, Any],
     timeout_s: float,
     what: str,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> AIOKafkaClient:
     """A bootstrapped client (the caller closes it), tried until `timeout_s` has passed.
 
@@ -113,7 +112,7 @@ async def connected_client(
             "event=broker_wait for=%r attempt=%d servers=%s error=%r retry_in_s=%.1f "
             "gives_up_in_s=%.0f", what, attempt, servers_of(connection), reason, delay, left,
         )  # fmt: skip
-        await sleep(delay)
+        await asyncio.sleep(delay)
 
 
 async def missing_topics(client: AIOKafkaClient, topics: Sequence[str]) -> list[str]:
@@ -123,7 +122,17 @@ async def missing_topics(client: AIOKafkaClient, topics: Sequence[str]) -> list[
     otherwise make the misspelt topic. A topic still electing its leader exists.
     """
     request = MetadataRequest(list(topics), allow_auto_topic_creation=False)
-    response = await client.send(client.get_random_node(), request)
+    response, reason = None, "the cluster's metadata named no broker"
+    for broker in client.cluster.brokers():  # a node just stopped may still be listed
+        try:
+            async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+                response = await client.send(broker.nodeId, request)
+            break
+        except (KafkaError, OSError, TimeoutError) as exc:
+            reason = described(exc)
+    if response is None:
+        nodes = ",".join(f"{b.host}:{b.port}" for b in client.cluster.brokers())
+        raise BrokerUnreachable(f"no broker of {nodes} answered a metadata request: {reason}")
     missing = []
     for error_code, topic, *_ in response.topics:
         error = for_code(error_code)
