@@ -120,7 +120,11 @@ def _invoke(args: argparse.Namespace, config: WorkerConfig) -> int:
     from worker.handling.handler import HandlerLoadError
     from worker.lambda_compat.local import invoke_once
 
-    raw = sys.stdin.buffer.read() if args.event == "-" else Path(args.event).read_bytes()
+    try:
+        raw = sys.stdin.buffer.read() if args.event == "-" else Path(args.event).read_bytes()
+    except OSError as exc:
+        print(f"error: --event {args.event}: cannot read it: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         event = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
