@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import subprocess
 import sys
 import time
@@ -325,6 +326,9 @@ async def test_an_unwritable_dlq_holds_the_partition_and_recovers_once_writable(
         assert await committed_offsets(kafka, group, topic) == {0: 10}
         assert set(handler.handled) == set(range(10))  # 20..29 wait behind the failure
         assert "event=destination_failed" in caplog.text
+        # each failure says why, even when the client's exception has no message
+        reasons = re.findall(rf"error=.kafka://{dlq}: ([^'\"]*)", caplog.text)
+        assert reasons and all(" " in r and not r.endswith(": ") for r in reasons), reasons
         await create_again(kafka, dlq)
         await wait_fully_committed(kafka, group, topic, 1)
     dead = await read_all(kafka, dlq)
