@@ -194,8 +194,23 @@ def start(
          "-t", _cluster_id(), "-c", str(props), *scram],
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
+    return _launch(lib, workdir, port)
+
+
+def restart(workdir: Path) -> Broker:
+    """Start again the broker `start` made in `workdir` (stopped since): same port, same data.
+
+    For a broker that comes up after its clients: they know its address, and the topics
+    and the group coordinator they need were made while it first ran.
+    """
+    port = int((workdir / "bootstrap").read_text().rpartition(":")[2])
+    return _launch(fetch_jars(), workdir, port)
+
+
+def _launch(lib: Path, workdir: Path, port: int) -> Broker:
+    props = workdir / "server.properties"
     heap = ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"]
-    with (workdir / "logs" / "stdout").open("wb") as out:
+    with (workdir / "logs" / "stdout").open("ab") as out:
         proc = subprocess.Popen(
             [*_java(lib, workdir, heap), "kafka.Kafka", str(props)],
             stdout=out,

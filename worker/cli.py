@@ -1,4 +1,9 @@
-"""The `worker` command: run, check-config, status, lag, invoke, event, redrive, dlq."""
+"""The `worker` command: run, check-config, status, lag, invoke, event, redrive, dlq.
+
+Every failure is one `error:` (or `config error:`) line on stderr, never a traceback.
+Exit status: 0 done, 1 a runtime failure (a broker, a topic, a port, the handler
+raising), 2 the configuration or the command line is wrong.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from worker.config import WorkerConfig
 from worker.config_load import ConfigError, load_config
 from worker.destinations import dlq_view
 
+EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 
 
@@ -34,14 +40,20 @@ def _parser() -> argparse.ArgumentParser:
         return cmd
 
     with_config("run", "run the worker until SIGTERM/SIGINT")
-    with_config("check-config", "validate and print the effective configuration")
+    cc = with_config("check-config", "validate and print the effective configuration")
+    cc.add_argument(
+        "--connect",
+        action="store_true",
+        help="also ask the broker that the source and on-failure topics exist",
+    )
     inv = with_config("invoke", "call the handler once with a Lambda-shaped event")
     inv.add_argument("--event", required=True, help="event JSON file, or - for standard input")
-    ev = sub.add_parser("event", help="print a sample Lambda event to start from")
-    ev.add_argument("kind", choices=["kafka", "kinesis"])
+    ev = with_config("event", "print a sample Lambda event to start from")
+    ev.add_argument("kind", nargs="?", choices=["kafka", "kinesis"],
+                    help="without --config; with it, the configured source's")  # fmt: skip
     ev.add_argument("--value", default='{"device_id": "dev-00001", "temperature": 21.5}')
     ev.add_argument("--key", default=None)
-    ev.add_argument("--topic", default="telemetry", help="topic (kafka) or stream name (kinesis)")
+    ev.add_argument("--topic", help="topic (kafka) or stream name (kinesis); default telemetry")
     ev.add_argument("--partition", type=int, default=0)
     st = sub.add_parser("status", help="print a running worker's state")
     st.add_argument("--url", default="http://127.0.0.1:9108", help="the worker's metrics address")
@@ -104,7 +116,11 @@ def _invoke(args: argparse.Namespace, config: WorkerConfig) -> int:
     from worker.handling.handler import HandlerLoadError
     from worker.lambda_compat.local import invoke_once
 
-    raw = sys.stdin.buffer.read() if args.event == "-" else Path(args.event).read_bytes()
+    try:
+        raw = sys.stdin.buffer.read() if args.event == "-" else Path(args.event).read_bytes()
+    except OSError as exc:
+        print(f"error: --event {args.event}: cannot read it: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         event = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -141,6 +157,59 @@ def _status(url: str) -> int:
     return 0
 
 
+def _event(args: argparse.Namespace) -> int:
+    from worker.lambda_compat.local import configured_event, sample_event
+
+    if args.config is None and not args.overrides:
+        event = sample_event(args.kind or "kafka", args.value, args.key,
+                             args.topic or "telemetry", args.partition)  # fmt: skip
+    elif args.kind is not None or args.topic is not None:
+        print("error: worker event --config: the kind and topic are the config's; "
+              "leave out KIND and --topic", file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
+    else:
+        event = configured_event(_load(args), args.value, args.key, args.partition)
+    print(json.dumps(event, indent=2))
+    return 0
+
+
+async def _reach(config: WorkerConfig) -> None:
+    """What `run` checks against the broker before it starts, without starting."""
+    from worker.destinations import make_destination
+    from worker.destinations.kafka import KafkaDestination
+    from worker.errors import StartError
+    from worker.observe.metrics import Metrics
+    from worker.sources.kafka.config import KafkaSourceConfig
+    from worker.sources.kafka.preflight import check_source
+
+    if not isinstance(config.source, KafkaSourceConfig):
+        raise StartError(f"source.kind = {config.source.kind!r}: --connect checks kafka only")
+    await check_source(config.source)
+    destination = make_destination(config, Metrics())
+    if isinstance(destination, KafkaDestination):
+        await destination.check()
+
+
+def _check_config(args: argparse.Namespace, config: WorkerConfig) -> int:
+    import asyncio
+
+    from worker.errors import StartError
+    from worker.handling.handler import HandlerLoadError, load_handler
+
+    try:
+        load_handler(config.handler.target)
+    except HandlerLoadError as exc:
+        return _fail([str(exc)])
+    if args.connect:
+        try:
+            asyncio.run(_reach(config))
+        except StartError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_RUNTIME
+    print(json.dumps(config.model_dump(mode="json"), indent=2))
+    return 0
+
+
 def _lag(config: WorkerConfig) -> int:
     import asyncio
 
@@ -151,7 +220,7 @@ def _lag(config: WorkerConfig) -> int:
         return _fail([f"source.kind = {config.source.kind!r}: `worker lag` reads kafka groups"])
     try:
         rows = asyncio.run(group_lag(config.source))
-    except ConnectionError as exc:
+    except (ConnectionError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"group {config.source.group_id}")
@@ -175,14 +244,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "run":  # client libraries' lines would crowd the one error line
+        logging.getLogger().addHandler(logging.NullHandler())
     if args.command == "status":
         return _status(args.url)
     if args.command == "event":
-        from worker.lambda_compat.local import sample_event
-
-        event = sample_event(args.kind, args.value, args.key, args.topic, args.partition)
-        print(json.dumps(event, indent=2))
-        return 0
+        try:
+            return _event(args)
+        except ConfigError as exc:
+            return _fail(exc.problems)
     if args.command == "dlq":
         return dlq_view.run(args)
     if args.command == "redrive":
@@ -202,12 +272,11 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "lag":
         return _lag(config)
     if args.command == "check-config":
-        try:
-            load_handler(config.handler.target)
-        except HandlerLoadError as exc:
-            return _fail([str(exc)])
-        print(json.dumps(config.model_dump(mode="json"), indent=2))
-        return 0
+        return _check_config(args, config)
+    try:  # before any client exists: a bad target leaves no unclosed consumer behind
+        load_handler(config.handler.target)
+    except HandlerLoadError as exc:
+        return _fail([str(exc)])
 
     from worker.errors import StartError
     from worker.observe import logs

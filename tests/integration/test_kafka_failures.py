@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import subprocess
 import sys
 import time
@@ -15,6 +16,8 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import TopicAlreadyExistsError
 
 from tests.integration.kafka_helpers import (
     ROOT,
@@ -275,12 +278,32 @@ async def test_partial_batch_response_reinvokes_exactly_the_right_records(
     assert calls == [list(range(10)), second_call, list(range(10, 20))]
 
 
+async def delete_topic(bootstrap: str, name: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([name])
+    finally:
+        await admin.close()
+
+
+async def create_again(bootstrap: str, name: str, timeout_s: float = 30) -> None:
+    """Create a topic just deleted: the broker refuses while the deletion is still going."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await create_topic(bootstrap, name, 1)
+        except TopicAlreadyExistsError:
+            assert time.monotonic() < deadline, f"{name} is still being deleted"
+            await asyncio.sleep(0.2)
+
+
 async def test_an_unwritable_dlq_holds_the_partition_and_recovers_once_writable(
     kafka: str, caplog: pytest.LogCaptureFixture
 ):
     topic, dlq, group = unique("tel"), unique("dlq-later"), unique("g")
     await create_topic(kafka, topic, 1)
-    await produce_numbered(kafka, topic, 30, 1)
+    await create_topic(kafka, dlq, 1)  # the start checks it exists; it goes away below
     handler = PoisonHandler(poison={12})
     cfg = config(
         kafka, topic, group,
@@ -293,6 +316,8 @@ async def test_an_unwritable_dlq_holds_the_partition_and_recovers_once_writable(
         },
     )  # fmt: skip
     async with running(cfg, handler) as worker:
+        await delete_topic(kafka, dlq)
+        await produce_numbered(kafka, topic, 30, 1)
         failures = worker.metrics.destination_failures.labels("kafka", f"kafka://{dlq}")
         deadline = time.monotonic() + 60
         while failures._value.get() < 2:  # it keeps trying, and logs each failure
@@ -301,7 +326,10 @@ async def test_an_unwritable_dlq_holds_the_partition_and_recovers_once_writable(
         assert await committed_offsets(kafka, group, topic) == {0: 10}
         assert set(handler.handled) == set(range(10))  # 20..29 wait behind the failure
         assert "event=destination_failed" in caplog.text
-        await create_topic(kafka, dlq, 1)
+        # each failure says why, even when the client's exception has no message
+        reasons = re.findall(rf"error=.kafka://{dlq}: ([^'\"]*)", caplog.text)
+        assert reasons and all(" " in r and not r.endswith(": ") for r in reasons), reasons
+        await create_again(kafka, dlq)
         await wait_fully_committed(kafka, group, topic, 1)
     dead = await read_all(kafka, dlq)
     assert sorted(orjson.loads(r.value)["i"] for r in dead) == list(range(10, 20))

@@ -67,7 +67,14 @@ def test_compose_binary_accepts_the_stack():
     result = run(str(binary), "-f", "compose.yaml", "config", "--quiet")
     assert result.returncode == 0, result.stdout + result.stderr
     services = run(str(binary), "-f", "compose.yaml", "--profile", "load", "config", "--services")
-    assert set(services.stdout.split()) == {"kafka", "worker", "prometheus", "grafana", "producer"}
+    assert set(services.stdout.split()) == {
+        "kafka",
+        "topics",
+        "worker",
+        "prometheus",
+        "grafana",
+        "producer",
+    }
 
 
 def test_prometheus_config_and_alert_rules_are_valid():

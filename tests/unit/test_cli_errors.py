@@ -45,6 +45,9 @@ def test_a_handler_that_fails_to_import_stops_the_start_with_module_and_reason(t
     assert "'broken_handler'" in result.stderr
     assert "ModuleNotFoundError: No module named 'no_such_dependency_abc'" in result.stderr
     assert "Traceback" not in result.stderr
+    # the handler is loaded before any Kafka client exists: none is left unclosed
+    assert "Unclosed" not in result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_a_missing_function_in_the_handler_module_is_named(tmp_path):
@@ -58,7 +61,7 @@ def test_an_unreachable_broker_fails_start_with_one_clear_line(tmp_path):
     (tmp_path / "h.py").write_text("def handle(batch):\n    pass\n")
     result = run_worker(
         tmp_path,
-        '[source]\ntopics = ["t"]\nbootstrap_servers = ["127.0.0.1:1"]\n'
+        '[source]\ntopics = ["t"]\nbootstrap_servers = ["127.0.0.1:1"]\nconnect_timeout_s = 0\n'
         '[handler]\ntarget = "h:handle"\n[metrics]\nenabled = false\n',
     )
     assert result.returncode == 1

@@ -35,7 +35,7 @@ def _run(tmp_path: Path, metrics_port: int, errors: str = "") -> subprocess.Comp
     config = tmp_path / "w.toml"
     config.write_text(
         f'[source]\nbootstrap_servers = ["127.0.0.1:{_free_port()}"]\ntopics = ["t"]\n'
-        f'group_id = "g"\n[handler]\ntarget = "json:dumps"\n'
+        f'group_id = "g"\nconnect_timeout_s = 1\n[handler]\ntarget = "json:dumps"\n'
         f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n{errors}'
     )
     return subprocess.run(
@@ -59,13 +59,19 @@ def test_a_metrics_port_in_use_is_one_line_naming_it(tmp_path: Path, busy_port: 
 
 
 def test_an_unreachable_dead_letter_broker_is_one_line_naming_it(tmp_path: Path):
-    line = _one_error_line(_run(tmp_path, 0, '[errors]\non_failure = "kafka://dlq"\n'))
+    done = _run(tmp_path, 0, '[errors]\non_failure = "kafka://dlq"\n')
+    line = _one_error_line(done)
     assert "errors.on_failure kafka://dlq: cannot connect to 127.0.0.1:" in line
+    assert "connect_timeout_s = 1" in line
+    assert "event=broker_wait for='errors.on_failure kafka://dlq' attempt=1 " in done.stdout
 
 
 def test_an_unreachable_source_broker_is_one_line_naming_it(tmp_path: Path):
-    line = _one_error_line(_run(tmp_path, 0))
-    assert "kafka: cannot connect to 127.0.0.1:" in line
+    done = _run(tmp_path, 0)
+    line = _one_error_line(done)
+    assert "kafka: cannot connect to 127.0.0.1:" in line and "connect_timeout_s = 1" in line
+    attempts = done.stdout.count("event=broker_wait for='source' attempt=")
+    assert attempts >= 2, done.stdout  # retried with backoff, one line per attempt
 
 
 def test_output_cut_short_by_its_reader_is_not_a_traceback():

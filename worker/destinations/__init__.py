@@ -19,11 +19,13 @@ def make_destination(config: WorkerConfig, metrics: Metrics) -> Destination | No
 
         # A Kafka source's servers and security; from another source, the default servers.
         source = config.source if isinstance(config.source, KafkaSourceConfig) else None
+        settings = source or KafkaSourceConfig(topics=["-"])
         return KafkaDestination(
             target.removeprefix("kafka://"),
-            client_kwargs(source or KafkaSourceConfig(topics=["-"])),
+            client_kwargs(settings),
             config.errors.on_failure_timeout_s,
             metrics.dead_letter_truncated,
+            settings.connect_timeout_s,
         )
     if target.startswith("kinesis://"):
         from worker.destinations.kinesis import KinesisDestination

@@ -32,6 +32,13 @@ from worker.destinations.base import DestinationError, FailureEvent
 from worker.encoding import b64
 from worker.errors import StartError
 from worker.records import Record
+from worker.sources.kafka.preflight import (
+    AuthRefused,
+    BrokerUnreachable,
+    described,
+    servers_of,
+    topics_missing_at,
+)
 
 log = logging.getLogger("worker.destinations.kafka")
 
@@ -96,17 +103,45 @@ def envelope(event: FailureEvent, r: Record, limit: int) -> bytes:
 
 class KafkaDestination:
     def __init__(
-        self, topic: str, connection: dict[str, Any], timeout_s: float, truncated: Counter
+        self,
+        topic: str,
+        connection: dict[str, Any],
+        timeout_s: float,
+        truncated: Counter,
+        connect_timeout_s: float = 60,
     ) -> None:
         self.topic = topic
         self.name = f"kafka://{topic}"
         self._connection = connection
         self._timeout_s = timeout_s
+        self._connect_timeout_s = connect_timeout_s
         self._truncated = truncated.labels(self.name)
         self._producer: AIOKafkaProducer | None = None
         self._max_bytes: int | None = None
 
+    async def check(self) -> None:
+        """The broker answers (waited for) and has the topic: a dead-letter topic that does
+        not exist would fail every send, each after a timeout, long after the start."""
+        where, servers = f"errors.on_failure {self.name}", servers_of(self._connection)
+        try:
+            missing = await topics_missing_at(
+                self._connection, [self.topic], self._connect_timeout_s, where
+            )
+        except AuthRefused:
+            raise StartError(f"{where}: {servers} refused the credentials") from None
+        except BrokerUnreachable as exc:
+            raise StartError(
+                f"{where}: {exc} (waited up to source.connect_timeout_s = "
+                f"{self._connect_timeout_s:g})"
+            ) from None
+        if missing:
+            raise StartError(
+                f"{where}: topic {missing[0]} at {servers}: create it first "
+                "(the worker never creates topics), or correct the name"
+            )
+
     async def start(self) -> None:
+        await self.check()
         self._producer = AIOKafkaProducer(
             **self._connection,
             acks="all",
@@ -145,7 +180,8 @@ class KafkaDestination:
                     await (await self._producer.send(self.topic, value, key=r.key,
                                                      headers=headers))  # fmt: skip
         except (KafkaError, TimeoutError) as exc:
-            raise DestinationError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            reason = failure_reason(exc, servers_of(self._connection), self._timeout_s)
+            raise DestinationError(f"{self.name}: {reason}") from exc
 
     def _message(
         self, event: FailureEvent, r: Record, limit: int
@@ -200,6 +236,23 @@ class KafkaDestination:
     async def stop(self) -> None:
         if self._producer is not None:
             await self._producer.stop()
+
+
+def failure_reason(exc: BaseException, servers: str, timeout_s: float) -> str:
+    """The error as a line that says something even when its message is empty.
+
+    `asyncio.timeout` raises a bare TimeoutError: `destination_failed` said only
+    "TimeoutError: ", so what timed out, and where, is said here.
+    """
+    text = described(exc)
+    if isinstance(exc, TimeoutError) and text == type(exc).__name__:
+        return (
+            f"TimeoutError: no acknowledgement from {servers} within "
+            f"errors.on_failure_timeout_s = {timeout_s:g} s"
+        )
+    if text == type(exc).__name__:
+        return f"{text}: no message (the client's log lines above say more)"
+    return text
 
 
 def _too_large(result: Any) -> bool:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from worker.destinations.dlq_read import records_to_end
 from worker.destinations.kafka import HEADER_PREFIX
@@ -28,8 +29,18 @@ from worker.destinations.topics import (
     parse_since,
     topic_partitions,
 )
+from worker.sources.kafka.preflight import (
+    AuthRefused,
+    BrokerUnreachable,
+    described,
+    servers_of,
+    topics_missing_at,
+)
 
 __all__ = ["RedriveReport", "kafka_topic", "parse_since", "redrive", "topic_partitions"]
+
+#: A command run by hand: a broker that does not answer soon is reported, not waited for.
+REDRIVE_CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -54,14 +65,47 @@ async def redrive(
     to_topic: str,
     since_ms: int | None = None,
     limit: int | None = None,
+    connect_timeout_s: float = REDRIVE_CONNECT_TIMEOUT_S,
 ) -> RedriveReport:
-    await topic_partitions(bootstrap, from_topic)  # ValueError before anything is sent
-    producer = AIOKafkaProducer(**connection_of(bootstrap), acks="all")
+    connection = connection_of(bootstrap)
+    await _both_exist(connection, from_topic, to_topic, connect_timeout_s)
+    try:
+        return await _move(connection, from_topic, to_topic, since_ms, limit)
+    except KafkaError as exc:  # one line for the operator, not the client's traceback
+        raise ValueError(f"redrive kafka://{from_topic} -> kafka://{to_topic}: "
+                         f"{described(exc)}") from None  # fmt: skip
+
+
+async def _both_exist(
+    connection: dict[str, Any], from_topic: str, to_topic: str, timeout_s: float
+) -> None:
+    """Before reading anything: a missing target would fail each send after a timeout."""
+    try:
+        missing = await topics_missing_at(connection, [from_topic, to_topic], timeout_s, "redrive")
+    except BrokerUnreachable as exc:
+        raise ValueError(f"redrive: {exc}") from None
+    except AuthRefused as exc:
+        raise ValueError(f"redrive: {exc} refused the credentials") from None
+    if missing:
+        raise ValueError(
+            f"redrive: {', '.join('kafka://' + m for m in missing)} at "
+            f"{servers_of(connection)}: create it first, or correct the name"
+        )
+
+
+async def _move(
+    connection: dict[str, Any],
+    from_topic: str,
+    to_topic: str,
+    since_ms: int | None,
+    limit: int | None,
+) -> RedriveReport:
+    producer = AIOKafkaProducer(**connection, acks="all")
     await producer.start()
     report = RedriveReport()
     try:
         acks = []
-        records = records_to_end(bootstrap, from_topic, since_ms)
+        records = records_to_end(connection, from_topic, since_ms)
         async with contextlib.aclosing(records):
             async for r in records:
                 if limit is not None and report.moved >= limit:

@@ -17,6 +17,7 @@ from worker.encoding import unb64
 from worker.handling.handler import is_coroutine_callable, load_handler
 from worker.lambda_compat.context import ContextFactory
 from worker.lambda_compat.events import kafka_event, kinesis_event
+from worker.lambda_compat.shapes import SHAPES
 from worker.records import Batch
 from worker.sources.memory import MemoryRecord
 
@@ -37,6 +38,19 @@ def sample_event(
     )  # fmt: skip
     arn = f"arn:aws:kinesis:us-east-1:000000000000:stream/{topic}"
     return kinesis_event([record], "us-east-1", arn, "arn:aws:iam::000000000000:role/worker")
+
+
+def configured_event(
+    config: WorkerConfig, value: str, key: str | None, partition: int = 0
+) -> dict[str, Any]:
+    """The event the configured worker would build for one record of its own source."""
+    shape = SHAPES[config.source.kind]
+    record = MemoryRecord(
+        shape.sample_name(config), partition, 0, key.encode() if key is not None else None,
+        value.encode(), int(time.time() * 1000),
+        sequence_number=SAMPLE_SEQUENCE, shard_id="shardId-000000000000",
+    )  # fmt: skip
+    return shape.events(config)([record])
 
 
 def batch_from_event(event: dict[str, Any]) -> Batch:

@@ -32,6 +32,8 @@ class Shape:
     document: Callable[[Record], dict[str, Any]]
     #: The field that holds the decoded value in that document.
     body: str
+    #: The topic or stream a sample event (`worker event --config`) names.
+    sample_name: Callable[[WorkerConfig], str]
 
 
 def _kafka_events(config: WorkerConfig) -> EventBuilder:
@@ -42,7 +44,11 @@ def _kafka_events(config: WorkerConfig) -> EventBuilder:
 
 def _kinesis_events(config: WorkerConfig) -> EventBuilder:
     region = config.handler.aws_region
-    arn = config.source.event_source_arn or f"arn:aws:kinesis:{region}:000000000000:stream/unknown"
+    arn = (
+        config.source.event_source_arn
+        or getattr(config.source, "stream_arn", None)
+        or f"arn:aws:kinesis:{region}:000000000000:stream/{_kinesis_name(config)}"
+    )
     role = f"arn:aws:iam::000000000000:role/{config.handler.function_name}"
     return lambda records: kinesis_event(records, region, arn, role)
 
@@ -73,8 +79,19 @@ def _kinesis_document(r: Any) -> dict[str, Any]:
     }
 
 
-KAFKA = Shape(_kafka_events, kafka_failed_indexes, _kafka_document, "value")
-KINESIS = Shape(_kinesis_events, kinesis_failed_indexes, _kinesis_document, "data")
+def _kafka_name(config: WorkerConfig) -> str:
+    topics: Sequence[str] = getattr(config.source, "topics", ())
+    return topics[0] if topics else "topic"
+
+
+def _kinesis_name(config: WorkerConfig) -> str:
+    name = getattr(config.source, "stream_name", None)
+    arn = getattr(config.source, "stream_arn", None)
+    return name or (arn.rpartition("/")[2] if arn else "stream")
+
+
+KAFKA = Shape(_kafka_events, kafka_failed_indexes, _kafka_document, "value", _kafka_name)
+KINESIS = Shape(_kinesis_events, kinesis_failed_indexes, _kinesis_document, "data", _kinesis_name)
 SHAPES = {"kafka": KAFKA, "memory": KAFKA, "kinesis": KINESIS}
 
 

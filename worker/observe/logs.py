@@ -129,6 +129,27 @@ def _say_folded(kind: tuple[str, int, str], held: int, over_s: float) -> None:
     )  # fmt: skip
 
 
+#: aiokafka lines it logs as ERROR for a condition it retries and that passes by itself: a
+#: fresh broker creates its offsets topic on the first group's lookup, so every first start
+#: logged "Group Coordinator Request failed: [Error 15] CoordinatorNotAvailableError".
+TRANSIENT_TEMPLATES = frozenset({"Group Coordinator Request failed: %s"})
+
+
+class DemoteTransient(logging.Filter):
+    """Shows a client library's ERROR about a retriable error it retries as INFO.
+
+    Only a line in `TRANSIENT_TEMPLATES` whose error says it is retriable: the same
+    sentence with a fatal error stays an ERROR.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and record.msg in TRANSIENT_TEMPLATES:
+            args = record.args if isinstance(record.args, tuple) else ()
+            if args and getattr(args[0], "retriable", False):
+                record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 _fold = FoldRepeats()
 
 
@@ -139,6 +160,7 @@ def flush_folded() -> None:
 
 def setup(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(DemoteTransient())
     handler.addFilter(_fold)
     if fmt == "json":
         formatter: logging.Formatter = JsonFormatter()

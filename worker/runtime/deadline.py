@@ -11,11 +11,13 @@ that ends it a little after the budget, whatever the event loop is doing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 log = logging.getLogger("worker")
 
@@ -80,3 +82,23 @@ class Backstop:
                   "process; uncommitted work will be redone'", after_s, code)  # fmt: skip
         logging.shutdown()
         os._exit(code)
+
+
+async def unless_stopped(step: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
+    """Run `step`, cut short (cancelled) the moment `stop` is set.
+
+    The start can wait a long time (a broker not up yet, `source.connect_timeout_s`): a
+    SIGTERM then must end that wait at once, not after it, and not as an error.
+    """
+    running = asyncio.ensure_future(step)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not running.done():
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+    if not running.cancelled():
+        running.result()  # its error, if it failed

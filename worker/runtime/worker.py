@@ -34,7 +34,7 @@ from worker.runtime.build import (
     warn_about_failures,
 )
 from worker.runtime.committer import Committer
-from worker.runtime.deadline import Deadline, bounded
+from worker.runtime.deadline import Deadline, bounded, unless_stopped
 from worker.runtime.tasks import TaskSupervisor
 from worker.sources import make_source
 from worker.sources.base import Source, SourceFailed
@@ -89,7 +89,7 @@ class Worker:
     # -- lifecycle ----------------------------------------------------------------------
     async def serve(self) -> int:
         try:
-            await self.startup()
+            await unless_stopped(self.startup(), self.should_exit)  # SIGTERM ends a wait
             await self.main_loop()
         except Exception:
             self.exit_code = self.exit_code or EXIT_SOURCE_FAILED  # never log exit_code=0

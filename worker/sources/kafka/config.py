@@ -17,6 +17,9 @@ class KafkaSourceConfig(SourceSettings):
     bootstrap_servers: list[str] = Field(default_factory=lambda: ["127.0.0.1:9092"], min_length=1)
     topics: list[str] = Field(default_factory=list)
     client_id: str = "streamworker"
+    #: How long the start waits for a broker to answer (retrying with backoff) before it
+    #: gives up: a container started beside its broker must not crash-loop. 0: one try.
+    connect_timeout_s: Annotated[float, Field(ge=0, le=3600)] = 60
     session_timeout_ms: Annotated[int, Field(ge=1000, le=3_600_000)] = 10_000
     heartbeat_interval_ms: Annotated[int, Field(ge=100, le=60_000)] = 3_000
     max_poll_interval_ms: Annotated[int, Field(ge=1000, le=86_400_000)] = 300_000

@@ -57,6 +57,12 @@ async def group_lag(config: KafkaSourceConfig) -> list[PartitionLag]:
         await admin.start()
         await consumer.start()
         described = await admin.describe_topics(config.topics)
+        missing = [t["topic"] for t in described if t.get("error_code")]
+        if missing:  # an empty table would read as "no lag"
+            raise LookupError(
+                f"kafka: source.topics: {', '.join(missing)} (not found) at "
+                f"{','.join(config.bootstrap_servers)}"
+            )
         tps = [
             TopicPartition(t["topic"], p["partition"])
             for t in described

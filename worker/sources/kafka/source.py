@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,6 +28,7 @@ from worker.sources.base import (
 )
 from worker.sources.kafka.config import KafkaSourceConfig
 from worker.sources.kafka.notes import CommitNotes
+from worker.sources.kafka.preflight import check_source
 from worker.sources.kafka.reach import BrokerProbe, Reachability
 from worker.sources.kafka.record import TRAITS
 from worker.sources.kafka.security import (
@@ -131,6 +133,7 @@ class KafkaSource:
         self._reach = Reachability(on_change=away.set)
 
     async def start(self, listener: AssignmentListener) -> None:
+        await check_source(self._config)  # else aiokafka waits on a missing topic for ever
         self._consumer.subscribe(self._config.topics, listener=_RebalanceBridge(self, listener))
         with watch_for_auth_failure() as watch:
             try:
@@ -141,6 +144,9 @@ class KafkaSource:
                     raise SourceStartError(auth_failure_message(self._config)) from None
                 servers = ",".join(self._config.bootstrap_servers)
                 raise SourceStartError(f"kafka: cannot connect to {servers}: {exc}") from None
+            except asyncio.CancelledError:  # SIGTERM while joining: leave nothing open
+                await self._consumer.stop()
+                raise
             except UnknownTopicOrPartitionError:
                 await self._consumer.stop()
                 raise SourceStartError(

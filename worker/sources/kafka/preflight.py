@@ -1,0 +1,174 @@
+"""What a Kafka worker needs before it starts: a broker that answers, topics that exist.
+
+Left to itself aiokafka waits for a missing topic for ever, logging "Topic ... not
+found in cluster metadata" ten times a second, and gives up on a broker that is not
+up yet at the first refused connection. Neither helps a new user or a container
+started beside its broker: so the source (and a `kafka://` on-failure destination)
+ask first, with a client of their own.
+
+- The broker: asked again with the one backoff (`worker.backoff`) until
+  `source.connect_timeout_s` has passed, one WARNING line per failed attempt. Refused
+  credentials end the wait at once: they will not get better.
+- The topics: one metadata request; a topic it does not list is named, with the
+  broker asked, in one `StartError` line.
+
+Callers cancel the wait (SIGTERM) like any coroutine: the client is closed either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    LeaderNotAvailableError,
+    NoError,
+    UnknownTopicOrPartitionError,
+    for_code,
+)
+from aiokafka.protocol.metadata import MetadataRequest
+
+from worker.backoff import Backoff
+from worker.sources.base import SourceStartError
+from worker.sources.kafka.config import KafkaSourceConfig
+from worker.sources.kafka.security import (
+    auth_failure_message,
+    client_kwargs,
+    watch_for_auth_failure,
+)
+
+log = logging.getLogger("worker.source.kafka")
+
+#: Between attempts to reach the broker: from a fifth of a second up to five.
+CONNECT_BACKOFF = Backoff(200, 5000)
+#: One attempt is cut short after this long (an address that drops packets never refuses).
+ATTEMPT_TIMEOUT_S = 5.0
+
+
+class BrokerUnreachable(Exception):
+    """No bootstrap server answered within the connect timeout; the message says which."""
+
+
+class AuthRefused(Exception):
+    """The broker answered and refused the credentials."""
+
+
+def described(exc: BaseException) -> str:
+    """`Type: message`, the type once (aiokafka's messages often hold it already)."""
+    name, text = type(exc).__name__, str(exc).strip()
+    return text if name in text else f"{name}: {text}".rstrip(": ")
+
+
+def servers_of(connection: Mapping[str, Any]) -> str:
+    servers = connection.get("bootstrap_servers", ())
+    return servers if isinstance(servers, str) else ",".join(map(str, servers))
+
+
+async def connected_client(
+    connection: Mapping[str, Any],
+    timeout_s: float,
+    what: str,
+) -> AIOKafkaClient:
+    """A bootstrapped client (the caller closes it), tried until `timeout_s` has passed.
+
+    `what` names who waits (`source`, `errors.on_failure kafka://dlq`) in each line.
+    """
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        client = AIOKafkaClient(**connection, client_id="streamworker-preflight")
+        left = timeout_s - (time.monotonic() - started)
+        try:
+            with watch_for_auth_failure() as watch:
+                async with asyncio.timeout(max(min(left, ATTEMPT_TIMEOUT_S), 0.1)):
+                    await client.bootstrap()
+            return client
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await client.close()
+            if watch.auth_failed:
+                raise AuthRefused(servers_of(connection)) from None
+            reason = described(exc)
+            if isinstance(exc, KafkaConnectionError):  # its text lists socket tuples
+                reason = "KafkaConnectionError: no bootstrap server accepted a connection"
+        except BaseException:
+            await client.close()
+            raise
+        waited = time.monotonic() - started
+        left = timeout_s - waited
+        if left <= 0:
+            raise BrokerUnreachable(
+                f"cannot connect to {servers_of(connection)} after {attempt} attempts in "
+                f"{waited:.1f} s: {reason}"
+            )
+        delay = min(CONNECT_BACKOFF.delay_s(attempt), left)
+        log.warning(
+            "event=broker_wait for=%r attempt=%d servers=%s error=%r retry_in_s=%.1f "
+            "gives_up_in_s=%.0f", what, attempt, servers_of(connection), reason, delay, left,
+        )  # fmt: skip
+        await asyncio.sleep(delay)
+
+
+async def missing_topics(client: AIOKafkaClient, topics: Sequence[str]) -> list[str]:
+    """The topics the broker says do not exist (or this client may not see), each with why.
+
+    Asked by name, never creating: a broker with `auto.create.topics.enable` would
+    otherwise make the misspelt topic. A topic still electing its leader exists.
+    """
+    request = MetadataRequest(list(topics), allow_auto_topic_creation=False)
+    response, reason = None, "the cluster's metadata named no broker"
+    for broker in client.cluster.brokers():  # a node just stopped may still be listed
+        try:
+            async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+                response = await client.send(broker.nodeId, request)
+            break
+        except (KafkaError, OSError, TimeoutError) as exc:
+            reason = described(exc)
+    if response is None:
+        nodes = ",".join(f"{b.host}:{b.port}" for b in client.cluster.brokers())
+        raise BrokerUnreachable(f"no broker of {nodes} answered a metadata request: {reason}")
+    missing = []
+    for error_code, topic, *_ in response.topics:
+        error = for_code(error_code)
+        if error is UnknownTopicOrPartitionError:
+            missing.append(f"{topic} (not found)")
+        elif error not in (NoError, LeaderNotAvailableError):
+            missing.append(f"{topic} ({error.__name__})")
+    return missing
+
+
+async def topics_missing_at(
+    connection: Mapping[str, Any], topics: Sequence[str], timeout_s: float, what: str
+) -> list[str]:
+    """Wait for the broker (up to `timeout_s`), then name the topics it does not have."""
+    client = await connected_client(connection, timeout_s, what)
+    try:
+        return await missing_topics(client, topics)
+    finally:
+        await client.close()
+
+
+async def check_source(config: KafkaSourceConfig) -> None:
+    """The source's broker answers and has every `source.topics`; else one SourceStartError."""
+    servers = ",".join(config.bootstrap_servers)
+    try:
+        missing = await topics_missing_at(
+            client_kwargs(config), config.topics, config.connect_timeout_s, "source"
+        )
+    except AuthRefused:
+        raise SourceStartError(auth_failure_message(config)) from None
+    except BrokerUnreachable as exc:
+        raise SourceStartError(
+            f"kafka: {exc} (waited up to source.connect_timeout_s = {config.connect_timeout_s:g})"
+        ) from None
+    if missing:
+        raise SourceStartError(
+            f"kafka: source.topics: {', '.join(missing)} at {servers}: create "
+            f"{'it' if len(missing) == 1 else 'them'} first, or correct the name"
+        )
