@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--url", default="http://127.0.0.1:9108", help="the worker's metrics address")
     lg = with_config("lag", "committed offset, end offset and lag per partition, from the broker")
     lg.set_defaults(command="lag")
+    lg.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="ask every second until the lag is 0 (exit 0) or SECONDS passed (exit 1)",
+    )
     rd = sub.add_parser("redrive", help="replay dead-lettered records from a DLQ topic")
     rd.add_argument("--from", dest="source", required=True, metavar="kafka://DLQ_TOPIC")
     rd.add_argument("--to", dest="target", required=True, metavar="kafka://TOPIC")
@@ -210,16 +216,20 @@ def _check_config(args: argparse.Namespace, config: WorkerConfig) -> int:
     return 0
 
 
-def _lag(config: WorkerConfig) -> int:
+def _lag(config: WorkerConfig, wait_s: float | None) -> int:
     import asyncio
 
     from worker.sources.kafka.config import KafkaSourceConfig
-    from worker.sources.kafka.lag import group_lag
+    from worker.sources.kafka.lag import caught_up, group_lag
 
     if not isinstance(config.source, KafkaSourceConfig):
         return _fail([f"source.kind = {config.source.kind!r}: `worker lag` reads kafka groups"])
+    done = True
     try:
-        rows = asyncio.run(group_lag(config.source))
+        if wait_s is None:
+            rows = asyncio.run(group_lag(config.source))
+        else:
+            done, rows = asyncio.run(caught_up(config.source, wait_s))
     except (ConnectionError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -229,6 +239,11 @@ def _lag(config: WorkerConfig) -> int:
         committed = "-" if r.committed is None else r.committed
         print(f"{r.topic:<28} {r.partition:>9} {committed:>12} {r.end:>12} {r.lag:>10}")
     print(f"{'total':<28} {'':>9} {'':>12} {'':>12} {sum(r.lag for r in rows):>10}")
+    if not done:
+        lag = sum(r.lag for r in rows)
+        print(f"error: group {config.source.group_id} still lags {lag} after {wait_s} s",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_RUNTIME
     return 0
 
 
@@ -270,7 +285,7 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "invoke":
         return _invoke(args, config)
     if args.command == "lag":
-        return _lag(config)
+        return _lag(config, args.wait)
     if args.command == "check-config":
         return _check_config(args, config)
     try:  # before any client exists: a bad target leaves no unclosed consumer behind

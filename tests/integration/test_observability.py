@@ -201,3 +201,16 @@ def test_worker_lag_reads_the_group_from_the_broker_with_or_without_a_worker(
     )  # fmt: skip
     assert other.returncode == 0
     assert f"{sum(observed.ends.values())}" in other.stdout.splitlines()[-1]  # all lag
+    waited = subprocess.run(
+        [sys.executable, "-m", "worker", "lag", "--config", str(observed.config), "--wait", "1",
+         "--set", "source.group_id=nobody-here"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert waited.returncode == 1
+    lag = sum(observed.ends.values())
+    assert waited.stderr.strip() == f"error: group nobody-here still lags {lag} after 1.0 s"
+    caught_up = subprocess.run(
+        [sys.executable, "-m", "worker", "lag", "--config", str(observed.config), "--wait", "30"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert caught_up.returncode == 0, caught_up.stderr

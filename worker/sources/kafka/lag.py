@@ -86,3 +86,17 @@ async def group_lag(config: KafkaSourceConfig) -> list[PartitionLag]:
         offset = meta.offset if meta is not None and meta.offset >= 0 else None
         rows.append(PartitionLag(tp.topic, tp.partition, offset, ends[tp]))
     return rows
+
+
+async def caught_up(
+    config: KafkaSourceConfig, timeout_s: float, every_s: float = 1.0
+) -> tuple[bool, list[PartitionLag]]:
+    """Ask until the group has committed every record there was when it asked (lag 0),
+    or `timeout_s` passed: for scripts that start a worker and go on once it is done
+    (`worker lag --wait`). Returns whether it caught up, and the last answer."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = await group_lag(config)
+        if sum(r.lag for r in rows) == 0 or time.monotonic() + every_s > deadline:
+            return sum(r.lag for r in rows) == 0, rows
+        await asyncio.sleep(every_s)
