@@ -107,7 +107,7 @@ def outcome_failure(outcome: Outcome) -> Failure:
     """The failure of an invocation that raised or timed out."""
     return Failure(
         "Timeout" if outcome.timed_out else type(outcome.error).__name__,
-        outcome.describe() if outcome.timed_out else str(outcome.error),
+        outcome.describe() if outcome.timed_out else outcome.message(),
         outcome.traceback_text(),
         "" if outcome.timed_out else raised_at(outcome.error),
     )

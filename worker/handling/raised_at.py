@@ -41,7 +41,10 @@ def raised_at(error: BaseException | None) -> str:
     when under it), also from a handler process's traceback text; "" when none is known."""
     if error is None:
         return ""
-    remote = getattr(error, "traceback", None)  # a handler process's, as text (pebble's)
+    try:  # the handler's object: an attribute lookup that raises must not fail the partition
+        remote = getattr(error, "traceback", None)  # a handler process's, as text (pebble's)
+    except Exception:
+        remote = None
     if isinstance(remote, str):
         frames = [(name, int(line)) for name, line in _FRAME_LINE.findall(remote)]
     else:

@@ -1,0 +1,60 @@
+"""A handler's exception is the handler's object, and may be hostile.
+
+An exception whose `__str__` raised, or whose attribute lookup raised (which
+`traceback.format_exception` and `raised_at` do), escaped the failure policy:
+the partition's task crashed and the worker exited with status 1, and a
+restart crashed on the same record again. Now such an error fails its batch
+like any other: retried, then dead-lettered, and the partition goes on.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.test_failure_policy import RecordingDestination
+from worker.testing import MemoryBroker, fully_committed, running_worker, wait_until
+
+
+class StrRaises(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() of me fails")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr() of me fails")
+
+
+class LookupRaises(Exception):
+    """Every missing attribute (`__notes__`, `traceback`) raises instead of AttributeError."""
+
+    def __getattr__(self, name: str) -> object:
+        raise RuntimeError(f"no {name} for you")
+
+
+@pytest.mark.parametrize("error", [StrRaises, LookupRaises], ids=["str", "getattr"])
+@pytest.mark.parametrize("concurrency", ["async", "thread"])
+async def test_a_hostile_exception_fails_its_batch_and_the_partition_goes_on(error, concurrency):
+    broker = MemoryBroker()
+    broker.create_topic("t", 1)
+    for value in (b"ok", b"bad", b"ok"):
+        broker.produce("t", value, partition=0)
+
+    def handle(batch) -> None:
+        if any(r.value == b"bad" for r in batch.records):
+            raise error("hostile")
+
+    async def handle_async(batch) -> None:
+        handle(batch)
+
+    dlq = RecordingDestination()
+    settings = {
+        "batching": {"batch_size": 1},
+        "errors": {"maximum_retry_attempts": 1},
+    }
+    handler = handle_async if concurrency == "async" else handle
+    async with running_worker(handler, broker, ["t"], settings, destination=dlq) as worker:
+        await wait_until(lambda: fully_committed(broker, "test", ["t"]) or bool(worker.exit_code))
+        assert not worker.exit_code, "the worker crashed"
+    (event,) = dlq.events
+    assert [r.value for r in event.records] == [b"bad"]
+    assert event.error_type == error.__name__
+    assert event.error_message and event.traceback
