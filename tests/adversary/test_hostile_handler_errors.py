@@ -58,3 +58,29 @@ async def test_a_hostile_exception_fails_its_batch_and_the_partition_goes_on(err
     assert [r.value for r in event.records] == [b"bad"]
     assert event.error_type == error.__name__
     assert event.error_message and event.traceback
+
+
+async def test_a_handler_process_error_is_said_to_be_raised_in_the_handler_not_the_pool(caplog):
+    """The pool raises a child's error `from RemoteTraceback(text)`; `raised_at` read only the
+    exception's own frames (the pool's), so every process-mode failure said
+    `at=worker/handling/process_pool.py:...`, and one traceback stood for all its errors."""
+    from tests.unit import process_handlers
+
+    broker = MemoryBroker()
+    broker.create_topic("t", 1)
+    broker.produce("t", b"bad", partition=0)
+    settings = {
+        "handler": {"target": "tests.unit.process_handlers:raises_on_bad",
+                    "concurrency": "process", "processes": 1},
+        "errors": {"maximum_retry_attempts": 0},
+    }  # fmt: skip
+    dlq = RecordingDestination()
+    caplog.set_level("WARNING", logger="worker.failures")
+    async with running_worker(process_handlers.raises_on_bad, broker, ["t"], settings,
+                              destination=dlq):  # fmt: skip
+        await wait_until(lambda: fully_committed(broker, "test", ["t"]), timeout_s=60)
+    code = process_handlers.raises_on_bad.__code__
+    line = code.co_firstlineno + 3
+    (event,) = dlq.events
+    assert event.where == f"tests/unit/process_handlers.py:{line}"
+    assert f"at=tests/unit/process_handlers.py:{line}" in caplog.text

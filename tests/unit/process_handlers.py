@@ -62,3 +62,9 @@ def hang_first_call(batch):
 
 def echo_pid(batch):
     return os.getpid()
+
+
+def raises_on_bad(batch):
+    """Raises for a batch holding a record whose value is b"bad" (the line `raised_at` names)."""
+    if any(r.value == b"bad" for r in batch.records):
+        raise ValueError("bad reading")

@@ -5,7 +5,8 @@ look at. The frame shown is the innermost one in the user's own code (not
 the worker's, the standard library's or an installed package's), since a
 failure inside `json` is the handler's call of it; if no such frame exists,
 the innermost frame of all. An exception from a handler process carries its
-frames as text (pebble's `traceback` attribute), read the same way.
+frames as text (pebble's `traceback` attribute, or the `RemoteTraceback` our
+pool raises it from), read the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sysconfig
 import traceback
 
 import worker
+from worker.handling.process_pool import RemoteTraceback
 
 _NOT_USER_CODE = tuple(
     os.path.normcase(os.path.abspath(p)) + os.sep
@@ -45,6 +47,10 @@ def raised_at(error: BaseException | None) -> str:
         remote = getattr(error, "traceback", None)  # a handler process's, as text (pebble's)
     except Exception:
         remote = None
+    if not isinstance(remote, str) and isinstance(error.__cause__, RemoteTraceback):
+        # Our process pool raises the child's error `from RemoteTraceback(text)`: its own
+        # frames are the pool's, which would name the worker's line for every error.
+        remote = str(error.__cause__)
     if isinstance(remote, str):
         frames = [(name, int(line)) for name, line in _FRAME_LINE.findall(remote)]
     else:
