@@ -76,6 +76,7 @@ def entries(args: argparse.Namespace) -> list[DeadLetterEntry]:
 
 def render_table(found: Iterable[DeadLetterEntry]) -> str:
     from worker.destinations.topics import shown_time
+    from worker.observe.terminal import printable
 
     lines = [f"{'failed at':<24} {'source position':<32} {'key':<16} {'condition':<22} "
              f"{'attempts':>8}  error"]  # fmt: skip
@@ -91,7 +92,7 @@ def render_table(found: Iterable[DeadLetterEntry]) -> str:
         lines.append(f"{when:<24} {e.source_position:<32} {e.key or '-':<16} "
                      f"{e.condition:<22} {attempts:>8}  {error}{where}")  # fmt: skip
     lines.append(f"{count} records")
-    return "\n".join(lines)
+    return "\n".join(map(printable, lines))  # anyone's keys and errors: no escapes to the tty
 
 
 def run(args: argparse.Namespace) -> int:
