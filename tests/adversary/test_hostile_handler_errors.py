@@ -84,3 +84,24 @@ async def test_a_handler_process_error_is_said_to_be_raised_in_the_handler_not_t
     (event,) = dlq.events
     assert event.where == f"tests/unit/process_handlers.py:{line}"
     assert f"at=tests/unit/process_handlers.py:{line}" in caplog.text
+
+
+async def test_a_megabyte_error_message_is_not_logged_whole_on_every_attempt(caplog):
+    """A handler that put the record in its message logged it whole twice per attempt
+    (the failure line, the traceback line): a megabyte record, unlimited retries."""
+    broker = MemoryBroker()
+    broker.create_topic("t", 1)
+    broker.produce("t", b"x" * 1_000_000, partition=0)
+
+    async def handler(batch) -> None:
+        raise ValueError(f"cannot parse {batch.records[0].value!r}")
+
+    caplog.set_level("WARNING", logger="worker.failures")
+    async with running_worker(handler, broker, ["t"]) as worker:
+        await wait_until(lambda: any(p.retrying and p.retrying[0].attempts >= 3
+                                     for p in worker.partition_stats()))  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("event=invocation_failed" in m for m in lines) >= 3
+    assert sum("event=invocation_traceback" in m for m in lines) == 1
+    assert max(map(len, lines)) < 20_000
+    assert all("characters]..." in m for m in lines if "error=" in m)
