@@ -105,3 +105,35 @@ async def test_a_megabyte_error_message_is_not_logged_whole_on_every_attempt(cap
     assert sum("event=invocation_traceback" in m for m in lines) == 1
     assert max(map(len, lines)) < 20_000
     assert all("characters]..." in m for m in lines if "error=" in m)
+
+
+async def test_an_error_a_handler_process_cannot_send_back_fails_only_its_own_batch():
+    """pebble declared the whole pool broken when a child's return value could not be
+    unpickled: every call in the pool failed, and the other partitions' healthy records
+    were retried and, with limited retries, dead-lettered (or dropped) with it."""
+    from tests.unit import process_handlers
+
+    broker = MemoryBroker()
+    broker.create_topic("t", 3)
+    broker.produce("t", b"bad", partition=0)
+    broker.produce("t", b"lambda", partition=1)
+    for _ in range(8):
+        broker.produce("t", b"ok", partition=2)
+    settings = {
+        "handler": {"target": "tests.unit.process_handlers:unportable_on_bad",
+                    "concurrency": "process", "processes": 3},
+        "batching": {"batch_size": 1},
+        "errors": {"maximum_retry_attempts": 3, "retry_backoff_ms": [50, 100]},
+    }  # fmt: skip
+    dlq = RecordingDestination()
+    handler = process_handlers.unportable_on_bad
+    async with running_worker(handler, broker, ["t"], settings, destination=dlq) as worker:
+        await wait_until(lambda: fully_committed(broker, "test", ["t"]), timeout_s=60)
+        healthy_errors = worker.metrics.batches.labels("memory", "t-2", "error")._value.get()
+    assert healthy_errors == 0
+    assert sorted(e.partition for e in dlq.events) == ["t-0", "t-1"]
+    assert {e.error_type for e in dlq.events} == {"HandlerResultNotPortable"}
+    by_partition = {e.partition: e for e in dlq.events}
+    assert "NeedsTwoArgs" in by_partition["t-0"].error_message
+    assert by_partition["t-0"].where.startswith("tests/unit/process_handlers.py:")
+    assert "function" in by_partition["t-1"].error_message
