@@ -137,3 +137,26 @@ async def test_an_error_a_handler_process_cannot_send_back_fails_only_its_own_ba
     assert "NeedsTwoArgs" in by_partition["t-0"].error_message
     assert by_partition["t-0"].where.startswith("tests/unit/process_handlers.py:")
     assert "function" in by_partition["t-1"].error_message
+
+
+def test_a_handler_installed_in_site_packages_is_the_users_code():
+    """Deployed with `pip install`, every frame of the handler was "an installed
+    package's", so `at=` named the innermost frame of all: the stdlib's json."""
+    import json
+    import sysconfig
+
+    from worker.handling import handler as worker_handler
+    from worker.handling.raised_at import raised_at
+
+    installed = sysconfig.get_paths()["purelib"]
+    error = ValueError("bad reading")
+    error.traceback = (  # as a handler process's traceback text reads
+        "Traceback (most recent call last):\n"
+        f'  File "{worker_handler.__file__}", line 61, in call_sync\n'
+        f'  File "{installed}/acme_iot/handler.py", line 12, in handle\n'
+        f'  File "{installed}/acme_iot/parse.py", line 7, in reading\n'
+        f'  File "{installed}/orjson_like/__init__.py", line 3, in loads\n'
+        f'  File "{json.__file__}", line 346, in loads\n'
+        "ValueError: bad reading\n"
+    )
+    assert raised_at(error).endswith("site-packages/acme_iot/parse.py:7")
