@@ -4,10 +4,9 @@
 look at. The frame shown is the innermost one in the user's own code (not
 the worker's, the standard library's or an installed package's other than
 the handler's own), since a failure inside `json` is the handler's call of
-it; if no such frame exists,
-the innermost frame of all. An exception from a handler process carries its
-frames as text (pebble's `traceback` attribute, or the `RemoteTraceback` our
-pool raises it from), read the same way.
+it; if no such frame exists, the innermost frame of all. An exception from a
+handler process carries its frames as text (pebble's `traceback` attribute,
+or the `RemoteTraceback` our pool raises it from), read the same way.
 """
 
 from __future__ import annotations
