@@ -1,6 +1,7 @@
 """What `worker status` and `worker dlq` print comes from handlers and records: an error
 message quoting a record with an escape sequence cleared the reader's terminal, and one
-with a newline forged a line of output. Control characters are now printed as escapes."""
+with a newline forged a line of output, and a lone surrogate made `print` raise
+UnicodeEncodeError. Control characters and surrogates are now printed as escapes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from worker.cli import main
 from worker.observe.metrics import Metrics
 from worker.testing import MemoryBroker, running_worker, wait_until
 
-HOSTILE = "\x1b[2J\x1b[H\nt-1 retrying position 0 (1 records): forged\r\u202e"
+ESCAPES = "\x1b[2J\x1b[H\nt-1 retrying position 0 (1 records): forged\r\u202e"
+HOSTILE = ESCAPES + " \udcff"  # a JSON file cannot hold the lone surrogate: `dlq` gets ESCAPES
 
 
 async def hostile_handler(batch) -> None:
@@ -33,14 +35,14 @@ async def test_worker_status_prints_a_hostile_error_as_escapes(capsys, caplog):
     out = capsys.readouterr().out
     assert "bad reading" in out
     assert not any(c in out for c in "\x1b\r\u202e")
-    assert "\\x1b[2J" in out and "\\u202e" in out
+    assert "\\x1b[2J" in out and "\\u202e" in out and "\\udcff" in out
     assert not any(line.startswith("t-1 retrying") for line in out.splitlines())
 
 
 def test_worker_dlq_prints_hostile_keys_and_errors_as_escapes(tmp_path, capsys):
     path = tmp_path / "dlq.jsonl"
     event = {"failed_at_ms": 1, "partition": "t-0", "error": {"type": "ValueError",
-             "message": HOSTILE}, "records": [{"offset": 1, "key": "G1sySg=="}]}  # fmt: skip
+             "message": ESCAPES}, "records": [{"offset": 1, "key": "G1sySg=="}]}  # fmt: skip
     path.write_text(json.dumps(event) + "\n")  # the key is "\x1b[2J" too
     assert main(["dlq", "--from", f"file://{path}"]) == 0
     out = capsys.readouterr().out
@@ -48,4 +50,4 @@ def test_worker_dlq_prints_hostile_keys_and_errors_as_escapes(tmp_path, capsys):
     assert out.count("\n") == 3  # header, one record, the count
     assert main(["dlq", "--from", f"file://{path}", "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
-    assert row["error_message"] == HOSTILE  # JSON carries it exactly, escaped by JSON itself
+    assert row["error_message"] == ESCAPES  # JSON carries it exactly, escaped by JSON itself
