@@ -142,16 +142,20 @@ async def test_an_error_a_handler_process_cannot_send_back_fails_only_its_own_ba
 def test_a_handler_installed_in_site_packages_is_the_users_code():
     """Deployed with `pip install`, every frame of the handler was "an installed
     package's", so `at=` named the innermost frame of all: the stdlib's json."""
+    import concurrent.futures.thread
     import json
     import sysconfig
 
     from worker.handling import handler as worker_handler
+    from worker.handling import invoker
     from worker.handling.raised_at import raised_at
 
     installed = sysconfig.get_paths()["purelib"]
     error = ValueError("bad reading")
-    error.traceback = (  # as a handler process's traceback text reads
+    error.traceback = (  # as a thread-mode traceback reads (as text, like a process's)
         "Traceback (most recent call last):\n"
+        f'  File "{invoker.__file__}", line 163, in _result\n'
+        f'  File "{concurrent.futures.thread.__file__}", line 58, in run\n'
         f'  File "{worker_handler.__file__}", line 61, in call_sync\n'
         f'  File "{installed}/acme_iot/handler.py", line 12, in handle\n'
         f'  File "{installed}/acme_iot/parse.py", line 7, in reading\n'

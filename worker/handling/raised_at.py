@@ -53,7 +53,9 @@ def _handler_package(frames: list[tuple[str, int]]) -> str | None:
     """The installed package (or module) holding the handler, if it is one: a handler
     deployed with `pip install` lives in site-packages, and without this every frame of
     it was "not user code", so `at=` named the innermost frame, often the stdlib's."""
-    for (caller, _), (called, _) in itertools.pairwise(frames):
+    # The last call from the worker's code out of it: in thread mode the first one is into
+    # concurrent.futures, which then calls the worker's `call_sync`, which calls the handler.
+    for (caller, _), (called, _) in reversed(list(itertools.pairwise(frames))):
         if _path(caller).startswith(_WORKER_CODE) and not _path(called).startswith(_WORKER_CODE):
             path = _path(called)  # the handler's own frame, called by the worker
             root = next((r for r in _INSTALLED if path.startswith(r)), None)
