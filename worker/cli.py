@@ -109,6 +109,10 @@ def _redrive(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"moved {report.moved} records from {args.source} to {args.target}")
+    if report.skipped:
+        print(f"skipped {report.skipped} truncated envelopes (their records were too large "
+              f"for the DLQ; the source positions are in them): {', '.join(report.skipped_at)}"
+              f"{' ...' if report.skipped > len(report.skipped_at) else ''}")  # fmt: skip
     if report.last_timestamp_ms is not None:
         last = report.last_timestamp_ms
         print(f"last record moved had timestamp_ms={last} ({shown_time(last)})")

@@ -62,3 +62,30 @@ def hang_first_call(batch):
 
 def echo_pid(batch):
     return os.getpid()
+
+
+def raises_on_bad(batch):
+    """Raises for a batch holding a record whose value is b"bad" (the line `raised_at` names)."""
+    if any(r.value == b"bad" for r in batch.records):
+        raise ValueError("bad reading")
+
+
+class NeedsTwoArgs(Exception):
+    """Pickles by its `args` (one), so unpickling calls it with one: a TypeError."""
+
+    def __init__(self, reading, why):
+        super().__init__(reading)
+        self.why = why
+
+
+def unportable_on_bad(batch):
+    """b"bad": raises an error that cannot be unpickled; b"lambda": returns a lambda;
+    anything else takes a moment, so calls of other partitions are in the pool meanwhile."""
+    import time
+
+    for r in batch.records:
+        if r.value == b"bad":
+            raise NeedsTwoArgs(r.value, "unreadable")
+        if r.value == b"lambda":
+            return lambda: None
+    time.sleep(0.2)

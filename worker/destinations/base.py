@@ -50,6 +50,7 @@ class FailureEvent:
         self.error_type = utf8_safe(self.error_type)
         self.error_message = utf8_safe(self.error_message)
         self.traceback = utf8_safe(self.traceback)
+        self.where = utf8_safe(self.where)  # a path: undecodable bytes in it are surrogates
 
 
 class Destination(Protocol):

@@ -92,11 +92,11 @@ def kafka_entry(r: ConsumerRecord[bytes, bytes]) -> DeadLetterEntry:
     failed_at, attempts = h.get("failed_at_ms", ""), h.get("attempts", "")
     source = f"{h.get('source.topic', '?')}-{h.get('source.partition', '?')}"
     return DeadLetterEntry(
-        failed_at_ms=int(failed_at) if failed_at.isdigit() else None,
+        failed_at_ms=int(failed_at) if failed_at.isdecimal() else None,
         source_position=f"{source}@{h.get('source.offset', '?')}",
         key=_text(r.key),
         condition=h.get("condition", ""),
-        attempts=int(attempts) if attempts.isdigit() else None,
+        attempts=int(attempts) if attempts.isdecimal() else None,
         error_type=h.get("error.type", ""),
         error_message=h.get("error.message", ""),
         at=h.get("error.at", ""),
@@ -106,6 +106,34 @@ def kafka_entry(r: ConsumerRecord[bytes, bytes]) -> DeadLetterEntry:
     )
 
 
+def _event(path: Path, number: int, line: bytes) -> dict[str, Any]:
+    """One event line, checked for the shape `file_entries` reads: a file named on the
+    command line may hold anything, and a wrong line is one error line, not a traceback."""
+    try:
+        event = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{number}: not a dead-letter event line ({exc})") from None
+    if not (
+        isinstance(event, dict)
+        and isinstance(event.get("error"), dict)
+        and isinstance(event.get("records"), list)
+        and all(isinstance(r, dict) for r in event["records"])
+    ):
+        raise ValueError(
+            f"{path}:{number}: not a dead-letter event line (an object with an 'error' "
+            "object and a 'records' list of objects)"
+        )
+    return event
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
 def file_entries(path: Path, since_ms: int | None = None) -> Iterator[DeadLetterEntry]:
     """Each record of each event line of a `file://` destination, failed at or after
     `since_ms`. ValueError names a line that is not an event."""
@@ -113,25 +141,24 @@ def file_entries(path: Path, since_ms: int | None = None) -> Iterator[DeadLetter
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            try:
-                event = orjson.loads(line)
-                error = event["error"]
-                records = event["records"]
-            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{number}: not a dead-letter event line ({exc})") from None
-            if since_ms is not None and event.get("failed_at_ms", 0) < since_ms:
+            event = _event(path, number, line)
+            error, failed_at = event["error"], _int(event.get("failed_at_ms"))
+            if since_ms is not None and (failed_at or 0) < since_ms:
                 continue
-            for r in records:
-                key = r.get("key")  # base64, or None
+            for r in event["records"]:
+                try:
+                    key = _text(unb64(r.get("key")))  # base64, or None
+                except (ValueError, TypeError):
+                    raise ValueError(f"{path}:{number}: a record's key is not base64") from None
                 yield DeadLetterEntry(
-                    failed_at_ms=event.get("failed_at_ms"),
+                    failed_at_ms=failed_at,
                     source_position=f"{event.get('partition', '?')}@{r.get('offset', '?')}",
-                    key=_text(unb64(key)),
-                    condition=event.get("condition", ""),
-                    attempts=event.get("attempts"),
-                    error_type=error.get("type", ""),
-                    error_message=error.get("message", ""),
-                    at=error.get("at", ""),
+                    key=key,
+                    condition=_str(event.get("condition")),
+                    attempts=_int(event.get("attempts")),
+                    error_type=_str(error.get("type")),
+                    error_message=_str(error.get("message")),
+                    at=_str(error.get("at")),
                     dlq_position=f"{path}:{number}",
-                    traceback=error.get("traceback", ""),
+                    traceback=_str(error.get("traceback")),
                 )

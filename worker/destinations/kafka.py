@@ -3,8 +3,8 @@
 Original headers are kept; ours are prefixed `worker.` so `worker redrive`
 can strip exactly them. They hold the source position, the condition, the
 error (type, message, the `file:line` that raised, and the traceback's last
-8000 characters), the attempts and when it failed; `worker dlq` lists them.
-Sends wait for acks from all in-sync replicas.
+8000 characters, fewer if the topic's limit needs), the attempts and when it
+failed; `worker dlq` lists them. Sends wait for acks from all in-sync replicas.
 
 A record the topic cannot hold (larger than its `max.message.bytes`, read
 from the broker) would be refused on every attempt and hold its partition
@@ -80,6 +80,29 @@ def error_headers(event: FailureEvent, r: Record) -> list[tuple[str, bytes]]:
 def wire_size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> int:
     header_bytes = sum(len(k.encode()) + len(v or b"") for k, v in headers)
     return len(key or b"") + len(value or b"") + header_bytes + RECORD_OVERHEAD_BYTES
+
+
+def fit_traceback(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]], limit: int
+) -> list[tuple[str, bytes]] | None:
+    """`headers` with the traceback header cut (its end kept, whole characters) so that the
+    record fits in `limit`; None if it does not fit even without it. The traceback is the
+    one header of any size: kept whole, it made records (and their envelopes) the topic
+    refused on every attempt."""
+    over = wire_size(key, value, headers) - limit
+    if over <= 0:
+        return headers
+    name = HEADER_PREFIX + "error.traceback"
+    fitted = []
+    for k, v in headers:
+        if k == name and over > 0:
+            keep = len(v) - over
+            if keep < 0:
+                return None
+            v = v[len(v) - keep :].decode("utf-8", "ignore").encode()  # from a whole character
+            over = 0
+        fitted.append((k, v))
+    return fitted if over <= 0 else None
 
 
 def envelope(event: FailureEvent, r: Record, limit: int) -> bytes:
@@ -186,8 +209,8 @@ class KafkaDestination:
     def _message(
         self, event: FailureEvent, r: Record, limit: int
     ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
-        headers = [*r.headers, *error_headers(event, r)]
-        if wire_size(r.key, r.value, headers) <= limit:
+        headers = fit_traceback(r.key, r.value, [*r.headers, *error_headers(event, r)], limit)
+        if headers is not None:
             return r.key, r.value, headers
         return self._envelope(event, r, limit)
 
@@ -206,7 +229,8 @@ class KafkaDestination:
             (HEADER_PREFIX + "truncated", b"true"),
             (HEADER_PREFIX + "original_bytes", str(len(r.value or b"")).encode()),
         ]
-        return r.key, envelope(event, r, limit), headers
+        value = envelope(event, r, limit)
+        return r.key, value, fit_traceback(r.key, value, headers, limit) or headers
 
     async def _limit(self) -> int:
         """The topic's `max.message.bytes`, read once it can be (the topic may appear later)."""

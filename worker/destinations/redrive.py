@@ -6,7 +6,9 @@ next run. Each record keeps its key, value and original headers; the
 `worker.*` error headers are stripped. It joins no consumer group and
 commits nothing: running it twice sends twice, so use `--since` to pick up
 where an earlier run stopped: it prints the `--since` that moves only what
-was dead-lettered after the last record it moved.
+was dead-lettered after the last record it moved. An envelope written for a
+record too large for the DLQ (`worker.truncated`) is not moved, but counted
+and named: it holds our JSON and the record's first bytes, not the record.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -43,10 +45,22 @@ __all__ = ["RedriveReport", "kafka_topic", "parse_since", "redrive", "topic_part
 REDRIVE_CONNECT_TIMEOUT_S = 5.0
 
 
+#: How many skipped envelopes' DLQ positions a report names.
+SKIPPED_SHOWN = 5
+
+
 @dataclass
 class RedriveReport:
     moved: int = 0
     last_timestamp_ms: int | None = None
+    #: Envelopes (`worker.truncated`) not moved: their value is not the record's.
+    skipped: int = 0
+    skipped_at: list[str] = field(default_factory=list)
+
+    def skipped_one(self, dlq_position: str) -> None:
+        self.skipped += 1
+        if len(self.skipped_at) < SKIPPED_SHOWN:
+            self.skipped_at.append(dlq_position)
 
     def moved_one(self, timestamp_ms: int) -> None:
         self.moved += 1
@@ -110,6 +124,11 @@ async def _move(
             async for r in records:
                 if limit is not None and report.moved >= limit:
                     break
+                if (HEADER_PREFIX + "truncated", b"true") in r.headers:
+                    # An envelope stands in for a record too large for the DLQ: its value
+                    # is our JSON, and sent back it would reach the handler as a reading.
+                    report.skipped_one(f"{r.topic}-{r.partition}@{r.offset}")
+                    continue
                 headers = [(k, v) for k, v in r.headers if not k.startswith(HEADER_PREFIX)]
                 acks.append(await producer.send(to_topic, r.value, key=r.key, headers=headers))
                 report.moved_one(r.timestamp)

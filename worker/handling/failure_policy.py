@@ -49,6 +49,19 @@ log = logging.getLogger("worker.failures")
 #: Distinct errors (type and raising line) whose traceback each policy logs at WARNING;
 #: past them, and for repeats, the traceback is logged at DEBUG only.
 TRACEBACKS_SHOWN = 20
+#: How much of an error message and of a traceback a log line keeps: a handler that puts
+#: a megabyte record in its message wrote a megabyte line on every retry.
+LOGGED_ERROR_CHARS = 1000
+LOGGED_TRACEBACK_CHARS = 16_000
+
+
+def _clipped(text: str, limit: int) -> str:
+    """`text`, or its start and end around a note of how much was left out."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}...[{len(text) - 2 * half} characters]...{text[-half:]}"
+
 
 ResultParser = Callable[[Any, Sequence[Any]], "list[int] | None"]
 #: (None, None) when all succeeded; else the failure and the failed indexes (None = all).
@@ -107,7 +120,7 @@ def outcome_failure(outcome: Outcome) -> Failure:
     """The failure of an invocation that raised or timed out."""
     return Failure(
         "Timeout" if outcome.timed_out else type(outcome.error).__name__,
-        outcome.describe() if outcome.timed_out else str(outcome.error),
+        outcome.describe() if outcome.timed_out else outcome.message(),
         outcome.traceback_text(),
         "" if outcome.timed_out else raised_at(outcome.error),
     )
@@ -306,7 +319,8 @@ class FailurePolicy:
             "event=invocation_failed partition=%s first=%s last=%s records=%d attempt=%d "
             "failed_records=%d error=%r at=%s",
             label, first, last, len(records), attempts + 1,
-            len(failed) if failed is not None else len(records), text, failure.where or "-",
+            len(failed) if failed is not None else len(records),
+            _clipped(text, LOGGED_ERROR_CHARS), failure.where or "-",
         )  # fmt: skip
         if failure.traceback:
             self._log_traceback(label, failure)
@@ -326,7 +340,8 @@ class FailurePolicy:
             level,
             "event=invocation_traceback partition=%s error_type=%s at=%s note=%r traceback=%r",
             label, failure.error_type, failure.where or "-",
-            "shown once per distinct error; repeats at DEBUG", failure.traceback,
+            "shown once per distinct error; repeats at DEBUG",
+            _clipped(failure.traceback, LOGGED_TRACEBACK_CHARS),
         )  # fmt: skip
 
     async def _give_up_expired(self, piece: _Piece) -> _Piece | None:

@@ -51,12 +51,23 @@ class Outcome:
     def describe(self) -> str:
         if self.timed_out:
             return f"timed out after {self.duration_s:.3f}s"
-        return f"{type(self.error).__name__}: {self.error}"
+        return f"{type(self.error).__name__}: {self.message()}"
+
+    def message(self) -> str:
+        """str() of the handler's error. The error is the handler's object: a `__str__` (or
+        an attribute lookup) that raises must fail its batch, not the partition's task."""
+        try:
+            return str(self.error)
+        except Exception as exc:
+            return f"<str() of the error raised {type(exc).__name__}>"
 
     def traceback_text(self) -> str:
         if self.error is None:
             return ""
-        return "".join(traceback.format_exception(self.error))
+        try:
+            return "".join(traceback.format_exception(self.error))
+        except Exception as exc:  # a hostile error object, as in `message`
+            return f"<the traceback could not be formatted: {type(exc).__name__}>"
 
 
 def _cancelled_by_us() -> bool:

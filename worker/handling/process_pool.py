@@ -18,6 +18,11 @@ retry. A child that dies (segfault, os._exit, OOM kill) fails only the batch it
 held; the error says so and pebble starts a new child. Whatever the handler
 raises (SystemExit too) travels back as a value, so an error from the future
 itself is always the pool's: a timeout, a dead child, a broken pool (replaced).
+It travels pickled by the child and unpickled by `result`: an error or result
+that does not survive the trip (an exception whose `__init__` wants other
+arguments than its `args`, a lambda) used to reach pebble, which declared the
+whole pool broken, failing every other partition's call in it; now it fails
+its own batch as a `HandlerResultNotPortable`.
 
 A call cancelled while it runs (its partition was revoked past the deadline, or is
 stopping) has its child stopped by pebble too, a moment later: pebble's manager
@@ -33,6 +38,7 @@ import concurrent.futures
 import logging
 import multiprocessing
 import os
+import pickle
 import sys
 import traceback
 from collections.abc import Callable
@@ -62,6 +68,10 @@ class HandlerProcessDied(Exception):
 
 class CallTimedOut(TimeoutError):
     """The call ran past `handler.timeout_s`; its process was killed and replaced."""
+
+
+class HandlerResultNotPortable(Exception):
+    """What a handler process raised or returned could not be pickled back to the worker."""
 
 
 class RemoteTraceback(Exception):
@@ -97,17 +107,29 @@ def _init(spec: ChildSpec, traits: RecordTraits, cwd: str) -> None:
     _traits = traits
 
 
-def _run(packed: Packed) -> tuple[bool, Any, str]:
-    """In a child: (True, result, "") or (False, error, its traceback)."""
+def _pickled(value: Any) -> bytes | str:
+    """`value` pickled, or (a str) why it cannot be."""
+    try:
+        return pickle.dumps(value)
+    except Exception as exc:
+        try:
+            shown = f"{type(value).__name__}: {value}"
+        except Exception:
+            shown = type(value).__name__
+        return f"{shown} (cannot be pickled: {type(exc).__name__})"
+
+
+def _run(packed: Packed) -> tuple[bool, bytes | str, str]:
+    """In a child: (True, pickled result, "") or (False, pickled error, its traceback)."""
     assert _handler is not None and _traits is not None, "the pool initializer did not run"
     try:
         result = call_sync(_handler, unpack(packed, _traits))
     except BaseException as exc:  # SystemExit too: the handler's, not the child's, exit
-        return False, exc, traceback.format_exc()
+        return False, _pickled(exc), traceback.format_exc()
     if isinstance(result, list | tuple | set) and not isinstance(result, str | bytes):
         # Records do not travel back; their positions identify them just as well.
-        return True, [getattr(item, "position", item) for item in result], ""
-    return True, result, ""
+        result = [getattr(item, "position", item) for item in result]
+    return True, _pickled(result), ""
 
 
 def _reap(call: Future[Any], partition: str) -> None:
@@ -173,7 +195,14 @@ class ProcessPool:
 
     def result(self, value: Any) -> Any:
         """What the call returned, or the handler's error raised here."""
-        ok, result, text = value
+        ok, blob, text = value
+        try:
+            result = pickle.loads(blob) if isinstance(blob, bytes) else None
+        except Exception as exc:  # e.g. an exception class whose __init__ wants more
+            last = text.strip().splitlines()[-1:] or ["the result"]
+            blob = f"{last[0]} (cannot be unpickled: {type(exc).__name__}: {exc})"
+        if isinstance(blob, str):
+            raise HandlerResultNotPortable(blob) from (RemoteTraceback(text) if text else None)
         if ok:
             return result
         raise result from RemoteTraceback(text)

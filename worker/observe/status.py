@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.observe.errors import RecentErrors
+from worker.observe.terminal import printable
 from worker.observe.view import RetryingBatch, WorkerView
 
 RATE_WINDOW_S = 5.0
@@ -149,7 +150,7 @@ def render_text(status: dict[str, Any]) -> str:
     if status["last_errors"]:
         lines += ["", "last errors:"]
         lines += [_error_line(e) for e in status["last_errors"]]
-    return "\n".join(lines)
+    return "\n".join(map(printable, lines))  # errors quote records: no escapes reach the tty
 
 
 def _error_line(e: dict[str, Any]) -> str:
