@@ -216,3 +216,15 @@ def test_the_start_up_warning_says_what_the_failure_settings_do_to_a_bad_record(
     else:
         assert len(lines) == 1 and lines[0].startswith("event=config_warning ")
         assert says in lines[0]
+
+
+def test_bisecting_around_one_poison_record_is_one_group_showing_the_record():
+    """0..99, 0..49, 25..49, ... 37 overlap: one group; a second poison record, apart."""
+    errors = RecentErrors(keep=3)
+    for n, position in enumerate(["0..99", "0..49", "25..49", "25..37", "37", "37", "37"]):
+        errors.add("t-0", position, "ValueError: bad reading", now=1000.0 + n)
+    errors.add("t-0", "50..99", "ValueError: bad reading", now=2000.0)
+    errors.add("t-0", "80", "ValueError: bad reading", now=2001.0)
+    errors.add("t-1", "37", "ValueError: bad reading", now=2002.0)  # another partition
+    shown = [(e["partition"], e["position"], e["count"]) for e in errors.snapshot()]
+    assert shown == [("t-0", "37", 7), ("t-0", "80", 2), ("t-1", "37", 1)]

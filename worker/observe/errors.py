@@ -1,15 +1,17 @@
 """The last few distinct handler failures, for the status page and `worker status`.
 
-Grouped by partition, source position and error: a poison record retried
-without end fails the same way every time, and as one line per failure it
-pushed every other error out. Each group keeps a count and when it was first
-and last seen; the groups seen most recently are kept.
+Grouped by partition, records and error: a poison record retried without end
+fails the same way every time, and as one line per failure it pushed every other
+error out. "The same records" means overlapping positions: bisecting a batch of
+100 around one poison record fails 0..99, 0..49, 25..49, ... 37, and all of that
+is one group (showing the latest, narrowest range), where grouping by the exact
+range took seven of the ten places. Each group keeps a count and when it was
+first and last seen; the groups seen most recently are kept.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 _MAX_ERROR_CHARS = 300
@@ -19,15 +21,37 @@ def _iso(epoch_s: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_s))
 
 
+def _span(position: str) -> tuple[int, int] | None:
+    """ "17" or "10..19" as numbers (Kafka offsets, Kinesis sequence numbers); None for
+    anything else, which then groups only with the same text."""
+    first, _, last = position.partition("..")
+    try:
+        return int(first), int(last or first)
+    except ValueError:
+        return None
+
+
 @dataclass(slots=True)
 class _Group:
+    partition: str
+    position: str
+    error: str
     first_seen: float
     last_seen: float
     count: int = 1
 
-    def seen_again(self, at: float) -> None:
+    def covers(self, partition: str, position: str, error: str) -> bool:
+        if (partition, error) != (self.partition, self.error):
+            return False
+        mine, theirs = _span(self.position), _span(position)
+        if mine is None or theirs is None:
+            return position == self.position
+        return mine[0] <= theirs[1] and theirs[0] <= mine[1]
+
+    def seen_again(self, position: str, at: float) -> None:
         self.count += 1
         self.last_seen = at
+        self.position = position
 
 
 class RecentErrors:
@@ -35,20 +59,19 @@ class RecentErrors:
 
     def __init__(self, keep: int = 10) -> None:
         self._keep = keep
-        self._groups: OrderedDict[tuple[str, str, str], _Group] = OrderedDict()
+        self._groups: list[_Group] = []  # least recently seen first; at most `keep`
 
     def add(self, partition: str, position: str, error: str, now: float | None = None) -> None:
         """Count one failure of the records at `position` (a position, or first..last)."""
         at = time.time() if now is None else now
-        key = (partition, position, error[:_MAX_ERROR_CHARS])
-        group = self._groups.get(key)
-        if group is None:
-            self._groups[key] = _Group(at, at)
-            while len(self._groups) > self._keep:
-                self._groups.popitem(last=False)
-            return
-        group.seen_again(at)
-        self._groups.move_to_end(key)
+        error = error[:_MAX_ERROR_CHARS]
+        for i, group in enumerate(self._groups):
+            if group.covers(partition, position, error):
+                group.seen_again(position, at)
+                self._groups.append(self._groups.pop(i))
+                return
+        self._groups.append(_Group(partition, position, error, at, at))
+        del self._groups[: -self._keep]
 
     def snapshot(self) -> list[dict[str, object]]:
         """Oldest first, like a log: the group seen last is the last."""
@@ -58,9 +81,9 @@ class RecentErrors:
                 "first_seen": _iso(g.first_seen),
                 "last_seen": _iso(g.last_seen),
                 "count": g.count,
-                "partition": partition,
-                "position": position,
-                "error": error,
+                "partition": g.partition,
+                "position": g.position,
+                "error": g.error,
             }
-            for (partition, position, error), g in self._groups.items()
+            for g in self._groups
         ]
