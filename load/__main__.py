@@ -36,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         help="run only these scenarios (repeatable)",
     )
     mm = sub.add_parser("memory", help="RSS under a backlog at 8, 64 and 256 partitions")
-    mm.add_argument("--partitions", type=int, nargs="+", default=[8, 64, 256])
+    mm.add_argument(
+        "--partitions",
+        type=int,
+        nargs="*",
+        default=[8, 64, 256],
+        help="partition counts of the RSS runs (none: --throughput only)",
+    )
     mm.add_argument("--backlog", type=int, default=600_000, help="1 KB readings per topic")
     mm.add_argument("--seconds", type=float, default=40.0, help="RSS sampled every second")
     mm.add_argument(

@@ -92,11 +92,12 @@ def throughput_runs(builds: dict[str, Path], env: Env, rounds: int) -> list[dict
     records, topic = 1_000_000, "mem-throughput"
     fill(env, topic, 8, records)
     rates: dict[str, list[float]] = {name: [] for name in [RAW, *builds]}
-    for _ in range(rounds):
+    order = list(builds.items())
+    for i in range(rounds):
         rates[RAW].append(
             run_contender(Contender(RAW, "raw", "noop", RAW), env, topic, records)["rate"]
         )
-        for name, build in builds.items():
+        for name, build in order[i % 2 :] + order[: i % 2]:  # who goes first alternates
             out = env.tmp / f"result-{uuid.uuid4().hex[:8]}"
             proc = _worker(build, env, topic, "load.bench_handlers:noop",
                            "batching.batch_size=10000", "batching.maximum_batching_window_ms=0",
@@ -192,6 +193,8 @@ def main(partitions: list[int], backlog: int, seconds: float, builds: list[str],
               "when": time.strftime("%Y-%m-%d"), "backlog": backlog, "seconds": seconds,
               "record_bytes": RECORD_BYTES, "rss": rss, **result}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if not rss and (RESULTS / "memory.json").exists():  # throughput only: keep the RSS rows
+        result["rss"] = json.loads((RESULTS / "memory.json").read_text())["rss"]
     (RESULTS / "memory.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
     (RESULTS / "memory.md").write_text(table)

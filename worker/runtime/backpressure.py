@@ -31,8 +31,9 @@ from worker.partition.partition import Partition
 from worker.sources.base import Source
 
 #: The part of the memory budget offered to the client's prefetch. Half: at the default
-#: 32 MiB and 8 partitions that is the client's default fetch size (2 MiB a partition),
-#: so a worker with few partitions fetches as before.
+#: 48 MiB that covers the client's default fetch size (2 MiB a partition) up to 12
+#: partitions, so a worker with few partitions fetches as before; past that the
+#: partitions' fetches shrink instead of the pipeline's buffers.
 PREFETCH_SHARE = 0.5
 
 

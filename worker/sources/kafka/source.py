@@ -26,7 +26,7 @@ from worker.sources.base import (
     next_to_read,
 )
 from worker.sources.kafka.config import KafkaSourceConfig
-from worker.sources.kafka.fetch_limits import FetchLimits, apply_limits, fetch_limits
+from worker.sources.kafka.fetch_limits import apply_limits, fetch_limits
 from worker.sources.kafka.notes import CommitNotes
 from worker.sources.kafka.reach import BrokerProbe, Reachability
 from worker.sources.kafka.record import TRAITS
@@ -89,8 +89,6 @@ class KafkaSource:
         #: Partitions the listener was told of; only their records are returned.
         self._announced: set[TopicPartition] = set()
         self._failure: SourceFailed | None = None
-        #: The fetch limits last fitted to the budget (None: the configured ones).
-        self.limits: FetchLimits | None = None
         self._reach = Reachability()
         self._notes = CommitNotes(client_kwargs(config), config.group_id)
         reset = "latest" if config.starting_position == "latest" else "earliest"
@@ -231,7 +229,6 @@ class KafkaSource:
         `fetch_limits`); a paused partition is not fetched, so `pause` stops its prefetch."""
         limits = fetch_limits(self._config, share_bytes, partitions)
         apply_limits(self._consumer, limits)
-        self.limits = limits
         log.info("event=fetch_limits partitions=%d partition_bytes=%d request_bytes=%d",
                  partitions, limits.partition_bytes, limits.request_bytes)  # fmt: skip
         return limits.prefetch_bytes
