@@ -45,7 +45,7 @@ async def test_the_share_offered_to_the_source_follows_the_assignment():
         await source.revoke(rest)
         per_partition = [share // n for share, n in source.prefetch_shares]
         assert [n for _, n in source.prefetch_shares] == [256, 8, 256, 8]
-        assert per_partition == [96 * 1024, 3 * MiB, 96 * 1024, 3 * MiB]
+        assert per_partition == [64 * 1024, 2 * MiB, 64 * 1024, 2 * MiB]
         assert sorted(p.key for p in w.assignments.partitions()) == first_eight
 
 
@@ -59,8 +59,7 @@ def test_the_kafka_client_fetch_limits_follow_the_assignment():
         apply_limits(consumer, limits)
         seen.append((fetcher._max_partition_fetch_bytes, fetcher._fetch_max_bytes))
         assert limits.prefetch_bytes <= share
-    # 8 partitions: the configured 2 MiB (the share would allow 3); 256: 96 KiB each
-    assert seen == [(2 * MiB, 24 * MiB), (96 * 1024, 24 * MiB), (2 * MiB, 24 * MiB)]
+    assert seen == [(2 * MiB, 16 * MiB), (64 * 1024, 16 * MiB), (2 * MiB, 16 * MiB)]
 
 
 def test_the_fetch_limits_never_exceed_the_configured_ones():
