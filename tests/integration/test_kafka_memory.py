@@ -21,10 +21,12 @@ from tests.integration.kafka_helpers import (
     unique,
     write_config,
 )
+from worker.runtime.backpressure import PREFETCH_SHARE
 
 pytestmark = pytest.mark.kafka
 PARTITIONS = 8
-BUDGET = 1024 * 1024  # the smallest allowed: 512 KiB for the client, 64 KiB a partition
+BUDGET = 1024 * 1024  # the smallest allowed: a third for the client, ~43 KB a partition
+SHARE = int(BUDGET * PREFETCH_SHARE)
 BIG = 700_000  # under the broker's message.max.bytes (1 MiB), over every fetch limit
 BIG_PARTITION = 3
 
@@ -64,8 +66,8 @@ def test_a_record_larger_than_the_partition_share_is_delivered_whole_and_committ
             r"request_bytes=(\d+)"
         )
         partition_bytes, request_bytes = int(fitted.group(1)), int(fitted.group(2))
-        assert partition_bytes == BUDGET // 2 // PARTITIONS < BIG  # the record is over both
-        assert request_bytes == BUDGET // 2 < BIG
+        assert partition_bytes == SHARE // PARTITIONS < BIG  # the record is over both
+        assert request_bytes == SHARE < BIG
         eventually(lambda: committed(kafka, group, topic) == ends, what="all committed")
 
         sized = (tmp_path / f"sized.{worker.pid}").read_text().splitlines()
@@ -86,3 +88,47 @@ def test_a_record_larger_than_the_partition_share_is_delivered_whole_and_committ
         assert not re.search(r"RecordTooLarge|record_too_large", worker.log())
     finally:
         worker.stop()
+
+
+class _Listener:
+    """Just enough of the worker to hold an assignment (the source contract's listener)."""
+
+    def __init__(self, source: object) -> None:
+        self.source = source
+        self.assigned = asyncio.Event()
+        self.tasks: list[asyncio.Task[object]] = []
+
+    async def on_assigned(self, partitions) -> None:
+        self.source.fit_prefetch(SHARE, len(partitions))  # what the worker's budget does
+        self.assigned.set()
+
+    async def on_revoked(self, partitions) -> None:
+        return None
+
+    async def on_lost(self, partitions) -> None:
+        return None
+
+    def spawn(self, coro, name: str) -> asyncio.Task[object]:
+        self.tasks.append(asyncio.ensure_future(coro))
+        return self.tasks[-1]
+
+
+async def test_the_fitted_limits_reach_the_running_consumer(kafka: str):
+    from worker.sources.kafka.config import KafkaSourceConfig
+    from worker.sources.kafka.source import KafkaSource
+
+    topic = unique("mem")
+    await create_topic(kafka, topic, PARTITIONS)
+    source = KafkaSource(KafkaSourceConfig(bootstrap_servers=[kafka], topics=[topic],
+                                           group_id=unique("g")))  # fmt: skip
+    listener = _Listener(source)
+    await source.start(listener)
+    try:
+        await asyncio.wait_for(listener.assigned.wait(), 60)
+        fetcher = source._consumer._fetcher  # aiokafka's, read for every fetch request
+        assert fetcher._max_partition_fetch_bytes == SHARE // PARTITIONS
+        assert fetcher._fetch_max_bytes == SHARE
+    finally:
+        for task in listener.tasks:
+            task.cancel()
+        await source.stop()
