@@ -1,4 +1,4 @@
-"""python -m load produce|bench|demo|soak ..."""
+"""python -m load produce|topic|bench|memory|demo|soak ..."""
 
 from __future__ import annotations
 
@@ -35,6 +35,29 @@ def main(argv: list[str] | None = None) -> int:
         choices=["throughput", "fetch", "parallel", "cpu", "latency", "memory", "kinesis"],
         help="run only these scenarios (repeatable)",
     )
+    mm = sub.add_parser("memory", help="RSS under a backlog at 8, 64 and 256 partitions")
+    mm.add_argument(
+        "--partitions",
+        type=int,
+        nargs="*",
+        default=[8, 64, 256],
+        help="partition counts of the RSS runs (none: --throughput only)",
+    )
+    mm.add_argument("--backlog", type=int, default=600_000, help="1 KB readings per topic")
+    mm.add_argument("--seconds", type=float, default=40.0, help="RSS sampled every second")
+    mm.add_argument(
+        "--build",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="also run the worker from this source tree (e.g. an older commit)",
+    )
+    mm.add_argument(
+        "--throughput",
+        action="store_true",
+        help="and each build's 8-partition no-op rate against the raw loop",
+    )
+    mm.add_argument("--rounds", type=int, default=3)
     dm = sub.add_parser("demo", help="local Kafka + telemetry + the worker, with live numbers")
     dm.add_argument("--records", type=int, default=200_000)
     dm.add_argument("--partitions", type=int, default=4)
@@ -89,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         from load.bench import main as bench
 
         return bench(args.records, args.rounds, args.backlog, args.quick, args.only)
+    if args.cmd == "memory":
+        from load.memory_bench import main as memory
+
+        return memory(args.partitions, args.backlog, args.seconds, args.build,
+                      args.throughput, args.rounds)  # fmt: skip
     if args.cmd == "soak":
         from load.soak_cli import soak
 

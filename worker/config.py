@@ -166,7 +166,11 @@ class RuntimeConfig(Section):
     #: owner redo. A million at most: past that the bound protects nothing.
     max_buffered_records: Annotated[int, Field(ge=1, le=1_000_000)] = 20_000
     max_buffered_bytes: Annotated[int, Field(ge=1024, le=4 * 1024**3)] = 8 * 1024 * 1024
-    memory_budget_bytes: Annotated[int, Field(ge=1024 * 1024, le=64 * 1024**3)] = 32 * 1024 * 1024
+    #: Every record the process holds: the client's prefetch and the pipeline's buffers.
+    #: 48 MiB: the pipeline's former 32 MiB plus what the client fetches ahead of 8
+    #: partitions at its default (16 MiB), so up to 8 partitions run as they did before
+    #: the budget covered the client.
+    memory_budget_bytes: Annotated[int, Field(ge=1024 * 1024, le=64 * 1024**3)] = 48 * 1024 * 1024
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     stall_timeout_s: Annotated[float, Field(ge=0, le=86_400)] = 900

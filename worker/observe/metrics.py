@@ -150,6 +150,13 @@ class Metrics:
             ("source",),
             registry=r,
         )
+        self.memory_bytes = Gauge(
+            "worker_memory_bytes",
+            "The memory budget's parts: `pipeline_buffers` (estimated memory of buffered "
+            "records), `client_prefetch` (the most the client may hold fetched ahead).",
+            ("source", "part"),
+            registry=r,
+        )
         self.halted = self.partition_gauge(
             "worker_partition_halted",
             "1 when the dead-letter guard stopped the partition (see errors.max_dead_letter_*).",

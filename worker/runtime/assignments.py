@@ -119,6 +119,7 @@ class Assignments:
                 for task in p.start():
                     self._tasks.watch(task, f"lane {p.label}")
         self._m_assigned.set(len(self._partitions))
+        self._backpressure.owned_changed(len(self._partitions))
         log.info("event=assigned partitions=%s", ",".join(map(self._source.label, keys)))
 
     async def on_revoked(self, keys: Sequence[Hashable]) -> None:
@@ -158,6 +159,7 @@ class Assignments:
         if not leaving:
             return
         self._m_assigned.set(len(self._partitions))
+        self._backpressure.owned_changed(len(self._partitions))
         self._draining.update((p.key, p) for p in leaving)
         try:
             stops = {asyncio.ensure_future(p.stop(deadline.left())): p for p in leaving}

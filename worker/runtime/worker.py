@@ -67,8 +67,7 @@ class Worker:
         self.committer = Committer(
             self.source, config.source.commit_interval_ms / 1000.0, self.metrics
         )
-        bytes_gauge = self.metrics.buffered_bytes.labels(self.source.name)
-        backpressure = Backpressure(self.source, rt.memory_budget_bytes, bytes_gauge)
+        backpressure = Backpressure(self.source, rt.memory_budget_bytes, self.metrics)
         self.backpressure = backpressure
         self.assignments = Assignments(
             self.source, PartitionFactory(config, self.source, self.metrics, steps),

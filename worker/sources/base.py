@@ -125,6 +125,13 @@ class Source(Protocol):
     async def fetch(self, timeout_s: float) -> Mapping[PartitionKey, Sequence[Record]]:
         """Next chunks of records per owned, unpaused partition (possibly none)."""
 
+    def fit_prefetch(self, share_bytes: int, partitions: int) -> int:
+        """Your share of the memory budget is `share_bytes` for `partitions` owned ones:
+        hold no more than that fetched ahead of `fetch` (set the client's fetch limits
+        from it; a record larger than a partition's part must still get through).
+        Returns the most the source may now hold ahead, which the pipeline's buffers do
+        not get. Called on every assignment change, never per fetch."""
+
     def pause(self, partition: PartitionKey) -> None: ...
 
     def resume(self, partition: PartitionKey) -> None: ...

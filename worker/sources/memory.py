@@ -146,6 +146,8 @@ class MemorySource:
         self.positions: dict[TopicPartition, int] = {}
         self.paused: set[TopicPartition] = set()
         self.commits: list[dict[TopicPartition, int]] = []
+        #: (share_bytes, partitions) of every `fit_prefetch`, in order.
+        self.prefetch_shares: list[tuple[int, int]] = []
         #: Tests set this to make commits fail as a broker outage would.
         self.commit_error: Exception | None = None
         self._listener: AssignmentListener | None = None
@@ -201,6 +203,12 @@ class MemorySource:
                 self.positions[tp] = pos + len(chunk)
                 budget -= len(chunk)
         return out
+
+    def fit_prefetch(self, share_bytes: int, partitions: int) -> int:
+        """Reads straight from the broker's lists, so it holds nothing ahead; it keeps the
+        shares it was offered, for tests of how the core splits its budget."""
+        self.prefetch_shares.append((share_bytes, partitions))
+        return 0
 
     def pause(self, partition: TopicPartition) -> None:
         self.paused.add(partition)

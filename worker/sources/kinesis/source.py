@@ -295,6 +295,11 @@ class KinesisSource:
                 out[shard_id] = records
         return out
 
+    def fit_prefetch(self, share_bytes: int, partitions: int) -> int:
+        """Each shard's reader queues at most two GetRecords pages, bounded by AWS (10,000
+        records, 10 MB a call), not by a setting: nothing to fit. Counted as none."""
+        return 0
+
     def pause(self, partition: str) -> None:
         if (shard := self._shards.get(partition)) is not None:
             shard.reader.pause()
