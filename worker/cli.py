@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -20,6 +21,18 @@ from worker.destinations import dlq_view
 
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
+
+
+def _seconds(text: str) -> float:
+    """A duration on the command line: 0 or more (`inf`: no limit); NaN, which no clock
+    ever passes, and a negative one are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number of seconds, 0 or more")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     lg.set_defaults(command="lag")
     lg.add_argument(
         "--wait",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         help="ask every second until the lag is 0 (exit 0) or SECONDS passed (exit 1)",
     )

@@ -133,21 +133,42 @@ def _say_folded(kind: tuple[str, int, str], held: int, over_s: float) -> None:
 #: fresh broker creates its offsets topic on the first group's lookup, so every first start
 #: logged "Group Coordinator Request failed: [Error 15] CoordinatorNotAvailableError".
 TRANSIENT_TEMPLATES = frozenset({"Group Coordinator Request failed: %s"})
+#: How long such a condition is shown as INFO. A fresh broker's offsets topic takes seconds;
+#: one still failing after this will not pass by itself (an offsets topic whose replication
+#: factor the cluster cannot meet: no group ever starts) and is an ERROR again.
+TRANSIENT_GRACE_S = 30.0
+#: A pause this long between two of its lines ends a condition: the next starts afresh.
+TRANSIENT_GAP_S = 10.0
 
 
 class DemoteTransient(logging.Filter):
-    """Shows a client library's ERROR about a retriable error it retries as INFO.
+    """Shows a client library's ERROR about a retriable error it retries as INFO, for a while.
 
     Only a line in `TRANSIENT_TEMPLATES` whose error says it is retriable: the same
-    sentence with a fatal error stays an ERROR.
+    sentence with a fatal error stays an ERROR, and so does one that has gone on for
+    `TRANSIENT_GRACE_S` (its lines at most `TRANSIENT_GAP_S` apart).
     """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._clock = clock
+        #: template -> (when its current run of lines began, its last line)
+        self._runs: dict[str, tuple[float, float]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno == logging.ERROR and record.msg in TRANSIENT_TEMPLATES:
             args = record.args if isinstance(record.args, tuple) else ()
-            if args and getattr(args[0], "retriable", False):
+            if args and getattr(args[0], "retriable", False) and self._young(record.msg):
                 record.levelno, record.levelname = logging.INFO, "INFO"
         return True
+
+    def _young(self, template: str) -> bool:
+        now = self._clock()
+        began, last = self._runs.get(template, (now, now))
+        if now - last >= TRANSIENT_GAP_S:
+            began = now
+        self._runs[template] = (began, now)
+        return now - began < TRANSIENT_GRACE_S
 
 
 _fold = FoldRepeats()

@@ -18,7 +18,7 @@ class KafkaSourceConfig(SourceSettings):
     topics: list[str] = Field(default_factory=list)
     client_id: str = "streamworker"
     #: How long the start waits for a broker to answer (retrying with backoff) before it
-    #: gives up: a container started beside its broker must not crash-loop. 0: one try.
+    #: gives up: a container started beside its broker must not crash-loop. 0: one try (5 s).
     connect_timeout_s: Annotated[float, Field(ge=0, le=3600)] = 60
     session_timeout_ms: Annotated[int, Field(ge=1000, le=3_600_000)] = 10_000
     heartbeat_interval_ms: Annotated[int, Field(ge=100, le=60_000)] = 3_000

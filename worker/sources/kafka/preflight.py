@@ -7,8 +7,10 @@ started beside its broker: so the source (and a `kafka://` on-failure destinatio
 ask first, with a client of their own.
 
 - The broker: asked again with the one backoff (`worker.backoff`) until
-  `source.connect_timeout_s` has passed, one WARNING line per failed attempt. Refused
-  credentials end the wait at once: they will not get better.
+  `source.connect_timeout_s` has passed, one WARNING line per failed attempt, which
+  says what each server said (aiokafka's own ERROR line for each is kept out: the
+  attempt is retried). Refused credentials end the wait at once: they will not get
+  better.
 - The topics: one metadata request; a topic it does not list is named, with the
   broker asked, in one `StartError` line.
 
@@ -18,9 +20,10 @@ Callers cancel the wait (SIGTERM) like any coroutine: the client is closed eithe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from aiokafka.client import AIOKafkaClient
@@ -37,11 +40,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from worker.backoff import Backoff
 from worker.sources.base import SourceStartError
 from worker.sources.kafka.config import KafkaSourceConfig
-from worker.sources.kafka.security import (
-    auth_failure_message,
-    client_kwargs,
-    watch_for_auth_failure,
-)
+from worker.sources.kafka.security import auth_failure_message, client_kwargs, refused_auth
 
 log = logging.getLogger("worker.source.kafka")
 
@@ -49,6 +48,10 @@ log = logging.getLogger("worker.source.kafka")
 CONNECT_BACKOFF = Backoff(200, 5000)
 #: One attempt is cut short after this long (an address that drops packets never refuses).
 ATTEMPT_TIMEOUT_S = 5.0
+
+
+#: aiokafka's line for each bootstrap server it could not reach (its exception names none).
+UNABLE_CONNECT = 'Unable connect to "%s:%s": %s'
 
 
 class BrokerUnreachable(Exception):
@@ -70,6 +73,45 @@ def servers_of(connection: Mapping[str, Any]) -> str:
     return servers if isinstance(servers, str) else ",".join(map(str, servers))
 
 
+class _Attempt(logging.Filter):
+    """What the servers said to one bootstrap attempt, from aiokafka's lines: the wait's
+    WARNING says it, and the lines themselves (ERRORs, for a try retried) are not shown."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._task = asyncio.current_task()
+        self.said: list[str] = []
+        self.auth_failed = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            ours = record.msg == UNABLE_CONNECT and asyncio.current_task() is self._task
+        except RuntimeError:  # another thread: not this attempt's
+            ours = False
+        if not ours:
+            return True
+        host, port, error = record.args if isinstance(record.args, tuple) else ("?", "?", "")
+        self.auth_failed = self.auth_failed or refused_auth(record.getMessage())
+        text = described(error) if isinstance(error, BaseException) else str(error)
+        self.said.append(f"{host}:{port}: {text}")
+        return False
+
+
+@contextlib.contextmanager
+def _attempt() -> Iterator[_Attempt]:
+    attempt, logger = _Attempt(), logging.getLogger("aiokafka")
+    logger.addFilter(attempt)
+    try:
+        yield attempt
+    finally:
+        logger.removeFilter(attempt)
+
+
+def _attempt_timeout_s(timeout_s: float, left: float) -> float:
+    """One try's bound: what is left of the wait, but the one try of a 0 wait a full one."""
+    return ATTEMPT_TIMEOUT_S if timeout_s == 0 else max(min(left, ATTEMPT_TIMEOUT_S), 0.1)
+
+
 async def connected_client(
     connection: Mapping[str, Any],
     timeout_s: float,
@@ -85,18 +127,24 @@ async def connected_client(
         attempt += 1
         client = AIOKafkaClient(**connection, client_id="streamworker-preflight")
         left = timeout_s - (time.monotonic() - started)
+        bound_s = _attempt_timeout_s(timeout_s, left)
         try:
-            with watch_for_auth_failure() as watch:
-                async with asyncio.timeout(max(min(left, ATTEMPT_TIMEOUT_S), 0.1)):
+            with _attempt() as seen:
+                async with asyncio.timeout(bound_s):
                     await client.bootstrap()
             return client
         except (KafkaError, OSError, TimeoutError) as exc:
             await client.close()
-            if watch.auth_failed:
+            if seen.auth_failed:
                 raise AuthRefused(servers_of(connection)) from None
             reason = described(exc)
-            if isinstance(exc, KafkaConnectionError):  # its text lists socket tuples
-                reason = "KafkaConnectionError: no bootstrap server accepted a connection"
+            if isinstance(exc, TimeoutError):  # `asyncio.timeout`'s has no message
+                reason = "; ".join([*seen.said, f"TimeoutError: no answer within {bound_s:.3g} s"])
+            elif isinstance(exc, KafkaConnectionError):  # its text lists socket tuples
+                reason = (
+                    "; ".join(seen.said)
+                    or "KafkaConnectionError: no bootstrap server accepted a connection"
+                )
         except BaseException:
             await client.close()
             raise

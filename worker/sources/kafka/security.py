@@ -42,9 +42,12 @@ class _Watch(logging.Handler):
         self.auth_failed = False
 
     def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if "SaslAuthenticationFailed" in text or "Authentication failed" in text:
-            self.auth_failed = True
+        self.auth_failed = self.auth_failed or refused_auth(record.getMessage())
+
+
+def refused_auth(text: str) -> bool:
+    """An aiokafka line saying the broker refused the credentials."""
+    return "SaslAuthenticationFailed" in text or "Authentication failed" in text
 
 
 @contextmanager

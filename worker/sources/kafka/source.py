@@ -146,7 +146,7 @@ class KafkaSource:
                 servers = ",".join(self._config.bootstrap_servers)
                 raise SourceStartError(f"kafka: cannot connect to {servers}: {exc}") from None
             except asyncio.CancelledError:  # SIGTERM while joining: leave nothing open
-                await self._consumer.stop()
+                await self._abandon_start()
                 raise
             except UnknownTopicOrPartitionError:
                 await self._consumer.stop()
@@ -156,6 +156,21 @@ class KafkaSource:
                 ) from None
         probe = BrokerProbe(client_kwargs(self._config), self._reach)
         listener.spawn(probe.run(), "kafka broker probe")
+
+    async def _abandon_start(self) -> None:
+        """Close a consumer whose start was cancelled, without finishing its group join.
+
+        `stop()` awaits aiokafka's coordination task, and a join in flight waits at the
+        broker for every member (a new group's initial delay, a stuck peer: up to the
+        rebalance timeout); a SIGTERM then would wait that long. The task is cancelled
+        first: this member has handled nothing, there is nothing of it to finish.
+        """
+        coordinator = self._consumer._coordinator
+        task = getattr(coordinator, "_coordination_task", None)
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+        await self.stop()
 
     def forget(self, partitions: Sequence[TopicPartition]) -> None:
         """Drop what this member knew of partitions it gave away."""
