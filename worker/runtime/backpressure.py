@@ -24,6 +24,7 @@ buffers get the rest. So memory does not grow with the partition count.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from worker.observe.metrics import Metrics
@@ -37,6 +38,8 @@ from worker.sources.base import Source
 #: the client prefetches costs more RSS than a buffered one (the raw response stays
 #: alive beside the records decoded from it), so the client's part is the smaller one.
 PREFETCH_SHARE = 1 / 3
+
+log = logging.getLogger("worker")
 
 
 class Backpressure:
@@ -60,7 +63,15 @@ class Backpressure:
         if partitions <= 0:
             return
         share = int(self._total * PREFETCH_SHARE)
-        prefetch = min(max(self._source.fit_prefetch(share, partitions), 0), share)
+        # Over the share when the client's smallest fetch times the partitions is: counted
+        # as it is, or the process outgrows its budget with the partition count. The
+        # pipeline may be left nothing: a paused partition holding nothing still fetches.
+        prefetch = min(max(self._source.fit_prefetch(share, partitions), 0), self._total)
+        if prefetch > share:
+            log.warning(
+                "event=prefetch_over_share partitions=%d prefetch_bytes=%d share_bytes=%d "
+                "note='raise runtime.memory_budget_bytes'", partitions, prefetch, share,
+            )  # fmt: skip
         self._budget = self._total - prefetch
         self._m_prefetch.set(prefetch)
 
