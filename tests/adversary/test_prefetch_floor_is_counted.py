@@ -73,3 +73,13 @@ async def test_with_nothing_left_for_the_pipeline_every_record_is_still_handled_
         worker.request_exit()
         await task
     assert seen == {p: list(range(100)) for p in range(4)}
+
+
+def test_a_member_left_with_no_partitions_shows_no_client_prefetch():
+    metrics = Metrics()
+    bp = Backpressure(FloorBoundKafka(), BUDGET, metrics)  # type: ignore[arg-type]
+    bp.owned_changed(8)
+    gauge = metrics.memory_bytes.labels("kafka", "client_prefetch")
+    assert gauge._value.get() > 0
+    bp.owned_changed(0)  # more members than partitions: this one owns none, holds none
+    assert gauge._value.get() == 0

@@ -59,8 +59,10 @@ class Backpressure:
     def owned_changed(self, partitions: int) -> None:
         """The assignment changed: give the source its share of the budget for the
         partitions owned, and the pipeline what the source does not take. With none
-        owned the limits stay (a revoke is followed by the next assignment)."""
+        owned the limits stay (a revoke is followed by the next assignment), but the client
+        holds nothing: it fetches only owned partitions."""
         if partitions <= 0:
+            self._m_prefetch.set(0)
             return
         share = int(self._total * PREFETCH_SHARE)
         # Over the share when the client's smallest fetch times the partitions is: counted
