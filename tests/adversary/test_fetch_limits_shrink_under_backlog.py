@@ -101,3 +101,48 @@ async def test_limits_changing_mid_backlog_lose_skip_and_reorder_nothing(kafka: 
         p: list(range(end)) for p, end in ends.items()
     }
     assert sizes[(BIG_PARTITION, PER_PARTITION)] == BIG
+
+
+async def test_past_the_fetch_floor_the_real_prefetch_is_counted_and_every_record_flows(
+    kafka: str,
+):
+    """400 partitions at the smallest budget: a third split 400 ways is under the 1 KiB
+    floor, so the client may hold 400 KiB, more than its third (341 KiB)."""
+    partitions, topic, group = 400, unique("floor"), unique("g")
+    await create_topic(kafka, topic, partitions)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all", linger_ms=20)
+    await producer.start()
+    try:
+        sends = [await producer.send(topic, os.urandom(400), partition=p)
+                 for _ in range(3) for p in range(partitions)]  # fmt: skip
+        await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+    ends = await end_offsets(kafka, topic, partitions)
+    handled: dict[int, list[int]] = defaultdict(list)
+
+    async def handler(batch) -> None:
+        for r in batch.records:
+            handled[r.partition].append(r.offset)
+
+    cfg = config(
+        kafka, topic, group,
+        batching={"batch_size": 25, "maximum_batching_window_ms": 5},
+        source={"commit_interval_ms": 50},
+        runtime={"memory_budget_bytes": BUDGET},
+    )  # fmt: skip
+    w = Worker(cfg, handler=handler)
+    task = asyncio.create_task(w.serve())
+    try:
+        for _ in range(600):
+            if await committed_offsets(kafka, group, topic) == ends:
+                break
+            await asyncio.sleep(0.1)  # the broker's committed offsets: nothing to await
+        assert w.source._consumer._fetcher._max_partition_fetch_bytes == 1024
+        shown = w.metrics.memory_bytes.labels("kafka", "client_prefetch")._value.get()
+        assert shown == 1024 * partitions > int(BUDGET * PREFETCH_SHARE)
+    finally:
+        w.request_exit()
+        assert await task == 0
+    assert await committed_offsets(kafka, group, topic) == ends
+    assert dict(handled) == {p: list(range(end)) for p, end in ends.items()}
