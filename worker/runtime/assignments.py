@@ -159,7 +159,6 @@ class Assignments:
         if not leaving:
             return
         self._m_assigned.set(len(self._partitions))
-        self._backpressure.owned_changed(len(self._partitions))
         self._draining.update((p.key, p) for p in leaving)
         try:
             stops = {asyncio.ensure_future(p.stop(deadline.left())): p for p in leaving}
@@ -183,6 +182,9 @@ class Assignments:
         self._committer.forget(leaving)
         for p in leaving:
             p.forget()
+        # Last: a source failing to fit its prefetch must not cut the release short (the
+        # partitions are no longer owned: undrained, they would run beside the next owner).
+        self._backpressure.owned_changed(len(self._partitions))
 
     async def _hold(
         self, leaving: list[Partition], lanes: dict[Partition, asyncio.Future[None]],

@@ -24,6 +24,7 @@ buffers get the rest. So memory does not grow with the partition count.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from worker.observe.metrics import Metrics
@@ -37,6 +38,8 @@ from worker.sources.base import Source
 #: the client prefetches costs more RSS than a buffered one (the raw response stays
 #: alive beside the records decoded from it), so the client's part is the smaller one.
 PREFETCH_SHARE = 1 / 3
+
+log = logging.getLogger("worker")
 
 
 class Backpressure:
@@ -56,11 +59,21 @@ class Backpressure:
     def owned_changed(self, partitions: int) -> None:
         """The assignment changed: give the source its share of the budget for the
         partitions owned, and the pipeline what the source does not take. With none
-        owned the limits stay (a revoke is followed by the next assignment)."""
+        owned the limits stay (a revoke is followed by the next assignment), but the client
+        holds nothing: it fetches only owned partitions."""
         if partitions <= 0:
+            self._m_prefetch.set(0)
             return
         share = int(self._total * PREFETCH_SHARE)
-        prefetch = min(max(self._source.fit_prefetch(share, partitions), 0), share)
+        # Over the share when the client's smallest fetch times the partitions is: counted
+        # as it is, or the process outgrows its budget with the partition count. The
+        # pipeline may be left nothing: a paused partition holding nothing still fetches.
+        prefetch = min(max(self._source.fit_prefetch(share, partitions), 0), self._total)
+        if prefetch > share:
+            log.warning(
+                "event=prefetch_over_share partitions=%d prefetch_bytes=%d share_bytes=%d "
+                "note='raise runtime.memory_budget_bytes'", partitions, prefetch, share,
+            )  # fmt: skip
         self._budget = self._total - prefetch
         self._m_prefetch.set(prefetch)
 

@@ -1,0 +1,148 @@
+"""The fetch limits change under a backlog on the real broker: a second worker joins and
+leaves a 64-partition group at the smallest budget (limits 5 KiB a partition, 10 KiB,
+then 5 KiB again) while gzip batches far larger than a partition's limit, and one record
+larger than a whole fetch, wait. Every record handled exactly once, in partition order,
+and committed; the big one whole."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import defaultdict
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from tests.integration.kafka_helpers import committed_offsets, create_topic, end_offsets, unique
+from tests.integration.test_kafka_failures import config
+from worker.runtime.backpressure import PREFETCH_SHARE
+from worker.runtime.worker import Worker
+
+pytestmark = pytest.mark.kafka
+PARTITIONS = 64
+PER_PARTITION = 120
+BUDGET = 1024 * 1024  # the smallest allowed
+BIG, BIG_PARTITION = 600_000, 7
+
+
+async def backlog(kafka: str, topic: str) -> dict[int, int]:
+    await create_topic(kafka, topic, PARTITIONS)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka, acks="all", compression_type="gzip", linger_ms=50,
+        max_batch_size=256 * 1024, max_request_size=2**20,
+    )  # fmt: skip
+    await producer.start()
+    try:
+        sends = [await producer.send(topic, os.urandom(300), partition=p)
+                 for _ in range(PER_PARTITION) for p in range(PARTITIONS)]  # fmt: skip
+        await asyncio.gather(*sends)
+        await (await producer.send(topic, b"B" * BIG, partition=BIG_PARTITION))
+        sends = [await producer.send(topic, b"after", partition=p) for p in range(PARTITIONS)]
+        await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+    return await end_offsets(kafka, topic, PARTITIONS)
+
+
+async def test_limits_changing_mid_backlog_lose_skip_and_reorder_nothing(kafka: str):
+    topic, group = unique("shrink"), unique("g")
+    ends = await backlog(kafka, topic)
+    handled: dict[int, list[int]] = defaultdict(list)
+    sizes: dict[tuple[int, int], int] = {}
+    progress = {"a": asyncio.Event(), "b": asyncio.Event()}
+    counts = {"a": 0, "b": 0}
+
+    def handler_of(name: str):
+        async def handler(batch) -> None:
+            await asyncio.sleep(0.002)  # slow enough for the backlog to outlive the joins
+            for r in batch.records:
+                handled[r.partition].append(r.offset)
+                sizes[(r.partition, r.offset)] = len(r.value or b"")
+            counts[name] += len(batch.records)
+            if counts[name] >= 600:
+                progress[name].set()
+
+        return handler
+
+    cfg = config(
+        kafka, topic, group,
+        batching={"batch_size": 25, "maximum_batching_window_ms": 5},
+        source={"commit_interval_ms": 50, "session_timeout_ms": 6000,
+                "heartbeat_interval_ms": 500},
+        runtime={"memory_budget_bytes": BUDGET, "rebalance_timeout_s": 10,
+                 "shutdown_timeout_s": 10},
+    )  # fmt: skip
+    a = Worker(cfg, handler=handler_of("a"))
+    ta = asyncio.create_task(a.serve())
+    b = tb = None
+    try:
+        await asyncio.wait_for(progress["a"].wait(), 60)
+        b = Worker(cfg, handler=handler_of("b"))
+        tb = asyncio.create_task(b.serve())
+        await asyncio.wait_for(progress["b"].wait(), 60)
+        b.request_exit()
+        assert await tb == 0
+        for _ in range(600):
+            if await committed_offsets(kafka, group, topic) == ends:
+                break
+            await asyncio.sleep(0.1)  # the broker's committed offsets: nothing to await
+        fetcher = a.source._consumer._fetcher
+        assert fetcher._max_partition_fetch_bytes == int(BUDGET * PREFETCH_SHARE) // PARTITIONS
+    finally:
+        for w in (a, b):
+            if w is not None:
+                w.request_exit()
+        assert await ta == 0
+    assert counts["b"] > 0
+    assert await committed_offsets(kafka, group, topic) == ends
+    unordered = {p: offs for p, offs in handled.items() if offs != sorted(offs)}
+    assert not unordered, {p: offs[:10] for p, offs in unordered.items()}
+    assert {p: offs for p, offs in handled.items()} == {
+        p: list(range(end)) for p, end in ends.items()
+    }
+    assert sizes[(BIG_PARTITION, PER_PARTITION)] == BIG
+
+
+async def test_past_the_fetch_floor_the_real_prefetch_is_counted_and_every_record_flows(
+    kafka: str,
+):
+    """400 partitions at the smallest budget: a third split 400 ways is under the 1 KiB
+    floor, so the client may hold 400 KiB, more than its third (341 KiB)."""
+    partitions, topic, group = 400, unique("floor"), unique("g")
+    await create_topic(kafka, topic, partitions)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all", linger_ms=20)
+    await producer.start()
+    try:
+        sends = [await producer.send(topic, os.urandom(400), partition=p)
+                 for _ in range(3) for p in range(partitions)]  # fmt: skip
+        await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+    ends = await end_offsets(kafka, topic, partitions)
+    handled: dict[int, list[int]] = defaultdict(list)
+
+    async def handler(batch) -> None:
+        for r in batch.records:
+            handled[r.partition].append(r.offset)
+
+    cfg = config(
+        kafka, topic, group,
+        batching={"batch_size": 25, "maximum_batching_window_ms": 5},
+        source={"commit_interval_ms": 50},
+        runtime={"memory_budget_bytes": BUDGET},
+    )  # fmt: skip
+    w = Worker(cfg, handler=handler)
+    task = asyncio.create_task(w.serve())
+    try:
+        for _ in range(600):
+            if await committed_offsets(kafka, group, topic) == ends:
+                break
+            await asyncio.sleep(0.1)  # the broker's committed offsets: nothing to await
+        assert w.source._consumer._fetcher._max_partition_fetch_bytes == 1024
+        shown = w.metrics.memory_bytes.labels("kafka", "client_prefetch")._value.get()
+        assert shown == 1024 * partitions > int(BUDGET * PREFETCH_SHARE)
+    finally:
+        w.request_exit()
+        assert await task == 0
+    assert await committed_offsets(kafka, group, topic) == ends
+    assert dict(handled) == {p: list(range(end)) for p, end in ends.items()}
