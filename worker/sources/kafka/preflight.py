@@ -11,8 +11,9 @@ ask first, with a client of their own.
   says what each server said (aiokafka's own ERROR line for each is kept out: the
   attempt is retried). Refused credentials end the wait at once: they will not get
   better.
-- The topics: one metadata request; a topic it does not list is named, with the
-  broker asked, in one `StartError` line.
+- The topics: a metadata request to every broker, repeated for `MISSING_CONFIRM_S`
+  while a topic is unknown to all of them (a topic just created reaches them a moment
+  later); one still missing is named, with the brokers asked, in one `StartError` line.
 
 Callers cancel the wait (SIGTERM) like any coroutine: the client is closed either way.
 """
@@ -49,6 +50,12 @@ CONNECT_BACKOFF = Backoff(200, 5000)
 #: One attempt is cut short after this long (an address that drops packets never refuses).
 ATTEMPT_TIMEOUT_S = 5.0
 
+
+#: A topic is reported missing once every broker has said so for this long: one just
+#: created reaches the brokers' metadata a moment after the request returned. Well
+#: inside the 5 s a misspelt topic must be reported in.
+MISSING_CONFIRM_S = 1.5
+MISSING_ASK_EVERY_S = 0.25
 
 #: aiokafka's line for each bootstrap server it could not reach (its exception names none).
 UNABLE_CONNECT = 'Unable connect to "%s:%s": %s'
@@ -164,31 +171,37 @@ async def connected_client(
 
 
 async def missing_topics(client: AIOKafkaClient, topics: Sequence[str]) -> list[str]:
-    """The topics the broker says do not exist (or this client may not see), each with why.
+    """The topics no broker knows (or this client may not see), each with why.
 
     Asked by name, never creating: a broker with `auto.create.topics.enable` would
-    otherwise make the misspelt topic. A topic still electing its leader exists.
+    otherwise make the misspelt topic. A topic still electing its leader exists. Every
+    broker is asked and a topic any of them lists exists: a broker learns of a topic
+    just created a moment after the controller (seen in a three-node cluster, where
+    one broker's "not found" failed a worker started right after the topic was made).
     """
     request = MetadataRequest(list(topics), allow_auto_topic_creation=False)
-    response, reason = None, "the cluster's metadata named no broker"
+    answers, reason = [], "the cluster's metadata named no broker"
     for broker in client.cluster.brokers():  # a node just stopped may still be listed
         try:
             async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
-                response = await client.send(broker.nodeId, request)
-            break
+                answers.append(await client.send(broker.nodeId, request))
         except (KafkaError, OSError, TimeoutError) as exc:
             reason = described(exc)
-    if response is None:
+    if not answers:
         nodes = ",".join(f"{b.host}:{b.port}" for b in client.cluster.brokers())
         raise BrokerUnreachable(f"no broker of {nodes} answered a metadata request: {reason}")
-    missing = []
-    for error_code, topic, *_ in response.topics:
-        error = for_code(error_code)
-        if error is UnknownTopicOrPartitionError:
-            missing.append(f"{topic} (not found)")
-        elif error not in (NoError, LeaderNotAvailableError):
-            missing.append(f"{topic} ({error.__name__})")
-    return missing
+    why: dict[str, str] = {}
+    known: set[str] = set()
+    for response in answers:
+        for error_code, topic, *_ in response.topics:
+            error = for_code(error_code)
+            if error in (NoError, LeaderNotAvailableError):
+                known.add(topic)
+            elif error is UnknownTopicOrPartitionError:
+                why.setdefault(topic, "not found")
+            else:
+                why[topic] = error.__name__
+    return [f"{topic} ({why[topic]})" for topic in topics if topic in why and topic not in known]
 
 
 async def topics_missing_at(
@@ -197,7 +210,12 @@ async def topics_missing_at(
     """Wait for the broker (up to `timeout_s`), then name the topics it does not have."""
     client = await connected_client(connection, timeout_s, what)
     try:
-        return await missing_topics(client, topics)
+        confirm_by = time.monotonic() + MISSING_CONFIRM_S
+        while True:
+            missing = await missing_topics(client, topics)
+            if not missing or time.monotonic() >= confirm_by:
+                return missing
+            await asyncio.sleep(MISSING_ASK_EVERY_S)
     finally:
         await client.close()
 
