@@ -29,7 +29,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, suppress
 from typing import Any
 
@@ -55,6 +55,8 @@ log = logging.getLogger("worker.source.kinesis")
 
 ROUND_BACKOFF = Backoff(250, 10_000)
 RELEASE_TIMEOUT_S = 5.0
+#: How long the start tries a call again that failed in a way that passes.
+START_RETRY_S = 60.0
 #: Lease-table calls: bounded, so a hung connection cannot hold a checkpoint for minutes.
 LEASE_CLIENT = AioConfig(connect_timeout=5, read_timeout=10,
                          retries={"mode": "standard", "max_attempts": 3})  # fmt: skip
@@ -140,12 +142,34 @@ class KinesisSource:
                                   endpoint_url=c.lease_endpoint_url, config=LEASE_CLIENT)
         )  # fmt: skip
         self._leases = LeaseTable(dynamodb, c.lease_table or f"{c.group_id}-leases", self.worker_id)
-        await self._leases.ensure()
-        await self._discover()
-        await self._coordinate_once()
+        for step in (self._leases.ensure, self._discover, self._coordinate_once):
+            await self._until_it_answers(step)
         if not self._shards:  # nothing to take now: say so, so the worker turns ready
             await listener.on_assigned([])
         self._coordinator = listener.spawn(self._coordinate(), "kinesis coordinator")
+
+    async def _until_it_answers(self, step: Callable[[], Awaitable[object]]) -> None:
+        """A start-up call that failed in a way that passes (a dropped connection, a
+        throttle) is tried again for up to `START_RETRY_S`, one WARNING a try: a
+        connection reset at start used to end the worker with exit 1 (seen under the
+        rolling-restart faults). Failures that will not pass are raised at once."""
+        started, attempt = time.monotonic(), 0
+        while True:
+            try:
+                await step()
+                return
+            except Exception as exc:
+                attempt += 1
+                left = START_RETRY_S - (time.monotonic() - started)
+                if not retryable(exc) or left <= 0:
+                    raise
+                delay = min(ROUND_BACKOFF.delay_s(attempt), left)
+                log.warning(
+                    "event=start_retry step=%s attempt=%d error=%r retry_in_s=%.1f",
+                    getattr(step, "__name__", "start"), attempt,
+                    f"{type(exc).__name__}: {exc}", delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
 
     async def stop_taking(self) -> None:
         """Take, ask for and hand over no more leases. The round under way ends first (a
