@@ -64,6 +64,30 @@ _EVENTS = {"free": "taken", "expired": "expired", "steal": "stolen", "reclaim": 
            "handed": "stolen", "force": "stolen"}  # fmt: skip
 
 
+async def until_it_answers(step: Callable[[], Awaitable[object]]) -> None:
+    """A start-up call that failed in a way that passes (a dropped connection, a
+    throttle) is tried again for up to `START_RETRY_S`, one WARNING a try: a
+    connection reset at start used to end the worker with exit 1 (seen under the
+    rolling-restart faults). Failures that will not pass are raised at once."""
+    started, attempt = time.monotonic(), 0
+    while True:
+        try:
+            await step()
+            return
+        except Exception as exc:
+            attempt += 1
+            left = START_RETRY_S - (time.monotonic() - started)
+            if not retryable(exc) or left <= 0:
+                raise
+            delay = min(ROUND_BACKOFF.delay_s(attempt), left)
+            log.warning(
+                "event=start_retry step=%s attempt=%d error=%r retry_in_s=%.1f",
+                getattr(step, "__name__", "start"), attempt,
+                f"{type(exc).__name__}: {exc}", delay,
+            )  # fmt: skip
+            await asyncio.sleep(delay)
+
+
 class KinesisSource:
     name = "kinesis"
     traits = TRAITS
@@ -143,33 +167,10 @@ class KinesisSource:
         )  # fmt: skip
         self._leases = LeaseTable(dynamodb, c.lease_table or f"{c.group_id}-leases", self.worker_id)
         for step in (self._leases.ensure, self._discover, self._coordinate_once):
-            await self._until_it_answers(step)
+            await until_it_answers(step)
         if not self._shards:  # nothing to take now: say so, so the worker turns ready
             await listener.on_assigned([])
         self._coordinator = listener.spawn(self._coordinate(), "kinesis coordinator")
-
-    async def _until_it_answers(self, step: Callable[[], Awaitable[object]]) -> None:
-        """A start-up call that failed in a way that passes (a dropped connection, a
-        throttle) is tried again for up to `START_RETRY_S`, one WARNING a try: a
-        connection reset at start used to end the worker with exit 1 (seen under the
-        rolling-restart faults). Failures that will not pass are raised at once."""
-        started, attempt = time.monotonic(), 0
-        while True:
-            try:
-                await step()
-                return
-            except Exception as exc:
-                attempt += 1
-                left = START_RETRY_S - (time.monotonic() - started)
-                if not retryable(exc) or left <= 0:
-                    raise
-                delay = min(ROUND_BACKOFF.delay_s(attempt), left)
-                log.warning(
-                    "event=start_retry step=%s attempt=%d error=%r retry_in_s=%.1f",
-                    getattr(step, "__name__", "start"), attempt,
-                    f"{type(exc).__name__}: {exc}", delay,
-                )  # fmt: skip
-                await asyncio.sleep(delay)
 
     async def stop_taking(self) -> None:
         """Take, ask for and hand over no more leases. The round under way ends first (a
