@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from worker.config_base import Section, SourceSettings
+from worker.sources.dynamodb.config import DynamoDBSourceConfig
 from worker.sources.kafka.config import KafkaSourceConfig
 from worker.sources.kinesis.config import KinesisSourceConfig
 
@@ -37,12 +38,14 @@ def _source_kind(value: Any) -> str | None:
 SourceConfig = Annotated[
     Annotated[KafkaSourceConfig, Tag("kafka")]
     | Annotated[KinesisSourceConfig, Tag("kinesis")]
+    | Annotated[DynamoDBSourceConfig, Tag("dynamodb")]
     | Annotated[MemorySourceConfig, Tag("memory")],
     Discriminator(_source_kind),
 ]
 SOURCE_MODELS: dict[str, type[SourceSettings]] = {
     "kafka": KafkaSourceConfig,
     "kinesis": KinesisSourceConfig,
+    "dynamodb": DynamoDBSourceConfig,
     "memory": MemorySourceConfig,
 }
 

@@ -82,7 +82,7 @@ def load_config(
         raise ConfigError(
             [
                 f"source.kind = {config.source.kind!r}: only for workers built in a test "
-                "(worker.testing); a daemon reads 'kafka' or 'kinesis'"
+                "(worker.testing); a daemon reads 'kafka', 'kinesis' or 'dynamodb'"
             ]
         )
     return config

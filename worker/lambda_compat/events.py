@@ -1,4 +1,5 @@
-"""The events AWS Lambda sends for Kafka and Kinesis event source mappings, built from a batch.
+"""The events AWS Lambda sends for Kafka, Kinesis and DynamoDB event source mappings, built
+from a batch.
 
 Shapes follow the AWS documentation for the MSK, self-managed Kafka and Kinesis triggers:
 Kafka records keyed "topic-partition" with base64 key (omitted when None) and
@@ -7,7 +8,8 @@ documents no other form: a header whose value is null is `[]` there, like an
 empty one, so a handler written for AWS never meets a null it was not written
 for; native handlers and the dead-letter documents keep None apart from b"");
 Kinesis `Records[].kinesis` with base64 `data` and arrival time in epoch
-seconds. Building an event is per-record work by nature; it runs where the
+seconds; DynamoDB records as GetRecords gives them, with the stream's ARN (the source
+keeps them in that form). Building an event is per-record work by nature; it runs where the
 handler runs (its thread), not on the event loop.
 """
 
@@ -83,3 +85,11 @@ def kinesis_event(
     records: Sequence[Any], region: str, stream_arn: str, role_arn: str
 ) -> dict[str, Any]:
     return {"Records": [kinesis_record(r, region, stream_arn, role_arn) for r in records]}
+
+
+def dynamodb_event(records: Sequence[Any], stream_arn: str | None) -> dict[str, Any]:
+    """Each record's change as the source keeps it (already Lambda's record, with the stream's
+    ARN), the ARN replaced when the config names one (`source.event_source_arn`)."""
+    if stream_arn:
+        return {"Records": [{**r.change, "eventSourceARN": stream_arn} for r in records]}
+    return {"Records": [r.change for r in records]}

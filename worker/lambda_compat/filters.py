@@ -59,7 +59,8 @@ class RecordFilter:
         self._patterns = [compile_pattern(p) for p in patterns]
         self._document = shape.document
         self._body = shape.body
-        self._needs_body = [mentions(p, self._body) for p in self._patterns]
+        body = self._body
+        self._needs_body = [body is not None and mentions(p, body) for p in self._patterns]
         # orjson reads integers past 64 bits as floats: a pattern naming one decodes exactly.
         exact = any(p.exact_integers for p in self._patterns)
         self._decode = decode_exactly if exact else decode
@@ -75,7 +76,7 @@ class RecordFilter:
                 decoded = True
                 body = self._decode(record.value)
                 if body is not _NOT_JSON:  # else patterns on the body cannot match
-                    doc[self._body] = body
+                    doc[self._body] = body  # type: ignore[index]
             if needs_body and self._body not in doc:
                 continue
             if pattern.match(doc):

@@ -15,7 +15,7 @@ from typing import Any
 
 from worker.config import WorkerConfig
 from worker.handling.failure_policy import ResultParser
-from worker.lambda_compat.events import kafka_event, kinesis_event, timestamp_type
+from worker.lambda_compat.events import dynamodb_event, kafka_event, kinesis_event, timestamp_type
 from worker.lambda_compat.responses import kafka_failed_indexes, kinesis_failed_indexes
 from worker.records import Record
 
@@ -30,8 +30,9 @@ class Shape:
     parse: ResultParser
     #: A record's metadata as filter patterns see it (without the body).
     document: Callable[[Record], dict[str, Any]]
-    #: The field that holds the decoded value in that document.
-    body: str
+    #: The field that holds the decoded value in that document (None: the document is
+    #: the whole record, as for DynamoDB, whose filters match the change itself).
+    body: str | None
     #: The topic or stream a sample event (`worker event --config`) names.
     sample_name: Callable[[WorkerConfig], str]
 
@@ -90,9 +91,25 @@ def _kinesis_name(config: WorkerConfig) -> str:
     return name or (arn.rpartition("/")[2] if arn else "stream")
 
 
+def _dynamodb_events(config: WorkerConfig) -> EventBuilder:
+    arn = config.source.event_source_arn
+    return lambda records: dynamodb_event(records, arn)
+
+
+def _dynamodb_document(r: Any) -> dict[str, Any]:
+    return r.change  # type: ignore[no-any-return]
+
+
+def _dynamodb_name(config: WorkerConfig) -> str:
+    return getattr(config.source, "table", None) or "table"
+
+
 KAFKA = Shape(_kafka_events, kafka_failed_indexes, _kafka_document, "value", _kafka_name)
 KINESIS = Shape(_kinesis_events, kinesis_failed_indexes, _kinesis_document, "data", _kinesis_name)
-SHAPES = {"kafka": KAFKA, "memory": KAFKA, "kinesis": KINESIS}
+#: `batchItemFailures` name DynamoDB records by sequence number, as Kinesis's.
+DYNAMODB = Shape(_dynamodb_events, kinesis_failed_indexes, _dynamodb_document, None,
+                 _dynamodb_name)  # fmt: skip
+SHAPES = {"kafka": KAFKA, "memory": KAFKA, "kinesis": KINESIS, "dynamodb": DYNAMODB}
 
 
 def shape_of(source: str) -> Shape:

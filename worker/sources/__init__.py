@@ -1,4 +1,5 @@
-"""Record sources behind one contract (`base`): Kafka, Kinesis, and the in-memory log.
+"""Record sources behind one contract (`base`): Kafka, Kinesis, DynamoDB Streams, and the
+in-memory log.
 
 `make_source` builds the source a config names, importing only that source's
 package, so a Kafka worker never imports aiobotocore and the reverse.
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 _SOURCES = {
     "kafka": ("worker.sources.kafka.source", "KafkaSource"),
     "kinesis": ("worker.sources.kinesis.source", "KinesisSource"),
+    "dynamodb": ("worker.sources.dynamodb.source", "DynamoDBSource"),
 }
 
 

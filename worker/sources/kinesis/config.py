@@ -1,7 +1,9 @@
 """`[source]` with `kind = "kinesis"`: the stream, and where it and the lease table are.
 
-Unset endpoints fall back to the standard AWS_ENDPOINT_URL_KINESIS /
-AWS_ENDPOINT_URL_DYNAMODB variables, then to AWS itself.
+`LeasedStreamSettings` holds what every stream read as leased shards accepts
+(Kinesis and DynamoDB Streams): the region, the endpoints and the lease settings.
+Unset endpoints fall back to the standard AWS_ENDPOINT_URL_<SERVICE> variables,
+then to AWS itself.
 """
 
 from __future__ import annotations
@@ -13,10 +15,7 @@ from pydantic import Field, model_validator
 from worker.config_base import SourceSettings
 
 
-class KinesisSourceConfig(SourceSettings):
-    kind: Literal["kinesis"] = "kinesis"
-    stream_name: str | None = None
-    stream_arn: str | None = None
+class LeasedStreamSettings(SourceSettings):
     region: str | None = None
     endpoint_url: str | None = None
     lease_endpoint_url: str | None = None
@@ -28,6 +27,11 @@ class KinesisSourceConfig(SourceSettings):
     handoff_timeout_s: Annotated[float, Field(gt=0, le=7200)] | None = None
 
     @property
+    def lease_endpoint(self) -> str | None:
+        """Where the lease table is (a DynamoDB endpoint)."""
+        return self.lease_endpoint_url
+
+    @property
     def handoff_deadline_s(self) -> float:
         return self.handoff_timeout_s or self.lease_duration_s + 20
 
@@ -35,6 +39,12 @@ class KinesisSourceConfig(SourceSettings):
     def loop_delay_budget_s(self) -> float:
         """Leases are renewed every third of their duration."""
         return self.lease_duration_s / 3
+
+
+class KinesisSourceConfig(LeasedStreamSettings):
+    kind: Literal["kinesis"] = "kinesis"
+    stream_name: str | None = None
+    stream_arn: str | None = None
 
     @property
     def stream(self) -> str:

@@ -1,6 +1,7 @@
 """One shard read in order: GetShardIterator, then GetRecords within AWS's per-shard limits.
 
-The reader stays within 5 GetRecords calls and 2 MB per second per shard and
+The calls go through the stream's `ShardApi` (Kinesis or DynamoDB Streams). The
+reader stays within the API's calls per second and 2 MB per second per shard and
 hands what it read to the source in chunks through a queue of two, so a
 paused or slow partition stops its reader instead of growing a buffer. A
 failure that may pass (a throttle, a 500, a dropped connection: see
@@ -18,19 +19,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
 
 from worker.backoff import Backoff
-from worker.sources.kinesis.config import KinesisSourceConfig
+from worker.sources.kinesis.api import Page, ShardApi
 from worker.sources.kinesis.metrics import KinesisMetrics
-from worker.sources.kinesis.record import KinesisRecord
 from worker.sources.kinesis.transient import THROTTLE_CODES, error_code, retryable
 
 log = logging.getLogger("worker.source.kinesis")
 
-MIN_CALL_INTERVAL_S = 0.2  # GetRecords: 5 calls per second per shard
 MAX_READ_BYTES_PER_S = 2_000_000  # and 2 MB per second per shard
 IDLE_POLL_S = 0.5
 READ_BACKOFF = Backoff(250, 10_000)
@@ -40,17 +38,17 @@ Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 
 
 class ShardReader:
-    def __init__(self, kinesis: Any, config: KinesisSourceConfig, shard_id: str,
-                 after: str | None, on_arrival: Callable[[], None],
-                 metrics: KinesisMetrics | None) -> None:  # fmt: skip
+    def __init__(
+        self, api: ShardApi, shard_id: str, after: str | None,
+        on_arrival: Callable[[], None], metrics: KinesisMetrics | None,
+    ) -> None:  # fmt: skip
         """`after`: the sequence number to read after (the checkpoint), None for the
         configured starting position; `on_arrival` is called when a chunk is queued."""
         self.shard_id = shard_id
-        self._kinesis = kinesis
-        self._config = config
+        self._api = api
         self._on_arrival = on_arrival
         self._m = metrics
-        self._chunks: asyncio.Queue[list[KinesisRecord]] = asyncio.Queue(maxsize=2)
+        self._chunks: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=2)
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._task: asyncio.Task[None] | None = None
@@ -58,12 +56,12 @@ class ShardReader:
         self.last_read = after
         #: The shard ended (no NextShardIterator) and its last records are queued.
         self.ended = False
-        #: MillisBehindLatest of the last GetRecords.
-        self.behind_ms = 0
+        #: How far behind the stream's tip the last GetRecords left the reader.
+        self.behind_ms = 0.0
 
     # -- control (by the source) ----------------------------------------------------------
     def start(self, spawn: Spawn) -> None:
-        self._task = spawn(self._run(), f"kinesis reader {self.shard_id}")
+        self._task = spawn(self._run(), f"{self._api.name} reader {self.shard_id}")
 
     async def stop(self) -> None:
         """Stop reading and drop what is queued: nothing more of the shard is delivered."""
@@ -79,9 +77,9 @@ class ShardReader:
     def resume(self) -> None:
         self._resumed.set()
 
-    def take(self) -> list[KinesisRecord]:
+    def take(self) -> list[Any]:
         """Everything queued, in order (possibly nothing)."""
-        out: list[KinesisRecord] = []
+        out: list[Any] = []
         while not self._chunks.empty():
             out.extend(self._chunks.get_nowait())
         return out
@@ -104,7 +102,7 @@ class ShardReader:
             await self._resumed.wait()
             started = time.monotonic()
             try:
-                page = await self._kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+                page = await self._api.page(self.shard_id, iterator)
             except Exception as exc:
                 code = error_code(exc)
                 if code == "ExpiredIteratorException":
@@ -122,21 +120,22 @@ class ShardReader:
             failures = 0
             self._count("ok")
             records = await self._deliver(page)
-            iterator = page.get("NextShardIterator")
-            pause = MIN_CALL_INTERVAL_S if records else IDLE_POLL_S
+            iterator = page.next_iterator
+            pause = self._api.min_call_interval_s if records else IDLE_POLL_S
             # What this call read counts against the shard's 2 MB/s before the next one.
             pause = max(pause, sum(map(_SIZE, records)) / MAX_READ_BYTES_PER_S)
             await asyncio.sleep(max(pause - (time.monotonic() - started), 0.0))
         self.ended = True
 
-    async def _deliver(self, page: dict[str, Any]) -> list[KinesisRecord]:
+    async def _deliver(self, page: Page) -> list[Any]:
         """Queue a page's records (waiting while the queue is full)."""
-        if "MillisBehindLatest" in page:
-            self.behind_ms = page["MillisBehindLatest"]
+        if page.behind_ms is not None:
+            self.behind_ms = page.behind_ms
             if self._m is not None:
-                self._m.behind_latest.labels("kinesis", self.shard_id).set(self.behind_ms / 1000)
-        stream, shard_id = self._config.stream, self.shard_id
-        records = [KinesisRecord.from_api(stream, shard_id, r) for r in page["Records"]]
+                self._m.behind_latest.labels(self._api.name, self.shard_id).set(
+                    self.behind_ms / 1000
+                )
+        records = page.records
         if records:
             self.last_read = records[-1].sequence_number
             await self._chunks.put(records)
@@ -145,21 +144,10 @@ class ShardReader:
 
     async def _iterator(self) -> str:
         """A shard iterator after the last record read (or at the starting position)."""
-        c, failures = self._config, 0
-        kwargs: dict[str, Any] = {"StreamName": c.stream, "ShardId": self.shard_id}
-        if self.last_read:
-            kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER",
-                          StartingSequenceNumber=self.last_read)  # fmt: skip
-        elif c.starting_position == "latest":
-            kwargs["ShardIteratorType"] = "LATEST"
-        elif c.starting_position == "at_timestamp":
-            at = datetime.fromtimestamp(c.starting_position_timestamp, UTC)
-            kwargs.update(ShardIteratorType="AT_TIMESTAMP", Timestamp=at)
-        else:
-            kwargs["ShardIteratorType"] = "TRIM_HORIZON"
+        failures = 0
         while True:
             try:
-                return (await self._kinesis.get_shard_iterator(**kwargs))["ShardIterator"]
+                return await self._api.iterator(self.shard_id, self.last_read)
             except Exception as exc:
                 if not retryable(exc):
                     log.error("event=read_failed shard=%s call=GetShardIterator error=%r "
@@ -182,4 +170,4 @@ class ShardReader:
 
     def _count(self, result: str) -> None:
         if self._m is not None:
-            self._m.get_records.labels("kinesis", self.shard_id, result).inc()
+            self._m.get_records.labels(self._api.name, self.shard_id, result).inc()

@@ -1,5 +1,6 @@
 """Kinesis source on aiobotocore: shards owned by lease, read with GetRecords, checkpointed
-by conditional writes to the lease table.
+by conditional writes to the lease table. DynamoDB Streams is read by the same
+machinery through its own `ShardApi` (`worker.sources.dynamodb`).
 
 The pipeline sees shards as partitions and sequence numbers as positions
 (`int(sequence_number)`: they are ordered within a shard). Every long-lived
@@ -39,15 +40,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.backoff import Backoff
 from worker.observe.metrics import Metrics
-from worker.sources.base import AssignmentListener, OwnershipLost, SourceStartError
+from worker.sources.base import AssignmentListener, OwnershipLost, RecordTraits, SourceStartError
+from worker.sources.kinesis.api import KinesisApi, ShardApi
 from worker.sources.kinesis.balance import Asks, Seen, plan
-from worker.sources.kinesis.config import KinesisSourceConfig
+from worker.sources.kinesis.config import LeasedStreamSettings
 from worker.sources.kinesis.holder import LeaseHolder
 from worker.sources.kinesis.keeper import LeaseKeeper
 from worker.sources.kinesis.leases import Lease, LeaseLost, LeaseTable
 from worker.sources.kinesis.metrics import KinesisMetrics
 from worker.sources.kinesis.reader import ShardReader
-from worker.sources.kinesis.record import TRAITS, KinesisRecord
+from worker.sources.kinesis.record import TRAITS
 from worker.sources.kinesis.shard import Shard
 from worker.sources.kinesis.transient import retryable
 
@@ -89,18 +91,20 @@ async def until_it_answers(step: Callable[[], Awaitable[object]]) -> None:
 
 
 class KinesisSource:
-    name = "kinesis"
-    traits = TRAITS
     #: Not yet tied to `handoff_timeout_s`: a thread still running at the revoke's
     #: deadline makes the worker fail stop (exit 3) before the lease is handed over.
     revoke_hold_s = None
 
-    def __init__(self, config: KinesisSourceConfig, session: Any = None) -> None:
+    def __init__(self, config: LeasedStreamSettings, session: Any = None,
+                 api: ShardApi | None = None, traits: RecordTraits = TRAITS) -> None:  # fmt: skip
         """`session`: an aiobotocore session to use (default: a new one with the standard
-        AWS credential chain); tests pass one with event hooks to inject faults."""
+        AWS credential chain); tests pass one with event hooks to inject faults. `api`
+        and `traits`: the stream's calls and records (default: Kinesis's)."""
         self._config = config
         self._session = session or get_session()
-        self._stream = config.stream
+        self._api: ShardApi = api or KinesisApi(config)  # type: ignore[arg-type]
+        self.name = self._api.name
+        self.traits = traits
         self.worker_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._shards: dict[str, Shard] = {}
         self._seen: dict[str, Seen] = {}
@@ -111,7 +115,6 @@ class KinesisSource:
         self._stack = AsyncExitStack()
         self._coordinator: asyncio.Task[None] | None = None
         self._listener: AssignmentListener | None = None
-        self._kinesis: Any = None
         self._leases: LeaseTable | None = None
         self._m: KinesisMetrics | None = None
         self._notes: dict[str, str] = {}
@@ -143,34 +146,42 @@ class KinesisSource:
                     self._notes.pop(shard_id, None)  # its next owner counts from the table
                 except Exception as exc:
                     if retryable(exc):
-                        raise ConnectionError(f"kinesis: writing a note: {exc}") from exc
+                        raise ConnectionError(f"{self.name}: writing a note: {exc}") from exc
                     raise
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self, listener: AssignmentListener) -> None:
         try:
             await self._start(listener)
+        except SourceStartError:
+            await self._stack.aclose()
+            raise
         except (ClientError, BotoCoreError, TimeoutError) as exc:
             await self._stack.aclose()
-            raise SourceStartError(f"kinesis: stream {self._stream}: {exc}") from None
+            raise SourceStartError(f"{self.name}: stream {self._api.stream}: {exc}") from None
 
     async def _start(self, listener: AssignmentListener) -> None:
         self._listener = listener
         c = self._config
         session = self._session
-        self._kinesis = await self._stack.enter_async_context(
-            session.create_client("kinesis", region_name=c.region, endpoint_url=c.endpoint_url)
-        )
+        client = await self._stack.enter_async_context(
+            session.create_client(self._api.service, region_name=c.region,
+                                  endpoint_url=c.endpoint_url)
+        )  # fmt: skip
         dynamodb = await self._stack.enter_async_context(
             session.create_client("dynamodb", region_name=c.region,
-                                  endpoint_url=c.lease_endpoint_url, config=LEASE_CLIENT)
+                                  endpoint_url=c.lease_endpoint, config=LEASE_CLIENT)
         )  # fmt: skip
         self._leases = LeaseTable(dynamodb, c.lease_table or f"{c.group_id}-leases", self.worker_id)
-        for step in (self._leases.ensure, self._discover, self._coordinate_once):
+
+        async def open_stream() -> None:
+            await self._api.open(client)
+
+        for step in (open_stream, self._leases.ensure, self._discover, self._coordinate_once):
             await until_it_answers(step)
         if not self._shards:  # nothing to take now: say so, so the worker turns ready
             await listener.on_assigned([])
-        self._coordinator = listener.spawn(self._coordinate(), "kinesis coordinator")
+        self._coordinator = listener.spawn(self._coordinate(), f"{self.name} coordinator")
 
     async def stop_taking(self) -> None:
         """Take, ask for and hand over no more leases. The round under way ends first (a
@@ -208,19 +219,10 @@ class KinesisSource:
 
     # -- taking leases ------------------------------------------------------------------------
     async def _discover(self) -> None:
-        """Add a lease for every shard of the stream (ListShards, paged as AWS pages it)."""
+        """Add a lease for every shard of the stream (paged as the service pages them)."""
         assert self._leases is not None
-        kwargs: dict[str, Any] = {"StreamName": self._stream}
-        while True:
-            page = await self._kinesis.list_shards(**kwargs)
-            for shard in page["Shards"]:
-                parents = tuple(
-                    p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p
-                )
-                await self._leases.add_shard(shard["ShardId"], parents)
-            if not page.get("NextToken"):
-                return
-            kwargs = {"NextToken": page["NextToken"]}
+        async for shard_id, parents in self._api.shards():
+            await self._leases.add_shard(shard_id, parents)
 
     async def _coordinate(self) -> None:
         """A round every third of a lease duration; new shards every third round."""
@@ -285,8 +287,8 @@ class KinesisSource:
         log.info("event=lease_taken shard=%s reason=%s from=%s", lease.shard_id, why,
                  lease.owner)  # fmt: skip
         holder = LeaseHolder(self._leases, taken, sent, self._config.lease_duration_s)
-        reader = ShardReader(self._kinesis, self._config, lease.shard_id, taken.checkpoint,
-                             self._arrived.set, self._m)  # fmt: skip
+        reader = ShardReader(self._api, lease.shard_id, taken.checkpoint, self._arrived.set,
+                             self._m)  # fmt: skip
         shard = self._shards[lease.shard_id] = Shard(holder, reader)
         self._count("event", _EVENTS[why])
         # The pipeline must own the shard before any record of it can arrive: a record
@@ -304,7 +306,7 @@ class KinesisSource:
             self._m.leases_held.labels(self.name).set(len(self._shards))
 
     # -- the source contract ------------------------------------------------------------
-    async def fetch(self, timeout_s: float) -> Mapping[str, Sequence[KinesisRecord]]:
+    async def fetch(self, timeout_s: float) -> Mapping[str, Sequence[Any]]:
         out = self._queued()
         if out:
             return out
@@ -313,7 +315,7 @@ class KinesisSource:
             await asyncio.wait_for(self._arrived.wait(), timeout_s)
         return self._queued()
 
-    def _queued(self) -> dict[str, list[KinesisRecord]]:
+    def _queued(self) -> dict[str, list[Any]]:
         out = {}
         for shard_id, shard in self._shards.items():
             if records := shard.reader.take():
@@ -374,7 +376,7 @@ class KinesisSource:
         return partition
 
     def lag(self, partition: str) -> int | None:
-        return None  # Kinesis gives time behind (MillisBehindLatest), not a record count
+        return None  # the stream gives a time behind its tip, not a record count
 
     def waiting(self, partition: str) -> bool:
         shard = self._shards.get(partition)

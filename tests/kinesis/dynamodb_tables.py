@@ -1,0 +1,96 @@
+"""A `devices` table with a NEW_AND_OLD_IMAGES stream on moto's server, and a known history of
+changes: per item, inserts, updates and deletes in an order the tests can check."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from aiobotocore.session import get_session
+
+from scripts.emulators import Emulator
+from worker.config import WorkerConfig
+
+
+async def make_table(dynamodb: Emulator) -> str:
+    table = f"devices-{uuid.uuid4().hex[:6]}"
+    async with client(dynamodb) as ddb:
+        await ddb.create_table(
+            TableName=table,
+            KeySchema=[{"AttributeName": "device_id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "device_id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+        )
+    return table
+
+
+def client(dynamodb: Emulator) -> Any:
+    return get_session().create_client(
+        "dynamodb", region_name="us-east-1", endpoint_url=dynamodb.url
+    )
+
+
+def history(items: int, changes: int) -> dict[str, list[tuple[str, int]]]:
+    """Per device, its changes in order as (eventName, version): an insert, updates, and every
+    fourth change a delete (the next change inserts it again)."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    for k in range(items):
+        steps, present, version = [], False, 0
+        for i in range(changes // items):
+            if not present:
+                steps.append(("INSERT", version))
+                present = True
+            elif i % 4 == 3:
+                steps.append(("REMOVE", version))
+                present = False
+            else:
+                version += 1
+                steps.append(("MODIFY", version))
+        out[f"dev-{k:03d}"] = steps
+    return out
+
+
+async def apply(dynamodb: Emulator, table: str, changes: dict[str, list[tuple[str, int]]]) -> None:
+    """Make the changes: each device's in order, devices side by side."""
+    async with client(dynamodb) as ddb:
+
+        async def one_device(device: str, steps: list[tuple[str, int]]) -> None:
+            for event, version in steps:
+                if event == "REMOVE":
+                    await ddb.delete_item(TableName=table, Key={"device_id": {"S": device}})
+                else:
+                    item = {
+                        "device_id": {"S": device},
+                        "version": {"N": str(version)},
+                        "firmware": {"S": f"1.{version}"},
+                        "blob": {"B": b"\x00\xff"},
+                    }
+                    await ddb.put_item(TableName=table, Item=item)
+
+        await asyncio.gather(*(one_device(d, s) for d, s in changes.items()))
+
+
+def config(dynamodb: Emulator, table: str, leases: str, **sections: Any) -> WorkerConfig:
+    return WorkerConfig.model_validate(
+        {
+            "source": {
+                "kind": "dynamodb",
+                "table_name": table,
+                "region": "us-east-1",
+                "endpoint_url": dynamodb.url,
+                "lease_table": leases,
+                "lease_duration_s": 3,
+            },
+            "batching": {"batch_size": 100, "maximum_batching_window_ms": 50},
+            "metrics": {"enabled": False},
+            **sections,
+        }
+    )
+
+
+def change_of(record: Any) -> tuple[str, str, int]:
+    """(device, eventName, version) of a native DynamoDB record."""
+    image = record.new_image or record.old_image
+    return record.keys["device_id"]["S"], record.event_name, int(image["version"]["N"])

@@ -1,0 +1,2 @@
+"""The DynamoDB Streams source: a table's changes, read as leased shards by the Kinesis
+machinery."""
