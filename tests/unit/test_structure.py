@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     # each source's own settings, then the schema that unites them
     "worker.sources.kafka.config": 1,
     "worker.sources.kinesis.config": 1,
+    "worker.sources.dynamodb.config": 1,
     "worker.config": 2,
     "worker.config_load": 2,
     "worker.observe": 3,
