@@ -32,6 +32,12 @@ def client(dynamodb: Emulator) -> Any:
     )
 
 
+def streams_client(dynamodb: Emulator) -> Any:
+    return get_session().create_client(
+        "dynamodbstreams", region_name="us-east-1", endpoint_url=dynamodb.url
+    )
+
+
 def history(items: int, changes: int) -> dict[str, list[tuple[str, int]]]:
     """Per device, its changes in order as (eventName, version): an insert, updates, and every
     fourth change a delete (the next change inserts it again)."""
@@ -85,6 +91,7 @@ def config(dynamodb: Emulator, table: str, leases: str, **sections: Any) -> Work
             },
             "batching": {"batch_size": 100, "maximum_batching_window_ms": 50},
             "metrics": {"enabled": False},
+            "runtime": {"log_format": "text"},
             **sections,
         }
     )

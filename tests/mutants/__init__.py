@@ -125,6 +125,23 @@ MUTANTS: tuple[Mutant, ...] = (
         ),
     ),
     Mutant(
+        "first_failure_rest_committed",
+        "out of retries on a partial response (Lambda's rule), the records after the first "
+        "failed one are committed with it although no invocation succeeded for them: a "
+        "handler written as AWS documents (stop at the first failure) loses them",
+        (
+            _node(
+                "unit/test_failure_policy",
+                "test_a_handler_that_stops_at_the_first_failure_loses_nothing_when_retries_run_out",
+            ),
+            _node(
+                "unit/test_failure_policy",
+                "test_when_retries_run_out_the_first_failed_record_is_given_up_and_the_rest_tried"
+                "_again",
+            ),
+        ),
+    ),
+    Mutant(
         "commit_refused_marked_committed",
         "the committer marks every partition of a commit committed when the source refused "
         "some (OwnershipLost): progress shown that never happened, and the commit the "

@@ -107,3 +107,30 @@ def test_dlq_says_what_is_wrong_with_its_source(tmp_path, capsys):
     (tmp_path / "x.jsonl").write_text("not json\n")
     assert main(["dlq", "--from", f"file://{tmp_path}/x.jsonl"]) == 2
     assert "x.jsonl:1: not a dead-letter event line" in capsys.readouterr().err
+
+
+async def test_a_sequence_number_past_64_bits_is_dead_lettered_to_a_file_and_listed(
+    tmp_path, capsys
+):
+    """Kinesis and DynamoDB sequence numbers do not fit a JSON number orjson writes: they
+    are written as strings (before, the write failed and the partition retried it forever)."""
+    from datetime import UTC, datetime
+
+    from worker.destinations.base import FailureEvent
+    from worker.sources.kinesis.record import KinesisRecord
+
+    sequence = "49590338271490256608559692538361571095921575989136588898"
+    record = KinesisRecord.from_api("telemetry", "shardId-000000000000", {
+        "ApproximateArrivalTimestamp": datetime(2026, 12, 2, tzinfo=UTC),
+        "PartitionKey": "dev-1", "Data": b"{}", "SequenceNumber": sequence,
+    })  # fmt: skip
+    path = tmp_path / "dlq.jsonl"
+    destination = FileDestination(str(path))
+    await destination.start()
+    await destination.send(FailureEvent("RetryAttemptsExhausted", "kinesis",
+                                        "shardId-000000000000", [record], 3))  # fmt: skip
+    document = json.loads(path.read_text())
+    assert document["first_offset"] == document["records"][0]["offset"] == sequence
+    assert main(["dlq", "--from", f"file://{path}", "--json"]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["source_position"] == f"shardId-000000000000@{sequence}"

@@ -198,14 +198,57 @@ async def test_partial_response_may_name_the_records_themselves():
     assert handler.calls == [[0, 1, 2, 3], [2]]
 
 
-async def test_when_retries_run_out_only_the_reported_records_are_given_up():
+def first_failure_only(poison: set[int]):
+    """A handler as AWS documents one for streams: it stops at the first record it cannot
+    process and names only that one (Lambda retries from there); the rest it never saw."""
+    seen: list[int] = []
+
+    def reply(batch, n):
+        for r in batch.records:
+            if r.offset in poison:
+                return [r.offset]
+            seen.append(r.offset)
+        return []
+
+    return reply, seen
+
+
+async def test_when_retries_run_out_the_first_failed_record_is_given_up_and_the_rest_tried_again():
     broker = one_partition(6)
-    handler = Handler(reply=lambda batch, n: [4])
+    reply, seen = first_failure_only({4})
+    handler = Handler(reply=reply)
     dlq = RecordingDestination()
     errors = {"maximum_retry_attempts": 1, "partial_retry": "from_first_failure"}
     await run(handler, broker, errors, batch_size=6, destination=dlq)
-    assert handler.calls == [list(range(6)), [4, 5]]
+    assert handler.calls == [list(range(6)), [4, 5], [5]]
     assert dlq.offsets() == [4]
+    assert seen == [0, 1, 2, 3, 5]  # 5 was processed: it was never reached before
+
+
+async def test_a_handler_that_stops_at_the_first_failure_loses_nothing_when_retries_run_out():
+    """Each record is processed by the handler or is in the on-failure destination, however
+    the poison records lie in the batch (before, what followed a given-up record was
+    committed unprocessed)."""
+    broker = one_partition(20)
+    poison = {3, 4, 11, 19}
+    reply, seen = first_failure_only(poison)
+    dlq = RecordingDestination()
+    errors = {"maximum_retry_attempts": 2, "partial_retry": "from_first_failure"}
+    await run(Handler(reply=reply), broker, errors, batch_size=20, destination=dlq)
+    assert sorted(set(seen)) == sorted(set(range(20)) - poison)
+    assert dlq.offsets() == sorted(poison)
+
+
+async def test_failed_only_gives_up_every_reported_record_and_keeps_the_rest_done():
+    broker = one_partition(6)
+    handler = Handler(
+        reply=lambda batch, n: [r.offset for r in batch.records if r.offset in (1, 4)]
+    )
+    dlq = RecordingDestination()
+    errors = {"maximum_retry_attempts": 1, "partial_retry": "failed_only"}
+    await run(handler, broker, errors, batch_size=6, destination=dlq)
+    assert handler.calls == [list(range(6)), [1, 4]]
+    assert dlq.offsets() == [1, 4]
 
 
 @pytest.mark.parametrize("bad", [[999], [None], ["3"], "3", {"x": 1}])

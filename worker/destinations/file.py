@@ -2,7 +2,10 @@
 
 Each line holds the condition, the source and partition, first/last offset and
 timestamps, the batch size, the error with its traceback, and the records
-(key, value base64-encoded; headers), so they can be redriven.
+(key, value base64-encoded; headers), so they can be redriven. Positions past
+64 bits (Kinesis and DynamoDB sequence numbers) are written as strings: JSON
+numbers that size are not read exactly by most parsers (orjson refuses to write
+them at all, which used to leave such a partition retrying its dead letter forever).
 """
 
 from __future__ import annotations
@@ -16,6 +19,13 @@ import orjson
 from worker.destinations.base import DestinationError, FailureEvent
 from worker.encoding import b64
 
+_INT64 = 2**63
+
+
+def position(p: int) -> int | str:
+    """An offset as a JSON number; a sequence number past 64 bits as its digits."""
+    return p if -_INT64 <= p < _INT64 else str(p)
+
 
 def event_document(event: FailureEvent) -> dict[str, Any]:
     records = event.records
@@ -25,8 +35,8 @@ def event_document(event: FailureEvent) -> dict[str, Any]:
         "source": event.source,
         "topic": first.topic,
         "partition": event.partition,
-        "first_offset": first.position,
-        "last_offset": last.position,
+        "first_offset": position(first.position),
+        "last_offset": position(last.position),
         "first_timestamp_ms": first.timestamp_ms,
         "last_timestamp_ms": last.timestamp_ms,
         "batch_size": len(records),
@@ -40,7 +50,7 @@ def event_document(event: FailureEvent) -> dict[str, Any]:
         },
         "records": [
             {
-                "offset": r.position,
+                "offset": position(r.position),
                 "timestamp_ms": r.timestamp_ms,
                 "key": b64(r.key),
                 "value": b64(r.value),

@@ -12,8 +12,10 @@ Lambda's stream event source mappings (the README's failure section):
 - Bisect off: the whole piece is retried, then the whole piece is given up.
 - Partial batch response: `from_first_failure` (Lambda's rule) retries from
   the first failed record on; `failed_only` retries only the failed records.
-  When retries run out, the records the last invocation reported failed are
-  given up; the others had succeeded.
+  When retries run out: with `failed_only`, the records the last invocation
+  reported failed are given up (the others had succeeded); with
+  `from_first_failure`, only the first failed record is, and what followed it
+  (never a success under that rule) is tried again as a batch of its own.
 - `maximum_record_age_s`: before every invocation, records older than the
   limit are given up without being invoked.
 
@@ -217,10 +219,18 @@ class FailurePolicy:
                     pending.appendleft(_Piece(records[mid:], piece.attempts))
                     pending.appendleft(_Piece(records[:mid], piece.attempts))
                     continue
-                retry_records, give_up = records, records
+                retry_records, give_up, rest = records, records, ()
+            elif self._failed_only:
+                retry_records = give_up = [records[i] for i in failed]
+                rest = ()
+                self._dead_letter.guard.handled(failed[0])  # those before the first succeeded
             else:
-                give_up = [records[i] for i in failed]
-                retry_records = give_up if self._failed_only else records[failed[0] :]
+                # Lambda's rule: what follows the first failure is retried, so none of it
+                # has succeeded yet (a handler written as AWS documents returns at the
+                # first failure, never reaching the rest). Out of retries, only the first
+                # failed record is given up; the rest is tried again as a batch of its own.
+                retry_records, give_up = records[failed[0] :], [records[failed[0]]]
+                rest = records[failed[0] + 1 :]
                 self._dead_letter.guard.handled(failed[0])  # those before the first succeeded
             attempts = piece.attempts + 1
             if mode.may_give_up and self.retries_exhausted(attempts):
@@ -231,6 +241,8 @@ class FailurePolicy:
                     await self._dead_letter.give_up(event, "retries_exhausted")
                 retry.over()
                 result = None
+                if rest:  # a batch of its own: splitting consumes no retry
+                    pending.appendleft(_Piece(rest, 0))
                 continue
             retry.show(self._retrying(retry.shown, retry_records, attempts, failure))
             if await stopped_within(self._ctx.stopping, self._backoff.delay_s(attempts)):
