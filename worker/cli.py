@@ -62,11 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     inv = with_config("invoke", "call the handler once with a Lambda-shaped event")
     inv.add_argument("--event", required=True, help="event JSON file, or - for standard input")
     ev = with_config("event", "print a sample Lambda event to start from")
-    ev.add_argument("kind", nargs="?", choices=["kafka", "kinesis"],
+    ev.add_argument("kind", nargs="?", choices=["kafka", "kinesis", "dynamodb"],
                     help="without --config; with it, the configured source's")  # fmt: skip
     ev.add_argument("--value", default='{"device_id": "dev-00001", "temperature": 21.5}')
-    ev.add_argument("--key", default=None)
-    ev.add_argument("--topic", help="topic (kafka) or stream name (kinesis); default telemetry")
+    ev.add_argument("--key", default=None, help="the record's key (dynamodb: the key attribute)")
+    ev.add_argument("--topic", help="topic, stream or table name; default telemetry")
     ev.add_argument("--partition", type=int, default=0)
     st = sub.add_parser("status", help="print a running worker's state")
     st.add_argument("--url", default="http://127.0.0.1:9108", help="the worker's metrics address")
@@ -183,15 +183,21 @@ def _status(url: str) -> int:
 def _event(args: argparse.Namespace) -> int:
     from worker.lambda_compat.local import configured_event, sample_event
 
-    if args.config is None and not args.overrides:
-        event = sample_event(args.kind or "kafka", args.value, args.key,
-                             args.topic or "telemetry", args.partition)  # fmt: skip
-    elif args.kind is not None or args.topic is not None:
-        print("error: worker event --config: the kind and topic are the config's; "
-              "leave out KIND and --topic", file=sys.stderr)  # fmt: skip
+    if args.config is not None or args.overrides:
+        if args.kind is not None or args.topic is not None:
+            print("error: worker event --config: the kind and topic are the config's; "
+                  "leave out KIND and --topic", file=sys.stderr)  # fmt: skip
+            return EXIT_CONFIG
+        config = _load(args)
+    try:
+        if args.config is None and not args.overrides:
+            event = sample_event(args.kind or "kafka", args.value, args.key,
+                                 args.topic or "telemetry", args.partition)  # fmt: skip
+        else:
+            event = configured_event(config, args.value, args.key, args.partition)
+    except (ValueError, ImportError) as exc:  # a DynamoDB sample: not an item, or no boto3
+        print(f"error: worker event: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    else:
-        event = configured_event(_load(args), args.value, args.key, args.partition)
     print(json.dumps(event, indent=2))
     return 0
 

@@ -64,6 +64,11 @@ MUTANTS: tuple[Mutant, ...] = (
                 "unit/test_pipeline",
                 "test_a_failing_batch_is_retried_until_it_succeeds_and_nothing_passes_it",
             ),
+            _node(
+                "kinesis/test_dynamodb_workers",
+                "test_kill_9_while_a_batch_is_inside_the_handler_commits_none_of_it_and_a_restart"
+                "_loses_nothing",
+            ),
         ),
     ),
     Mutant(

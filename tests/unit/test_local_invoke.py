@@ -68,3 +68,44 @@ def test_the_sample_kinesis_event_has_the_documented_shape():
     assert record["kinesis"]["partitionKey"] == "pk"
     assert record["kinesis"]["data"] == "aGk="
     assert record["eventID"] == f"shardId-000000000000:{record['kinesis']['sequenceNumber']}"
+
+
+def dynamodb_config(tmp_path: Path, target: str, style: str) -> str:
+    path = tmp_path / "d.toml"
+    path.write_text(f'[source]\nkind="dynamodb"\ntable_name="devices"\n'
+                    f'[handler]\ntarget="{target}"\nstyle="{style}"\n')  # fmt: skip
+    return str(path)
+
+
+def test_a_dynamodb_sample_event_runs_the_example_registry_handler_and_a_native_one(tmp_path):
+    cfg = dynamodb_config(tmp_path, "handlers.device_registry:lambda_handler", "lambda")
+    good = worker("event", "--config", cfg, "--key", "device_id",
+                  "--value", '{"device_id": "dev-1", "firmware": "1.2", "version": 3}')  # fmt: skip
+    assert good.returncode == 0, good.stderr
+    record = json.loads(good.stdout)["Records"][0]
+    assert record["eventSource"] == "aws:dynamodb" and record["eventName"] == "INSERT"
+    assert record["dynamodb"]["Keys"] == {"device_id": {"S": "dev-1"}}
+    assert ":table/devices/stream/" in record["eventSourceARN"]
+    (tmp_path / "good.json").write_text(good.stdout)
+    result = worker("invoke", "--config", cfg, "--event", str(tmp_path / "good.json"))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"batchItemFailures": []}
+    bad = worker("event", "dynamodb", "--value", '{"device_id": "dev-2", "firmware": "x"}')
+    result = worker("invoke", "--config", cfg, "--event", "-", stdin=bad.stdout)
+    sequence = json.loads(bad.stdout)["Records"][0]["dynamodb"]["SequenceNumber"]
+    assert json.loads(result.stdout) == {"batchItemFailures": [{"itemIdentifier": sequence}]}
+    native = dynamodb_config(tmp_path, "tests.kinesis.dynamodb_recorder:handle", "native")
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "invoke", "--config", native, "--event", "-"],
+        capture_output=True, text=True, cwd=ROOT, input=good.stdout, timeout=60,
+        env={**__import__("os").environ, "RECORD_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (line,) = next(tmp_path.glob("handled.*")).read_text().splitlines()
+    assert line.split()[2:4] == ["dev-1", "INSERT"]
+
+
+def test_a_dynamodb_sample_that_is_not_an_item_is_one_error_line():
+    result = worker("event", "dynamodb", "--value", "[1, 2]")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: worker event:") and len(result.stderr.splitlines()) == 1

@@ -16,9 +16,10 @@ from worker.config import WorkerConfig
 from worker.encoding import unb64
 from worker.handling.handler import is_coroutine_callable, load_handler
 from worker.lambda_compat.context import ContextFactory
-from worker.lambda_compat.events import kafka_event, kinesis_event
+from worker.lambda_compat.events import dynamodb_event, kafka_event, kinesis_event
 from worker.lambda_compat.shapes import SHAPES
 from worker.records import Batch
+from worker.sources.dynamodb.record import DynamoDBRecord
 from worker.sources.memory import MemoryRecord
 
 SAMPLE_SEQUENCE = "49590338271490256608559692538361571095921575989136588898"
@@ -29,6 +30,8 @@ def sample_event(
 ) -> dict[str, Any]:
     now_ms = int(time.time() * 1000)
     raw_key = key.encode() if key is not None else None
+    if kind == "dynamodb":
+        return dynamodb_event([dynamodb_sample(topic, value, key)], None)
     if kind == "kafka":
         record = MemoryRecord(topic, partition, 0, raw_key, value.encode(), now_ms)
         return kafka_event([record], ["127.0.0.1:9092"])
@@ -40,11 +43,41 @@ def sample_event(
     return kinesis_event([record], "us-east-1", arn, "arn:aws:iam::000000000000:role/worker")
 
 
+def dynamodb_sample(table: str, value: str, key: str | None) -> DynamoDBRecord:
+    """An INSERT of the item `value` (JSON); `key` names its key attribute (default: the
+    item's first attribute)."""
+    import json
+    from decimal import Decimal
+
+    from boto3.dynamodb.types import TypeSerializer
+
+    item = json.loads(value, parse_float=Decimal)
+    if not isinstance(item, dict) or not item:
+        raise ValueError("a DynamoDB sample's --value is a JSON object (the new item)")
+    image = {name: TypeSerializer().serialize(v) for name, v in item.items()}
+    name = key if key is not None else next(iter(image))
+    if name not in image:
+        raise ValueError(f"--key {name!r}: the item has no such attribute")
+    arn = f"arn:aws:dynamodb:us-east-1:000000000000:table/{table}/stream/2026-01-01T00:00:00.000"
+    change = {
+        "eventID": "1", "eventName": "INSERT", "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb", "awsRegion": "us-east-1",
+        "dynamodb": {"ApproximateCreationDateTime": float(int(time.time())),
+                     "Keys": {name: image[name]}, "NewImage": image,
+                     "SequenceNumber": "100000000000000000001",
+                     "SizeBytes": len(value.encode()), "StreamViewType": "NEW_AND_OLD_IMAGES"},
+        "eventSourceARN": arn,
+    }  # fmt: skip
+    return DynamoDBRecord(table, "shardId-00000000000000000000-00000000", change)
+
+
 def configured_event(
     config: WorkerConfig, value: str, key: str | None, partition: int = 0
 ) -> dict[str, Any]:
     """The event the configured worker would build for one record of its own source."""
     shape = SHAPES[config.source.kind]
+    if config.source.kind == "dynamodb":
+        return shape.events(config)([dynamodb_sample(shape.sample_name(config), value, key)])
     record = MemoryRecord(
         shape.sample_name(config), partition, 0, key.encode() if key is not None else None,
         value.encode(), int(time.time() * 1000),
@@ -54,7 +87,7 @@ def configured_event(
 
 
 def batch_from_event(event: dict[str, Any]) -> Batch:
-    """The records of a Kafka or Kinesis event as a native batch."""
+    """The records of a Kafka, Kinesis or DynamoDB event as a native batch."""
     records: list[MemoryRecord] = []
     if "records" in event:
         for items in event["records"].values():
@@ -73,7 +106,12 @@ def batch_from_event(event: dict[str, Any]) -> Batch:
                 )
         label = f"{records[0].topic}-{records[0].partition}" if records else "-"
         return Batch(records, "kafka", label)
-    for i, r in enumerate(event.get("Records", [])):
+    changes = event.get("Records", [])
+    if changes and changes[0].get("eventSource") == "aws:dynamodb":
+        table = changes[0].get("eventSourceARN", "").partition(":table/")[2].partition("/")[0]
+        shard = "shardId-local"
+        return Batch([DynamoDBRecord(table, shard, c) for c in changes], "dynamodb", shard)
+    for i, r in enumerate(changes):
         k = r["kinesis"]
         records.append(
             MemoryRecord(
