@@ -9,6 +9,7 @@ import uuid
 from collections import defaultdict
 
 import orjson
+import pytest
 
 from scripts.emulators import Emulator
 from tests.kinesis.dynamodb_tables import (
@@ -24,9 +25,11 @@ from tests.kinesis.test_kinesis_source import checkpoints
 from worker.runtime.worker import Worker
 
 
+@pytest.mark.parametrize("lanes", [1, 4])
 async def test_2000_item_changes_are_handled_once_in_order_per_item_and_checkpointed(
-    dynamodb: Emulator,
+    dynamodb: Emulator, lanes: int
 ):
+    """With 4 key lanes, an item's changes share a lane (the key is its primary key)."""
     table, leases = await make_table(dynamodb), f"leases-{uuid.uuid4().hex[:6]}"
     expected = history(items=200, changes=2000)
     await apply(dynamodb, table, expected)
@@ -37,9 +40,10 @@ async def test_2000_item_changes_are_handled_once_in_order_per_item_and_checkpoi
         for r in batch.records:
             device, event, version = change_of(r)
             handled[device].append((event, version))
-        last[batch.partition] = batch.records[-1].position
+        last[batch.partition] = max(last.get(batch.partition, 0), batch.records[-1].position)
 
-    worker = Worker(config(dynamodb, table, leases), handler=handler)
+    cfg = config(dynamodb, table, leases, handler={"parallelization_factor": lanes})
+    worker = Worker(cfg, handler=handler)
     task = asyncio.create_task(worker.serve())
     deadline = time.monotonic() + 90
     try:
