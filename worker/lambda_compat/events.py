@@ -15,12 +15,16 @@ handler runs (its thread), not on the event loop.
 
 from __future__ import annotations
 
+import binascii
 from collections.abc import Sequence
+from itertools import groupby
+from operator import attrgetter
 from typing import Any
 
 from worker.encoding import b64
 
 _TIMESTAMP_TYPES = {0: "CREATE_TIME", 1: "LOG_APPEND_TIME"}
+_TOPIC_PARTITION = attrgetter("topic", "partition")
 
 
 def timestamp_type(r: Any) -> str:
@@ -29,17 +33,33 @@ def timestamp_type(r: Any) -> str:
 
 
 def kafka_record(r: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "topic": r.topic,
-        "partition": r.partition,
-        "offset": r.offset,
-        "timestamp": r.timestamp_ms,
-        "timestampType": timestamp_type(r),
-    }
-    if r.key is not None:
-        out["key"] = b64(r.key)
-    out["value"] = b64(r.value)
-    out["headers"] = [{name: list(value or b"")} for name, value in r.headers]
+    """One record as Lambda's Kafka event has it (see `kafka_event` for a whole batch)."""
+    return _kafka_records(r.topic, r.partition, [r])[0]
+
+
+def _kafka_records(topic: str, partition: int, records: Sequence[Any]) -> list[dict[str, Any]]:
+    """One partition's records in one pass: the per-record work is a dict, two C-level
+    base64 calls and the headers; what is the same for every record is looked up once."""
+    encode = binascii.b2a_base64
+    types = _TIMESTAMP_TYPES
+    out = []
+    append = out.append
+    for r in records:
+        record: dict[str, Any] = {
+            "topic": topic,
+            "partition": partition,
+            "offset": r.offset,
+            "timestamp": r.timestamp_ms,
+            "timestampType": types.get(getattr(r, "timestamp_type", 0), "CREATE_TIME"),
+        }
+        key = r.key
+        if key is not None:
+            record["key"] = encode(key, newline=False).decode("ascii")
+        value = r.value
+        record["value"] = None if value is None else encode(value, newline=False).decode("ascii")
+        headers = r.headers
+        record["headers"] = [{n: list(v or b"")} for n, v in headers] if headers else []
+        append(record)
     return out
 
 
@@ -48,7 +68,8 @@ def kafka_event(
     bootstrap_servers: Sequence[str],
     event_source_arn: str | None = None,
 ) -> dict[str, Any]:
-    """`SelfManagedKafka`, or `aws:kafka` (MSK) when an event source ARN is configured."""
+    """`SelfManagedKafka`, or `aws:kafka` (MSK) when an event source ARN is configured.
+    Records are grouped by runs of one topic-partition (a worker's batch is one run)."""
     event: dict[str, Any] = {
         "eventSource": "aws:kafka" if event_source_arn else "SelfManagedKafka",
     }
@@ -56,8 +77,9 @@ def kafka_event(
         event["eventSourceArn"] = event_source_arn
     event["bootstrapServers"] = ",".join(bootstrap_servers)
     grouped: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        grouped.setdefault(f"{r.topic}-{r.partition}", []).append(kafka_record(r))
+    for (topic, partition), run in groupby(records, key=_TOPIC_PARTITION):
+        built = _kafka_records(topic, partition, list(run))
+        grouped.setdefault(f"{topic}-{partition}", []).extend(built)
     event["records"] = grouped
     return event
 
