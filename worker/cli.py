@@ -203,7 +203,8 @@ def _event(args: argparse.Namespace) -> int:
 
 
 async def _reach(config: WorkerConfig) -> None:
-    """What `run` checks against the broker before it starts, without starting."""
+    """What `run` checks against the broker (or the stream and lease table) before it
+    starts, without starting."""
     from worker.destinations import make_destination
     from worker.destinations.kafka import KafkaDestination
     from worker.errors import StartError
@@ -211,9 +212,15 @@ async def _reach(config: WorkerConfig) -> None:
     from worker.sources.kafka.config import KafkaSourceConfig
     from worker.sources.kafka.preflight import check_source
 
-    if not isinstance(config.source, KafkaSourceConfig):
-        raise StartError(f"source.kind = {config.source.kind!r}: --connect checks kafka only")
-    await check_source(config.source)
+    if isinstance(config.source, KafkaSourceConfig):
+        await check_source(config.source)
+    else:
+        from worker.sources import make_source
+
+        source = make_source(config.source)
+        if not hasattr(source, "check"):
+            raise StartError(f"source.kind = {config.source.kind!r}: --connect cannot check it")
+        await source.check()
     destination = make_destination(config, Metrics())
     if isinstance(destination, KafkaDestination):
         await destination.check()

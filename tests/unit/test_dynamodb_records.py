@@ -196,8 +196,8 @@ def test_settings_lambda_does_not_allow_for_dynamodb_are_refused_with_one_line()
 def test_the_lease_table_is_where_the_stream_is_unless_told_otherwise():
     c = DynamoDBSourceConfig(stream_arn=ARN, endpoint_url="http://127.0.0.1:1")
     assert c.table == "ExampleTableWithStream" and c.lease_endpoint == "http://127.0.0.1:1"
-    c = DynamoDBSourceConfig(table_name="t", endpoint_url="http://a", lease_endpoint_url="http://b")
-    assert c.lease_endpoint == "http://b"
+    c = DynamoDBSourceConfig(table_name="devices", endpoint_url="a", lease_endpoint_url="b")
+    assert c.lease_endpoint == "b"
 
 
 class PagedStreams:

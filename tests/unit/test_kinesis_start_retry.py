@@ -11,7 +11,7 @@ import asyncio
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError
 
-from worker.sources.kinesis import source
+from worker.sources.kinesis import transient as source
 
 
 def _step(failures: list[Exception]):

@@ -7,16 +7,17 @@ latest record only: `at_timestamp` is refused.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from worker.sources.kinesis.config import LeasedStreamSettings
 
 
 class DynamoDBSourceConfig(LeasedStreamSettings):
     kind: Literal["dynamodb"] = "dynamodb"
-    table_name: str | None = None
+    #: DynamoDB's rule for table names.
+    table_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{3,255}$")] | None = None
     #: The stream to read; unset, the table's latest stream.
     stream_arn: str | None = None
 

@@ -30,7 +30,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack, suppress
 from typing import Any
 
@@ -48,46 +48,21 @@ from worker.sources.kinesis.holder import LeaseHolder
 from worker.sources.kinesis.keeper import LeaseKeeper
 from worker.sources.kinesis.leases import Lease, LeaseLost, LeaseTable
 from worker.sources.kinesis.metrics import KinesisMetrics
+from worker.sources.kinesis.preflight import check_stream
 from worker.sources.kinesis.reader import ShardReader
 from worker.sources.kinesis.record import TRAITS
 from worker.sources.kinesis.shard import Shard
-from worker.sources.kinesis.transient import retryable
+from worker.sources.kinesis.transient import retryable, until_it_answers
 
 log = logging.getLogger("worker.source.kinesis")
 
 ROUND_BACKOFF = Backoff(250, 10_000)
 RELEASE_TIMEOUT_S = 5.0
-#: How long the start tries a call again that failed in a way that passes.
-START_RETRY_S = 60.0
 #: Lease-table calls: bounded, so a hung connection cannot hold a checkpoint for minutes.
 LEASE_CLIENT = AioConfig(connect_timeout=5, read_timeout=10,
                          retries={"mode": "standard", "max_attempts": 3})  # fmt: skip
 _EVENTS = {"free": "taken", "expired": "expired", "steal": "stolen", "reclaim": "reclaimed",
            "handed": "stolen", "force": "stolen"}  # fmt: skip
-
-
-async def until_it_answers(step: Callable[[], Awaitable[object]]) -> None:
-    """A start-up call that failed in a way that passes (a dropped connection, a
-    throttle) is tried again for up to `START_RETRY_S`, one WARNING a try: a
-    connection reset at start used to end the worker with exit 1 (seen under the
-    rolling-restart faults). Failures that will not pass are raised at once."""
-    started, attempt = time.monotonic(), 0
-    while True:
-        try:
-            await step()
-            return
-        except Exception as exc:
-            attempt += 1
-            left = START_RETRY_S - (time.monotonic() - started)
-            if not retryable(exc) or left <= 0:
-                raise
-            delay = min(ROUND_BACKOFF.delay_s(attempt), left)
-            log.warning(
-                "event=start_retry step=%s attempt=%d error=%r retry_in_s=%.1f",
-                getattr(step, "__name__", "start"), attempt,
-                f"{type(exc).__name__}: {exc}", delay,
-            )  # fmt: skip
-            await asyncio.sleep(delay)
 
 
 class KinesisSource:
@@ -158,7 +133,8 @@ class KinesisSource:
             raise
         except (ClientError, BotoCoreError, TimeoutError) as exc:
             await self._stack.aclose()
-            raise SourceStartError(f"{self.name}: stream {self._api.stream}: {exc}") from None
+            reason = " ".join(str(exc).split())  # botocore's parameter errors span lines
+            raise SourceStartError(f"{self.name}: stream {self._api.stream}: {reason}") from None
 
     async def _start(self, listener: AssignmentListener) -> None:
         self._listener = listener
@@ -182,6 +158,10 @@ class KinesisSource:
         if not self._shards:  # nothing to take now: say so, so the worker turns ready
             await listener.on_assigned([])
         self._coordinator = listener.spawn(self._coordinate(), f"{self.name} coordinator")
+
+    async def check(self) -> None:
+        """`worker check-config --connect`: the stream and the lease table answer."""
+        await check_stream(self._api, self._config, self._session)
 
     async def stop_taking(self) -> None:
         """Take, ask for and hand over no more leases. The round under way ends first (a

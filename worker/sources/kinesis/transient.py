@@ -10,9 +10,22 @@ read or keep its leases must not look healthy.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
 import aiohttp
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from worker.backoff import Backoff
+
+log = logging.getLogger("worker.source.kinesis")
+
+#: How long the start tries a call again that failed in a way that passes.
+START_RETRY_S = 60.0
+START_BACKOFF = Backoff(250, 10_000)
 
 #: Error codes of a throttled call (Kinesis, DynamoDB and KMS spell them differently).
 THROTTLE_CODES = frozenset({
@@ -44,3 +57,27 @@ def retryable(exc: BaseException) -> bool:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         return code in THROTTLE_CODES or code in SERVER_CODES or status >= 500
     return isinstance(exc, NETWORK_ERRORS)
+
+
+async def until_it_answers(step: Callable[[], Awaitable[object]]) -> None:
+    """A start-up call that failed in a way that passes (a dropped connection, a
+    throttle) is tried again for up to `START_RETRY_S`, one WARNING a try: a
+    connection reset at start used to end the worker with exit 1 (seen under the
+    rolling-restart faults). Failures that will not pass are raised at once."""
+    started, attempt = time.monotonic(), 0
+    while True:
+        try:
+            await step()
+            return
+        except Exception as exc:
+            attempt += 1
+            left = START_RETRY_S - (time.monotonic() - started)
+            if not retryable(exc) or left <= 0:
+                raise
+            delay = min(START_BACKOFF.delay_s(attempt), left)
+            log.warning(
+                "event=start_retry step=%s attempt=%d error=%r retry_in_s=%.1f",
+                getattr(step, "__name__", "start"), attempt,
+                f"{type(exc).__name__}: {exc}", delay,
+            )  # fmt: skip
+            await asyncio.sleep(delay)
