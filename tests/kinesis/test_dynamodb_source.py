@@ -158,3 +158,40 @@ async def test_a_filter_on_event_name_and_a_new_image_attribute_keeps_exactly_th
                       if e == "MODIFY" and v == 2)  # firmware "1.2"  # fmt: skip
     assert sorted(kept) == matching and len(matching) == 40
     assert filtered == 400 - len(matching)  # the rest: committed and counted, never invoked
+
+
+async def test_tumbling_windows_count_every_change_once_on_a_dynamodb_stream(dynamodb: Emulator):
+    """Lambda's tumbling windows by the changes' creation times: each window's final state
+    counts its changes by eventName; over all windows every change counts once."""
+    table, leases = await make_table(dynamodb), f"leases-{uuid.uuid4().hex[:6]}"
+    expected = history(items=20, changes=200)
+    await apply(dynamodb, table, expected)
+    finals: list[dict[str, int]] = []
+
+    def lambda_handler(event, context):  # as written for AWS's DynamoDB tumbling windows
+        state = dict(event["state"] or {})
+        for record in event["Records"]:
+            state[record["eventName"]] = state.get(record["eventName"], 0) + 1
+        if event["isFinalInvokeForWindow"]:
+            finals.append(state)
+        return {"state": state}
+
+    cfg = config(dynamodb, table, leases, handler={"style": "lambda"},
+                 batching={"tumbling_window_s": 1, "batch_size": 50})  # fmt: skip
+    ends = await last_positions(dynamodb, table)
+    worker = Worker(cfg, handler=lambda_handler)
+    task = asyncio.create_task(worker.serve())
+    try:
+        await wait_checkpointed(dynamodb, leases, lambda: ends)
+    finally:
+        worker.request_exit()
+        await task
+    totals: dict[str, int] = defaultdict(int)
+    for state in finals:
+        for event, n in state.items():
+            totals[event] += n
+    want: dict[str, int] = defaultdict(int)
+    for steps in expected.values():
+        for event, _ in steps:
+            want[event] += 1
+    assert dict(totals) == dict(want)
