@@ -54,7 +54,10 @@ def dynamodb_sample(table: str, value: str, key: str | None) -> DynamoDBRecord:
     item = json.loads(value, parse_float=Decimal)
     if not isinstance(item, dict) or not item:
         raise ValueError("a DynamoDB sample's --value is a JSON object (the new item)")
-    image = {name: TypeSerializer().serialize(v) for name, v in item.items()}
+    try:
+        image = {name: TypeSerializer().serialize(v) for name, v in item.items()}
+    except (TypeError, ArithmeticError) as exc:  # NaN, or a number DynamoDB cannot hold
+        raise ValueError(f"--value: not a DynamoDB item: {type(exc).__name__}: {exc}") from exc
     name = key if key is not None else next(iter(image))
     if name not in image:
         raise ValueError(f"--key {name!r}: the item has no such attribute")
