@@ -164,3 +164,19 @@ async def test_consecutive_limit_halts_a_handler_that_reports_every_record_faile
 async def test_consecutive_limit_halts_failed_only_reporting_every_record_failed():
     # Batches of 3 given up whole: the second would make 6 in a row.
     assert await _dead_lettered_before_halt("failed_only", 3) == [0, 1, 2]
+
+
+async def test_failed_only_counts_every_record_not_reported_failed_as_handled():
+    """Only the records before the first reported failure were counted: those between and
+    after failures that succeeded were resolved but never counted, so the ratio guard saw
+    more dead letters per record than there were and halted early."""
+    broker = one_partition(10)
+    handler = Handler(reply=lambda batch, n: [1, 4] if n == 1 else None)
+    settings = {
+        "batching": {"batch_size": 10},
+        "errors": {"partial_retry": "failed_only", "max_dead_letter_ratio": 0.5},
+    }
+    async with running_worker(handler, broker, ["t"], settings):
+        await wait_until(lambda: fully_committed(broker, "test", ["t"]))
+    assert handler.calls == [list(range(10)), [1, 4]]
+    assert broker.notes[("test", "t", 0)] == "dlg1:10,0,0"  # 8, then the 2 retried
