@@ -3,7 +3,7 @@
 from tests.unit.test_failure_policy import Handler, RecordingDestination, one_partition
 from worker.handling.dead_letter import DeadLetterGuard
 from worker.partition.steps import PartitionHalted
-from worker.testing import fully_committed, running_worker, wait_until
+from worker.testing import MemoryBroker, fully_committed, running_worker, wait_until
 
 
 def test_consecutive_limit_counts_dead_letters_since_the_last_success():
@@ -180,3 +180,37 @@ async def test_failed_only_counts_every_record_not_reported_failed_as_handled():
         await wait_until(lambda: fully_committed(broker, "test", ["t"]))
     assert handler.calls == [list(range(10)), [1, 4]]
     assert broker.notes[("test", "t", 0)] == "dlg1:10,0,0"  # 8, then the 2 retried
+
+
+async def test_a_window_final_invoke_of_no_records_does_not_reset_the_consecutive_limit():
+    """A window's final invoke has no records; its success counted as a success of none
+    and reset the run of dead letters. A bad deploy failing on every record, whose final
+    invokes (nothing to process) succeed, dead-lettered the whole stream window by window."""
+    import time
+
+    broker = MemoryBroker()
+    broker.create_topic("t", 1)
+    base = (int(time.time()) // 60 - 10) * 60_000  # ten minutes ago, on a minute boundary
+    for window in range(6):
+        for i in range(2):
+            broker.produce("t", b"{}", partition=0, timestamp_ms=base + window * 60_000 + i)
+
+    def handler(event, context):
+        if any(event["records"].values()):
+            raise ValueError("cannot process")
+        return {"state": {}}
+
+    dlq = RecordingDestination()
+    settings = {
+        "batching": {"tumbling_window_s": 60, "batch_size": 12},
+        "handler": {"style": "lambda"},
+        "errors": {"maximum_retry_attempts": 0, "max_consecutive_dead_letters": 3},
+    }
+    async with running_worker(handler, broker, ["t"], settings, destination=dlq) as w:
+        await wait_until(
+            lambda: (
+                (p := w.partition(("t", 0))) is not None
+                and (p.halted is not None or fully_committed(broker, "test", ["t"]))
+            )
+        )
+    assert dlq.offsets() == [0, 1]  # the second window's two would make four in a row

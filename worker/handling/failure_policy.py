@@ -208,7 +208,7 @@ class FailurePolicy:
             if failure is None:
                 retry.over()
                 m.success.inc()
-                self._dead_letter.guard.handled(len(records))
+                self._succeeded(len(records))  # a window's final invoke: none
                 result = outcome.result
                 continue
             self._count_failure(outcome, records, failed, failure, piece.attempts)
@@ -252,9 +252,11 @@ class FailurePolicy:
         return result
 
     def _succeeded(self, records: int) -> None:
-        """Tell the guard that `records` of a partial response succeeded. None did when
-        the first record was reported failed: a success of zero records reset the guard's
-        run of dead letters, so a handler reporting every record failed never halted."""
+        """Tell the guard that `records` succeeded. A success of none (a partial response
+        whose first record failed, a window's final invoke) proves nothing about records:
+        it used to reset the guard's run of dead letters, so a handler reporting every
+        record failed, or failing every record but not its windows' final invokes, never
+        halted."""
         if records > 0:
             self._dead_letter.guard.handled(records)
 
