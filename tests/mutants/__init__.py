@@ -148,9 +148,10 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "guard_reset_by_no_success",
-        "a partial response whose first record failed counts as a success of no records and "
-        "resets the dead-letter guard's run: a bad deploy reporting every record failed is "
-        "never halted by max_consecutive_dead_letters and empties the stream into the DLQ",
+        "a success of no records (a partial response whose first record failed, a window's "
+        "final invoke) resets the dead-letter guard's run: a bad deploy reporting every "
+        "record failed is never halted by max_consecutive_dead_letters and empties the "
+        "stream into the DLQ",
         (
             _node(
                 "unit/test_dlq_guard",
@@ -159,6 +160,10 @@ MUTANTS: tuple[Mutant, ...] = (
             _node(
                 "unit/test_dlq_guard",
                 "test_consecutive_limit_halts_failed_only_reporting_every_record_failed",
+            ),
+            _node(
+                "unit/test_dlq_guard",
+                "test_a_window_final_invoke_of_no_records_does_not_reset_the_consecutive_limit",
             ),
         ),
     ),
