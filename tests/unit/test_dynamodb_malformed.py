@@ -55,6 +55,17 @@ async def test_an_attribute_value_of_an_odd_form_reaches_the_handler_as_it_came(
     assert dynamodb_event([record], None)["Records"][0]["dynamodb"]["NewImage"] == image
 
 
+async def test_binary_parts_of_an_odd_value_are_base64_so_the_change_stays_json():
+    """Kept raw, bytes in an odd value made the change unwritable as JSON: the event and
+    the on-failure destination's write raised TypeError (the lane died)."""
+    image = {"x": {"S": "a", "B": b"\x00"}, "y": {"SDK_UNKNOWN": b"\x01"}, "z": b"\x02"}
+    (record,) = (await page_of(change(NewImage=image))).records
+    assert record.new_image == {"x": {"S": "a", "B": "AA=="}, "y": {"SDK_UNKNOWN": "AQ=="},
+                                "z": "Ag=="}  # fmt: skip
+    assert record.json()["dynamodb"]["NewImage"] == record.new_image
+    assert dynamodb_event([record], None)["Records"][0]["dynamodb"]["NewImage"]["z"] == "Ag=="
+
+
 async def test_documented_odd_types_are_read_null_bool_number_sets_and_nested_binary():
     image = {
         "n": {"NULL": True}, "b": {"BOOL": False}, "ns": {"NS": ["1", "2.5"]},

@@ -140,20 +140,32 @@ def _attribute(value: dict[str, Any]) -> dict[str, Any]:
     """An AttributeValue with its binary parts as base64 (botocore hands them over as bytes).
 
     A value not of the documented form (one type and its value; botocore leaves out a type
-    its model does not know, giving `{}`) is kept as it came: the handler meets it, rather
-    than the reader failing on every read of the shard."""
-    if not isinstance(value, dict) or len(value) != 1:
+    its model does not know, giving `{}`) keeps its form, its binary parts as base64 too:
+    the handler meets it as it came, and the change stays JSON (the event, the on-failure
+    destination), rather than the reader failing on every read of the shard."""
+    if isinstance(value, dict) and len(value) == 1:
+        ((kind, inner),) = value.items()
+        if kind in _CONVERTED or isinstance(inner, bytes):
+            return {kind: _inner(kind, inner)}
         return value
-    ((kind, inner),) = value.items()
+    if isinstance(value, dict):
+        return {kind: _inner(kind, inner) for kind, inner in value.items()}
+    return _b64(value) if isinstance(value, bytes) else value
+
+
+_CONVERTED = frozenset({"B", "BS", "M", "L"})
+
+
+def _inner(kind: str, inner: Any) -> Any:
     if kind == "B":
-        return {"B": _b64(inner)}
+        return _b64(inner)
     if kind == "BS":
-        return {"BS": [_b64(b) for b in inner]}
+        return [_b64(b) for b in inner]
     if kind == "M":
-        return {"M": {k: _attribute(v) for k, v in inner.items()}}
+        return {k: _attribute(v) for k, v in inner.items()}
     if kind == "L":
-        return {"L": [_attribute(v) for v in inner]}
-    return value
+        return [_attribute(v) for v in inner]
+    return _b64(inner) if isinstance(inner, bytes) else inner
 
 
 def _b64(data: bytes | str) -> str:
