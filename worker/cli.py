@@ -153,6 +153,9 @@ def _invoke(args: argparse.Namespace, config: WorkerConfig) -> int:
         result = invoke_once(config, event)
     except HandlerLoadError as exc:
         return _fail([str(exc)])
+    except ValueError as exc:  # an event a native handler's batch cannot be made of
+        print(f"error: worker invoke: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     took = f"took {result.took_s * 1000:.1f} ms"
     if result.error is not None:  # shown as Lambda reports a function error
         e = result.error

@@ -147,6 +147,27 @@ MUTANTS: tuple[Mutant, ...] = (
         ),
     ),
     Mutant(
+        "guard_reset_by_no_success",
+        "a success of no records (a partial response whose first record failed, a window's "
+        "final invoke) resets the dead-letter guard's run: a bad deploy reporting every "
+        "record failed is never halted by max_consecutive_dead_letters and empties the "
+        "stream into the DLQ",
+        (
+            _node(
+                "unit/test_dlq_guard",
+                "test_consecutive_limit_halts_a_handler_that_reports_every_record_failed",
+            ),
+            _node(
+                "unit/test_dlq_guard",
+                "test_consecutive_limit_halts_failed_only_reporting_every_record_failed",
+            ),
+            _node(
+                "unit/test_dlq_guard",
+                "test_a_window_final_invoke_of_no_records_does_not_reset_the_consecutive_limit",
+            ),
+        ),
+    ),
+    Mutant(
         "commit_refused_marked_committed",
         "the committer marks every partition of a commit committed when the source refused "
         "some (OwnershipLost): progress shown that never happened, and the commit the "

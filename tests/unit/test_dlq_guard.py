@@ -3,7 +3,7 @@
 from tests.unit.test_failure_policy import Handler, RecordingDestination, one_partition
 from worker.handling.dead_letter import DeadLetterGuard
 from worker.partition.steps import PartitionHalted
-from worker.testing import running_worker, wait_until
+from worker.testing import MemoryBroker, fully_committed, running_worker, wait_until
 
 
 def test_consecutive_limit_counts_dead_letters_since_the_last_success():
@@ -124,3 +124,93 @@ async def test_a_halt_outlives_a_restart_and_a_fixed_handler_goes_on():
     assert dlq.offsets() == [0, 1, 2, 3, 4]
     # 55 resolved, 5 of them dead-lettered; its first success reset the run.
     assert getattr(broker, "notes", {}).get(("test", "t", 0)) == "dlg1:55,5,0"
+
+
+def report_all_failed(batch, n):
+    """A bad deploy written as AWS documents: every record caught and reported failed."""
+    return [r.offset for r in batch.records]
+
+
+async def _dead_lettered_before_halt(partial_retry: str, batch_size: int) -> list[int]:
+    broker = one_partition(50)
+    handler = Handler(reply=report_all_failed)
+    dlq = RecordingDestination()
+    settings = {
+        "batching": {"batch_size": batch_size},
+        "errors": {
+            "maximum_retry_attempts": 0,
+            "max_consecutive_dead_letters": 5,
+            "partial_retry": partial_retry,
+        },
+    }
+    async with running_worker(handler, broker, ["t"], settings, destination=dlq) as w:
+        await wait_until(
+            lambda: (
+                (p := w.partition(("t", 0))) is not None
+                and (p.halted is not None or fully_committed(broker, "test", ["t"]))
+            )
+        )
+    return dlq.offsets()
+
+
+async def test_consecutive_limit_halts_a_handler_that_reports_every_record_failed():
+    """A partial response naming the batch's first record counted as a success of zero
+    records, which reset the run of dead letters: with `from_first_failure` giving up one
+    record at a time, `max_consecutive_dead_letters` never halted a bad deploy that catches
+    its errors and reports every record failed (the whole stream went to the DLQ)."""
+    assert await _dead_lettered_before_halt("from_first_failure", 10) == [0, 1, 2, 3, 4]
+
+
+async def test_consecutive_limit_halts_failed_only_reporting_every_record_failed():
+    # Batches of 3 given up whole: the second would make 6 in a row.
+    assert await _dead_lettered_before_halt("failed_only", 3) == [0, 1, 2]
+
+
+async def test_failed_only_counts_every_record_not_reported_failed_as_handled():
+    """Only the records before the first reported failure were counted: those between and
+    after failures that succeeded were resolved but never counted, so the ratio guard saw
+    more dead letters per record than there were and halted early."""
+    broker = one_partition(10)
+    handler = Handler(reply=lambda batch, n: [1, 4] if n == 1 else None)
+    settings = {
+        "batching": {"batch_size": 10},
+        "errors": {"partial_retry": "failed_only", "max_dead_letter_ratio": 0.5},
+    }
+    async with running_worker(handler, broker, ["t"], settings):
+        await wait_until(lambda: fully_committed(broker, "test", ["t"]))
+    assert handler.calls == [list(range(10)), [1, 4]]
+    assert broker.notes[("test", "t", 0)] == "dlg1:10,0,0"  # 8, then the 2 retried
+
+
+async def test_a_window_final_invoke_of_no_records_does_not_reset_the_consecutive_limit():
+    """A window's final invoke has no records; its success counted as a success of none
+    and reset the run of dead letters. A bad deploy failing on every record, whose final
+    invokes (nothing to process) succeed, dead-lettered the whole stream window by window."""
+    import time
+
+    broker = MemoryBroker()
+    broker.create_topic("t", 1)
+    base = (int(time.time()) // 60 - 10) * 60_000  # ten minutes ago, on a minute boundary
+    for window in range(6):
+        for i in range(2):
+            broker.produce("t", b"{}", partition=0, timestamp_ms=base + window * 60_000 + i)
+
+    def handler(event, context):
+        if any(event["records"].values()):
+            raise ValueError("cannot process")
+        return {"state": {}}
+
+    dlq = RecordingDestination()
+    settings = {
+        "batching": {"tumbling_window_s": 60, "batch_size": 12},
+        "handler": {"style": "lambda"},
+        "errors": {"maximum_retry_attempts": 0, "max_consecutive_dead_letters": 3},
+    }
+    async with running_worker(handler, broker, ["t"], settings, destination=dlq) as w:
+        await wait_until(
+            lambda: (
+                (p := w.partition(("t", 0))) is not None
+                and (p.halted is not None or fully_committed(broker, "test", ["t"]))
+            )
+        )
+    assert dlq.offsets() == [0, 1]  # the second window's two would make four in a row

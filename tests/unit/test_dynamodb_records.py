@@ -193,6 +193,23 @@ def test_settings_lambda_does_not_allow_for_dynamodb_are_refused_with_one_line()
     assert "not a DynamoDB stream ARN" in line
 
 
+def test_the_lease_table_cannot_be_the_table_whose_stream_is_read():
+    """Each checkpoint is a write to the lease table: if that is the source table, each
+    one is a change on its stream, read, handled and checkpointed again, without end."""
+    (line,) = problems(kind="dynamodb", table_name="orders", lease_table="orders")
+    assert "source.lease_table" in line and "'orders'" in line
+    (line,) = problems(kind="dynamodb", table_name="g-leases", group_id="g")
+    assert "'g-leases'" in line
+    overrides = [
+        'source.kind="dynamodb"',
+        'source.table_name="orders"',
+        'source.lease_table="orders"',
+        'source.lease_endpoint_url="http://other:8000"',
+    ]
+    elsewhere = load_config(None, overrides, {})
+    assert elsewhere.source.lease_table == "orders"  # another endpoint: another table
+
+
 def test_the_lease_table_is_where_the_stream_is_unless_told_otherwise():
     c = DynamoDBSourceConfig(stream_arn=ARN, endpoint_url="http://127.0.0.1:1")
     assert c.table == "ExampleTableWithStream" and c.lease_endpoint == "http://127.0.0.1:1"

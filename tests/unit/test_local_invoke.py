@@ -109,3 +109,24 @@ def test_a_dynamodb_sample_that_is_not_an_item_is_one_error_line():
     result = worker("event", "dynamodb", "--value", "[1, 2]")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: worker event:") and len(result.stderr.splitlines()) == 1
+
+
+def test_a_dynamodb_sample_with_a_number_dynamodb_cannot_hold_is_one_error_line():
+    """NaN, 1e999 and a 42-digit number are JSON Python reads; DynamoDB holds none of them
+    (38 digits, no NaN): each ended `worker event` with a traceback."""
+    for value in ('{"a": NaN}', '{"a": 1e999}', '{"a": %s}' % ("1" * 42)):
+        result = worker("event", "dynamodb", "--value", value)
+        assert result.returncode == 2 and result.stdout == "", value
+        assert result.stderr.startswith("error: worker event: --value: not a DynamoDB item")
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_an_event_a_native_handler_cannot_be_given_is_one_error_line(tmp_path):
+    """`worker invoke` with a hand-edited event ended with a KeyError traceback."""
+    native = dynamodb_config(tmp_path, "tests.kinesis.dynamodb_recorder:handle", "native")
+    for event in ('{"Records": [{"eventSource": "aws:dynamodb"}]}', '{"Records": [1]}', "[]",
+                  '{"Records": [{"kinesis": {}}]}'):  # fmt: skip
+        result = worker("invoke", "--config", native, "--event", "-", stdin=event)
+        assert result.returncode == 2 and result.stdout == "", event
+        assert result.stderr.startswith("error: worker invoke: --event: not a Kafka"), event
+        assert len(result.stderr.splitlines()) == 1, result.stderr

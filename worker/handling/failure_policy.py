@@ -208,7 +208,7 @@ class FailurePolicy:
             if failure is None:
                 retry.over()
                 m.success.inc()
-                self._dead_letter.guard.handled(len(records))
+                self._succeeded(len(records))  # a window's final invoke: none
                 result = outcome.result
                 continue
             self._count_failure(outcome, records, failed, failure, piece.attempts)
@@ -223,7 +223,7 @@ class FailurePolicy:
             elif self._failed_only:
                 retry_records = give_up = [records[i] for i in failed]
                 rest = ()
-                self._dead_letter.guard.handled(failed[0])  # those before the first succeeded
+                self._succeeded(len(records) - len(failed))  # those not reported failed
             else:
                 # Lambda's rule: what follows the first failure is retried, so none of it
                 # has succeeded yet (a handler written as AWS documents returns at the
@@ -231,7 +231,7 @@ class FailurePolicy:
                 # failed record is given up; the rest is tried again as a batch of its own.
                 retry_records, give_up = records[failed[0] :], [records[failed[0]]]
                 rest = records[failed[0] + 1 :]
-                self._dead_letter.guard.handled(failed[0])  # those before the first succeeded
+                self._succeeded(failed[0])  # those before the first failure
             attempts = piece.attempts + 1
             if mode.may_give_up and self.retries_exhausted(attempts):
                 if give_up:
@@ -250,6 +250,15 @@ class FailurePolicy:
             m.retries.inc()
             pending.appendleft(_Piece(retry_records, attempts))
         return result
+
+    def _succeeded(self, records: int) -> None:
+        """Tell the guard that `records` succeeded. A success of none (a partial response
+        whose first record failed, a window's final invoke) proves nothing about records:
+        it used to reset the guard's run of dead letters, so a handler reporting every
+        record failed, or failing every record but not its windows' final invokes, never
+        halted."""
+        if records > 0:
+            self._dead_letter.guard.handled(records)
 
     async def invoke_counted(self, batch: Batch) -> Outcome:
         """Invoke once, updating the per-batch metrics every invocation shares."""

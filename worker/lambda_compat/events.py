@@ -21,6 +21,8 @@ from itertools import groupby
 from operator import attrgetter
 from typing import Any
 
+import orjson
+
 from worker.encoding import b64
 
 _TIMESTAMP_TYPES = {0: "CREATE_TIME", 1: "LOG_APPEND_TIME"}
@@ -111,7 +113,14 @@ def kinesis_event(
 
 def dynamodb_event(records: Sequence[Any], stream_arn: str | None) -> dict[str, Any]:
     """Each record's change as the source keeps it (already Lambda's record, with the stream's
-    ARN), the ARN replaced when the config names one (`source.event_source_arn`)."""
+    ARN), the ARN replaced when the config names one (`source.event_source_arn`).
+
+    A copy, made in one call for the batch: the handler owns its event as it owns a Kinesis
+    one, and one that edited it in place (redacting an image, say) used to edit the records
+    themselves, so its retry and the on-failure destination got the edited change.
+    """
+    changes = orjson.loads(orjson.dumps([r.change for r in records]))
     if stream_arn:
-        return {"Records": [{**r.change, "eventSourceARN": stream_arn} for r in records]}
-    return {"Records": [r.change for r in records]}
+        for change in changes:
+            change["eventSourceARN"] = stream_arn
+    return {"Records": changes}

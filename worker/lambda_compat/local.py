@@ -54,7 +54,10 @@ def dynamodb_sample(table: str, value: str, key: str | None) -> DynamoDBRecord:
     item = json.loads(value, parse_float=Decimal)
     if not isinstance(item, dict) or not item:
         raise ValueError("a DynamoDB sample's --value is a JSON object (the new item)")
-    image = {name: TypeSerializer().serialize(v) for name, v in item.items()}
+    try:
+        image = {name: TypeSerializer().serialize(v) for name, v in item.items()}
+    except (TypeError, ArithmeticError) as exc:  # NaN, or a number DynamoDB cannot hold
+        raise ValueError(f"--value: not a DynamoDB item: {type(exc).__name__}: {exc}") from exc
     name = key if key is not None else next(iter(image))
     if name not in image:
         raise ValueError(f"--key {name!r}: the item has no such attribute")
@@ -136,12 +139,19 @@ class Invocation:
 
 
 def invoke_once(config: WorkerConfig, event: dict[str, Any]) -> Invocation:
-    """Call the configured handler once, as the worker would; HandlerLoadError if it won't load."""
+    """Call the configured handler once, as the worker would; HandlerLoadError if it won't load,
+    ValueError if a native handler's event cannot be read as a batch."""
     fn = load_handler(config.handler.target)
     if config.handler.style == "lambda":
         args: tuple[Any, ...] = (event, ContextFactory(config.handler)())
     else:
-        args = (batch_from_event(event),)
+        try:
+            args = (batch_from_event(event),)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise ValueError(
+                "--event: not a Kafka, Kinesis or DynamoDB event a native handler can be given "
+                f"({type(exc).__name__}: {exc!s:.200})"
+            ) from exc
     started = time.perf_counter()
     try:
         response = asyncio.run(fn(*args)) if is_coroutine_callable(fn) else fn(*args)

@@ -72,9 +72,11 @@ class DynamoDBStreamsApi:
                 return
             kwargs["ExclusiveStartShardId"] = last
 
-    async def iterator(self, shard_id: str, after: str | None) -> str:
+    async def iterator(self, shard_id: str, after: str | None, oldest: bool = False) -> str:
         kwargs: dict[str, Any] = {"StreamArn": self.stream_arn, "ShardId": shard_id}
-        if after:
+        if oldest:
+            kwargs["ShardIteratorType"] = "TRIM_HORIZON"
+        elif after:
             kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", SequenceNumber=after)
         elif self._config.starting_position == "latest":
             kwargs["ShardIteratorType"] = "LATEST"

@@ -41,6 +41,12 @@ class DynamoDBSourceConfig(LeasedStreamSettings):
                 f"source.stream_arn: {self.stream_arn!r} is not a DynamoDB stream ARN "
                 "(arn:aws:dynamodb:REGION:ACCOUNT:table/TABLE/stream/LABEL)"
             )
+        leases = self.lease_table or f"{self.group_id}-leases"
+        if leases == self.table and self.lease_endpoint == self.endpoint_url:
+            raise ValueError(
+                f"source.lease_table: {leases!r} is the table whose stream is read: every "
+                "checkpoint would be a change read again (name another lease_table)"
+            )
         if self.starting_position == "at_timestamp":
             raise ValueError(
                 "source.starting_position: a DynamoDB stream starts at 'trim_horizon' or "

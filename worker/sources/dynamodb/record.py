@@ -22,6 +22,13 @@ import orjson
 from worker.sources.base import RecordTraits, last_done
 
 
+class MalformedRecord(ValueError):
+    """A GetRecords record without what places it in its shard (`dynamodb`, a numeric
+    `SequenceNumber`, a numeric creation time). It cannot be dead-lettered (it has no
+    position to checkpoint past), so its reader stops with this error and the worker
+    with it: nothing is lost, and the line says which record it was."""
+
+
 class DynamoDBRecord:
     """`position` is the sequence number as an int (ordered within a shard)."""
 
@@ -40,13 +47,25 @@ class DynamoDBRecord:
         self.sequence_number: str = stream["SequenceNumber"]
         self.position = int(self.sequence_number)
         self.key = orjson.dumps(stream.get("Keys", {}), option=orjson.OPT_SORT_KEYS)
-        self.timestamp_ms = int(stream.get("ApproximateCreationDateTime", 0) * 1000)
+        created = stream.get("ApproximateCreationDateTime", 0)
+        if not isinstance(created, int | float) or isinstance(created, bool):
+            raise TypeError(f"ApproximateCreationDateTime is not epoch seconds: {created!r:.100}")
+        self.timestamp_ms = int(created * 1000)
         self.size: int = stream.get("SizeBytes", 0)
 
     @classmethod
     def from_api(cls, table: str, shard_id: str, raw: dict[str, Any],
                  stream_arn: str) -> DynamoDBRecord:  # fmt: skip
-        return cls(table, shard_id, wire_form(raw, stream_arn))
+        """Raises MalformedRecord for a record that cannot be placed in its shard."""
+        try:
+            return cls(table, shard_id, wire_form(raw, stream_arn))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            event_id = raw.get("eventID") if isinstance(raw, dict) else None
+            raise MalformedRecord(
+                f"dynamodb: shard {shard_id}: GetRecords gave a record that cannot be read "
+                f"(eventID {event_id!r:.100}: {type(exc).__name__}: {exc!s:.300}); "
+                "nothing at or past it is handled or checkpointed"
+            ) from exc
 
     # -- the change, as the native API names its parts ------------------------------------
     @property
@@ -118,17 +137,35 @@ def wire_form(raw: dict[str, Any], stream_arn: str) -> dict[str, Any]:
 
 
 def _attribute(value: dict[str, Any]) -> dict[str, Any]:
-    """An AttributeValue with its binary parts as base64 (botocore hands them over as bytes)."""
-    ((kind, inner),) = value.items()
+    """An AttributeValue with its binary parts as base64 (botocore hands them over as bytes).
+
+    A value not of the documented form (one type and its value; botocore leaves out a type
+    its model does not know, giving `{}`) keeps its form, its binary parts as base64 too:
+    the handler meets it as it came, and the change stays JSON (the event, the on-failure
+    destination), rather than the reader failing on every read of the shard."""
+    if isinstance(value, dict) and len(value) == 1:
+        ((kind, inner),) = value.items()
+        if kind in _CONVERTED or isinstance(inner, bytes):
+            return {kind: _inner(kind, inner)}
+        return value
+    if isinstance(value, dict):
+        return {kind: _inner(kind, inner) for kind, inner in value.items()}
+    return _b64(value) if isinstance(value, bytes) else value
+
+
+_CONVERTED = frozenset({"B", "BS", "M", "L"})
+
+
+def _inner(kind: str, inner: Any) -> Any:
     if kind == "B":
-        return {"B": _b64(inner)}
+        return _b64(inner)
     if kind == "BS":
-        return {"BS": [_b64(b) for b in inner]}
+        return [_b64(b) for b in inner]
     if kind == "M":
-        return {"M": {k: _attribute(v) for k, v in inner.items()}}
+        return {k: _attribute(v) for k, v in inner.items()}
     if kind == "L":
-        return {"L": [_attribute(v) for v in inner]}
-    return value
+        return [_attribute(v) for v in inner]
+    return _b64(inner) if isinstance(inner, bytes) else inner
 
 
 def _b64(data: bytes | str) -> str:

@@ -49,8 +49,9 @@ class ShardApi(Protocol):
         """Every shard of the stream with its parents, paged as the service pages them."""
         ...
 
-    async def iterator(self, shard_id: str, after: str | None) -> str:
-        """A shard iterator after sequence number `after`, or at the starting position."""
+    async def iterator(self, shard_id: str, after: str | None, oldest: bool = False) -> str:
+        """A shard iterator after sequence number `after`, or at the starting position;
+        `oldest`: at the oldest record the stream still holds, whatever either says."""
         ...
 
     async def page(self, shard_id: str, iterator: str) -> Page: ...
@@ -82,10 +83,12 @@ class KinesisApi:
                 return
             kwargs = {"NextToken": page["NextToken"]}
 
-    async def iterator(self, shard_id: str, after: str | None) -> str:
+    async def iterator(self, shard_id: str, after: str | None, oldest: bool = False) -> str:
         c = self._config
         kwargs: dict[str, Any] = {"StreamName": self.stream, "ShardId": shard_id}
-        if after:
+        if oldest:
+            kwargs["ShardIteratorType"] = "TRIM_HORIZON"
+        elif after:
             kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=after)
         elif c.starting_position == "latest":
             kwargs["ShardIteratorType"] = "LATEST"

@@ -35,7 +35,8 @@ class KinesisMetrics:
         self.get_records = Counter(
             "worker_get_records_calls",
             "Kinesis GetRecords calls, by result: ok, throttled, expired_iterator, error "
-            "(retried: a 500, a network failure), failed (not retryable: the worker stops).",
+            "(retried: a 500, a network failure), failed (not retryable: the worker stops), "
+            "trimmed (records past the checkpoint expired unread: lost, read on from the oldest).",
             (*PARTITION_LABELS, "result"),
             registry=r,
         )

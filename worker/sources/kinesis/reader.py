@@ -33,6 +33,8 @@ MAX_READ_BYTES_PER_S = 2_000_000  # and 2 MB per second per shard
 IDLE_POLL_S = 0.5
 READ_BACKOFF = Backoff(250, 10_000)
 _SIZE = attrgetter("size")
+#: The error of a read past the oldest record the stream keeps (DynamoDB Streams).
+TRIMMED = "TrimmedDataAccessException"
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 
@@ -109,6 +111,9 @@ class ShardReader:
                     self._count("expired_iterator")
                     iterator = await self._iterator()
                     continue
+                if code == TRIMMED:
+                    iterator = await self._iterator()
+                    continue
                 if not retryable(exc):
                     self._count("failed")
                     log.error("event=read_failed shard=%s call=GetRecords error=%r note='not "
@@ -144,11 +149,15 @@ class ShardReader:
 
     async def _iterator(self) -> str:
         """A shard iterator after the last record read (or at the starting position)."""
-        failures = 0
+        failures, oldest = 0, False
         while True:
             try:
-                return await self._api.iterator(self.shard_id, self.last_read)
+                return await self._api.iterator(self.shard_id, self.last_read, oldest)
             except Exception as exc:
+                if error_code(exc) == TRIMMED and not oldest:
+                    self._trimmed()
+                    oldest = True
+                    continue
                 if not retryable(exc):
                     log.error("event=read_failed shard=%s call=GetShardIterator error=%r "
                               "note='not retryable: the worker stops'", self.shard_id,
@@ -156,6 +165,17 @@ class ShardReader:
                     raise
                 failures += 1
                 await self._back_off("GetShardIterator", exc, failures)
+
+    def _trimmed(self) -> None:
+        """The stream's retention removed records past the last one read before they were
+        read (a DynamoDB stream keeps 24 hours). They exist nowhere any more: stopping would
+        only let the rest expire too, so reading goes on from the oldest record left, with
+        a line and a count (`worker_get_records_calls_total{result="trimmed"}`)."""
+        self._count("trimmed")
+        log.error("event=records_trimmed shard=%s after=%s note='the stream dropped records "
+                  "past the checkpoint before they were read (retention): they are lost; "
+                  "reading on from the oldest record left'", self.shard_id,
+                  self.last_read)  # fmt: skip
 
     async def _back_off(self, call: str, exc: Exception, failures: int) -> None:
         code = error_code(exc)
