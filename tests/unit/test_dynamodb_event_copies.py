@@ -19,7 +19,7 @@ from worker.records import Batch
 def dynamodb_config(**source: object) -> WorkerConfig:
     return WorkerConfig.model_validate(
         {
-            "source": {"kind": "dynamodb", "table_name": "t", **source},
+            "source": {"kind": "dynamodb", "table_name": "devices", **source},
             "handler": {"style": "lambda"},
         }
     )
