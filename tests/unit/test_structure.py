@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "worker.lambda_compat.patterns": 0,  # pure: the config validates patterns with it
     # each source's own settings, then the schema that unites them
     "worker.sources.kafka.config": 1,
+    "worker.sources.kafka.tls_context": 1,  # config loads the PEM files to check them
     "worker.sources.kinesis.config": 1,
     "worker.config": 2,
     "worker.config_load": 2,
@@ -50,6 +51,10 @@ FOREIGN_WRITES_ALLOWED = {
     # aiokafka's fetcher has no setter for its fetch limits (pinned, test_fetch_limits.py)
     ("worker/sources/kafka/fetch_limits.py", "fetcher._max_partition_fetch_bytes"),
     ("worker/sources/kafka/fetch_limits.py", "fetcher._fetch_max_bytes"),
+    # stdlib SSL contexts configured where they are made, before any use
+    ("worker/sources/kafka/tls_context.py", "context.check_hostname"),
+    ("worker/sources/kafka/tls_reasons.py", "context.check_hostname"),
+    ("worker/sources/kafka/tls_reasons.py", "context.verify_mode"),
 }
 #: Modules still to be brought under the rule, with the reason.
 FOREIGN_WRITES_PENDING: set[str] = set()
