@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from scripts import kafka_broker, tls_certs
-from tests.integration.kafka_helpers import HERE, ROOT, unique, write_config
+from tests.integration.kafka_helpers import HERE, ROOT, WorkerProcess, unique, write_config
 from worker.config import WorkerConfig
 from worker.runtime.worker import Worker
 from worker.sources.kafka.lag import group_lag
@@ -234,3 +234,53 @@ def test_each_tls_failure_is_its_own_line_within_10_s(
         assert FAILURES[case] in line and "Traceback" not in other.stderr, line
         assert took < ANSWER_WITHIN_S
     print(f"{case}: after {MEASURED[case]:.2f} s: {done.stderr.strip()}")
+
+
+def test_no_secret_shows_in_the_log_or_any_cli_output_of_a_run(tls_kafka: TlsBroker, tmp_path):
+    """SCRAM over TLS with an encrypted client key, both secrets from their `*_file`
+    twins: the worker's whole DEBUG log (records handled, one dead-lettered) and every
+    command's output (check-config, --connect, lag, dlq, redrive, status) hold neither."""
+    topic, dlq, group = unique("secret"), unique("secret-dlq"), unique("g")
+    (tmp_path / "sasl").write_text(SCRAM_SECRET + "\n")
+    source = {
+        **{k: v for k, v in settings(tls_kafka, "SASL_SSL").items() if k != "sasl_plain_password"},
+        "sasl_plain_password_file": str(tmp_path / "sasl"),
+        "ssl_certfile": str(tls_kafka.certs.client_cert),
+        "ssl_keyfile": str(tls_kafka.certs.client_key),
+        "ssl_key_password_file": str(tls_kafka.key_password_file),
+        "topics": [topic],
+        "group_id": group,
+    }
+    config = write_config(
+        tmp_path / "w.toml", "unused", topic, group, source=source,
+        errors={"on_failure": f"kafka://{dlq}", "maximum_retry_attempts": 0,
+                "retry_backoff_ms": [5, 20]},
+        runtime={"log_level": "DEBUG", "log_format": "json"},
+    )  # fmt: skip
+    connection = client_kwargs(WorkerConfig.model_validate({"source": source}).source)
+    asyncio.run(prepare(connection, topic, dlq))
+    outputs = [cli("check-config", "--config", str(config))[0],
+               cli("check-config", "--connect", "--config", str(config))[0]]  # fmt: skip
+    assert all(o.returncode == 0 for o in outputs), outputs[-1].stderr
+    assert '"ssl_key_password": "**********"' in outputs[0].stdout
+    worker = WorkerProcess(config, tmp_path, {"RECORD_POISON": "1:3"})  # the record b"7"
+    try:
+        port = worker.metrics_port
+        done, _ = cli("lag", "--wait", "30", "--config", str(config))
+        outputs.append(done)
+        assert done.returncode == 0, done.stderr
+        outputs.append(cli("status", "--url", f"http://127.0.0.1:{port}")[0])
+        worker.terminate()
+        assert worker.wait() == 0
+    finally:
+        worker.stop()
+    outputs.append(cli("dlq", "--from", f"kafka://{dlq}", "--config", str(config))[0])
+    outputs.append(cli("redrive", "--from", f"kafka://{dlq}", "--to", f"kafka://{topic}",
+                       "--config", str(config))[0])  # fmt: skip
+    assert all(o.returncode == 0 for o in outputs), [o.stderr for o in outputs]
+    assert "moved 1 records" in outputs[-1].stdout  # the poison record went through it all
+    log = worker.log()
+    assert '"event":"started"' in log and '"event":"shutdown_complete"' in log
+    texts = [log, *(o.stdout + o.stderr for o in outputs)]
+    for secret in (SCRAM_SECRET, tls_certs.CLIENT_KEY_PASSWORD):
+        assert all(secret not in text for text in texts), secret
