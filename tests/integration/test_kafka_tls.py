@@ -284,3 +284,81 @@ def test_no_secret_shows_in_the_log_or_any_cli_output_of_a_run(tls_kafka: TlsBro
     texts = [log, *(o.stdout + o.stderr for o in outputs)]
     for secret in (SCRAM_SECRET, tls_certs.CLIENT_KEY_PASSWORD):
         assert all(secret not in text for text in texts), secret
+
+
+def test_oauthbearer_tokens_that_expire_mid_run_are_refreshed_and_nothing_is_lost(
+    tls_kafka: TlsBroker,
+):
+    """Tokens of 3 s against the broker's OAUTHBEARER listener, which ends a connection
+    when its token expires (`connections.max.reauth.ms`): the worker brings new tokens
+    to new connections, handles every record once and commits to the end."""
+    from tests.integration import oauth_tokens
+    from worker.sources.kafka.config import KafkaSourceConfig
+
+    topic, group = unique("oauth"), unique("g")
+    hook = "tests.integration.oauth_tokens:short_lived"
+    source = {"bootstrap_servers": [tls_kafka.address("OAUTH")], "topics": [topic],
+              "group_id": group, "security_protocol": "SASL_PLAINTEXT",
+              "sasl_mechanism": "OAUTHBEARER", "sasl_oauth_token_provider": hook}  # fmt: skip
+    cfg = WorkerConfig.model_validate(
+        {"source": source, "batching": {"maximum_batching_window_ms": 10},
+         "metrics": {"enabled": False}}
+    )  # fmt: skip
+    plain = KafkaSourceConfig(bootstrap_servers=[tls_kafka.broker.bootstrap], topics=[topic],
+                              group_id=group)  # fmt: skip
+    seen: list[bytes] = []
+
+    async def handler(batch) -> None:
+        seen.extend(r.value for r in batch.records)
+
+    def refreshed_after_expiry() -> bool:
+        issued = oauth_tokens.issued
+        return bool(issued) and issued[-1] > issued[0] + oauth_tokens.LIFETIME_S
+
+    async def run() -> None:
+        connection = client_kwargs(plain)  # the test's own clients: no tokens of the hook's
+        admin = AIOKafkaAdminClient(**connection)
+        await admin.start()
+        await admin.create_topics([NewTopic(topic, 2, 1)])
+        await admin.close()
+        producer = AIOKafkaProducer(**connection, acks="all")
+        await producer.start()
+        oauth_tokens.issued.clear()
+        worker = Worker(cfg, handler=handler)
+        task = asyncio.create_task(worker.serve())
+        sent = 0
+        try:
+            async with asyncio.timeout(60):
+                # Records keep coming until the worker brought a token to a connection after
+                # its first tokens expired (and the broker ended their connections).
+                while sent < 300 or not refreshed_after_expiry():
+                    assert not task.done(), "the worker ended"
+                    for _ in range(10):
+                        await producer.send(topic, b"%d" % sent, partition=sent % 2)
+                        sent += 1
+                    await asyncio.sleep(0.1)
+                await producer.flush()
+                while sum(r.lag for r in await group_lag(plain)) or len(seen) < sent:
+                    assert not task.done(), "the worker ended"
+                    await asyncio.sleep(0.1)
+        finally:
+            await producer.stop()
+            worker.request_exit()
+            assert await task == 0
+        assert sorted(seen, key=int) == [b"%d" % i for i in range(sent)]  # each once
+
+    asyncio.run(run())
+
+
+def test_an_expired_oauthbearer_token_is_one_line_naming_the_provider(
+    tls_kafka: TlsBroker, tmp_path: Path
+):
+    source = {"bootstrap_servers": [tls_kafka.address("OAUTH")], "security_protocol":
+              "SASL_PLAINTEXT", "sasl_mechanism": "OAUTHBEARER",
+              "sasl_oauth_token_provider": "tests.integration.oauth_tokens:expired"}  # fmt: skip
+    config = write_config(tmp_path / "w.toml", "unused", "any", unique("g"), source=source)
+    done, took = cli("run", "--config", str(config))
+    assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
+    (line,) = done.stderr.strip().splitlines()
+    assert "refused the OAUTHBEARER token" in line and "oauth_tokens:expired" in line, line
+    assert took < ANSWER_WITHIN_S

@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     # each source's own settings, then the schema that unites them
     "worker.sources.kafka.config": 1,
     "worker.sources.kafka.tls_context": 1,  # config loads the PEM files to check them
+    "worker.sources.kafka.oauth": 1,  # config checks that the token provider loads
     "worker.sources.kinesis.config": 1,
     "worker.config": 2,
     "worker.config_load": 2,

@@ -42,12 +42,17 @@ class KafkaSourceConfig(SourceSettings):
     fetch_max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 500
     check_crcs: bool = True
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_plain_username: str | None = None
     #: From the file, the environment (WORKER__SOURCE__SASL_PLAIN_PASSWORD) or
     #: `sasl_plain_password_file`; never printed or logged.
     sasl_plain_password: SecretStr | None = None
     sasl_plain_password_file: str | None = None
+    #: OAUTHBEARER: "module:callable" returning (token, expires_at epoch s), or
+    #: "aws_msk_iam" (Amazon MSK IAM, `streamworker[msk]`); see sources/kafka/oauth.py.
+    sasl_oauth_token_provider: str | None = None
+    #: The region `aws_msk_iam` signs for; default: the standard AWS chain's.
+    sasl_aws_region: str | None = None
     #: PEM files: the CA bundle the broker's certificate must chain to (default: the
     #: system's), and a client certificate and its key for brokers that require one (mTLS).
     ssl_cafile: str | None = None
@@ -99,7 +104,18 @@ class KafkaSourceConfig(SourceSettings):
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSourceConfig:
-        if self.security_protocol.startswith("SASL"):
+        if self.security_protocol.startswith("SASL") and self.sasl_mechanism == "OAUTHBEARER":
+            if not self.sasl_oauth_token_provider:
+                raise ValueError(
+                    "source.sasl_mechanism = 'OAUTHBEARER' needs source.sasl_oauth_token_provider"
+                )
+            from worker.sources.kafka.oauth import TokenProviderError, load_hook
+
+            try:  # a provider that cannot be loaded is a config error, now
+                load_hook(self.sasl_oauth_token_provider, self.sasl_aws_region)
+            except TokenProviderError as exc:
+                raise ValueError(str(exc)) from None
+        elif self.security_protocol.startswith("SASL"):
             missing = [
                 k
                 for k in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password")

@@ -145,6 +145,10 @@ async def connected_client(
             with _attempt() as seen:
                 async with asyncio.timeout(bound_s):
                     await client.bootstrap()
+            if not client.cluster.brokers() and connection.get("sasl_mechanism") == "OAUTHBEARER":
+                # aiokafka takes the broker's refusal of a token (an error challenge,
+                # `{"status":"invalid_token"}`) for success; the broker then names no broker.
+                raise AuthRefused(servers_of(connection))
             return client
         except (KafkaError, OSError, TimeoutError) as exc:
             await client.close()

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from worker.sources.kafka.config import KafkaSourceConfig
+from worker.sources.kafka.oauth import RefreshingTokenProvider, load_hook
 from worker.sources.kafka.tls_context import ssl_context
 
 
@@ -21,7 +22,15 @@ def client_kwargs(config: KafkaSourceConfig) -> dict[str, Any]:
         "bootstrap_servers": config.bootstrap_servers,
         "security_protocol": config.security_protocol,
     }
-    if config.security_protocol.startswith("SASL"):
+    if config.security_protocol.startswith("SASL") and config.sasl_mechanism == "OAUTHBEARER":
+        spec = config.sasl_oauth_token_provider
+        assert spec is not None  # the config validator made sure
+        hook = load_hook(spec, config.sasl_aws_region)
+        kwargs.update(
+            sasl_mechanism="OAUTHBEARER",
+            sasl_oauth_token_provider=RefreshingTokenProvider(hook, spec),
+        )
+    elif config.security_protocol.startswith("SASL"):
         assert config.sasl_plain_password is not None  # the config validator made sure
         kwargs.update(
             sasl_mechanism=config.sasl_mechanism,
@@ -63,6 +72,12 @@ def auth_failure_message(connection: Mapping[str, Any]) -> str:
     """The line for refused credentials, from the client settings (`client_kwargs`)."""
     servers = connection.get("bootstrap_servers", ())
     servers = servers if isinstance(servers, str) else ",".join(map(str, servers))
+    provider = connection.get("sasl_oauth_token_provider")
+    if provider is not None:
+        return (
+            f"the broker at {servers} refused the OAUTHBEARER token of "
+            f"source.sasl_oauth_token_provider = {getattr(provider, 'name', '?')!r}"
+        )
     return (
         f"authentication failed for user {connection.get('sasl_plain_username')!r} with "
         f"{connection.get('sasl_mechanism')} at {servers}: check "
