@@ -9,6 +9,8 @@ both Kafka (PEM keystores, since 2.7) and Python's `ssl` read:
   file a PEM keystore wants; `wrong-host.pem` the same for a name that is not 127.0.0.1.
 - `client.crt` / `client.key`: a client certificate signed by the CA, its key
   encrypted with `CLIENT_KEY_PASSWORD` (the worker's `ssl_key_password`).
+- `stranger.pem`: a client key and certificate signed by the other CA, which the
+  broker does not trust.
 
 Uses the `cryptography` package (a dev dependency): no openssl command line needed.
 """
@@ -53,6 +55,10 @@ class TlsFiles:
     @property
     def client_key(self) -> Path:
         return self.dir / "client.key"
+
+    @property
+    def stranger(self) -> Path:
+        return self.dir / "stranger.pem"
 
 
 def _key():  # type: ignore[no-untyped-def]
@@ -117,4 +123,7 @@ def make(directory: Path) -> TlsFiles:
     client = _cert("streamworker-client", client_key, "streamworker test CA", ca_key, ca=False)
     files.client_cert.write_bytes(pem(client))
     files.client_key.write_bytes(key_pem(client_key, CLIENT_KEY_PASSWORD))
+    stranger_key = _key()
+    stranger = _cert("a stranger", stranger_key, "some other CA", other_key, ca=False)
+    files.stranger.write_bytes(key_pem(stranger_key) + pem(stranger))
     return files

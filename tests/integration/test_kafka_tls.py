@@ -79,6 +79,8 @@ def settings(tls: TlsBroker, case: str) -> dict[str, object]:
                                   "sasl_plain_password": SCRAM_SECRET}),
         "wrong CA": ("SSL", {"security_protocol": "SSL", "ssl_cafile": str(tls.certs.other_ca)}),
         "no client certificate": ("MTLS", {"security_protocol": "SSL", **ca}),
+        "untrusted client certificate": ("MTLS", {"security_protocol": "SSL", **ca,
+                                                  "ssl_certfile": str(tls.certs.stranger)}),
         "hostname mismatch": ("WRONGHOST", {"security_protocol": "SSL", **ca}),
         "TLS to a plaintext port": ("PLAINTEXT", {"security_protocol": "SSL", **ca}),
         "plaintext to a TLS port": ("SSL", {"security_protocol": "PLAINTEXT"}),
@@ -189,6 +191,7 @@ def test_every_kafka_client_of_the_worker_works_over_tls(
 FAILURES = {
     "wrong CA": "certificate verification failed",
     "no client certificate": "requires a client certificate",
+    "untrusted client certificate": "refused the client certificate",
     "hostname mismatch": "is not for '127.0.0.1'",
     "TLS to a plaintext port": "speaks plaintext Kafka, not TLS",
     "plaintext to a TLS port": "speaks TLS, but source.security_protocol = 'PLAINTEXT'",
@@ -198,6 +201,7 @@ FAILURES = {
 NAMES = {
     "wrong CA": "source.ssl_cafile",
     "no client certificate": "source.ssl_certfile",
+    "untrusted client certificate": "source.ssl_certfile",
     "hostname mismatch": "source.ssl_check_hostname",
     "TLS to a plaintext port": "source.security_protocol",
     "plaintext to a TLS port": "source.security_protocol",
