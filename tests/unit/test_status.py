@@ -135,7 +135,7 @@ async def test_an_error_quoting_a_record_shows_its_type_line_and_200_characters_
     assert text[:187] in out and "test_status.py:" in out
 
 
-async def test_status_page_off_serves_only_metrics_and_the_probes():
+async def test_status_page_off_serves_only_metrics_and_the_probes(capsys):
     broker = MemoryBroker()
     broker.create_topic("t", 1)
     settings = {"metrics": {"enabled": True, "listen": "127.0.0.1:0", "status_page": False}}
@@ -148,6 +148,8 @@ async def test_status_page_off_serves_only_metrics_and_the_probes():
         port = w.endpoints.port
         codes = {p: await _in_thread(_get_status, port, p)
                  for p in ("/", "/status.json", "/metrics", "/healthz", "/readyz")}  # fmt: skip
+        assert await _in_thread(main, ["status", "--url", f"http://127.0.0.1:{port}"]) == 1
+    assert "metrics.status_page = false" in capsys.readouterr().err
     assert codes["/"] == 404 and codes["/status.json"] == 404
     assert codes["/metrics"] == 200
     assert codes["/healthz"] in (200, 503) and codes["/readyz"] in (200, 503)
