@@ -40,6 +40,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scripts.tls_certs import TlsFiles
 
 KAFKA_VERSION = "3.9.1"
 HERE = Path(__file__).resolve().parent
@@ -90,6 +94,11 @@ class Broker:
     workdir: Path
     port: int
     pid: int
+    #: With `tls`: listener name (SSL, MTLS, SASL_SSL, WRONGHOST, OAUTH) -> its port.
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def address(self, listener: str) -> str:
+        return f"127.0.0.1:{self.ports[listener]}"
 
     @property
     def bootstrap(self) -> str:
@@ -168,12 +177,15 @@ def start(
     extra: dict[str, str] | None = None,
     sasl: bool = False,
     port: int | None = None,
+    tls: TlsFiles | None = None,
 ) -> Broker:
     """Format a fresh KRaft log dir and start the broker; return once it accepts clients.
 
     With `sasl`, the client listener is SASL_PLAINTEXT with PLAIN, SCRAM-SHA-256 and
     SCRAM-SHA-512 for the users in SASL_USERS. `port` is the client port (default: a
-    free one), for a broker that users and configs find at a known address.
+    free one), for a broker that users and configs find at a known address. With `tls`
+    (certificates from `scripts/tls_certs.py`), the PLAINTEXT listener stays and the
+    listeners of `_tls_properties` are added beside it (`Broker.ports` names them).
     """
     lib = fetch_jars()
     workdir = Path(workdir or tempfile.mkdtemp(prefix="kafka-"))
@@ -181,9 +193,13 @@ def start(
     port, controller_port = port or free_port(), free_port()
     props = workdir / "server.properties"
     settings = {**(_sasl_properties(port, controller_port) if sasl else {}), **(extra or {})}
+    ports: dict[str, int] = {}
+    if tls is not None:
+        ports = dict(zip(TLS_LISTENERS, _free_ports(len(TLS_LISTENERS)), strict=True))
+        settings = {**_tls_properties(port, controller_port, ports, tls), **settings}
     props.write_text(_properties(workdir, port, controller_port, settings))
     scram = []
-    if sasl:
+    if sasl or tls is not None:
         for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
             for user, password in SASL_USERS.items():
                 scram += ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
@@ -194,7 +210,52 @@ def start(
          "-t", _cluster_id(), "-c", str(props), *scram],
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    return _launch(lib, workdir, port)
+    broker = _launch(lib, workdir, port)
+    broker.ports = ports
+    return broker
+
+
+#: The listeners `start(tls=...)` adds, and the security protocol of each.
+TLS_LISTENERS = {
+    "SSL": "SSL",  # one-way TLS: the server's certificate only
+    "MTLS": "SSL",  # mutual TLS: a client certificate signed by the CA is required
+    "SASL_SSL": "SASL_SSL",  # SCRAM over one-way TLS
+    "WRONGHOST": "SSL",  # one-way TLS with a certificate for another host name
+    "OAUTH": "SASL_PLAINTEXT",  # OAUTHBEARER, Kafka's unsecured (unsigned JWT) validator
+}
+
+
+def _tls_properties(
+    port: int, controller_port: int, ports: dict[str, int], tls: TlsFiles
+) -> dict[str, str]:
+    """PEM keystores (Kafka reads them since 2.7) for every TLS listener, PLAINTEXT kept
+    for the brokers' own traffic and for readiness."""
+    names = {"PLAINTEXT": port, **ports}
+    listeners = ",".join(f"{n}://127.0.0.1:{p}" for n, p in names.items())
+    protocols = {"CONTROLLER": "PLAINTEXT", "PLAINTEXT": "PLAINTEXT", **TLS_LISTENERS}
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    return {
+        "listeners": f"{listeners},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": listeners,
+        "listener.security.protocol.map": ",".join(f"{k}:{v}" for k, v in protocols.items()),
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(tls.server),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(tls.ca),
+        "listener.name.mtls.ssl.client.auth": "required",
+        "listener.name.wronghost.ssl.keystore.type": "PEM",
+        "listener.name.wronghost.ssl.keystore.location": str(tls.wrong_host),
+        "listener.name.sasl_ssl.sasl.enabled.mechanisms": "SCRAM-SHA-256,SCRAM-SHA-512",
+        "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": scram,
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": scram,
+        "listener.name.oauth.sasl.enabled.mechanisms": "OAUTHBEARER",
+        "listener.name.oauth.oauthbearer.sasl.jaas.config": (
+            "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required "
+            'unsecuredLoginStringClaim_sub="admin";'
+        ),
+        # A session ends when its token expires: a client must bring a fresh token.
+        "listener.name.oauth.connections.max.reauth.ms": "3600000",
+    }
 
 
 def restart(workdir: Path) -> Broker:

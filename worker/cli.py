@@ -176,6 +176,10 @@ def _status(url: str) -> int:
     try:
         with urllib.request.urlopen(f"{url.rstrip('/')}/status.json", timeout=5) as response:
             status = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        why = " (metrics.status_page = false?)" if exc.code == 404 else ""
+        print(f"error: the worker at {url} serves no status: {exc}{why}", file=sys.stderr)
+        return 1
     except (urllib.error.URLError, OSError) as exc:
         print(f"error: cannot reach a worker at {url}: {exc}", file=sys.stderr)
         return 1

@@ -144,6 +144,8 @@ class FilterConfig(Section):
 class MetricsConfig(Section):
     listen: str = "0.0.0.0:9108"
     enabled: bool = True
+    #: The status page (`/`) and `/status.json`; off: only /metrics, /healthz, /readyz.
+    status_page: bool = True
 
     @field_validator("listen")
     @classmethod

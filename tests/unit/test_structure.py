@@ -23,6 +23,8 @@ LAYERS: dict[str, int] = {
     "worker.lambda_compat.patterns": 0,  # pure: the config validates patterns with it
     # each source's own settings, then the schema that unites them
     "worker.sources.kafka.config": 1,
+    "worker.sources.kafka.tls_context": 1,  # config loads the PEM files to check them
+    "worker.sources.kafka.oauth": 1,  # config checks that the token provider loads
     "worker.sources.kinesis.config": 1,
     "worker.sources.dynamodb.config": 1,
     "worker.config": 2,
@@ -51,6 +53,10 @@ FOREIGN_WRITES_ALLOWED = {
     # aiokafka's fetcher has no setter for its fetch limits (pinned, test_fetch_limits.py)
     ("worker/sources/kafka/fetch_limits.py", "fetcher._max_partition_fetch_bytes"),
     ("worker/sources/kafka/fetch_limits.py", "fetcher._fetch_max_bytes"),
+    # stdlib SSL contexts configured where they are made, before any use
+    ("worker/sources/kafka/tls_context.py", "context.check_hostname"),
+    ("worker/sources/kafka/tls_reasons.py", "context.check_hostname"),
+    ("worker/sources/kafka/tls_reasons.py", "context.verify_mode"),
 }
 #: Modules still to be brought under the rule, with the reason.
 FOREIGN_WRITES_PENDING: set[str] = set()

@@ -33,13 +33,7 @@ from worker.destinations.file import position
 from worker.encoding import b64
 from worker.errors import StartError
 from worker.records import Record
-from worker.sources.kafka.preflight import (
-    AuthRefused,
-    BrokerUnreachable,
-    described,
-    servers_of,
-    topics_missing_at,
-)
+from worker.sources.kafka.preflight import described, servers_of, topics_problem
 
 log = logging.getLogger("worker.destinations.kafka")
 
@@ -146,23 +140,12 @@ class KafkaDestination:
     async def check(self) -> None:
         """The broker answers (waited for) and has the topic: a dead-letter topic that does
         not exist would fail every send, each after a timeout, long after the start."""
-        where, servers = f"errors.on_failure {self.name}", servers_of(self._connection)
-        try:
-            missing = await topics_missing_at(
-                self._connection, [self.topic], self._connect_timeout_s, where
-            )
-        except AuthRefused:
-            raise StartError(f"{where}: {servers} refused the credentials") from None
-        except BrokerUnreachable as exc:
-            raise StartError(
-                f"{where}: {exc} (waited up to source.connect_timeout_s = "
-                f"{self._connect_timeout_s:g})"
-            ) from None
-        if missing:
-            raise StartError(
-                f"{where}: topic {missing[0]} at {servers}: create it first "
-                "(the worker never creates topics), or correct the name"
-            )
+        problem = await topics_problem(
+            self._connection, [self.topic], self._connect_timeout_s,
+            f"errors.on_failure {self.name}", "topic ",
+        )  # fmt: skip
+        if problem is not None:
+            raise StartError(problem)
 
     async def start(self) -> None:
         await self.check()

@@ -31,13 +31,7 @@ from worker.destinations.topics import (
     parse_since,
     topic_partitions,
 )
-from worker.sources.kafka.preflight import (
-    AuthRefused,
-    BrokerUnreachable,
-    described,
-    servers_of,
-    topics_missing_at,
-)
+from worker.sources.kafka.preflight import described, topics_problem
 
 __all__ = ["RedriveReport", "kafka_topic", "parse_since", "redrive", "topic_partitions"]
 
@@ -94,17 +88,11 @@ async def _both_exist(
     connection: dict[str, Any], from_topic: str, to_topic: str, timeout_s: float
 ) -> None:
     """Before reading anything: a missing target would fail each send after a timeout."""
-    try:
-        missing = await topics_missing_at(connection, [from_topic, to_topic], timeout_s, "redrive")
-    except BrokerUnreachable as exc:
-        raise ValueError(f"redrive: {exc}") from None
-    except AuthRefused as exc:
-        raise ValueError(f"redrive: {exc} refused the credentials") from None
-    if missing:
-        raise ValueError(
-            f"redrive: {', '.join('kafka://' + m for m in missing)} at "
-            f"{servers_of(connection)}: create it first, or correct the name"
-        )
+    problem = await topics_problem(
+        connection, [from_topic, to_topic], timeout_s, "redrive", "kafka://", None
+    )
+    if problem is not None:
+        raise ValueError(problem)
 
 
 async def _move(

@@ -40,7 +40,7 @@ from worker.handling.dead_letter import DeadLetter, Failure
 from worker.handling.invoker import Invoker, Outcome
 from worker.handling.partial import InvalidResponse, failed_indexes
 from worker.handling.raised_at import raised_at
-from worker.observe.errors import RecentErrors
+from worker.observe.errors import RecentErrors, shown_error
 from worker.observe.metrics import Metrics, PartitionMetrics
 from worker.observe.view import RetryingBatch
 from worker.partition.steps import Abandoned, PartitionContext, stopped_within
@@ -289,8 +289,8 @@ class FailurePolicy:
         position = records[0].position if records else -1
         same = before is not None and before.position == position
         since = before.since if same and before is not None else self._clock()
-        error = f"{failure.error_type}: {failure.message}"[:300]
-        return RetryingBatch(position, len(records), attempts, error, since)
+        error = shown_error(failure.error_type, failure.message)
+        return RetryingBatch(position, len(records), attempts, error, since, failure.where)
 
     def retries_exhausted(self, attempts: int) -> bool:
         return 0 <= self._max_retries < attempts
@@ -335,7 +335,9 @@ class FailurePolicy:
         text = f"{failure.error_type}: {failure.message}"
         first = records[0].position if records else None
         last = records[-1].position if records else None
-        self._recent.add(label, str(first) if first == last else f"{first}..{last}", text)
+        shown = shown_error(failure.error_type, failure.message)
+        span = str(first) if first == last else f"{first}..{last}"
+        self._recent.add(label, span, shown, where=failure.where)
         log.warning(
             "event=invocation_failed partition=%s first=%s last=%s records=%d attempt=%d "
             "failed_records=%d error=%r at=%s",

@@ -1,4 +1,10 @@
-"""The HTTP side of the worker: /metrics, /healthz, /readyz, and the status page at /."""
+"""The HTTP side of the worker: /metrics, /healthz, /readyz, and the status page at /.
+
+The port is meant for the cluster network only (see the README): nothing it serves is
+secret, but the status page names partitions, the handler and its errors' messages
+(their first 200 characters). `metrics.status_page = false` serves none of that: `/`
+and `/status.json` answer 404.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ class Endpoints:
         status: Callable[[], dict[str, Any]],
         host: str,
         port: int,
+        status_page: bool = True,
     ) -> None:
         self._registry = registry
         self._health = health
@@ -29,6 +36,7 @@ class Endpoints:
         self._page = files("worker.observe").joinpath("status_page.html").read_bytes()
         self._host = host
         self._port = port
+        self._status_page_on = status_page
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -37,8 +45,9 @@ class Endpoints:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/status.json", self._status_json)
-        app.router.add_get("/", self._status_page)
+        if self._status_page_on:
+            app.router.add_get("/status.json", self._status_json)
+            app.router.add_get("/", self._status_page)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)

@@ -7,6 +7,10 @@ error out. "The same records" means overlapping positions: bisecting a batch of
 is one group (showing the latest, narrowest range), where grouping by the exact
 range took seven of the ten places. Each group keeps a count and when it was
 first and last seen; the groups seen most recently are kept.
+
+What the endpoints show of an error is its type, the `file:line` that raised and at
+most `SHOWN_MESSAGE_CHARS` of its message (`shown_error`): a handler's message often
+quotes the record it failed on, and the port serves whoever reaches it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-_MAX_ERROR_CHARS = 300
+#: Of a handler error's message, what the status page, /status.json and `worker status`
+#: show: enough to tell errors apart, too little to carry a record's value.
+SHOWN_MESSAGE_CHARS = 200
+#: The type (a class name) and the cut message: a bound on what any error line holds.
+_MAX_ERROR_CHARS = SHOWN_MESSAGE_CHARS + 120
+
+
+def shown_error(error_type: str, message: str) -> str:
+    """`Type: message`, the message cut to `SHOWN_MESSAGE_CHARS` (saying how much was cut)."""
+    if len(message) > SHOWN_MESSAGE_CHARS:
+        message = f"{message[:SHOWN_MESSAGE_CHARS]}... ({len(message)} characters, cut)"
+    return f"{error_type[:100]}: {message}"
 
 
 def _iso(epoch_s: float) -> str:
@@ -38,6 +53,7 @@ class _Group:
     error: str
     first_seen: float
     last_seen: float
+    where: str = ""
     count: int = 1
 
     def covers(self, partition: str, position: str, error: str) -> bool:
@@ -48,10 +64,11 @@ class _Group:
             return position == self.position
         return mine[0] <= theirs[1] and theirs[0] <= mine[1]
 
-    def seen_again(self, position: str, at: float) -> None:
+    def seen_again(self, position: str, at: float, where: str) -> None:
         self.count += 1
         self.last_seen = at
         self.position = position
+        self.where = where or self.where
 
 
 class RecentErrors:
@@ -61,16 +78,24 @@ class RecentErrors:
         self._keep = keep
         self._groups: list[_Group] = []  # least recently seen first; at most `keep`
 
-    def add(self, partition: str, position: str, error: str, now: float | None = None) -> None:
-        """Count one failure of the records at `position` (a position, or first..last)."""
+    def add(
+        self,
+        partition: str,
+        position: str,
+        error: str,
+        now: float | None = None,
+        where: str = "",
+    ) -> None:
+        """Count one failure of the records at `position` (a position, or first..last);
+        `error` as `shown_error` makes it, `where` the `file:line` that raised."""
         at = time.time() if now is None else now
         error = error[:_MAX_ERROR_CHARS]
         for i, group in enumerate(self._groups):
             if group.covers(partition, position, error):
-                group.seen_again(position, at)
+                group.seen_again(position, at, where[:200])
                 self._groups.append(self._groups.pop(i))
                 return
-        self._groups.append(_Group(partition, position, error, at, at))
+        self._groups.append(_Group(partition, position, error, at, at, where[:200]))
         del self._groups[: -self._keep]
 
     def snapshot(self) -> list[dict[str, object]]:
@@ -84,6 +109,7 @@ class RecentErrors:
                 "partition": g.partition,
                 "position": g.position,
                 "error": g.error,
+                "where": g.where,
             }
             for g in self._groups
         ]

@@ -114,6 +114,7 @@ def _retrying(batches: tuple[RetryingBatch, ...]) -> dict[str, Any] | None:
         "records": b.records,
         "attempts": b.attempts,
         "error": b.error,
+        "where": b.where,
         "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(b.since)),
         "for_s": round(max(time.time() - b.since, 0.0), 1),
     }
@@ -145,6 +146,7 @@ def render_text(status: dict[str, Any]) -> str:
         lines += [
             f"  {label} retrying position {r['position']} ({r['records']} records): "
             f"{r['attempts']} attempts since {r['since']} ({r['for_s']:.0f}s): {r['error']}"
+            f"{' at ' + r['where'] if r.get('where') else ''}"
             for label, r in retrying
         ]
     if status["last_errors"]:
@@ -157,4 +159,5 @@ def _error_line(e: dict[str, Any]) -> str:
     count = e.get("count", 1)
     seen = f" x{count} since {e['first_seen']}" if count > 1 else ""
     where = f"@{e['position']}" if e.get("position") else ""
-    return f"  {e['at']} {e['partition']}{where}: {e['error']}{seen}"
+    at = f" at {e['where']}" if e.get("where") else ""
+    return f"  {e['at']} {e['partition']}{where}: {e['error']}{at}{seen}"

@@ -20,9 +20,12 @@ class RetryingBatch:
     records: int
     #: Failed invocations of it so far.
     attempts: int
+    #: As `errors.shown_error` makes it: type and the message's first 200 characters.
     error: str
     #: Wall-clock time (epoch seconds) of its first failure.
     since: float
+    #: The `file:line` that raised, where it is known.
+    where: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,7 +102,8 @@ class Worker:
         if mc.enabled:
             h = self.health
             self.endpoints = Endpoints(self.metrics.registry, h.health, h.readiness,
-                                       self.status.snapshot, mc.host, mc.port)  # fmt: skip
+                                       self.status.snapshot, mc.host, mc.port,
+                                       mc.status_page)  # fmt: skip
             await self.endpoints.start()
             spawn(self.status.run_sampler(), "rate sampler")
         if self.destination is not None:

@@ -11,6 +11,13 @@ from worker.config_base import SourceSettings
 #: aiokafka writes fetch sizes as int32 on the wire.
 INT32_MAX = 2**31 - 1
 
+#: Every secret setting and its `*_file` twin (a mounted Kubernetes secret): never
+#: printed (`check-config` masks it) or logged.
+SECRET_FILES = {
+    "sasl_plain_password": "sasl_plain_password_file",
+    "ssl_key_password": "ssl_key_password_file",
+}
+
 
 class KafkaSourceConfig(SourceSettings):
     kind: Literal["kafka"] = "kafka"
@@ -35,15 +42,27 @@ class KafkaSourceConfig(SourceSettings):
     fetch_max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 500
     check_crcs: bool = True
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_plain_username: str | None = None
     #: From the file, the environment (WORKER__SOURCE__SASL_PLAIN_PASSWORD) or
     #: `sasl_plain_password_file`; never printed or logged.
     sasl_plain_password: SecretStr | None = None
     sasl_plain_password_file: str | None = None
+    #: OAUTHBEARER: "module:callable" returning (token, expires_at epoch s), or
+    #: "aws_msk_iam" (Amazon MSK IAM, `streamworker[msk]`); see sources/kafka/oauth.py.
+    sasl_oauth_token_provider: str | None = None
+    #: The region `aws_msk_iam` signs for; default: the standard AWS chain's.
+    sasl_aws_region: str | None = None
+    #: PEM files: the CA bundle the broker's certificate must chain to (default: the
+    #: system's), and a client certificate and its key for brokers that require one (mTLS).
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    #: The pass phrase of an encrypted `ssl_keyfile`; or `ssl_key_password_file`.
+    ssl_key_password: SecretStr | None = None
+    ssl_key_password_file: str | None = None
+    #: The broker's certificate must be for the host connected to. Off only for a test setup.
+    ssl_check_hostname: bool = True
 
     @property
     def loop_delay_budget_s(self) -> float:
@@ -52,21 +71,51 @@ class KafkaSourceConfig(SourceSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _password_from_file(cls, data: Any) -> Any:
-        path = data.get("sasl_plain_password_file") if isinstance(data, dict) else None
-        if path:
+    def _secrets_from_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        problems = []
+        for secret, file_key in SECRET_FILES.items():
+            path = data.get(file_key)
+            if not path:
+                continue
             try:
                 with open(path) as fh:
-                    data = {**data, "sasl_plain_password": fh.read().strip()}
+                    data = {**data, secret: fh.read().strip()}
             except OSError as exc:
-                raise ValueError(
-                    f"source.sasl_plain_password_file = {path!r}: cannot read it: {exc.strerror}"
-                ) from None
+                problems.append(f"source.{file_key} = {path!r}: cannot read it: {exc.strerror}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return data
 
     @model_validator(mode="after")
+    def _tls_files_usable(self) -> KafkaSourceConfig:
+        """The PEM files load (and the key's pass phrase opens it) now, not at the first
+        connection: a wrong path is a config error, one line, exit 2."""
+        if not self.security_protocol.endswith("SSL"):
+            return self
+        from worker.sources.kafka.tls_context import TlsFilesError, ssl_context
+
+        try:
+            ssl_context(self)
+        except TlsFilesError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSourceConfig:
-        if self.security_protocol.startswith("SASL"):
+        if self.security_protocol.startswith("SASL") and self.sasl_mechanism == "OAUTHBEARER":
+            if not self.sasl_oauth_token_provider:
+                raise ValueError(
+                    "source.sasl_mechanism = 'OAUTHBEARER' needs source.sasl_oauth_token_provider"
+                )
+            from worker.sources.kafka.oauth import TokenProviderError, load_hook
+
+            try:  # a provider that cannot be loaded is a config error, now
+                load_hook(self.sasl_oauth_token_provider, self.sasl_aws_region)
+            except TokenProviderError as exc:
+                raise ValueError(str(exc)) from None
+        elif self.security_protocol.startswith("SASL"):
             missing = [
                 k
                 for k in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password")

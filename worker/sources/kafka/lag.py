@@ -20,9 +20,12 @@ from aiokafka.errors import (
 )
 
 from worker.sources.kafka.config import KafkaSourceConfig
+from worker.sources.kafka.preflight import topics_problem
 from worker.sources.kafka.security import client_kwargs
 
 COORDINATOR_WAIT_S = 10.0
+#: A command run by hand: a broker that does not answer soon is reported, not waited for.
+LAG_CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,11 @@ async def _group_offsets(admin: AIOKafkaAdminClient, group: str, tps: list[Topic
 
 async def group_lag(config: KafkaSourceConfig) -> list[PartitionLag]:
     connection = client_kwargs(config)
+    # The start's own check first: it names refused credentials, TLS and missing topics.
+    problem = await topics_problem(connection, config.topics, LAG_CONNECT_TIMEOUT_S, "lag",
+                                   "source.topics: ", None, line_prefix="kafka")  # fmt: skip
+    if problem is not None:
+        raise ConnectionError(problem)
     admin = AIOKafkaAdminClient(**connection)
     consumer = AIOKafkaConsumer(**connection)
     try:

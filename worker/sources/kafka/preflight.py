@@ -10,7 +10,8 @@ ask first, with a client of their own.
   `source.connect_timeout_s` has passed, one WARNING line per failed attempt, which
   says what each server said (aiokafka's own ERROR line for each is kept out: the
   attempt is retried). Refused credentials end the wait at once: they will not get
-  better.
+  better. So does a TLS disagreement (`tls_reasons`: a certificate that fails
+  verification, a client certificate required, TLS to a plaintext port or the reverse).
 - The topics: a metadata request to every broker, repeated for `MISSING_CONFIRM_S`
   while a topic is unknown to all of them (a topic just created reaches them a moment
   later); one still missing is named, with the brokers asked, in one `StartError` line.
@@ -42,6 +43,7 @@ from worker.backoff import Backoff
 from worker.sources.base import SourceStartError
 from worker.sources.kafka.config import KafkaSourceConfig
 from worker.sources.kafka.security import auth_failure_message, client_kwargs, refused_auth
+from worker.sources.kafka.tls_reasons import TlsRefused, reason_for
 
 log = logging.getLogger("worker.source.kafka")
 
@@ -88,6 +90,8 @@ class _Attempt(logging.Filter):
         super().__init__()
         self._task = asyncio.current_task()
         self.said: list[str] = []
+        #: (host, port, exception) of each server that failed, for `tls_reasons`.
+        self.failed: list[tuple[str, int, BaseException]] = []
         self.auth_failed = False
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -101,6 +105,8 @@ class _Attempt(logging.Filter):
         self.auth_failed = self.auth_failed or refused_auth(record.getMessage())
         text = described(error) if isinstance(error, BaseException) else str(error)
         self.said.append(f"{host}:{port}: {text}")
+        if isinstance(error, BaseException):
+            self.failed.append((str(host), int(port), error))
         return False
 
 
@@ -139,11 +145,18 @@ async def connected_client(
             with _attempt() as seen:
                 async with asyncio.timeout(bound_s):
                     await client.bootstrap()
+            if not client.cluster.brokers() and connection.get("sasl_mechanism") == "OAUTHBEARER":
+                # aiokafka takes the broker's refusal of a token (an error challenge,
+                # `{"status":"invalid_token"}`) for success; the broker then names no broker.
+                raise AuthRefused(servers_of(connection))
             return client
         except (KafkaError, OSError, TimeoutError) as exc:
             await client.close()
             if seen.auth_failed:
                 raise AuthRefused(servers_of(connection)) from None
+            tls = await reason_for(seen.failed, connection)
+            if tls is not None:
+                raise TlsRefused(tls) from None
             reason = described(exc)
             if isinstance(exc, TimeoutError):  # `asyncio.timeout`'s has no message
                 reason = "; ".join([*seen.said, f"TimeoutError: no answer within {bound_s:.3g} s"])
@@ -220,21 +233,46 @@ async def topics_missing_at(
         await client.close()
 
 
+async def topics_problem(
+    connection: Mapping[str, Any],
+    topics: Sequence[str],
+    timeout_s: float,
+    what: str,
+    topic_prefix: str = "",
+    timeout_setting: str | None = "source.connect_timeout_s",
+    line_prefix: str | None = None,
+) -> str | None:
+    """None if the broker answers (waited for up to `timeout_s`) and has every topic; else
+    the one line, after `line_prefix: ` (default: `what`, who waits), that says why not:
+    the credentials refused, TLS, the broker unreachable, or the topics missing (each
+    named as `topic_prefix` + name).
+
+    The one mapping of the source's start, the on-failure destination's and redrive's.
+    """
+    servers, prefix = servers_of(connection), line_prefix or what
+    try:
+        missing = await topics_missing_at(connection, topics, timeout_s, what)
+    except AuthRefused:
+        return f"{prefix}: {auth_failure_message(connection)}"
+    except TlsRefused as exc:
+        return f"{prefix}: {exc}"
+    except BrokerUnreachable as exc:
+        waited = f" (waited up to {timeout_setting} = {timeout_s:g})" if timeout_setting else ""
+        return f"{prefix}: {exc}{waited}"
+    if not missing:
+        return None
+    named = ", ".join(topic_prefix + m for m in missing)
+    return (
+        f"{prefix}: {named} at {servers}: create {'it' if len(missing) == 1 else 'them'} first "
+        "(the worker never creates topics), or correct the name"
+    )
+
+
 async def check_source(config: KafkaSourceConfig) -> None:
     """The source's broker answers and has every `source.topics`; else one SourceStartError."""
-    servers = ",".join(config.bootstrap_servers)
-    try:
-        missing = await topics_missing_at(
-            client_kwargs(config), config.topics, config.connect_timeout_s, "source"
-        )
-    except AuthRefused:
-        raise SourceStartError(auth_failure_message(config)) from None
-    except BrokerUnreachable as exc:
-        raise SourceStartError(
-            f"kafka: {exc} (waited up to source.connect_timeout_s = {config.connect_timeout_s:g})"
-        ) from None
-    if missing:
-        raise SourceStartError(
-            f"kafka: source.topics: {', '.join(missing)} at {servers}: create "
-            f"{'it' if len(missing) == 1 else 'them'} first, or correct the name"
-        )
+    problem = await topics_problem(
+        client_kwargs(config), config.topics, config.connect_timeout_s, "source",
+        "source.topics: ", line_prefix="kafka",
+    )  # fmt: skip
+    if problem is not None:
+        raise SourceStartError(problem)

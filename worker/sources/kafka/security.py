@@ -8,13 +8,13 @@ writes the SASL failure to its log, so the start-up watches that log.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from aiokafka.helpers import create_ssl_context
-
 from worker.sources.kafka.config import KafkaSourceConfig
+from worker.sources.kafka.oauth import RefreshingTokenProvider, load_hook
+from worker.sources.kafka.tls_context import ssl_context
 
 
 def client_kwargs(config: KafkaSourceConfig) -> dict[str, Any]:
@@ -22,7 +22,15 @@ def client_kwargs(config: KafkaSourceConfig) -> dict[str, Any]:
         "bootstrap_servers": config.bootstrap_servers,
         "security_protocol": config.security_protocol,
     }
-    if config.security_protocol.startswith("SASL"):
+    if config.security_protocol.startswith("SASL") and config.sasl_mechanism == "OAUTHBEARER":
+        spec = config.sasl_oauth_token_provider
+        assert spec is not None  # the config validator made sure
+        hook = load_hook(spec, config.sasl_aws_region)
+        kwargs.update(
+            sasl_mechanism="OAUTHBEARER",
+            sasl_oauth_token_provider=RefreshingTokenProvider(hook, spec),
+        )
+    elif config.security_protocol.startswith("SASL"):
         assert config.sasl_plain_password is not None  # the config validator made sure
         kwargs.update(
             sasl_mechanism=config.sasl_mechanism,
@@ -30,9 +38,7 @@ def client_kwargs(config: KafkaSourceConfig) -> dict[str, Any]:
             sasl_plain_password=config.sasl_plain_password.get_secret_value(),
         )
     if config.security_protocol.endswith("SSL"):
-        kwargs["ssl_context"] = create_ssl_context(
-            cafile=config.ssl_cafile, certfile=config.ssl_certfile, keyfile=config.ssl_keyfile
-        )
+        kwargs["ssl_context"] = ssl_context(config)
     return kwargs
 
 
@@ -62,9 +68,18 @@ def watch_for_auth_failure() -> Iterator[_Watch]:
         logger.removeHandler(watch)
 
 
-def auth_failure_message(config: KafkaSourceConfig) -> str:
+def auth_failure_message(connection: Mapping[str, Any]) -> str:
+    """The line for refused credentials, from the client settings (`client_kwargs`)."""
+    servers = connection.get("bootstrap_servers", ())
+    servers = servers if isinstance(servers, str) else ",".join(map(str, servers))
+    provider = connection.get("sasl_oauth_token_provider")
+    if provider is not None:
+        return (
+            f"the broker at {servers} refused the OAUTHBEARER token of "
+            f"source.sasl_oauth_token_provider = {getattr(provider, 'name', '?')!r}"
+        )
     return (
-        f"kafka: authentication failed for user {config.sasl_plain_username!r} with "
-        f"{config.sasl_mechanism} at {','.join(config.bootstrap_servers)}: check "
+        f"authentication failed for user {connection.get('sasl_plain_username')!r} with "
+        f"{connection.get('sasl_mechanism')} at {servers}: check "
         "source.sasl_plain_username and source.sasl_plain_password"
     )

@@ -142,7 +142,9 @@ class KafkaSource:
             except KafkaConnectionError as exc:
                 await self._consumer.stop()
                 if watch.auth_failed:
-                    raise SourceStartError(auth_failure_message(self._config)) from None
+                    raise SourceStartError(
+                        "kafka: " + auth_failure_message(client_kwargs(self._config))
+                    ) from None
                 servers = ",".join(self._config.bootstrap_servers)
                 raise SourceStartError(f"kafka: cannot connect to {servers}: {exc}") from None
             except asyncio.CancelledError:  # SIGTERM while joining: leave nothing open

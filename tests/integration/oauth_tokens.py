@@ -1,0 +1,33 @@
+"""Token hooks for the OAUTHBEARER tests: unsigned JWTs that Kafka's built-in unsecured
+validator accepts (`{"alg": "none"}`, a `sub` claim, an `exp`), short-lived on purpose."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+#: Each token's life: shorter than the test runs, so tokens expire mid-run.
+LIFETIME_S = 3.0
+#: When each token was issued, and each token: the test reads them.
+issued: list[float] = []
+
+
+def _part(claims: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+
+
+def short_lived() -> tuple[str, float]:
+    now = time.time()
+    issued.append(now)
+    expires = now + LIFETIME_S
+    claims = {"sub": "alice", "iat": now, "exp": expires}
+    return f"{_part({'alg': 'none'})}.{_part(claims)}.", expires
+
+
+def expired() -> tuple[str, float]:
+    """A token already past its expiry: the broker refuses it."""
+    now = time.time() - 60
+    return f"{_part({'alg': 'none'})}.{_part({'sub': 'alice', 'iat': now, 'exp': now + 1})}.", (
+        now + 1
+    )
