@@ -36,6 +36,10 @@ disable_created_metrics()
 PARTITION_LABELS = ("source", "partition")
 _P = PARTITION_LABELS
 _DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+#: Why a batch was cut from a partition's buffer: full by count or bytes, its window
+#: ended, buffer pressure wanted its memory early (`Batcher.reason`); or its records were
+#: dropped uninvoked at a revoke or shutdown, to be read again by the next owner.
+CUT_REASONS = ("size", "bytes", "window", "pressure", "revoke", "shutdown")
 _SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
@@ -74,6 +78,14 @@ class Metrics:
             "worker_batches",
             "Handler invocations by outcome: success, partial (item failures), error, timeout.",
             (*_P, "outcome"),
+            registry=r,
+        )
+        self.batches_cut = Counter(
+            "worker_batches_cut",
+            "Batches cut from a partition's buffer, by reason: size, bytes (full), window "
+            "(its window ended), pressure (cut early: the memory budget or the partition's "
+            "buffer limit was reached), revoke, shutdown (dropped uninvoked, read again).",
+            (*_P, "reason"),
             registry=r,
         )
         self.records_dead_lettered = Counter(
@@ -272,6 +284,7 @@ class PartitionMetrics:
         "buffered",
         "committed_position",
         "committed_records",
+        "cuts",
         "dead_lettered_records",
         "error",
         "failed",
@@ -311,6 +324,7 @@ class PartitionMetrics:
         self.success = metrics.batches.labels(*labels, "success")
         self.error = metrics.batches.labels(*labels, "error")
         self.timeout = metrics.batches.labels(*labels, "timeout")
+        self.cuts = {reason: metrics.batches_cut.labels(*labels, reason) for reason in CUT_REASONS}
         self._iterator_age = metrics.iterator_age.labels(*labels)
         self.lag = metrics.offset_lag.labels(*labels)
         self.committed_position = metrics.committed_position.labels(*labels)
