@@ -92,6 +92,8 @@ class Partition:
         self._buffered_bytes = 0
         self._clock = clock
         self._stop = asyncio.Event()
+        # Read when scraped: a gauge's set per batch takes a lock.
+        metrics.buffered.set_function(lambda: self.buffered_records)
         self._steps = steps(PartitionContext(key, label, source, metrics, self._stop))
         self.assigned_at = clock()
         self._tracker = OffsetTracker()
@@ -138,7 +140,6 @@ class Partition:
         self._fed_position = records[-1].position
         self._unfinished_records += len(records)
         self._buffered(nbytes + len(records) * self._overhead)
-        self._metrics.buffered.set(self.buffered_records)
         return self.full
 
     def _buffered(self, delta: int) -> None:
@@ -274,7 +275,6 @@ class Partition:
                     continue
                 self._buffered(batcher.bytes - held - len(records) * self._overhead)
                 cuts[batcher.reason].inc()
-                self._metrics.buffered.set(self.buffered_records)
                 await self._process(lane, Batch(records, self._source, self.label))
                 if self._paused and self.below_low_water():
                     self._on_drained(self)
