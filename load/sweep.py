@@ -171,6 +171,8 @@ def chart(result: dict, path: Path) -> bool:
         style = "-o" if window == 0 else "--s"
         ax.plot(*zip(*points, strict=True), style, label=f"batch {size}, window {window} ms")
     ax.set_xscale("log", base=2)
+    counts = sorted({r["partitions"] for r in rows})
+    ax.set_xticks(counts, [str(n) for n in counts])
     ax.set_xlabel("partitions")
     ax.set_ylabel("thousand records per second (steady state)")
     ax.set_title(f"worker vs raw aiokafka as partitions grow: {result['machine']}", fontsize=9)
