@@ -35,6 +35,22 @@ def main(argv: list[str] | None = None) -> int:
         choices=["throughput", "fetch", "parallel", "cpu", "latency", "memory", "kinesis"],
         help="run only these scenarios (repeatable)",
     )
+    bn.add_argument(
+        "--sweep",
+        action="store_true",
+        help="the batching sweep instead (load/sweep.py): partitions x batch x window",
+    )
+    bn.add_argument("--partitions", type=int, nargs="+", default=[8, 64, 256])
+    bn.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 100, 500, 10_000])
+    bn.add_argument("--windows", type=int, nargs="+", default=[0, 500], help="ms")
+    bn.add_argument(
+        "--build",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="sweep: also run the worker from this tree (e.g. an older commit)",
+    )
+    bn.add_argument("--bootstrap", help="sweep: use this running broker (topics kept)")
     mm = sub.add_parser("memory", help="RSS under a backlog at 8, 64 and 256 partitions")
     mm.add_argument(
         "--partitions",
@@ -109,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"topic {args.name}: {args.partitions} partition(s) at {args.bootstrap}")
         return 0
     if args.cmd == "bench":
+        if args.sweep:
+            from load.sweep import main as sweep
+
+            return sweep(args.partitions, args.batch_sizes, args.windows, args.records,
+                         args.rounds, args.build, args.bootstrap)  # fmt: skip
         from load.bench import main as bench
 
         return bench(args.records, args.rounds, args.backlog, args.quick, args.only)

@@ -2,12 +2,14 @@
 
 python -m load.bench_raw BOOTSTRAP TOPIC COUNT {noop|decode} OUT [gc]
 
-With "gc", the loop first applies the worker's GC settings (freeze, thresholds), to show
+`$BENCH_STEADY` ("0.2,0.8") times that part of the records only (the sweep's steady
+state). With "gc", the loop first applies the worker's GC settings (freeze, thresholds), to show
 how much of the worker's lead over the plain loop is that alone.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import uuid
@@ -19,6 +21,12 @@ from aiokafka import AIOKafkaConsumer
 
 from worker.config import WorkerConfig
 from worker.sources.kafka.config import KafkaSourceConfig
+
+
+def _steady() -> tuple[float, float]:
+    """The part of the records timed: `$BENCH_STEADY` "from,to" (fractions; default 0.1,1)."""
+    low, high = os.environ.get("BENCH_STEADY", "0.1,1").split(",")
+    return float(low), float(high)
 
 
 async def main(bootstrap: str, topic: str, count: int, work: str) -> float:
@@ -36,11 +44,12 @@ async def main(bootstrap: str, topic: str, count: int, work: str) -> float:
     )
     await consumer.start()
     loads = orjson.loads
+    steady = _steady()
     seen, t0, n0 = 0, 0.0, 0
     try:
-        while seen < count:
+        while seen < count * steady[1]:
             chunks = await consumer.getmany(timeout_ms=1000, max_records=d.fetch_max_records)
-            if not t0 and seen >= count // 10:  # steady state, as for every contender
+            if not t0 and seen >= count * steady[0]:  # steady state, as for every contender
                 t0, n0 = time.perf_counter(), seen
             for records in chunks.values():
                 if work == "decode":

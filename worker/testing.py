@@ -79,8 +79,12 @@ async def running_worker(
     group_id: str = "test",
     metrics: Metrics | None = None,
     destination: Destination | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[Worker]:
-    """Run a worker on the memory broker for the duration of the block, then drain it."""
+    """Run a worker on the memory broker for the duration of the block, then drain it.
+
+    `clock` is the partitions' batching clock: a frozen one makes batching windows never
+    end by time, so a test sees exactly what else cuts a batch."""
     source = MemorySource(broker, topics, group_id=group_id)
     worker = Worker(
         memory_config(settings),
@@ -88,6 +92,7 @@ async def running_worker(
         handler=handler,
         metrics=metrics,
         destination=destination,
+        clock=clock,
     )
     task = asyncio.create_task(worker.serve(), name="worker")
     try:

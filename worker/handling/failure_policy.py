@@ -157,7 +157,6 @@ class FailurePolicy:
         self._clock = clock or _wall_clock
         self._duration = metrics.handler_duration.labels(ctx.source)
         self._batch_size = metrics.batch_size.labels(ctx.source)
-        self._inflight = metrics.inflight_batches.labels(ctx.source)
         self._ignored_result_warned = False
         self._tracebacks_shown: set[tuple[str, str]] = set()
         self.mode = Mode(self._judge, bisect=errors.bisect_batch_on_function_error)
@@ -202,7 +201,11 @@ class FailurePolicy:
                 if piece is None:
                     continue
             records = piece.records
-            piece_batch = Batch(records, batch.source, batch.partition, batch.window)
+            piece_batch = (
+                batch
+                if records is batch.records
+                else Batch(records, batch.source, batch.partition, batch.window)
+            )
             outcome = await self.invoke_counted(piece_batch)
             failure, failed = mode.judge(outcome, records)
             if failure is None:
@@ -268,12 +271,10 @@ class FailurePolicy:
             m.invoked.inc(n)
             m.iterator_age(max(self._clock() - batch.records[-1].timestamp_ms / 1000.0, 0.0))
             self._batch_size.observe(n)
-        self._inflight.inc()
-        m.batch_started()
+        m.batch_started()  # counted in worker_inflight_batches too
         try:
             outcome = await self._invoker.invoke(batch)
         finally:
-            self._inflight.dec()
             m.batch_ended()
         self._duration.observe(outcome.duration_s)
         return outcome

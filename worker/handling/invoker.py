@@ -3,10 +3,12 @@
 Coroutine functions run on the event loop; plain functions run in a thread
 pool so that they never block the loop (aiokafka's heartbeats run on it), or
 with `concurrency = "process"` in a pool of handler processes. A timed-out
-coroutine is cancelled. A timed-out handler process is killed and replaced,
-so the call really ends. A timed-out thread cannot be stopped: the batch
-fails and the thread runs on, and the partition's next call waits until it
-has returned (`overruns`), so two calls of one partition never overlap.
+coroutine is cancelled (by its lane's `CallTimer`: one loop timer for all of a
+lane's calls, as arming one per call was most of an invoke's fixed cost). A
+timed-out handler process is killed and replaced, so the call really ends. A
+timed-out thread cannot be stopped: the batch fails and the thread runs on, and
+the partition's next call waits until it has returned (`overruns`), so two
+calls of one partition never overlap.
 `running_s` / `returned` tell a partition's release whether anything of it still
 runs (a thread, or a cancelled call's process not yet gone).
 """
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.config import HandlerConfig
+from worker.handling.call_timer import CallTimer
 from worker.handling.handler import (
     HandlerLoadError,
     call_sync,
@@ -89,6 +92,7 @@ class Invoker:
         self._timeout_s = config.timeout_s
         self.is_async = is_coroutine_callable(fn)
         self._processes = processes
+        self._timers: dict[asyncio.Task[Any], CallTimer] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._overruns: Overruns | None = None
         if processes is not None:
@@ -164,11 +168,15 @@ class Invoker:
         return await processes.wait(call, partition)  # cancelled: pebble kills the child
 
     async def _call(self, start: float, awaitable: Any) -> Outcome:
-        deadline = asyncio.timeout(self._timeout_s if self._processes is None else None)
+        timer = self._timer() if self._processes is None else None  # processes: pebble's
         try:
-            async with deadline:
-                result = await awaitable
+            if timer is not None:
+                timer.start()
+            result = await awaitable
         except asyncio.CancelledError as exc:
+            if timer is not None and timer.timed_out():
+                error = TimeoutError()
+                return Outcome(False, time.perf_counter() - start, error=error, timed_out=True)
             if _cancelled_by_us():
                 raise
             return Outcome(False, time.perf_counter() - start, error=exc)
@@ -176,9 +184,28 @@ class Invoker:
             # The handler's SystemExit, KeyboardInterrupt or other BaseException fails its
             # batch: `sys.exit(0)` in a handler is not the worker's exit. A TimeoutError the
             # handler raised itself is an ordinary error.
-            timed_out = deadline.expired() or isinstance(exc, CallTimedOut)
+            expired = timer is not None and timer.timed_out()
+            timed_out = expired or isinstance(exc, CallTimedOut)
             return Outcome(False, time.perf_counter() - start, error=exc, timed_out=timed_out)
+        finally:
+            if timer is not None:
+                timer.stop()
         return Outcome(True, time.perf_counter() - start, result=result)
+
+    def _timer(self) -> CallTimer:
+        """The calling task's timer (one per lane, for all its calls)."""
+        task = asyncio.current_task()
+        assert task is not None
+        timer = self._timers.get(task)
+        if timer is None:
+            timer = self._timers[task] = CallTimer(task, self._timeout_s)
+            task.add_done_callback(self._drop_timer)
+        return timer
+
+    def _drop_timer(self, task: asyncio.Task[Any]) -> None:
+        timer = self._timers.pop(task, None)
+        if timer is not None:
+            timer.close()
 
     def close(self) -> None:
         if self._pool is not None:

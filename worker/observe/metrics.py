@@ -36,6 +36,10 @@ disable_created_metrics()
 PARTITION_LABELS = ("source", "partition")
 _P = PARTITION_LABELS
 _DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+#: Why a batch was cut from a partition's buffer: full by count or bytes, its window
+#: ended, buffer pressure wanted its memory early (`Batcher.reason`); or its records were
+#: dropped uninvoked at a revoke or shutdown, to be read again by the next owner.
+CUT_REASONS = ("size", "bytes", "window", "pressure", "revoke", "shutdown")
 _SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
@@ -43,6 +47,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
         self._partition_gauges: list[Gauge] = []
+        #: The partitions' metrics now owned, by source (`worker_inflight_batches` sums them).
+        self._owned: dict[str, set[PartitionMetrics]] = {}
         self.records_polled = Counter(
             "worker_records_polled", "Records read from the source.", _P, registry=r
         )
@@ -74,6 +80,14 @@ class Metrics:
             "worker_batches",
             "Handler invocations by outcome: success, partial (item failures), error, timeout.",
             (*_P, "outcome"),
+            registry=r,
+        )
+        self.batches_cut = Counter(
+            "worker_batches_cut",
+            "Batches cut from a partition's buffer, by reason: size, bytes (full), window "
+            "(its window ended), pressure (cut early: the memory budget or the partition's "
+            "buffer limit was reached), revoke, shutdown (dropped uninvoked, read again).",
+            (*_P, "reason"),
             registry=r,
         )
         self.records_dead_lettered = Counter(
@@ -245,6 +259,19 @@ class Metrics:
         self._partition_gauges.append(gauge)
         return gauge
 
+    def owned(self, partition: PartitionMetrics) -> None:
+        """A partition's metrics came into use: its batches in flight count in the source's
+        gauge, read when scraped (an inc and a dec per batch would each take a lock)."""
+        source = partition.source
+        if source not in self._owned:
+            owned = self._owned[source] = set()
+            gauge = self.inflight_batches.labels(source)
+            gauge.set_function(lambda: sum(p.inflight for p in owned))
+        self._owned[source].add(partition)
+
+    def disowned(self, partition: PartitionMetrics) -> None:
+        self._owned.get(partition.source, set()).discard(partition)
+
     def forget_partition(self, source: str, partition: str) -> None:
         """Remove every per-partition gauge of a partition this worker no longer owns."""
         for gauge in self._partition_gauges:
@@ -264,7 +291,6 @@ class PartitionMetrics:
     __slots__ = (
         "_committed",
         "_dead_lettered",
-        "_iterator_age",
         "_metrics",
         "_retry_attempts",
         "_retrying",
@@ -272,6 +298,7 @@ class PartitionMetrics:
         "buffered",
         "committed_position",
         "committed_records",
+        "cuts",
         "dead_lettered_records",
         "error",
         "failed",
@@ -311,7 +338,9 @@ class PartitionMetrics:
         self.success = metrics.batches.labels(*labels, "success")
         self.error = metrics.batches.labels(*labels, "error")
         self.timeout = metrics.batches.labels(*labels, "timeout")
-        self._iterator_age = metrics.iterator_age.labels(*labels)
+        self.cuts = {reason: metrics.batches_cut.labels(*labels, reason) for reason in CUT_REASONS}
+        # Read when scraped, not written per batch: a gauge's set takes a lock.
+        metrics.iterator_age.labels(*labels).set_function(lambda: self.iterator_age_s)
         self.lag = metrics.offset_lag.labels(*labels)
         self.committed_position = metrics.committed_position.labels(*labels)
         self.buffered = metrics.buffered_records.labels(*labels)
@@ -330,6 +359,7 @@ class PartitionMetrics:
         self._retry_attempts.set(0)
         #: The batches being retried now, by the token of the call retrying each.
         self.retrying: dict[int, RetryingBatch] = {}
+        metrics.owned(self)
 
     def records_committed(self, count: int, shown_position: int) -> None:
         self.committed_records += count
@@ -343,7 +373,6 @@ class PartitionMetrics:
 
     def iterator_age(self, age_s: float) -> None:
         self.iterator_age_s = age_s
-        self._iterator_age.set(age_s)
 
     def retrying_now(self, token: int, batch: RetryingBatch) -> None:
         """A failed batch waits for its next attempt (called once per failure, never on
@@ -367,4 +396,5 @@ class PartitionMetrics:
 
     def forget(self) -> None:
         """Drop the partition's gauges once it is no longer owned, so stale values vanish."""
+        self._metrics.disowned(self)
         self._metrics.forget_partition(self.source, self.partition)

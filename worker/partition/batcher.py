@@ -1,8 +1,12 @@
 """Cuts a partition's record stream into batches: by count, by bytes, or by time.
 
 A batch is due when it holds `batch_size` records, or `max_bytes` of payload,
-or `window_s` after its first record arrived, whichever comes first. The
-batcher is pure: the caller passes `now`, so it is tested without a clock.
+or `window_s` after its first record arrived, whichever comes first; or at
+once after `hurry()`, when the memory it holds is wanted (buffer pressure):
+the window is an upper bound on waiting, never a promise to wait. Each cut
+says why it was made (`reason`: size, bytes, window or pressure; the
+`worker_batches_cut_total` reasons, `observe.metrics.CUT_REASONS`). The batcher is pure:
+the caller passes `now`, so it is tested without a clock.
 
 It keeps fetched chunks as they are and slices them; sizes are summed with
 `sum(map(size, chunk))` (C-level), so cutting costs per chunk, not per record.
@@ -35,6 +39,9 @@ class Batcher:
         self.records = 0
         self.bytes = 0
         self._first_arrival: float | None = None
+        self._hurried = False
+        #: Why the last batch `take` returned was cut: size, bytes, window or pressure.
+        self.reason = "size"
 
     def add(self, records: Sequence[Any], now: float) -> int:
         """Append a chunk in position order; returns its payload bytes."""
@@ -61,12 +68,34 @@ class Batcher:
             self.records >= self.batch_size
             or self.bytes >= self.max_bytes
             or now >= self._first_arrival + self.window_s  # type: ignore[operator]
+            or self._hurried
         )
 
+    @property
+    def hurried(self) -> bool:
+        return self._hurried
+
+    def hurry(self) -> None:
+        """Make what is pending due now, however partial (its memory is wanted)."""
+        if self.records:
+            self._hurried = True
+
     def take(self, now: float) -> list[Any] | None:
-        """Cut the next batch if one is due."""
-        if not self.due(now):
+        """Cut the next batch if one is due; `reason` then says why."""
+        records = self.records
+        if not records:
             return None
+        if records >= self.batch_size:
+            self.reason = "size"
+        elif self.bytes >= self.max_bytes:
+            self.reason = "bytes"
+        elif now >= self._first_arrival + self.window_s:  # type: ignore[operator]
+            self.reason = "window"
+        elif self._hurried:
+            self.reason = "pressure"
+        else:
+            return None
+        self._hurried = False
         count = min(self.records, self.batch_size)
         if self.bytes > self.max_bytes:
             count = min(count, self._count_within_bytes())
@@ -82,6 +111,7 @@ class Batcher:
         rest, _ = self._pop(self.records)
         self.records = self.bytes = 0
         self._first_arrival = None
+        self._hurried = False
         return rest
 
     def _count_within_bytes(self) -> int:

@@ -14,7 +14,11 @@ the assignment registry call methods: `commit_point`/`mark_committed`,
 `mark_paused`/`mark_resumed`, `start`/`stop`; observation reads `stats()`.
 
 A full buffer asks the poll loop to pause the partition; draining below half
-resumes it, so memory is bounded by the buffer limits whatever the lag.
+resumes it, so memory is bounded by the buffer limits whatever the lag. Every
+change of the buffered bytes is told to `on_buffered(partition, delta)` (the
+backpressure controller keeps the total and the age order from it, so nothing
+sums over partitions per fetch); `hurry()` cuts the waiting partial batches
+now, when their memory is wanted, instead of at the end of their window.
 """
 
 from __future__ import annotations
@@ -48,6 +52,10 @@ class PartitionSettings:
     max_buffered_bytes: int
 
 
+def _ignore(partition: Partition, delta: int) -> None:
+    return None
+
+
 class Partition:
     def __init__(
         self,
@@ -61,6 +69,7 @@ class Partition:
         on_progress: Callable[[Partition], None],
         on_drained: Callable[[Partition], None],
         clock: Callable[[], float] = time.monotonic,
+        on_buffered: Callable[[Partition, int], None] | None = None,
     ) -> None:
         self.key = key
         self.label = label
@@ -77,8 +86,14 @@ class Partition:
         self._metrics = metrics
         self._on_progress = on_progress
         self._on_drained = on_drained
+        self._on_buffered = on_buffered or _ignore
+        self._overhead = traits.overhead_bytes
+        #: Estimated memory of the buffered records, kept as they come and go.
+        self._buffered_bytes = 0
         self._clock = clock
         self._stop = asyncio.Event()
+        # Read when scraped: a gauge's set per batch takes a lock.
+        metrics.buffered.set_function(lambda: self.buffered_records)
         self._steps = steps(PartitionContext(key, label, source, metrics, self._stop))
         self.assigned_at = clock()
         self._tracker = OffsetTracker()
@@ -111,19 +126,32 @@ class Partition:
         now = self._clock()
         if self._single:
             lane = self._lanes[0]
-            lane.batcher.add(records, now)
+            nbytes = lane.batcher.add(records, now)
             lane.wake.set()
         else:
+            before = sum(lane.batcher.bytes for lane in self._lanes)
             step = self._settings.batch_size
             for start in range(0, len(records), step):
                 segment = records[start : start + step]
                 end = self._segments.add(segment, now)
                 self._tracker.open(end)
                 self._sizes[end] = len(segment)
+            nbytes = sum(lane.batcher.bytes for lane in self._lanes) - before
         self._fed_position = records[-1].position
         self._unfinished_records += len(records)
-        self._metrics.buffered.set(self.buffered_records)
+        self._buffered(nbytes + len(records) * self._overhead)
         return self.full
+
+    def _buffered(self, delta: int) -> None:
+        self._buffered_bytes += delta
+        self._on_buffered(self, delta)
+
+    def hurry(self) -> None:
+        """Buffer pressure: cut the partial batches waiting for their window now."""
+        for lane in self._lanes:
+            if lane.batcher.records and not lane.batcher.hurried:
+                lane.batcher.hurry()
+                lane.wake.set()
 
     @property
     def buffered_records(self) -> int:
@@ -132,8 +160,7 @@ class Partition:
     @property
     def buffered_bytes(self) -> int:
         """Estimated memory of the buffered records: value bytes plus per-record overhead."""
-        overhead = self._traits.overhead_bytes
-        return sum(lane.batcher.bytes + lane.batcher.records * overhead for lane in self._lanes)
+        return self._buffered_bytes
 
     @property
     def unfinished_records(self) -> int:
@@ -237,14 +264,17 @@ class Partition:
                 for i, lane in enumerate(self._lanes)]  # fmt: skip
 
     async def _run(self, lane: KeyLane) -> None:
+        batcher, cuts = lane.batcher, self._metrics.cuts
         while not self._stop.is_set():
-            records = lane.batcher.take(self._clock())
+            held = batcher.bytes
+            records = batcher.take(self._clock())
             try:
                 if records is None:
                     await self._wait_for_work(lane)
                     self._finish(await self._steps.poll())
                     continue
-                self._metrics.buffered.set(self.buffered_records)
+                self._buffered(batcher.bytes - held - len(records) * self._overhead)
+                cuts[batcher.reason].inc()
                 await self._process(lane, Batch(records, self._source, self.label))
                 if self._paused and self.below_low_water():
                     self._on_drained(self)
@@ -304,16 +334,21 @@ class Partition:
         )
 
     # -- stopping -----------------------------------------------------------------------
-    async def stop(self, timeout_s: float) -> None:
+    async def stop(self, timeout_s: float, reason: str = "revoke") -> None:
         """Take no new batch; let those in flight finish within `timeout_s`, else abandon them.
 
-        After this returns, `commit_point` covers exactly the work that finished.
+        The partial batches still waiting are dropped uninvoked (the next owner reads them
+        again), counted as cut for `reason` (revoke or shutdown). After this returns,
+        `commit_point` covers exactly the work that finished.
         """
         self._releasing = True
         self._stop.set()
         for lane in self._lanes:
             lane.wake.set()
-            lane.batcher.clear()
+            if lane.batcher.clear():
+                self._metrics.cuts[reason].inc()
+        if self._buffered_bytes:
+            self._buffered(-self._buffered_bytes)
         tasks = {
             lane.task for lane in self._lanes if lane.task is not None and not lane.task.done()
         }

@@ -53,9 +53,15 @@ class RunningCalls(Protocol):
     async def returned(self, partition: str) -> None: ...
 
 
-#: Builds a partition for a key, given its progress and drained callbacks.
+#: Builds a partition for a key, given its progress, drained and buffered callbacks.
 PartitionFactory = Callable[
-    [Hashable, Callable[[Partition], None], Callable[[Partition], None]], Partition
+    [
+        Hashable,
+        Callable[[Partition], None],
+        Callable[[Partition], None],
+        Callable[[Partition, int], None],
+    ],
+    Partition,
 ]
 
 
@@ -114,7 +120,7 @@ class Assignments:
         for key in keys:
             if key not in self._partitions:
                 p = self._partitions[key] = self._new_partition(
-                    key, self._committer.notify, self._drained
+                    key, self._committer.notify, self._drained, self._backpressure.held
                 )
                 for task in p.start():
                     self._tasks.watch(task, f"lane {p.label}")
@@ -161,7 +167,8 @@ class Assignments:
         self._m_assigned.set(len(self._partitions))
         self._draining.update((p.key, p) for p in leaving)
         try:
-            stops = {asyncio.ensure_future(p.stop(deadline.left())): p for p in leaving}
+            why = "shutdown" if reason == "shutdown" else "revoke"
+            stops = {asyncio.ensure_future(p.stop(deadline.left(), why)): p for p in leaving}
             if hold is None:
                 await asyncio.gather(*stops)
             else:
@@ -182,6 +189,7 @@ class Assignments:
         self._committer.forget(leaving)
         for p in leaving:
             p.forget()
+        self._backpressure.forget(leaving)
         # Last: a source failing to fit its prefetch must not cut the release short (the
         # partitions are no longer owned: undrained, they would run beside the next owner).
         self._backpressure.owned_changed(len(self._partitions))
@@ -249,4 +257,4 @@ class Assignments:
 
     def _drained(self, partition: Partition) -> None:
         if self._partitions.get(partition.key) is partition:  # not released meanwhile
-            self._backpressure.drained(partition, list(self._partitions.values()))
+            self._backpressure.drained(partition)

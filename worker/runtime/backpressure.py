@@ -14,6 +14,19 @@ budget. A paused partition that holds nothing at all may take one more
 fetch even over the budget (the next check pauses it again): it runs no
 batch, so nothing else would ever wake it.
 
+Buffer pressure cuts batches: partial batches waiting for their window hold
+memory, so while the budget (or a partition's own limit) is what holds
+partitions back, the oldest waiting ones are cut now (`Partition.hurry`)
+until what is left is half the budget. Waiting batches then never starve
+the rest, and the window stays an upper bound on waiting, as in Lambda.
+
+Per fetch the work is per partition the fetch touched, never per partition
+owned: the partitions report every change of their buffered bytes
+(`held`), which keeps the total and the order in which they began waiting;
+only the crossing of the budget pauses every partition, and the checks
+after it look at the partitions held back (paused, drained, waiting for
+their share) rather than at all of them.
+
 The budget is the process's, not only the pipeline's: the client's records
 fetched ahead (aiokafka keeps up to a fetch size per assigned partition) are
 part of it. On every assignment change the source is told its share,
@@ -25,7 +38,7 @@ buffers get the rest. So memory does not grow with the partition count.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable
 
 from worker.observe.metrics import Metrics
 from worker.partition.partition import Partition
@@ -51,6 +64,15 @@ class Backpressure:
         self._gauge = metrics.buffered_bytes.labels(source.name)
         self._m_pipeline = metrics.memory_bytes.labels(source.name, "pipeline_buffers")
         self._m_prefetch = metrics.memory_bytes.labels(source.name, "client_prefetch")
+        self._owned = 0
+        #: Estimated memory of every partition's buffer together.
+        self._held = 0
+        #: Partitions holding records, oldest waiting first (a dict as an ordered set).
+        self._waiting: dict[Partition, None] = {}
+        #: Paused partitions that drained (or held nothing when paused): waiting for their
+        #: share of the budget.
+        self._held_back: set[Partition] = set()
+        self._over = False
 
     @property
     def pipeline_budget_bytes(self) -> int:
@@ -61,6 +83,7 @@ class Backpressure:
         partitions owned, and the pipeline what the source does not take. With none
         owned the limits stay (a revoke is followed by the next assignment), but the client
         holds nothing: it fetches only owned partitions."""
+        self._owned = partitions
         if partitions <= 0:
             self._m_prefetch.set(0)
             return
@@ -77,37 +100,87 @@ class Backpressure:
         self._budget = self._total - prefetch
         self._m_prefetch.set(prefetch)
 
+    def held(self, partition: Partition, delta: int) -> None:
+        """The partition's buffered bytes changed by `delta` (fed, cut or dropped)."""
+        self._held += delta
+        waiting = self._waiting
+        if delta > 0:
+            if partition not in waiting:
+                waiting[partition] = None
+        else:
+            waiting.pop(partition, None)
+            if partition.buffered_bytes:  # left over: waits afresh from now
+                waiting[partition] = None
+
     def fed(self, partition: Partition, full: bool) -> None:
-        """After a chunk went into the partition's buffer."""
+        """After a chunk went into the partition's buffer: a full one pauses, and what it
+        holds is cut now rather than at the end of its window."""
         if full:
             self._pause(partition)
+            partition.hurry()
 
-    def drained(self, partition: Partition, owned: Sequence[Partition]) -> None:
+    def drained(self, partition: Partition) -> None:
         """The partition drained below its low water: resume it if its share allows."""
-        if partition.buffered_bytes <= self._half_share(len(owned)):
+        if partition.buffered_bytes <= self._half_share():
             self._resume(partition)
-        # else it resumes from a later drained() or budget check, once it holds less
+            self._held_back.discard(partition)
+        elif partition.paused:
+            self._held_back.add(partition)  # resumed by a budget check once it holds less
 
-    def apply_budget(self, owned: Sequence[Partition]) -> None:
-        """Pause every partition while all buffers together exceed the budget; else resume
-        the paused ones that drained (their own low water, half their share)."""
-        total = sum(p.buffered_bytes for p in owned)
+    def apply_budget(
+        self, touched: Iterable[Partition], owned: Callable[[], Iterable[Partition]]
+    ) -> None:
+        """After a fetch that fed `touched`. Over the budget: pause (on the crossing, every
+        partition holding records; then those the fetch fed) and cut the oldest waiting
+        batches. Under it: resume the held-back partitions that drained (their own low
+        water, half their share)."""
+        total = self._held
         self._gauge.set(total)
         self._m_pipeline.set(total)
         if total >= self._budget:
-            for p in owned:
-                if p.paused and not p.buffered_bytes and p.below_low_water():
-                    self._resume(p)  # drained: one fetch, then paused again
-                else:
+            if self._over:
+                for p in touched:
                     self._pause(p)
+                self._resume_held_back(0)  # drained to nothing: one fetch, then paused again
+            else:
+                self._over = True
+                for p in owned():
+                    self._pause(p)
+                    if not p.buffered_bytes:
+                        self._held_back.add(p)
+            self._cut_oldest(total - self._budget // 2)
             return
-        half_share = self._half_share(len(owned))
-        for p in owned:
-            if p.paused and p.below_low_water() and p.buffered_bytes <= half_share:
-                self._resume(p)
+        self._over = False
+        if self._held_back:
+            self._resume_held_back(self._half_share())
 
-    def _half_share(self, partitions: int) -> int:
-        return self._budget // max(partitions, 1) // 2
+    def _resume_held_back(self, most_bytes: int) -> None:
+        """Resume the held-back partitions below their low water holding `most_bytes` or
+        less."""
+        for p in list(self._held_back):
+            if not p.paused:
+                self._held_back.discard(p)
+            elif p.buffered_bytes <= most_bytes and p.below_low_water():
+                self._resume(p)
+                self._held_back.discard(p)
+
+    def forget(self, partitions: Iterable[Partition]) -> None:
+        """Released partitions (their buffers were emptied as they stopped)."""
+        for p in partitions:
+            self._waiting.pop(p, None)
+            self._held_back.discard(p)
+
+    def _cut_oldest(self, excess: int) -> None:
+        """Cut the partial batches that have waited longest until `excess` bytes are freed."""
+        freed = 0
+        for p in self._waiting:
+            if freed >= excess:
+                break
+            freed += p.buffered_bytes
+            p.hurry()
+
+    def _half_share(self) -> int:
+        return self._budget // max(self._owned, 1) // 2
 
     def _pause(self, partition: Partition) -> None:
         if not partition.paused:

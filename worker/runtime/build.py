@@ -8,6 +8,7 @@ through. Everything below receives its collaborators ready-made.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Hashable
 from functools import partial
 from typing import Any
@@ -132,7 +133,14 @@ class StepChain:
 class PartitionFactory:
     """Makes the `Partition` of a newly assigned key, with its own steps and metrics."""
 
-    def __init__(self, config: WorkerConfig, source: Source, metrics: Metrics, steps: StepChain):
+    def __init__(
+        self,
+        config: WorkerConfig,
+        source: Source,
+        metrics: Metrics,
+        steps: StepChain,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         b, rt = config.batching, config.runtime
         self._settings = PartitionSettings(
             batch_size=b.batch_size,
@@ -145,14 +153,16 @@ class PartitionFactory:
         self._source = source
         self._metrics = metrics
         self._steps = steps
+        self._clock = clock
 
     def __call__(
         self,
         key: Hashable,
         on_progress: Callable[[Partition], None],
         on_drained: Callable[[Partition], None],
+        on_buffered: Callable[[Partition, int], None] | None = None,
     ) -> Partition:
         name, label = self._source.name, self._source.label(key)
         return Partition(key, label, name, self._settings, self._source.traits, self._steps,
                          PartitionMetrics(self._metrics, name, label), on_progress,
-                         on_drained)  # fmt: skip
+                         on_drained, self._clock, on_buffered)  # fmt: skip

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Hashable
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from worker.config import WorkerConfig
@@ -48,10 +49,26 @@ EXIT_SOURCE_FAILED = 1
 STALLED_SHUTDOWN_S = 1.0
 
 
+def feed(chunks: Mapping[Hashable, Sequence[Any]], source: Source, owned: Assignments,
+         backpressure: Backpressure) -> None:  # fmt: skip
+    """Hand each owned partition its chunk, then check the budget: the work is per
+    partition the fetch touched, never per partition owned."""
+    touched = []
+    for key, records in chunks.items():
+        partition = owned.get(key)
+        if partition is None or not records:
+            continue  # revoked meanwhile: the next owner reads it again
+        backpressure.fed(partition, partition.feed(records))
+        partition.report_lag(source.lag(key))
+        touched.append(partition)
+    backpressure.apply_budget(touched, owned.partitions)
+
+
 class Worker:
     def __init__(self, config: WorkerConfig, source: Source | None = None,
                  handler: Callable[..., Any] | None = None, metrics: Metrics | None = None,
-                 destination: Destination | None = None) -> None:  # fmt: skip
+                 destination: Destination | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self.config, rt = config, config.runtime
         self.source = source or make_source(config.source)
         self.metrics = metrics or Metrics()
@@ -67,10 +84,10 @@ class Worker:
         self.committer = Committer(
             self.source, config.source.commit_interval_ms / 1000.0, self.metrics
         )
-        backpressure = Backpressure(self.source, rt.memory_budget_bytes, self.metrics)
-        self.backpressure = backpressure
+        self.backpressure = backpressure = Backpressure(self.source, rt.memory_budget_bytes,
+                                                        self.metrics)  # fmt: skip
         self.assignments = Assignments(
-            self.source, PartitionFactory(config, self.source, self.metrics, steps),
+            self.source, PartitionFactory(config, self.source, self.metrics, steps, clock),
             self.committer, backpressure, self.tasks, self.metrics, rt.rebalance_timeout_s,
             self.invoker, self.source.revoke_hold_s, self.request_exit,
         )  # fmt: skip
@@ -137,13 +154,7 @@ class Worker:
                 log.warning("event=poll_failed error=%r", exc)
                 await asyncio.sleep(POLL_ERROR_BACKOFF_S)
                 continue
-            for key, records in chunks.items():
-                partition = owned.get(key)
-                if partition is None or not records:
-                    continue  # revoked meanwhile: the next owner reads it again
-                backpressure.fed(partition, partition.feed(records))
-                partition.report_lag(source.lag(key))
-            backpressure.apply_budget(owned.partitions())
+            feed(chunks, source, owned, backpressure)
 
     def shutdown_budget_s(self) -> float:
         """SIGTERM: `shutdown_timeout_s`. The watchdog's exit: at once, the loop is stuck."""
