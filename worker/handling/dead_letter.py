@@ -130,6 +130,12 @@ class DeadLetter:
         self._metrics = metrics
         self._ctx = ctx
         self.guard = guard
+        # Every series an alert reads, at 0 from the start: increase() misses a counter
+        # whose first sample is already 1.
+        for reason in ("retries_exhausted", "record_age_exceeded"):
+            metrics.records_dropped.labels(ctx.source, ctx.label, reason)
+        if destination is not None:
+            metrics.destination_failures.labels(ctx.source, destination.name)
 
     def event(
         self, condition: str, records: Sequence[Record], attempts: int, failure: Failure
