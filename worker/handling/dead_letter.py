@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from worker.backoff import Backoff
 from worker.destinations.base import Destination, DestinationError, FailureEvent
 from worker.observe.metrics import Metrics
+from worker.observe.tracing import Tracing
 from worker.partition.steps import Abandoned, PartitionContext, PartitionHalted, stopped_within
 from worker.records import Record
 
@@ -124,7 +126,9 @@ class DeadLetter:
         metrics: Metrics,
         ctx: PartitionContext,
         guard: DeadLetterGuard,
+        tracing: Tracing | None = None,
     ) -> None:
+        self._tracing = tracing
         self._destination = destination
         self._backoff = backoff
         self._metrics = metrics
@@ -171,7 +175,8 @@ class DeadLetter:
         attempt = 0
         while True:
             try:
-                await self._destination.send(event)
+                with self._tracing.destination_write(name, n) if self._tracing else nullcontext():
+                    await self._destination.send(event)
                 break
             except DestinationError as exc:
                 attempt += 1

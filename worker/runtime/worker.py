@@ -65,7 +65,7 @@ class Worker:
         steps = StepChain(config, self.source, self.invoker, parse, self.destination,
                           self.metrics, errors)  # fmt: skip
         self.committer = Committer(
-            self.source, config.source.commit_interval_ms / 1000.0, self.metrics
+            self.source, config.source.commit_interval_ms / 1000.0, self.metrics, steps.tracing
         )
         backpressure = Backpressure(self.source, rt.memory_budget_bytes, self.metrics)
         self.backpressure = backpressure
