@@ -350,3 +350,18 @@ def test_the_statefulset_variant_exports_the_pod_name_for_static_membership():
     assert statefulset["spec"]["serviceName"] == one(docs, "Service")["metadata"]["name"]
     env = {e["name"]: e for e in container(statefulset)["env"]}
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_pods_agree_with_the_image(overlay: str):
+    """The Dockerfile's user, port and entry point are what the pods assume."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    final = dockerfile.rsplit("\nFROM ", 1)[1]
+    user = int(re.search(r"^USER (\d+)$", final, re.M).group(1))
+    exposed = int(re.search(r"^EXPOSE (\d+)$", final, re.M).group(1))
+    assert re.search(r'^ENTRYPOINT \["worker", "run"\]$', final, re.M)
+    for workload in of_kind(rendered(overlay), *WORKLOADS):
+        pod, c = pod_spec(workload), container(workload)
+        assert pod["securityContext"]["runAsUser"] == pod["securityContext"]["runAsGroup"] == user
+        assert c["ports"][0]["containerPort"] == exposed
+        assert "command" not in c, "the image's ENTRYPOINT runs the worker as PID 1"
