@@ -54,17 +54,7 @@ class Tracing:
         """None unless `tracing.enabled`."""
         if not config.tracing.enabled:
             return None
-        try:
-            from opentelemetry import trace
-        except ImportError:
-            raise StartError(
-                "tracing.enabled needs OpenTelemetry: pip install 'streamworker[otel]'"
-            ) from None
-        provider = trace.get_tracer_provider()
-        if not hasattr(provider, "add_span_processor"):  # the API's proxy: none set yet
-            # Flushed at exit by the SDK itself (shutdown_on_exit).
-            provider = _provider_from_environment()
-            trace.set_tracer_provider(provider)
+        provider = configure_provider()
         capped = Counter(
             "worker_trace_links_capped",
             "Records of a traced batch whose traceparent was not linked (over tracing.max_links).",
@@ -145,10 +135,32 @@ class Tracing:
         )  # fmt: skip
 
 
+def configure_provider() -> Any:
+    """The global TracerProvider: the one already set, else one from the environment
+    (flushed at exit by the SDK itself, `shutdown_on_exit`)."""
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        raise StartError(
+            "tracing.enabled needs OpenTelemetry: pip install 'streamworker[otel]'"
+        ) from None
+
+    provider = trace.get_tracer_provider()
+    if not hasattr(provider, "add_span_processor"):  # the API's proxy: none set yet
+        provider = _provider_from_environment()
+        trace.set_tracer_provider(provider)
+    return provider
+
+
 def _provider_from_environment() -> Any:
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError:
+        raise StartError(
+            "tracing.enabled needs the OpenTelemetry SDK: pip install 'streamworker[otel]'"
+        ) from None
 
     provider = TracerProvider(resource=Resource.create())
     for name in filter(None, os.environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")):
