@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 
 NPM_DIR ?= $(HOME)/.cache/streamworker/npm
 
-.PHONY: install kafka emulators system-tools demo test lint faults bench soak clean
+.PHONY: install kafka emulators system-tools k8s-tools demo test lint faults bench soak clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,6 +28,21 @@ system-tools:
 	@command -v promtool >/dev/null && command -v chromium >/dev/null || { \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus chromium >/dev/null; }
 
+# kustomize and kubeconform for the Kubernetes manifests' offline checks (tests/ops/test_kubernetes.py),
+# built from their Go modules into .bin/ (a minute or so once, then cached there).
+K8S_BIN             := $(CURDIR)/.bin
+KUSTOMIZE_VERSION   := v5.7.1
+KUBECONFORM_VERSION := v0.7.0
+k8s-tools: $(K8S_BIN)/.kustomize-$(KUSTOMIZE_VERSION) $(K8S_BIN)/.kubeconform-$(KUBECONFORM_VERSION)
+
+$(K8S_BIN)/.kustomize-$(KUSTOMIZE_VERSION):
+	GOBIN=$(K8S_BIN) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+	touch $@
+
+$(K8S_BIN)/.kubeconform-$(KUBECONFORM_VERSION):
+	GOBIN=$(K8S_BIN) go install github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION)
+	touch $@
+
 demo: install kafka
 	$(PY) -m load demo
 
@@ -35,7 +50,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: install kafka emulators system-tools lint
+test: install kafka emulators system-tools k8s-tools lint
 	$(PY) -m pytest
 
 # Issue 13's fault suite only: a three-node Kafka cluster, brokers and workers killed mid-stream.

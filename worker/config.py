@@ -196,6 +196,15 @@ class RuntimeConfig(Section):
     ] = (100_000, 50, 1000)
 
 
+class TracingConfig(Section):
+    """OpenTelemetry spans per batch and commit (extra `otel`); exporters are configured
+    through the SDK's own OTEL_* environment variables."""
+
+    enabled: bool = False
+    #: Span links per `process` span, one per record with a traceparent; the rest counted.
+    max_links: Annotated[int, Field(ge=0, le=10_000)] = 128
+
+
 class WorkerConfig(Section):
     source: SourceConfig = Field(default_factory=dict, validate_default=True)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
@@ -204,6 +213,7 @@ class WorkerConfig(Section):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
     @model_validator(mode="after")
     def _windows_need_lambda_style(self) -> WorkerConfig:

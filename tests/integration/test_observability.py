@@ -69,7 +69,8 @@ def start_prometheus(tmp: Path, target: str) -> tuple[subprocess.Popen[bytes], s
     config["scrape_configs"][0]["scrape_interval"] = "1s"
     config["scrape_configs"][0]["static_configs"] = [{"targets": [target]}]
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    shutil.copy(ROOT / "config/alerts.yml", tmp / "alerts.yml")
+    for rules in config["rule_files"]:
+        shutil.copy(ROOT / "config" / rules, tmp / rules)
     port = free_port()
     binary = shutil.which("prometheus")
     assert binary, "prometheus is not installed: run `make test` (it installs it)"

@@ -58,6 +58,7 @@ async def test_throttling_and_expired_iterators_are_ridden_out_without_loss_or_d
         seen.extend(r.sequence_number for r in batch.records)
 
     worker = Worker(cfg, source=KinesisSource(cfg.source, session), handler=handler)
+    count_calls(worker, 2)
     await run_until(worker, lambda: len(seen) >= 600, 60)
     assert len(seen) == len(set(seen)) == 600  # nothing lost, nothing twice
     assert calls["calls"] > 5
@@ -66,15 +67,25 @@ async def test_throttling_and_expired_iterators_are_ridden_out_without_loss_or_d
     assert calls_by(worker, "ok") > 0
 
 
+RESULTS = ("ok", "throttled", "expired_iterator", "error", "failed")
+
+
+def count_calls(worker: Worker, shards: int) -> None:
+    """Make worker_get_records_calls_total's series of every shard and result now, and keep
+    them: a shard's series leave the registry when it leaves (at the latest, the stop),
+    and the counts are read after that."""
+    family = worker.source._m.get_records  # type: ignore[attr-defined]
+    worker.kept_calls = {  # type: ignore[attr-defined]
+        (n, result): family.labels("kinesis", f"shardId-{n:012d}", result)
+        for n in range(shards)
+        for result in RESULTS
+    }
+
+
 def calls_by(worker: Worker, result: str) -> float:
     """worker_get_records_calls_total of one result, over every shard."""
-    return sum(
-        s.value
-        for m in worker.metrics.registry.collect()
-        if m.name == "worker_get_records_calls"
-        for s in m.samples
-        if s.labels.get("result") == result and s.name.endswith("_total")
-    )
+    kept = worker.kept_calls  # type: ignore[attr-defined]
+    return sum(c._value.get() for (_, r), c in kept.items() if r == result)
 
 
 def client_error(code: str, status: int) -> ClientError:
@@ -109,6 +120,7 @@ async def test_get_records_failures_that_may_pass_are_retried_without_loss_or_du
         seen.extend(r.sequence_number for r in batch.records)
 
     worker = Worker(cfg, source=KinesisSource(cfg.source, session), handler=handler)
+    count_calls(worker, 2)
     await run_until(worker, lambda: len(seen) >= 600, 60)
     assert len(seen) == len(set(seen)) == 600  # nothing lost, nothing twice
     assert calls_by(worker, "error") == 3 and calls_by(worker, "ok") > 0
@@ -137,6 +149,7 @@ async def test_a_get_records_error_that_will_not_pass_makes_the_worker_not_ready
         return None
 
     worker = Worker(cfg, source=KinesisSource(cfg.source, session), handler=handler)
+    count_calls(worker, 1)
     code = await asyncio.wait_for(worker.serve(), 30)
     crashed = worker.tasks.crashed
     assert code == 1

@@ -193,6 +193,22 @@ MUTANTS: tuple[Mutant, ...] = (
         ),
     ),
     Mutant(
+        "partition_counters_kept",
+        "Metrics.forget_partition removes a leaving partition's gauges but keeps its "
+        "counters: a pod goes on exporting a partition it no longer owns, and sums across "
+        "pods (an autoscaler's, a dashboard's) count it twice during a rebalance",
+        (
+            _node(
+                "integration/test_kafka_scale_out",
+                "test_a_partition_that_moves_leaves_no_series_behind_and_an_idle_pod_is_ready",
+            ),
+            _node(
+                "unit/test_dlq_guard",
+                "test_a_revoked_partition_leaves_no_series_behind_halted_included",
+            ),
+        ),
+    ),
+    Mutant(
         "release_beside_running_thread",
         "Assignments.release lets a revoked partition go at the deadline while a handler "
         "thread of it still runs: the next owner handles the same records beside the "

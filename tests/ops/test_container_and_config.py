@@ -81,8 +81,17 @@ def test_prometheus_config_and_alert_rules_are_valid():
     promtool = tool("promtool")
     result = run(promtool, "check", "config", "config/prometheus.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    result = run(promtool, "check", "rules", "config/alerts.yml")
+    result = run(promtool, "check", "rules", "config/alerts.yml", "config/recording.yml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_kafka_exporter_style_lag_rules_pass_their_unit_tests():
+    """kafka_consumergroup_lag{consumergroup,topic,partition} and _sum, from our series."""
+    rules = set(re.findall(r"- record: (\w+)", (ROOT / "config/recording.yml").read_text()))
+    assert rules == {"kafka_consumergroup_lag", "kafka_consumergroup_lag_sum"}
+    result = run(tool("promtool"), "test", "rules", "config/recording.test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
 
 
 def test_every_alert_has_a_unit_test_and_they_pass():

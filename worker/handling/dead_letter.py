@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from worker.backoff import Backoff
 from worker.destinations.base import Destination, DestinationError, FailureEvent
 from worker.observe.metrics import Metrics
+from worker.observe.tracing import Tracing
 from worker.partition.steps import Abandoned, PartitionContext, PartitionHalted, stopped_within
 from worker.records import Record
 
@@ -124,12 +126,20 @@ class DeadLetter:
         metrics: Metrics,
         ctx: PartitionContext,
         guard: DeadLetterGuard,
+        tracing: Tracing | None = None,
     ) -> None:
+        self._tracing = tracing
         self._destination = destination
         self._backoff = backoff
         self._metrics = metrics
         self._ctx = ctx
         self.guard = guard
+        # Every series an alert reads, at 0 from the start: increase() misses a counter
+        # whose first sample is already 1.
+        for reason in ("retries_exhausted", "record_age_exceeded"):
+            metrics.records_dropped.labels(ctx.source, ctx.label, reason)
+        if destination is not None:
+            metrics.destination_failures.labels(ctx.source, destination.name)
 
     def event(
         self, condition: str, records: Sequence[Record], attempts: int, failure: Failure
@@ -165,7 +175,8 @@ class DeadLetter:
         attempt = 0
         while True:
             try:
-                await self._destination.send(event)
+                with self._tracing.destination_write(name, n) if self._tracing else nullcontext():
+                    await self._destination.send(event)
                 break
             except DestinationError as exc:
                 attempt += 1

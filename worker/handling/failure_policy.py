@@ -42,6 +42,7 @@ from worker.handling.partial import InvalidResponse, failed_indexes
 from worker.handling.raised_at import raised_at
 from worker.observe.errors import RecentErrors, shown_error
 from worker.observe.metrics import Metrics, PartitionMetrics
+from worker.observe.tracing import Tracing
 from worker.observe.view import RetryingBatch
 from worker.partition.steps import Abandoned, PartitionContext, stopped_within
 from worker.records import Batch, Record
@@ -142,7 +143,9 @@ class FailurePolicy:
         record_timestamp_ms: Callable[[Record], int],
         parse_result: ResultParser = failed_indexes,
         clock: Callable[[], float] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        self._tracing = tracing
         self._invoker = invoker
         self._timestamp_ms = record_timestamp_ms
         self._max_retries = errors.maximum_retry_attempts
@@ -185,7 +188,10 @@ class FailurePolicy:
         pending: deque[_Piece] = deque([_Piece(batch.records)])
         retry = _ShownRetry(self._ctx.metrics)
         try:
-            return await self._resolve(batch, mode, pending, retry)
+            if self._tracing is None or not batch.records:
+                return await self._resolve(batch, mode, pending, retry)
+            with self._tracing.process(batch):
+                return await self._resolve(batch, mode, pending, retry)
         finally:
             retry.over()
 
@@ -206,7 +212,11 @@ class FailurePolicy:
                 if records is batch.records
                 else Batch(records, batch.source, batch.partition, batch.window)
             )
-            outcome = await self.invoke_counted(piece_batch)
+            if self._tracing is None:
+                outcome = await self.invoke_counted(piece_batch)
+            else:
+                with self._tracing.attempt(len(records), len(batch.records), piece.attempts):
+                    outcome = await self.invoke_counted(piece_batch)
             failure, failed = mode.judge(outcome, records)
             if failure is None:
                 retry.over()

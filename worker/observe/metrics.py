@@ -6,16 +6,16 @@ only `source`, so their series count does not grow with partitions. Updates
 happen once per batch or per poll, never per record. A source adds the
 families only it sees (`worker.sources.kinesis.metrics`) to the same registry.
 
-Every per-partition gauge is made through `partition_gauge`, so that when a
-partition leaves, all of its gauges go with it (a stale `halted = 1` on a pod
-that no longer owns the partition would page someone, and a sum across pods
-would count it twice). Per-partition counters stay: each counts what this
-process did, and Prometheus' rate() reads a series that stops as it should.
+Every per-partition family is made through `partition_gauge` or
+`partition_counter`, so that when a partition leaves, all of its series go
+with it, counters too: a stale `halted = 1` or lag on a pod that no longer owns
+the partition would page someone, and a sum across pods during a rebalance
+(what an autoscaler reads) would count the partition twice. A counter that
+comes back with the partition starts from 0, which rate() reads as a reset.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 from prometheus_client import (
@@ -46,67 +46,53 @@ _SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
-        self._partition_gauges: list[Gauge] = []
+        self._per_partition: list[Counter | Gauge] = []
         #: The partitions' metrics now owned, by source (`worker_inflight_batches` sums them).
         self._owned: dict[str, set[PartitionMetrics]] = {}
-        self.records_polled = Counter(
-            "worker_records_polled", "Records read from the source.", _P, registry=r
+        self.records_polled = self.partition_counter(
+            "worker_records_polled",
+            "Records read from the source.",
         )
-        self.records_filtered = Counter(
+        self.records_filtered = self.partition_counter(
             "worker_records_filtered",
             "Records that matched no filter pattern: committed, never invoked.",
-            _P,
-            registry=r,
         )
-        self.records_invoked = Counter(
+        self.records_invoked = self.partition_counter(
             "worker_records_invoked",
             "Records passed to the handler; counted again on every retry.",
-            _P,
-            registry=r,
         )
-        self.records_failed = Counter(
+        self.records_failed = self.partition_counter(
             "worker_records_failed",
             "Records in invocations that failed (error, timeout or reported item failure).",
-            _P,
-            registry=r,
         )
-        self.records_committed = Counter(
+        self.records_committed = self.partition_counter(
             "worker_records_committed",
             "Records whose position was checkpointed at the source.",
-            _P,
-            registry=r,
         )
-        self.batches = Counter(
+        self.batches = self.partition_counter(
             "worker_batches",
             "Handler invocations by outcome: success, partial (item failures), error, timeout.",
-            (*_P, "outcome"),
-            registry=r,
+            "outcome",
         )
-        self.batches_cut = Counter(
+        self.batches_cut = self.partition_counter(
             "worker_batches_cut",
             "Batches cut from a partition's buffer, by reason: size, bytes (full), window "
             "(its window ended), pressure (cut early: the memory budget or the partition's "
             "buffer limit was reached), revoke, shutdown (dropped uninvoked, read again).",
-            (*_P, "reason"),
-            registry=r,
+            "reason",
         )
-        self.records_dead_lettered = Counter(
+        self.records_dead_lettered = self.partition_counter(
             "worker_records_dead_lettered",
             "Records the on-failure destination acknowledged (retries or age exhausted).",
-            _P,
-            registry=r,
         )
-        self.records_dropped = Counter(
+        self.records_dropped = self.partition_counter(
             "worker_records_dropped",
             "Records given up with no destination configured, by reason.",
-            (*_P, "reason"),
-            registry=r,
+            "reason",
         )
-        self.bisections = Counter(
+        self.bisections = self.partition_counter(
             "worker_bisections",
             "Failed batches split in two to isolate a failing record.",
-            _P,
-            registry=r,
         )
         self.destination_failures = Counter(
             "worker_destination_delivery_failures",
@@ -120,8 +106,9 @@ class Metrics:
             ("destination",),
             registry=r,
         )
-        self.retries = Counter(
-            "worker_retries", "Invocations that were retries of a failed batch.", _P, registry=r
+        self.retries = self.partition_counter(
+            "worker_retries",
+            "Invocations that were retries of a failed batch.",
         )
         self.handler_duration = Histogram(
             "worker_handler_duration_seconds",
@@ -188,19 +175,15 @@ class Metrics:
             "worker_partition_paused",
             "1 while the partition is paused because its buffer is full.",
         )
-        self.window_early_records = Counter(
+        self.window_early_records = self.partition_counter(
             "worker_window_early_records",
             "Records stamped more than a window width ahead of the wall clock: tumbling "
             "windows place them by the wall clock instead (they are not lost).",
-            _P,
-            registry=r,
         )
-        self.handler_overruns = Counter(
+        self.handler_overruns = self.partition_counter(
             "worker_handler_overruns",
             "Handler calls still running past handler.timeout_s (threads cannot be stopped): "
             "the partition waits for each to return before its next call.",
-            _P,
-            registry=r,
         )
         self.handler_overrunning = Gauge(
             "worker_handler_overrunning_calls",
@@ -232,6 +215,8 @@ class Metrics:
             ("source",),
             registry=r,
         )
+        # The one per-partition family kept when the partition leaves: it counts the
+        # leaving itself, so it is only ever read after the partition has gone.
         self.revoke_blocked = Counter(
             "worker_revoke_blocked",
             "Revoked partitions held past runtime.rebalance_timeout_s because a handler call "
@@ -256,7 +241,7 @@ class Metrics:
     def partition_gauge(self, name: str, documentation: str) -> Gauge:
         """A gauge labelled by source and partition, removed when the partition leaves."""
         gauge = Gauge(name, documentation, PARTITION_LABELS, registry=self.registry)
-        self._partition_gauges.append(gauge)
+        self._per_partition.append(gauge)
         return gauge
 
     def owned(self, partition: PartitionMetrics) -> None:
@@ -272,11 +257,18 @@ class Metrics:
     def disowned(self, partition: PartitionMetrics) -> None:
         self._owned.get(partition.source, set()).discard(partition)
 
+    def partition_counter(self, name: str, documentation: str, *extra: str) -> Counter:
+        """A counter labelled by source, partition and `extra`, removed when the partition
+        leaves (every series of it, whatever the `extra` labels)."""
+        counter = Counter(name, documentation, (*PARTITION_LABELS, *extra), registry=self.registry)
+        self._per_partition.append(counter)
+        return counter
+
     def forget_partition(self, source: str, partition: str) -> None:
-        """Remove every per-partition gauge of a partition this worker no longer owns."""
-        for gauge in self._partition_gauges:
-            with contextlib.suppress(KeyError):
-                gauge.remove(source, partition)
+        """Remove every per-partition series of a partition this worker no longer owns."""
+        labels = {"source": source, "partition": partition}
+        for family in self._per_partition:
+            family.remove_by_labels(labels)
 
 
 class PartitionMetrics:

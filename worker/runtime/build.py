@@ -28,6 +28,7 @@ from worker.lambda_compat.shapes import shape_of
 from worker.lambda_compat.windows import TumblingWindows
 from worker.observe.errors import RecentErrors
 from worker.observe.metrics import Metrics, PartitionMetrics
+from worker.observe.tracing import Tracing
 from worker.partition.partition import Partition, PartitionSettings
 from worker.partition.steps import PartitionContext, Step
 from worker.sources.base import Source
@@ -92,6 +93,8 @@ class StepChain:
         metrics: Metrics,
         recent_errors: RecentErrors,
     ) -> None:
+        #: Spans of batches and commits (None: off), which the committer shares.
+        self.tracing = self._tracing = Tracing.from_config(config, metrics)
         self._config = config
         self._source = source
         self._timestamp_ms = source.traits.timestamp_ms
@@ -117,10 +120,16 @@ class StepChain:
         else:
             guard = DeadLetterGuard(e.max_dead_letter_ratio, e.max_consecutive_dead_letters)
         dead_letter = DeadLetter(
-            self._destination, Backoff(*e.retry_backoff_ms), self._metrics, ctx, guard
+            self._destination,
+            Backoff(*e.retry_backoff_ms),
+            self._metrics,
+            ctx,
+            guard,
+            self._tracing,
         )
         policy = FailurePolicy(self._invoker, e, dead_letter, ctx, self._metrics,
-                               self._recent_errors, self._timestamp_ms, self._parse)  # fmt: skip
+                               self._recent_errors, self._timestamp_ms, self._parse,
+                               tracing=self._tracing)  # fmt: skip
         step: Step = policy
         if b.tumbling_window_s:
             grace_s = max(1.0, b.maximum_batching_window_ms / 1000.0)

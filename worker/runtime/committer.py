@@ -15,8 +15,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 
 from worker.observe.metrics import Metrics
+from worker.observe.tracing import Tracing
 from worker.partition.partition import Partition
 from worker.sources.base import OwnershipLost, Source
 
@@ -28,8 +30,11 @@ COMMIT_TIMEOUT_S = 10.0
 
 
 class Committer:
-    def __init__(self, source: Source, interval_s: float, metrics: Metrics) -> None:
+    def __init__(
+        self, source: Source, interval_s: float, metrics: Metrics, tracing: Tracing | None = None
+    ) -> None:
         self._source = source
+        self._tracing = tracing
         self._interval_s = interval_s
         self._failures = metrics.commit_failures.labels(source.name)
         self._refused = metrics.commits_refused.labels(source.name)
@@ -66,7 +71,9 @@ class Committer:
                 return await self._flush_notes()
             try:
                 async with asyncio.timeout(COMMIT_TIMEOUT_S):
-                    await self._source.commit({p.key: position for p, (position, _) in moved})
+                    span = self._tracing.commit(len(moved)) if self._tracing else nullcontext()
+                    with span:
+                        await self._source.commit({p.key: pos for p, (pos, _) in moved})
             except OwnershipLost as exc:
                 # Those partitions were taken away (a rebalance, a lost lease): their work
                 # past the last commit will be redone by the new owner. The others of the

@@ -8,6 +8,7 @@ import logging
 import time
 
 from worker.config import WorkerConfig
+from worker.observe.tracing import configure_provider
 from worker.runtime.deadline import Backstop
 from worker.runtime.signals import Signals
 from worker.runtime.worker import Worker
@@ -35,6 +36,9 @@ def tune_gc(config: WorkerConfig) -> None:
 def run(config: WorkerConfig) -> int:
     """Run the worker on uvloop until a signal; returns the process exit code."""
     import uvloop
+
+    if config.tracing.enabled:  # before any client exists: a bad exporter leaves none open
+        configure_provider()
 
     async def main() -> int:
         worker = Worker(config)

@@ -82,7 +82,7 @@ class Worker:
         steps = StepChain(config, self.source, self.invoker, parse, self.destination,
                           self.metrics, errors)  # fmt: skip
         self.committer = Committer(
-            self.source, config.source.commit_interval_ms / 1000.0, self.metrics
+            self.source, config.source.commit_interval_ms / 1000.0, self.metrics, steps.tracing
         )
         self.backpressure = backpressure = Backpressure(self.source, rt.memory_budget_bytes,
                                                         self.metrics)  # fmt: skip
@@ -140,6 +140,7 @@ class Worker:
 
     async def main_loop(self) -> None:
         source, owned, backpressure = self.source, self.assignments, self.backpressure
+        poll_errors = self.metrics.poll_errors.labels(source.name)  # at 0 from the start
         while not self.should_exit.is_set():
             try:
                 chunks = await source.fetch(FETCH_TIMEOUT_S)
@@ -150,7 +151,7 @@ class Worker:
                 self.request_exit(EXIT_SOURCE_FAILED)
                 break
             except Exception as exc:  # the client retries internally; keep going
-                self.metrics.poll_errors.labels(source.name).inc()
+                poll_errors.inc()
                 log.warning("event=poll_failed error=%r", exc)
                 await asyncio.sleep(POLL_ERROR_BACKOFF_S)
                 continue

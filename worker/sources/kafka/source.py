@@ -132,6 +132,14 @@ class KafkaSource:
             registry=metrics.registry,
         ).labels(self.name)
         self._reach = Reachability(on_change=away.set)
+        # The group's name, for the recording rules that turn worker_offset_lag_records into
+        # kafka_consumergroup_lag{consumergroup, topic, partition} (config/recording.yml).
+        Gauge(
+            "worker_kafka_consumer_group_info",
+            "Always 1: the consumer group this worker belongs to, as a label.",
+            ("source", "consumergroup"),
+            registry=metrics.registry,
+        ).labels(self.name, self._config.group_id).set(1)
 
     async def start(self, listener: AssignmentListener) -> None:
         await check_source(self._config)  # else aiokafka waits on a missing topic for ever

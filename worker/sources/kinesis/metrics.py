@@ -2,14 +2,14 @@
 
 Registered on the worker's registry when the source is attached, so a Kafka
 worker exports none of them. `behind_latest` is a per-partition gauge of the
-core's kind: it is removed with the shard's other series when the shard leaves.
+core's kind: it and `get_records` go with the shard's other series when the shard leaves.
 """
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-from worker.observe.metrics import PARTITION_LABELS, Metrics
+from worker.observe.metrics import Metrics
 
 
 class KinesisMetrics:
@@ -32,13 +32,12 @@ class KinesisMetrics:
             "worker_behind_latest_seconds",
             "Kinesis MillisBehindLatest of the last GetRecords, as seconds, per shard.",
         )
-        self.get_records = Counter(
+        self.get_records = metrics.partition_counter(
             "worker_get_records_calls",
             "Kinesis GetRecords calls, by result: ok, throttled, expired_iterator, error "
             "(retried: a 500, a network failure), failed (not retryable: the worker stops), "
             "trimmed (records past the checkpoint expired unread: lost, read on from the oldest).",
-            (*PARTITION_LABELS, "result"),
-            registry=r,
+            "result",
         )
         self.checkpoints = Counter(
             "worker_checkpoint_writes",
