@@ -31,3 +31,29 @@ def expired() -> tuple[str, float]:
     return f"{_part({'alg': 'none'})}.{_part({'sub': 'alice', 'iat': now, 'exp': now + 1})}.", (
         now + 1
     )
+
+
+def raises() -> tuple[str, float]:
+    """A hook whose token service is down."""
+    raise RuntimeError("token service unavailable")
+
+
+def garbage() -> dict:
+    """A hook that returns the wrong type."""
+    return {"token": "x"}
+
+
+def hangs() -> tuple[str, float]:
+    """A plain hook stuck on the network for ever (a thread that never returns)."""
+    import threading
+
+    threading.Event().wait()
+    raise AssertionError("unreachable")
+
+
+async def never() -> tuple[str, float]:
+    """An async hook that never returns."""
+    import asyncio
+
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")

@@ -14,7 +14,7 @@ import pytest
 
 from worker.cli import main
 from worker.sources.kafka.config import KafkaSourceConfig
-from worker.sources.kafka.oauth import RefreshingTokenProvider
+from worker.sources.kafka.oauth import RefreshingTokenProvider, TokenHookFailed
 from worker.sources.kafka.security import client_kwargs
 
 
@@ -54,7 +54,7 @@ def test_an_async_hook_is_awaited_and_a_bad_return_is_named():
 
     assert asyncio.run(RefreshingTokenProvider(good, "m:good").token()) == "t"
     bad = RefreshingTokenProvider(lambda: "just-a-token", "m:bad")
-    with pytest.raises(TypeError, match=r"'m:bad' returned a str: it must return \(token"):
+    with pytest.raises(TokenHookFailed, match=r"'m:bad' returned a str: it must return \(token"):
         asyncio.run(bad.token())
 
 
@@ -137,3 +137,39 @@ def test_msk_iam_needs_a_region(tmp_path, capsys, monkeypatch):
     assert main(["check-config", "--config", str(path), "--set", "handler.target=m:f"]) == 2
     (error,) = capsys.readouterr().err.strip().splitlines()
     assert "no AWS region: set source.sasl_aws_region" in error
+
+
+@pytest.mark.parametrize(
+    ("result", "said"),
+    [
+        (("t", float("nan")), "returned a tuple"),  # NaN: `now >= nan` is never true
+        (("t", True), "returned a tuple"),
+        (("t", float("inf")), "returned a tuple"),
+    ],
+)
+def test_an_expiry_that_is_not_a_finite_number_is_refused(result, said):
+    provider = RefreshingTokenProvider(lambda: result, "m:odd")
+    with pytest.raises(TokenHookFailed, match=said):
+        asyncio.run(provider.token())
+
+
+def test_a_hook_that_raises_or_hangs_is_one_bounded_line_and_holds_no_thread(monkeypatch):
+    import threading
+
+    from worker.sources.kafka import oauth
+
+    def raising() -> tuple[str, float]:
+        raise RuntimeError("secret=" + "s" * 5000)
+
+    with pytest.raises(TokenHookFailed) as raised:
+        asyncio.run(RefreshingTokenProvider(raising, "m:raising").token())
+    assert str(raised.value).startswith("source.sasl_oauth_token_provider = 'm:raising' raised")
+    assert len(str(raised.value)) < 300
+
+    monkeypatch.setattr(oauth, "TOKEN_TIMEOUT_S", 0.2)
+    stuck = threading.Event()
+    with pytest.raises(TokenHookFailed, match="'m:stuck' did not return a token within 0.2 s"):
+        asyncio.run(RefreshingTokenProvider(stuck.wait, "m:stuck").token())
+    hook_threads = [t for t in threading.enumerate() if t.name == "oauth token hook"]
+    assert hook_threads and all(t.daemon for t in hook_threads)  # exit does not wait for it
+    stuck.set()

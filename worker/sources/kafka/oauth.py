@@ -9,6 +9,13 @@ each new connection, and a broker that enforces a session's lifetime
 connection must bring a token that is still valid. A plain function runs in a thread:
 a signer may call out to the network for credentials.
 
+A hook that raises, returns something else or does not return within
+`TOKEN_TIMEOUT_S` is a `TokenHookFailed`: a connection error to aiokafka (a new
+connection mid-run is retried, as for a broker that is away), and at the start one
+line naming the provider, at once (the preflight does not wait it out). A plain hook
+runs in a daemon thread of its own: one stuck for ever must not keep the process
+from exiting (the default executor's threads are joined at exit).
+
 `aws_msk_iam` is Amazon MSK's IAM authentication: the token is the signature that
 `aws-msk-iam-sasl-signer-python` makes (install `streamworker[msk]`), for the region
 in `source.sasl_aws_region` or the standard AWS chain (AWS_REGION, the profile), with
@@ -18,24 +25,42 @@ the standard AWS credentials. Neither the credentials nor a token is ever logged
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
+import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from aiokafka.abc import AbstractTokenProvider
+from aiokafka.errors import KafkaConnectionError
 
 MSK_IAM = "aws_msk_iam"
 #: The share of a token's life after which the next connection gets a new one.
 REFRESH_AT = 0.8
+#: How long one call of the hook may take: inside the preflight's 5 s for one attempt,
+#: so a stuck hook is named as such, not as a broker that does not answer.
+TOKEN_TIMEOUT_S = 4.0
+#: Of a hook's own exception message, what the line keeps (it may quote a secret).
+_HOOK_MESSAGE_CHARS = 200
 
 TokenHook = Callable[[], Any]
 
 
 class TokenProviderError(ValueError):
     """The provider setting names nothing usable; the message says what and why."""
+
+
+class TokenHookFailed(KafkaConnectionError):
+    """The hook raised, returned garbage or hung; the message names the provider.
+
+    A `KafkaConnectionError` so that aiokafka treats it as a failed connection."""
+
+    def __str__(self) -> str:  # KafkaError's prefixes its class name
+        return str(self.args[0]) if self.args else ""
 
 
 def load_hook(spec: str, region: str | None = None) -> TokenHook:
@@ -113,20 +138,62 @@ class RefreshingTokenProvider(AbstractTokenProvider):
         return self._token
 
     async def _fetch(self) -> None:
-        if inspect.iscoroutinefunction(self._hook):
-            result = await self._hook()
-        else:
-            result = await asyncio.to_thread(self._hook)
-        if inspect.isawaitable(result):
-            result = await result
-        token, expires_at = _checked(result, self.name)
+        named = f"source.sasl_oauth_token_provider = {self.name!r}"
+        try:
+            async with asyncio.timeout(TOKEN_TIMEOUT_S):
+                result = await self._call()
+        except TimeoutError:
+            raise TokenHookFailed(
+                f"{named} did not return a token within {TOKEN_TIMEOUT_S:g} s"
+            ) from None
+        except Exception as exc:  # the user's hook: whatever it raises
+            said = str(exc)[:_HOOK_MESSAGE_CHARS]
+            raise TokenHookFailed(f"{named} raised {type(exc).__name__}: {said}") from None
+        try:
+            token, expires_at = _checked(result, self.name)
+        except TypeError as exc:
+            raise TokenHookFailed(str(exc)) from None
         now = self._clock()
         self._token = token
         self._refresh_after = now + max(expires_at - now, 0.0) * REFRESH_AT
         self.fetched += 1
 
+    async def _call(self) -> Any:
+        if inspect.iscoroutinefunction(self._hook):
+            result = await self._hook()
+        else:
+            result = await _in_daemon_thread(self._hook)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
     def __repr__(self) -> str:  # never the token
         return f"RefreshingTokenProvider({self.name!r})"
+
+
+async def _in_daemon_thread(hook: TokenHook) -> Any:
+    """`hook()` in a thread of its own that does not hold the process at exit."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = hook(), None
+        except BaseException as exc:  # handed to the awaiting task
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed while the hook ran
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="oauth token hook", daemon=True).start()
+    return await done
 
 
 def _checked(result: Any, name: str) -> tuple[str, float]:
@@ -135,10 +202,12 @@ def _checked(result: Any, name: str) -> tuple[str, float]:
         and len(result) == 2
         and isinstance(result[0], str)
         and isinstance(result[1], int | float)
+        and not isinstance(result[1], bool)
+        and math.isfinite(result[1])
     )
     if not ok:
         raise TypeError(
             f"source.sasl_oauth_token_provider = {name!r} returned a {type(result).__name__}: "
-            "it must return (token: str, expires_at: epoch seconds)"
+            "it must return (token: str, expires_at: epoch seconds, a finite number)"
         )
     return result[0], float(result[1])

@@ -42,6 +42,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from worker.backoff import Backoff
 from worker.sources.base import SourceStartError
 from worker.sources.kafka.config import KafkaSourceConfig
+from worker.sources.kafka.oauth import TokenHookFailed
 from worker.sources.kafka.security import auth_failure_message, client_kwargs, refused_auth
 from worker.sources.kafka.tls_reasons import TlsRefused, reason_for
 
@@ -154,6 +155,9 @@ async def connected_client(
             await client.close()
             if seen.auth_failed:
                 raise AuthRefused(servers_of(connection)) from None
+            for _, _, error in seen.failed:  # the user's token hook: waiting does not cure it
+                if isinstance(error, TokenHookFailed):
+                    raise TokenHookFailed(str(error)) from None
             tls = await reason_for(seen.failed, connection)
             if tls is not None:
                 raise TlsRefused(tls) from None
@@ -254,7 +258,7 @@ async def topics_problem(
         missing = await topics_missing_at(connection, topics, timeout_s, what)
     except AuthRefused:
         return f"{prefix}: {auth_failure_message(connection)}"
-    except TlsRefused as exc:
+    except (TlsRefused, TokenHookFailed) as exc:
         return f"{prefix}: {exc}"
     except BrokerUnreachable as exc:
         waited = f" (waited up to {timeout_setting} = {timeout_s:g})" if timeout_setting else ""
