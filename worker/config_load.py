@@ -68,12 +68,12 @@ def load_config(
     for name, raw in sorted((environ or {}).items()):
         if name.startswith(ENV_PREFIX):
             dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
-            _put(tree, dotted, parse_scalar(raw), f"environment {name}")
+            _put(tree, dotted, _scalar(dotted, raw), f"environment {name}")
     for item in overrides:
         dotted, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError([f"--set {item}: expected section.key=value"])
-        _put(tree, dotted.strip(), parse_scalar(raw.strip()), f"--set {item}")
+        _put(tree, dotted.strip(), _scalar(dotted.strip(), raw.strip()), f"--set {item}")
     try:
         config = WorkerConfig.model_validate(tree)
     except ValidationError as exc:
@@ -142,22 +142,44 @@ def describe_errors(exc: ValidationError, tree: dict[str, Any]) -> list[str]:
     for err in exc.errors(include_url=False):
         loc = _user_loc(err["loc"])
         key = ".".join(str(p) for p in loc) or "(top level)"
-        value = _lookup(tree, loc)
+        value = _shown(key, _lookup(tree, loc))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "union_tag_invalid":
             kinds = ", ".join(repr(k) for k, m in SOURCE_MODELS.items() if m.standalone)
             lines.append(f"{key}.kind = {_lookup(tree, (*loc, 'kind'))!r}: must be one of {kinds}")
         elif err["type"] == "extra_forbidden":
             allowed = ", ".join(_allowed_keys(loc, tree)) or "none"
-            lines.append(f"{key} = {value!r}: unknown key (allowed here: {allowed})")
+            lines.append(f"{key} = {value}: unknown key (allowed here: {allowed})")
         elif err["type"] == "missing":
             lines.append(f"{key}: required")
         elif not loc or msg.startswith((f"{key}:", f"{key}.")):  # the message names its key
             lines.append(msg)
         else:
             bound = err["type"] in ("greater_than_equal", "less_than_equal", "greater_than")
-            lines.append(f"{key} = {value!r}: {msg}{_range(loc, tree) if bound else ''}")
+            lines.append(f"{key} = {value}: {msg}{_range(loc, tree) if bound else ''}")
     return lines
+
+
+#: A key naming any of these holds a secret (or, misspelt, may): its value is never shown.
+_SECRET_WORDS = ("password", "passwd", "pasw", "pwd", "secret", "token", "credential")
+
+
+def _secret(key: str) -> bool:
+    name = key.rpartition(".")[2].lower()
+    return any(word in name for word in _SECRET_WORDS) and not name.endswith("_provider")
+
+
+def _scalar(key: str, raw: str) -> Any:
+    """An override's value: a secret's is its text as given (an all-digit password is a
+    password, not a number); anything else is read as a TOML value."""
+    return raw if _secret(key) else parse_scalar(raw)
+
+
+def _shown(key: str, value: Any) -> str:
+    """The value as an error line shows it: `***` for a secret's, whatever its type (an
+    all-digit password read from the environment or --set arrives as a number and used to
+    be echoed in the line that refused it)."""
+    return "***" if _secret(key) else repr(value)
 
 
 def _user_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:

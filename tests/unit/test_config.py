@@ -131,3 +131,23 @@ def test_values_that_would_hang_or_kill_a_worker_are_refused_with_their_range():
         line.startswith("runtime.max_buffered_records") and "1000000" in line for line in lines
     )
     assert load_config(None, ['source.topics=["t"]', "runtime.stall_timeout_s=0"], {})
+
+
+def test_a_secret_is_never_echoed_and_an_all_digit_password_is_a_password(tmp_path):
+    """A password read from the environment or --set used to arrive as a number, be refused,
+    and be printed in the line that refused it; a misspelt key echoed its value too."""
+    config = load_config(None, ['source.topics=["t"]'],
+                         {"WORKER__SOURCE__SASL_PLAIN_PASSWORD": "123456"})  # fmt: skip
+    assert config.source.sasl_plain_password.get_secret_value() == "123456"
+    with pytest.raises(ConfigError) as err:  # a path, never a file descriptor
+        load_config(None, ['source.topics=["t"]', "source.sasl_plain_password_file=3"], {})
+    assert "'3'" in err.value.problems[0] and "No such file" in err.value.problems[0]
+    for override in ("source.sasl_plain_pasword=hunter2", "source.secret_tokn=[1,2]"):
+        with pytest.raises(ConfigError) as err:
+            load_config(None, ['source.topics=["t"]', override], {})
+        text = "\n".join(err.value.problems)
+        assert "hunter2" not in text and "[1, 2]" not in text and "= ***:" in text
+    path = write(tmp_path, '[source]\ntopics=["t"]\nsasl_plain_password=123456\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "123456" not in "\n".join(err.value.problems)

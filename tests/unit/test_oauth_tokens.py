@@ -168,7 +168,7 @@ def test_a_hook_that_raises_or_hangs_is_one_bounded_line_and_holds_no_thread(mon
 
     monkeypatch.setattr(oauth, "TOKEN_TIMEOUT_S", 0.2)
     stuck = threading.Event()
-    with pytest.raises(TokenHookFailed, match="'m:stuck' did not return a token within 0.2 s"):
+    with pytest.raises(TokenHookFailed, match=r"'m:stuck' did not return a token within 0\.2 s"):
         asyncio.run(RefreshingTokenProvider(stuck.wait, "m:stuck").token())
     hook_threads = [t for t in threading.enumerate() if t.name == "oauth token hook"]
     assert hook_threads and all(t.daemon for t in hook_threads)  # exit does not wait for it
