@@ -153,3 +153,25 @@ async def test_status_page_off_serves_only_metrics_and_the_probes(capsys):
     assert codes["/"] == 404 and codes["/status.json"] == 404
     assert codes["/metrics"] == 200
     assert codes["/healthz"] in (200, 503) and codes["/readyz"] in (200, 503)
+
+
+async def test_a_crashed_tasks_reason_on_readiness_is_cut_like_every_shown_error():
+    """/readyz is served even with the status page off: a task that died of an error quoting
+    a record showed the whole message there."""
+    import asyncio
+
+    from worker.runtime.tasks import TaskSupervisor
+
+    value = "v" * 1000
+    exits: list[int] = []
+    tasks = TaskSupervisor(exits.append)
+
+    async def dies() -> None:
+        raise ValueError(f"bad record {value}")
+
+    task = tasks.spawn(dies(), "reader")
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert exits == [1] and tasks.crashed is not None
+    assert tasks.crashed.startswith("task reader died: ValueError: bad record ")
+    assert "v" * 201 not in tasks.crashed and "characters, cut" in tasks.crashed

@@ -12,6 +12,8 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from worker.observe.errors import shown_error
+
 log = logging.getLogger("worker")
 
 EXIT_TASK_CRASHED = 1
@@ -38,7 +40,10 @@ class TaskSupervisor:
             if t.cancelled() or (error := t.exception()) is None:
                 return
             log.error("event=task_crashed task=%s error=%r", name, str(error), exc_info=error)
-            self.crashed = self.crashed or f"task {name} died: {type(error).__name__}: {error}"
+            # Served on /readyz and the status page: cut as every shown error is (the log
+            # line above has it whole).
+            shown = shown_error(type(error).__name__, str(error))
+            self.crashed = self.crashed or f"task {name} died: {shown}"
             self._on_crash(EXIT_TASK_CRASHED)
 
         task.add_done_callback(done)
