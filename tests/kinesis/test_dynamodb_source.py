@@ -71,6 +71,16 @@ async def wait_checkpointed(dynamodb: Emulator, leases: str, done, timeout_s: fl
         await asyncio.sleep(0.2)
 
 
+async def run_to_the_end(worker: Worker, dynamodb: Emulator, leases: str, ends) -> None:
+    """Run the worker until every shard is checkpointed at `ends`, then stop it."""
+    task = asyncio.create_task(worker.serve())
+    try:
+        await wait_checkpointed(dynamodb, leases, lambda: ends)
+    finally:
+        worker.request_exit()
+        await task
+
+
 async def last_positions(dynamodb: Emulator, table: str) -> dict[str, int]:
     """Each shard's last sequence number, read from the stream itself."""
     async with streams_client(dynamodb) as s:
@@ -111,13 +121,7 @@ async def test_an_unchanged_lambda_dynamodb_handler_runs_and_its_failures_go_to_
                 "retry_backoff_ms": [10, 10]},
     )  # fmt: skip
     ends = await last_positions(dynamodb, table)
-    worker = Worker(cfg)
-    task = asyncio.create_task(worker.serve())
-    try:
-        await wait_checkpointed(dynamodb, leases, lambda: ends)
-    finally:
-        worker.request_exit()
-        await task
+    await run_to_the_end(Worker(cfg), dynamodb, leases, ends)
     dead = [r for line in dlq.read_text().splitlines() for r in orjson.loads(line)["records"]]
     changes = [orjson.loads(base64.b64decode(r["value"])) for r in dead]
     bad = {c["dynamodb"]["Keys"]["device_id"]["S"] for c in changes
@@ -179,13 +183,7 @@ async def test_tumbling_windows_count_every_change_once_on_a_dynamodb_stream(dyn
     cfg = config(dynamodb, table, leases, handler={"style": "lambda"},
                  batching={"tumbling_window_s": 1, "batch_size": 50})  # fmt: skip
     ends = await last_positions(dynamodb, table)
-    worker = Worker(cfg, handler=lambda_handler)
-    task = asyncio.create_task(worker.serve())
-    try:
-        await wait_checkpointed(dynamodb, leases, lambda: ends)
-    finally:
-        worker.request_exit()
-        await task
+    await run_to_the_end(Worker(cfg, handler=lambda_handler), dynamodb, leases, ends)
     totals: dict[str, int] = defaultdict(int)
     for state in finals:
         for event, n in state.items():
