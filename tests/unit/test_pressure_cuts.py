@@ -134,9 +134,8 @@ class FakePartition:
         self.paused = False
         self.hurried = 0
 
-    def hurry(self) -> int:
+    def hurry(self) -> None:
         self.hurried += 1
-        return self.buffered_bytes
 
     def below_low_water(self) -> bool:
         return self.buffered_bytes == 0
