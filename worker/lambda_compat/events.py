@@ -34,11 +34,6 @@ def timestamp_type(r: Any) -> str:
     return _TIMESTAMP_TYPES.get(getattr(r, "timestamp_type", 0), "CREATE_TIME")
 
 
-def kafka_record(r: Any) -> dict[str, Any]:
-    """One record as Lambda's Kafka event has it (see `kafka_event` for a whole batch)."""
-    return _kafka_records(r.topic, r.partition, [r])[0]
-
-
 def _kafka_records(topic: str, partition: int, records: Sequence[Any]) -> list[dict[str, Any]]:
     """One partition's records in one pass: the per-record work is a dict, two C-level
     base64 calls and the headers; what is the same for every record is looked up once."""

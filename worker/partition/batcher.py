@@ -61,16 +61,6 @@ class Batcher:
             return None
         return self._first_arrival + self.window_s
 
-    def due(self, now: float) -> bool:
-        if not self.records:
-            return False
-        return (
-            self.records >= self.batch_size
-            or self.bytes >= self.max_bytes
-            or now >= self._first_arrival + self.window_s  # type: ignore[operator]
-            or self._hurried
-        )
-
     @property
     def hurried(self) -> bool:
         return self._hurried
