@@ -2,7 +2,12 @@
 leaves a 64-partition group at the smallest budget (limits 5 KiB a partition, 10 KiB,
 then 5 KiB again) while gzip batches far larger than a partition's limit, and one record
 larger than a whole fetch, wait. Every record handled exactly once, in partition order,
-and committed; the big one whole."""
+and committed; the big one whole.
+
+The backlog outlives the join by construction, not by the handler's speed: once the
+first worker has handled its share before the join, its calls wait until its revoke
+begins (awaited through its source's listener), so the second worker is assigned a
+backlog however slow the group's rebalance is on a loaded machine."""
 
 from __future__ import annotations
 
@@ -17,12 +22,38 @@ from tests.integration.kafka_helpers import committed_offsets, create_topic, end
 from tests.integration.test_kafka_failures import config
 from worker.runtime.backpressure import PREFETCH_SHARE
 from worker.runtime.worker import Worker
+from worker.sources.base import AssignmentListener
+from worker.sources.kafka.source import KafkaSource
 
 pytestmark = pytest.mark.kafka
 PARTITIONS = 64
 PER_PARTITION = 120
 BUDGET = 1024 * 1024  # the smallest allowed
 BIG, BIG_PARTITION = 600_000, 7
+
+
+class _Revoking:
+    """The worker's listener, telling `revoking` as a revoke begins."""
+
+    def __init__(self, listener: AssignmentListener, revoking: asyncio.Event) -> None:
+        self._listener = listener
+        self._revoking = revoking
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._listener, name)
+
+    async def on_revoked(self, partitions) -> None:
+        self._revoking.set()
+        await self._listener.on_revoked(partitions)
+
+
+class RevokeTellingSource(KafkaSource):
+    def __init__(self, config, revoking: asyncio.Event) -> None:
+        super().__init__(config)
+        self._revoking = revoking
+
+    async def start(self, listener: AssignmentListener) -> None:
+        await super().start(_Revoking(listener, self._revoking))  # type: ignore[arg-type]
 
 
 async def backlog(kafka: str, topic: str) -> dict[int, int]:
@@ -51,10 +82,13 @@ async def test_limits_changing_mid_backlog_lose_skip_and_reorder_nothing(kafka: 
     sizes: dict[tuple[int, int], int] = {}
     progress = {"a": asyncio.Event(), "b": asyncio.Event()}
     counts = {"a": 0, "b": 0}
+    a_revoking = asyncio.Event()
 
     def handler_of(name: str):
         async def handler(batch) -> None:
-            await asyncio.sleep(0.002)  # slow enough for the backlog to outlive the joins
+            if name == "a" and progress["a"].is_set():
+                await asyncio.wait_for(a_revoking.wait(), 120)  # the backlog waits for b
+            await asyncio.sleep(0.002)  # slow enough for the backlog to outlive b's leave
             for r in batch.records:
                 handled[r.partition].append(r.offset)
                 sizes[(r.partition, r.offset)] = len(r.value or b"")
@@ -72,7 +106,7 @@ async def test_limits_changing_mid_backlog_lose_skip_and_reorder_nothing(kafka: 
         runtime={"memory_budget_bytes": BUDGET, "rebalance_timeout_s": 10,
                  "shutdown_timeout_s": 10},
     )  # fmt: skip
-    a = Worker(cfg, handler=handler_of("a"))
+    a = Worker(cfg, handler=handler_of("a"), source=RevokeTellingSource(cfg.source, a_revoking))
     ta = asyncio.create_task(a.serve())
     b = tb = None
     try:
