@@ -134,8 +134,9 @@ class FakePartition:
         self.paused = False
         self.hurried = 0
 
-    def hurry(self) -> None:
+    def hurry(self) -> int:
         self.hurried += 1
+        return self.buffered_bytes
 
     def below_low_water(self) -> bool:
         return self.buffered_bytes == 0

@@ -35,14 +35,24 @@ def route(records: Sequence[Record], lanes: int) -> list[list[Record]]:
 class KeyLane:
     """One ordered run of a partition's records: its batcher, its task, its open slices."""
 
-    __slots__ = ("batcher", "slices", "task", "wake")
+    __slots__ = ("batcher", "busy", "slices", "task", "wake")
 
     def __init__(self, batcher: Batcher) -> None:
         self.batcher = batcher
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        #: Running a batch: what it holds is cut only once the call returns.
+        self.busy = False
         #: (last position of this lane's slice of a segment, the segment's end), in order.
         self.slices: deque[tuple[int, int]] = deque()
+
+    async def running(self, call: Coroutine[Any, Any, None]) -> None:
+        """Run one batch's call, `busy` meanwhile (buffer pressure counts what it can free)."""
+        self.busy = True
+        try:
+            await call
+        finally:
+            self.busy = False
 
     def start(self, run: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         self.task = asyncio.create_task(run, name=name)

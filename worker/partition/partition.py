@@ -146,12 +146,22 @@ class Partition:
         self._buffered_bytes += delta
         self._on_buffered(self, delta)
 
-    def hurry(self) -> None:
-        """Buffer pressure: cut the partial batches waiting for their window now."""
+    def hurry(self) -> int:
+        """Buffer pressure: cut the partial batches waiting for their window now. Returns
+        the bytes this frees now: a lane running a batch cuts only once its call returns,
+        and a stopped (halted) partition never."""
+        if self._stop.is_set():
+            return 0
+        freed = 0
         for lane in self._lanes:
-            if lane.batcher.records and not lane.batcher.hurried:
-                lane.batcher.hurry()
-                lane.wake.set()
+            batcher = lane.batcher
+            if batcher.records:
+                if not batcher.hurried:
+                    batcher.hurry()
+                    lane.wake.set()
+                if not lane.busy:
+                    freed += batcher.bytes + batcher.records * self._overhead
+        return freed
 
     @property
     def buffered_records(self) -> int:
@@ -275,7 +285,7 @@ class Partition:
                     continue
                 self._buffered(batcher.bytes - held - len(records) * self._overhead)
                 cuts[batcher.reason].inc()
-                await self._process(lane, Batch(records, self._source, self.label))
+                await lane.running(self._process(lane, Batch(records, self._source, self.label)))
                 if self._paused and self.below_low_water():
                     self._on_drained(self)
             except Abandoned:

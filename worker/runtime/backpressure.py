@@ -141,13 +141,15 @@ class Backpressure:
             if self._over:
                 for p in touched:
                     self._pause(p)
+                    self._held_back.add(p)  # its waiting batch may never report drained
                 self._resume_held_back(0)  # drained to nothing: one fetch, then paused again
             else:
                 self._over = True
                 for p in owned():
                     self._pause(p)
-                    if not p.buffered_bytes:
-                        self._held_back.add(p)
+                    # Every one: a partition paused holding a partial batch that is not cut
+                    # runs no batch (so reports no drain) until its window ends.
+                    self._held_back.add(p)
             self._cut_oldest(total - self._budget // 2)
             return
         self._over = False
@@ -176,8 +178,7 @@ class Backpressure:
         for p in self._waiting:
             if freed >= excess:
                 break
-            freed += p.buffered_bytes
-            p.hurry()
+            freed += p.hurry()  # a busy lane's bytes are not freed until its call returns
 
     def _half_share(self) -> int:
         return self._budget // max(self._owned, 1) // 2
