@@ -129,7 +129,7 @@ async def test_an_error_a_handler_process_cannot_send_back_fails_only_its_own_ba
     handler = process_handlers.unportable_on_bad
     async with running_worker(handler, broker, ["t"], settings, destination=dlq) as worker:
         await wait_until(lambda: fully_committed(broker, "test", ["t"]), timeout_s=60)
-        healthy_errors = worker.metrics.batches.labels("memory", "t-2", "error")._value.get()
+        healthy_errors = worker.metrics.batches.labels("memory", "t-2", "error").value
     assert healthy_errors == 0
     assert sorted(e.partition for e in dlq.events) == ["t-0", "t-1"]
     assert {e.error_type for e in dlq.events} == {"HandlerResultNotPortable"}

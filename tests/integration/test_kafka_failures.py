@@ -148,11 +148,10 @@ async def test_bisect_sends_exactly_the_poison_records_to_the_dlq_topic(kafka: s
         await wait_fully_committed(kafka, group, topic, PARTITIONS)
         m = worker.metrics
         dead = sum(
-            m.records_dead_lettered.labels("kafka", f"{topic}-{p}")._value.get()
-            for p in range(PARTITIONS)
+            m.records_dead_lettered.labels("kafka", f"{topic}-{p}").value for p in range(PARTITIONS)
         )
         bisections = sum(
-            m.bisections.labels("kafka", f"{topic}-{p}")._value.get() for p in range(PARTITIONS)
+            m.bisections.labels("kafka", f"{topic}-{p}").value for p in range(PARTITIONS)
         )
 
     assert set(handler.handled) == set(range(10_000)) - POISON
@@ -199,7 +198,7 @@ async def test_bisect_off_sends_whole_failing_batches_and_counts_them(kafka: str
     async with running(cfg, handler) as worker:
         await wait_fully_committed(kafka, group, topic, PARTITIONS)
         dead = {
-            p: worker.metrics.records_dead_lettered.labels("kafka", f"{topic}-{p}")._value.get()
+            p: worker.metrics.records_dead_lettered.labels("kafka", f"{topic}-{p}").value
             for p in range(PARTITIONS)
         }
 

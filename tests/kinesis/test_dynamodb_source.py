@@ -154,7 +154,7 @@ async def test_a_filter_on_event_name_and_a_new_image_attribute_keeps_exactly_th
     try:
         await wait_checkpointed(dynamodb, leases, lambda: ends)
         (shard,) = ends
-        filtered = worker.metrics.records_filtered.labels("dynamodb", shard)._value.get()
+        filtered = worker.metrics.records_filtered.labels("dynamodb", shard).value
     finally:
         worker.request_exit()
         await task

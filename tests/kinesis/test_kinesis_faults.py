@@ -85,7 +85,7 @@ def count_calls(worker: Worker, shards: int) -> None:
 def calls_by(worker: Worker, result: str) -> float:
     """worker_get_records_calls_total of one result, over every shard."""
     kept = worker.kept_calls  # type: ignore[attr-defined]
-    return sum(c._value.get() for (_, r), c in kept.items() if r == result)
+    return sum(c.value for (_, r), c in kept.items() if r == result)
 
 
 def client_error(code: str, status: int) -> ClientError:

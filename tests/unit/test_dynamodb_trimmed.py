@@ -61,7 +61,7 @@ async def read_all(api: RetainedDay, after: str) -> tuple[list[str], float]:
     reader.start(lambda coro, name: asyncio.create_task(coro, name=name))
     await asyncio.wait_for(reader._task, 10)
     got = [r.sequence_number for r in reader.take()]
-    return got, metrics.get_records.labels("dynamodb", "shard-1", "trimmed")._value.get()
+    return got, metrics.get_records.labels("dynamodb", "shard-1", "trimmed").value
 
 
 async def test_a_checkpoint_past_retention_reads_on_from_the_oldest_record_counted(caplog):

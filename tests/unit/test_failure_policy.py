@@ -112,8 +112,8 @@ async def test_bisect_off_retries_the_whole_batch_then_gives_up_the_whole_batch(
     await run(handler, broker, errors, batch_size=10, destination=dlq, metrics=metrics)
     assert handler.calls == [list(range(10))] * 3 + [list(range(10, 20))]
     assert dlq.offsets() == list(range(10))
-    assert dead_lettered._value.get() == 10
-    assert retries._value.get() == 2
+    assert dead_lettered.value == 10
+    assert retries.value == 2
 
 
 async def test_zero_retries_gives_up_a_failing_record_after_one_invocation():
@@ -137,7 +137,7 @@ async def test_a_handler_timeout_is_treated_like_an_error():
     }
     async with running_worker(handler, broker, [TOPIC], settings, destination=dlq) as w:
         await wait_until(lambda: fully_committed(broker, "test", [TOPIC]))
-        timeouts = w.metrics.batches.labels("memory", "t-0", "timeout")._value.get()
+        timeouts = w.metrics.batches.labels("memory", "t-0", "timeout").value
     assert handler.calls == [[0, 1, 2, 3], [0, 1], [2, 3], [2], [2], [3]]
     assert dlq.offsets() == [2]
     assert dlq.events[0].error_type == "Timeout"
@@ -299,5 +299,5 @@ async def test_without_a_destination_given_up_records_are_dropped_and_counted():
     dropped = metrics.records_dropped.labels("memory", "t-0", "retries_exhausted")
     dead_lettered = metrics.records_dead_lettered.labels("memory", "t-0")
     await run(handler, broker, errors, batch_size=3, metrics=metrics)
-    assert dropped._value.get() == 1
-    assert dead_lettered._value.get() == 0
+    assert dropped.value == 1
+    assert dead_lettered.value == 0

@@ -144,7 +144,7 @@ async def test_filtered_records_are_committed_and_counted_but_never_invoked():
     settings = {"filter": {"patterns": ['{"value": {"hot": [true]}}']}}
     async with running_worker(handler, broker, ["t"], settings) as w:
         await wait_until(lambda: fully_committed(broker, "test", ["t"]))
-        filtered = w.metrics.records_filtered.labels("memory", "t-0")._value.get()
+        filtered = w.metrics.records_filtered.labels("memory", "t-0").value
     assert seen == [0, 3, 6, 9]
     assert filtered == 7
 

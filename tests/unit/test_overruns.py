@@ -45,7 +45,7 @@ async def test_a_thread_call_past_its_timeout_never_overlaps_the_partitions_next
     async with running_worker(handler, broker, ["t"], settings) as w:
         await wait_until(lambda: fully_committed(broker, "test", ["t"]))
         await wait_until(lambda: all(c[1] is not None for c in calls))
-        timeouts = w.metrics.batches.labels("memory", "t-0", "timeout")._value.get()
+        timeouts = w.metrics.batches.labels("memory", "t-0", "timeout").value
         overruns = w.metrics.registry.get_sample_value(
             "worker_handler_overruns_total", {"source": "memory", "partition": "t-0"}
         )
@@ -85,8 +85,8 @@ async def test_a_healthy_partition_keeps_its_latency_while_another_partitions_ca
             started = time.monotonic()
             await wait_until(lambda: broker.committed("test", "t", 1) == 40, timeout_s=10)
             healthy_took = time.monotonic() - started
-            wedged_timeouts = w.metrics.batches.labels("memory", "t-0", "timeout")._value.get()
-            healthy_timeouts = w.metrics.batches.labels("memory", "t-1", "timeout")._value.get()
+            wedged_timeouts = w.metrics.batches.labels("memory", "t-0", "timeout").value
+            healthy_timeouts = w.metrics.batches.labels("memory", "t-1", "timeout").value
             assert broker.committed("test", "t", 0) is None  # still wedged
             release.set()
             await wait_until(lambda: fully_committed(broker, "test", ["t"]), timeout_s=10)
@@ -121,7 +121,7 @@ async def test_a_handler_process_past_its_timeout_is_killed_and_replaced(tmp_pat
     started = time.monotonic()
     async with running_worker(hang_first_call, broker, ["t"], settings) as w:
         await wait_until(lambda: fully_committed(broker, "test", ["t"]), timeout_s=60)
-        timeouts = w.metrics.batches.labels("memory", "t-0", "timeout")._value.get()
+        timeouts = w.metrics.batches.labels("memory", "t-0", "timeout").value
     took = time.monotonic() - started
     lines, first_pid, first_alive = calls_of(tmp_path)
     assert timeouts == 1

@@ -94,4 +94,4 @@ async def test_work_finished_past_a_stuck_lane_still_counts_as_uncommitted():
         gate.set()
         await wait_until(lambda: fully_committed(broker, "test", ["t"]))
         assert partition.outstanding_records == 0
-        assert w.metrics.records_committed.labels("memory", "t-0")._value.get() == 100
+        assert w.metrics.records_committed.labels("memory", "t-0").value == 100

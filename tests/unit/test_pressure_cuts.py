@@ -23,7 +23,7 @@ def frozen() -> float:
 
 def cuts(worker, partition: int) -> dict[str, float]:
     family = worker.metrics.batches_cut
-    return {r: family.labels("memory", f"{TOPIC}-{partition}", r)._value.get() for r in CUT_REASONS}
+    return {r: family.labels("memory", f"{TOPIC}-{partition}", r).value for r in CUT_REASONS}
 
 
 class Recorder:

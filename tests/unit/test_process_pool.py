@@ -86,7 +86,7 @@ async def test_a_child_that_dies_fails_its_batch_which_is_retried_on_a_new_pool(
 
     async with running_worker(crash_once, broker, ["t"], settings) as w:
         await wait_until(lambda: fully_committed(broker, "test", ["t"]), timeout_s=60)
-        errors = w.metrics.batches.labels("memory", "t-0", "error")._value.get()
+        errors = w.metrics.batches.labels("memory", "t-0", "error").value
     assert (tmp_path / "crashed").exists()
     handled = sorted(int(line.split()[1]) for line in results(tmp_path))
     assert handled == list(range(20))

@@ -104,7 +104,7 @@ async def test_a_window_invoke_without_state_is_a_failure_and_retried():
 
     async with running_worker(handler, broker, ["t"], WINDOW) as w:
         await wait_until(lambda: fully_committed(broker, "test", ["t"]))
-        errors = w.metrics.batches.labels("memory", "t-0", "error")._value.get()
+        errors = w.metrics.batches.labels("memory", "t-0", "error").value
     assert errors == 1 and replies == []
 
 
@@ -189,7 +189,7 @@ async def test_a_far_future_record_is_windowed_as_now_and_the_partition_moves_on
     }
     async with running_worker(handler, broker, ["t"], settings) as w:
         await wait_until(lambda: fully_committed(broker, "test", ["t"]), timeout_s=15)
-        early = w.metrics.window_early_records.labels("memory", "t-0")._value.get()
+        early = w.metrics.window_early_records.labels("memory", "t-0").value
     assert early == 1
     assert sorted(windows) == [0, 1, 2, 3]  # nothing lost
     start = datetime.strptime(windows[1], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)

@@ -37,6 +37,7 @@ from worker.backoff import Backoff
 from worker.config import ErrorsConfig
 from worker.destinations.base import RECORD_AGE_EXCEEDED, RETRY_ATTEMPTS_EXHAUSTED
 from worker.handling.dead_letter import DeadLetter, Failure
+from worker.handling.failure_log import FailureLog
 from worker.handling.invoker import Invoker, Outcome
 from worker.handling.partial import InvalidResponse, failed_indexes
 from worker.handling.raised_at import raised_at
@@ -48,23 +49,6 @@ from worker.partition.steps import Abandoned, PartitionContext, stopped_within
 from worker.records import Batch, Record
 
 log = logging.getLogger("worker.failures")
-
-#: Distinct errors (type and raising line) whose traceback each policy logs at WARNING;
-#: past them, and for repeats, the traceback is logged at DEBUG only.
-TRACEBACKS_SHOWN = 20
-#: How much of an error message and of a traceback a log line keeps: a handler that puts
-#: a megabyte record in its message wrote a megabyte line on every retry.
-LOGGED_ERROR_CHARS = 1000
-LOGGED_TRACEBACK_CHARS = 16_000
-
-
-def _clipped(text: str, limit: int) -> str:
-    """`text`, or its start and end around a note of how much was left out."""
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]}...[{len(text) - 2 * half} characters]...{text[-half:]}"
-
 
 ResultParser = Callable[[Any, Sequence[Any]], "list[int] | None"]
 #: (None, None) when all succeeded; else the failure and the failed indexes (None = all).
@@ -155,13 +139,12 @@ class FailurePolicy:
         self._backoff = Backoff(*errors.retry_backoff_ms)
         self._dead_letter = dead_letter
         self._ctx = ctx
-        self._recent = recent_errors
         self._parse = parse_result
         self._clock = clock or _wall_clock
         self._duration = metrics.handler_duration.labels(ctx.source)
         self._batch_size = metrics.batch_size.labels(ctx.source)
         self._ignored_result_warned = False
-        self._tracebacks_shown: set[tuple[str, str]] = set()
+        self._failures = FailureLog(recent_errors)
         self.mode = Mode(self._judge, bisect=errors.bisect_batch_on_function_error)
 
     # -- the step -----------------------------------------------------------------------
@@ -185,24 +168,42 @@ class FailurePolicy:
         guard refuses to give up more records; either way the batch stays uncommitted.
         """
         mode = mode or self.mode
+        first = None
+        if self._tracing is None and batch.records and not self._checks_age(mode):
+            # The common case, one call that succeeds, without the retry loop's objects.
+            first = await self.invoke_counted(batch)
+            if mode.judge(first, batch.records)[0] is None:
+                self._ctx.metrics.success.inc()
+                self._succeeded(len(batch.records))
+                return first.result
         pending: deque[_Piece] = deque([_Piece(batch.records)])
         retry = _ShownRetry(self._ctx.metrics)
         try:
             if self._tracing is None or not batch.records:
-                return await self._resolve(batch, mode, pending, retry)
+                return await self._resolve(batch, mode, pending, retry, first)
             with self._tracing.process(batch):
                 return await self._resolve(batch, mode, pending, retry)
         finally:
             retry.over()
 
+    def _checks_age(self, mode: Mode) -> bool:
+        return mode.check_age and self._max_age_ms >= 0
+
     async def _resolve(
-        self, batch: Batch, mode: Mode, pending: deque[_Piece], retry: _ShownRetry
+        self,
+        batch: Batch,
+        mode: Mode,
+        pending: deque[_Piece],
+        retry: _ShownRetry,
+        first: Outcome | None = None,
     ) -> Any:
+        """The retry loop. `first`: the outcome of the whole batch's first call, when
+        `resolve` made it already (it failed)."""
         m, label = self._ctx.metrics, self._ctx.label
         result = None
         while pending:
             piece = pending.popleft()
-            if mode.check_age and self._max_age_ms >= 0 and piece.records:
+            if self._checks_age(mode) and piece.records:
                 piece = await self._give_up_expired(piece)
                 if piece is None:
                     continue
@@ -212,7 +213,9 @@ class FailurePolicy:
                 if records is batch.records
                 else Batch(records, batch.source, batch.partition, batch.window)
             )
-            if self._tracing is None:
+            if first is not None:
+                outcome, first = first, None
+            elif self._tracing is None:
                 outcome = await self.invoke_counted(piece_batch)
             else:
                 with self._tracing.attempt(len(records), len(batch.records), piece.attempts):
@@ -336,47 +339,14 @@ class FailurePolicy:
         failure: Failure,
         attempts: int,
     ) -> None:
-        m, label = self._ctx.metrics, self._ctx.label
+        m = self._ctx.metrics
         if failed is None:
             m.failed.inc(len(records))
             (m.timeout if outcome.timed_out else m.error).inc()
         else:
             m.failed.inc(len(failed))
             m.partial.inc()
-        text = f"{failure.error_type}: {failure.message}"
-        first = records[0].position if records else None
-        last = records[-1].position if records else None
-        shown = shown_error(failure.error_type, failure.message)
-        span = str(first) if first == last else f"{first}..{last}"
-        self._recent.add(label, span, shown, where=failure.where)
-        log.warning(
-            "event=invocation_failed partition=%s first=%s last=%s records=%d attempt=%d "
-            "failed_records=%d error=%r at=%s",
-            label, first, last, len(records), attempts + 1,
-            len(failed) if failed is not None else len(records),
-            _clipped(text, LOGGED_ERROR_CHARS), failure.where or "-",
-        )  # fmt: skip
-        if failure.traceback:
-            self._log_traceback(label, failure)
-
-    def _log_traceback(self, label: str, failure: Failure) -> None:
-        """The traceback once per distinct error (type and raising line), then at DEBUG."""
-        kind = (failure.error_type, failure.where)
-        first_time = kind not in self._tracebacks_shown
-        if first_time and len(self._tracebacks_shown) < TRACEBACKS_SHOWN:
-            self._tracebacks_shown.add(kind)
-            level = logging.WARNING
-        elif log.isEnabledFor(logging.DEBUG):
-            level = logging.DEBUG
-        else:
-            return
-        log.log(
-            level,
-            "event=invocation_traceback partition=%s error_type=%s at=%s note=%r traceback=%r",
-            label, failure.error_type, failure.where or "-",
-            "shown once per distinct error; repeats at DEBUG",
-            _clipped(failure.traceback, LOGGED_TRACEBACK_CHARS),
-        )  # fmt: skip
+        self._failures.failed(self._ctx.label, records, failed, failure, attempts)
 
     async def _give_up_expired(self, piece: _Piece) -> _Piece | None:
         """Give up the piece's records older than the age limit; return what is left to invoke."""

@@ -28,6 +28,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from worker.observe.tallies import SpreadFamily, TallyFamily
 from worker.observe.view import RetryingBatch
 
 # The `_created` series double the exposition and no dashboard reads them.
@@ -46,7 +47,7 @@ _SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
-        self._per_partition: list[Counter | Gauge] = []
+        self._per_partition: list[TallyFamily | Gauge] = []
         #: The partitions' metrics now owned, by source (`worker_inflight_batches` sums them).
         self._owned: dict[str, set[PartitionMetrics]] = {}
         self.records_polled = self.partition_counter(
@@ -110,19 +111,20 @@ class Metrics:
             "worker_retries",
             "Invocations that were retries of a failed batch.",
         )
-        self.handler_duration = Histogram(
+        # Observed per batch: plain numbers, read when scraped (`tallies`).
+        self.handler_duration = SpreadFamily(
             "worker_handler_duration_seconds",
             "Time the handler took per invocation.",
             ("source",),
-            buckets=_DURATION_BUCKETS,
             registry=r,
+            buckets=_DURATION_BUCKETS,
         )
-        self.batch_size = Histogram(
+        self.batch_size = SpreadFamily(
             "worker_batch_size_records",
             "Records per invocation.",
             ("source",),
-            buckets=_SIZE_BUCKETS,
             registry=r,
+            buckets=_SIZE_BUCKETS,
         )
         self.iterator_age = self.partition_gauge(
             "worker_iterator_age_seconds",
@@ -257,10 +259,11 @@ class Metrics:
     def disowned(self, partition: PartitionMetrics) -> None:
         self._owned.get(partition.source, set()).discard(partition)
 
-    def partition_counter(self, name: str, documentation: str, *extra: str) -> Counter:
+    def partition_counter(self, name: str, documentation: str, *extra: str) -> TallyFamily:
         """A counter labelled by source, partition and `extra`, removed when the partition
-        leaves (every series of it, whatever the `extra` labels)."""
-        counter = Counter(name, documentation, (*PARTITION_LABELS, *extra), registry=self.registry)
+        leaves (every series of it, whatever the `extra` labels). Updated per batch, so its
+        series are plain numbers read when scraped (`tallies`)."""
+        counter = TallyFamily(name, documentation, (*PARTITION_LABELS, *extra), self.registry)
         self._per_partition.append(counter)
         return counter
 
