@@ -288,3 +288,26 @@ async def test_the_last_commit_time_is_exported_per_partition_and_goes_with_it()
         await w.source.revoke([(TOPIC, 0)])
         gone = w.metrics.registry.get_sample_value("worker_last_commit_timestamp_seconds", labels)
         assert gone is None
+
+
+async def test_the_lanes_take_what_a_fetch_fed_before_the_next_fetch():
+    """A fetch of records already there returns without yielding (aiokafka's prefetched
+    results do, as the memory source does): the loop still lets the lanes run between
+    fetches. Else a backlog is buffered until the partition pauses before the first call,
+    and pressure cuts free nothing until every partition is paused."""
+    broker = broker_with(0, partitions=1)
+    buffered: list[int] = []
+    calls: list[int] = []
+    settings = {"batching": {"batch_size": 10}, "runtime": {"max_buffered_records": 5000}}
+
+    async def handler(batch) -> None:
+        buffered.append(w.partition((TOPIC, 0)).buffered_records)
+        calls.append(len(batch.records))
+
+    async with running_worker(handler, broker, [TOPIC], settings) as w:
+        w.source.max_records = 10
+        for i in range(2000):
+            broker.produce(TOPIC, b"%d" % i, partition=0)
+        await wait_until(lambda: fully_committed(broker, "test", [TOPIC]))
+    assert sum(calls) == 2000
+    assert max(buffered) <= 30, max(buffered)  # a fetch or two ahead, never the backlog

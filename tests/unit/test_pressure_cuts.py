@@ -183,6 +183,22 @@ def test_the_oldest_waiting_batches_are_cut_first_and_only_the_crossing_visits_e
     assert [p.hurried for p in parts] == [1, 2, 2, 1]  # 1500 - 500 from the oldest on
 
 
+def test_nearing_the_budget_cuts_the_oldest_waiting_batches_and_pauses_nothing():
+    """Past three quarters of the budget the oldest batches are cut, before any partition
+    must pause (a pause drops its prefetched data, fetched again on resume)."""
+    bp = Backpressure(FakeSource(), 1000, Metrics())  # type: ignore[arg-type]
+    parts = [FakePartition(200) for _ in range(4)]
+    bp.owned_changed(len(parts))
+    for p in parts[:3]:
+        bp.held(p, 200)  # type: ignore[arg-type]
+    bp.apply_budget(parts[2:3], lambda: parts)  # type: ignore[arg-type]
+    assert [p.hurried for p in parts] == [0, 0, 0, 0]  # 600: under three quarters
+    bp.held(parts[3], 200)  # type: ignore[arg-type]
+    bp.apply_budget(parts[3:], lambda: parts)  # type: ignore[arg-type]
+    assert [p.hurried for p in parts] == [1, 1, 0, 0]  # 800 - 500: the two oldest free it
+    assert not any(p.paused for p in parts)
+
+
 async def test_memory_waits_no_longer_than_the_window_with_a_real_clock():
     """The window stays the upper bound when nothing presses: a lone record goes by time."""
     broker = MemoryBroker()

@@ -303,8 +303,11 @@ class Partition:
         if deadline is None:
             await lane.wake.wait()
             return
+        # `timeout` rather than `wait_for`: no task per wait, so a wake-up (a fetch fed
+        # the lane, or a pressure cut) runs the lane at the loop's next turn.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(lane.wake.wait(), max(deadline - self._clock(), 0.0))
+            async with asyncio.timeout(max(deadline - self._clock(), 0.0)):
+                await lane.wake.wait()
 
     async def _process(self, lane: KeyLane, batch: Batch) -> None:
         end = batch.last_position

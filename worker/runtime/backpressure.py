@@ -19,6 +19,10 @@ memory, so while the budget (or a partition's own limit) is what holds
 partitions back, the oldest waiting ones are cut now (`Partition.hurry`)
 until what is left is half the budget. Waiting batches then never starve
 the rest, and the window stays an upper bound on waiting, as in Lambda.
+The cuts begin at three quarters of the budget, before anything must pause:
+a paused partition's prefetched data is dropped by the client and fetched
+again on resume, which at 256 partitions, batch 500 and a 500 ms window (more
+partial batches than the default budget holds) cost a third of the rate.
 
 Per fetch the work is per partition the fetch touched, never per partition
 owned: the partitions report every change of their buffered bytes
@@ -153,6 +157,10 @@ class Backpressure:
             self._cut_oldest(total - self._budget // 2)
             return
         self._over = False
+        if total >= self._budget - self._budget // 4:
+            # Nearing it: cut before anything must pause (a pause drops the client's
+            # prefetched data for the partition, fetched again on resume).
+            self._cut_oldest(total - self._budget // 2)
         if self._held_back:
             self._resume_held_back(self._half_share())
 

@@ -156,6 +156,10 @@ class Worker:
                 await asyncio.sleep(POLL_ERROR_BACKOFF_S)
                 continue
             feed(chunks, source, owned, backpressure)
+            # A fetch of prefetched data returns without yielding: let the lanes take what
+            # was fed (and what buffer pressure cut) before the next one, or the buffers
+            # only grow until every partition pauses.
+            await asyncio.sleep(0)
 
     def shutdown_budget_s(self) -> float:
         """SIGTERM: `shutdown_timeout_s`. The watchdog's exit: at once, the loop is stuck."""
