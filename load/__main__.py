@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         help="sweep: also run the worker from this tree (e.g. an older commit)",
     )
     bn.add_argument("--bootstrap", help="sweep: use this running broker (topics kept)")
+    bn.add_argument("--shards", type=int, nargs="+", default=[4],
+                    help="kinesis: shard counts to run (each its own stream)")  # fmt: skip
     mm = sub.add_parser("memory", help="RSS under a backlog at 8, 64 and 256 partitions")
     mm.add_argument(
         "--partitions",
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                          args.rounds, args.build, args.bootstrap)  # fmt: skip
         from load.bench import main as bench
 
-        return bench(args.records, args.rounds, args.backlog, args.quick, args.only)
+        return bench(args.records, args.rounds, args.backlog, args.quick, args.only,
+                     tuple(args.shards))  # fmt: skip
     if args.cmd == "memory":
         from load.memory_bench import main as memory
 

@@ -348,7 +348,7 @@ def kinesis(env: Env, records: int, shards: int = 4) -> None:
         stream_emulator.stop()
         lease_emulator.stop()
     per_shard = rate / shards
-    env.results["kinesis"] = {
+    env.results["kinesis" if shards == 4 else f"kinesis_{shards}"] = {
         "shards": shards,
         "records": records,
         "records_per_s": round(rate),
@@ -467,8 +467,10 @@ def markdown(result: dict) -> str:
         lines += [f"**Latency** produce → handler at {lat['offered_per_s']:,} records/s offered, "
                   f"batching window 0: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms "
                   f"({lat['records']:,} records)", ""]  # fmt: skip
-    if "kinesis" in result:
-        k = result["kinesis"]
+    kinesis_runs = sorted((k for k in result if k == "kinesis" or k.startswith("kinesis_")),
+                          key=lambda k: result[k]["shards"])  # fmt: skip
+    for name in kinesis_runs:
+        k = result[name]
         lines += [f"**Kinesis** (kinesalite, {k['shards']} shards, {k['records']:,} readings, "
                   f"no-op handler): {k['records_per_s']:,} records/s, "
                   f"{k['records_per_s_per_shard']:,} per shard = {k['mb_per_s_per_shard']} MB/s "
@@ -508,7 +510,8 @@ def chart(result: dict, path: Path) -> bool:
     return True
 
 
-def main(records: int, rounds: int, backlog: int, quick: bool, only: list[str] | None) -> int:
+def main(records: int, rounds: int, backlog: int, quick: bool, only: list[str] | None,
+         shards: tuple[int, ...] = (4,)) -> int:  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="streamworker-bench-"))
     broker = kafka_broker.start(tmp / "kafka")
     env = Env(broker.bootstrap, tmp)
@@ -528,7 +531,8 @@ def main(records: int, rounds: int, backlog: int, quick: bool, only: list[str] |
         if "memory" in wanted:
             memory(env, backlog, 20 if quick else 40)
         if "kinesis" in wanted:
-            kinesis(env, 20_000 if quick else 100_000)
+            for n in shards:
+                kinesis(env, 20_000 if quick else 100_000, n)
     finally:
         broker.stop()
     result = {
