@@ -104,10 +104,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def worker_cmd(bootstrap: str, topic: str, handler: str, *settings: str) -> list[str]:
+    """The worker on the bench's Kafka topic, unless `settings` name another source.kind
+    (whose config refuses Kafka's keys)."""
+    kafka = not any(s.startswith("source.kind=") for s in settings)
+    source = [f'source.bootstrap_servers=["{bootstrap}"]', f'source.topics=["{topic}"]',
+              f"source.group_id=bench-{uuid.uuid4().hex[:8]}"] if kafka else []  # fmt: skip
     sets = [
-        f'source.bootstrap_servers=["{bootstrap}"]',
-        f'source.topics=["{topic}"]',
-        f"source.group_id=bench-{uuid.uuid4().hex[:8]}",
+        *source,
         "batching.batch_size=10000",
         "batching.maximum_batching_window_ms=0",
         f"handler.target=load.bench_handlers:{handler}",
