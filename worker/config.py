@@ -64,6 +64,8 @@ class HandlerConfig(Section):
     parallelization_factor: Annotated[int, Field(ge=1, le=100)] = 1
     concurrency: Literal["async", "thread", "process"] = "async"
     threads: Annotated[int, Field(ge=1, le=1024)] = 32
+    #: Handler calls running at once across all partitions and key lanes (0: no cap).
+    max_concurrency: Annotated[int, Field(ge=0, le=100_000)] = 0
     processes: Annotated[int, Field(ge=1, le=256)] = Field(
         default_factory=lambda: os.cpu_count() or 1
     )

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.config import HandlerConfig
+from worker.handling.call_limit import CallLimit
 from worker.handling.call_timer import CallTimer
 from worker.handling.handler import (
     HandlerLoadError,
@@ -87,8 +88,11 @@ class Invoker:
         config: HandlerConfig,
         processes: ProcessPool | None = None,
         metrics: Metrics | None = None,
+        limit: CallLimit | None = None,
     ) -> None:
         self._fn = fn
+        #: `handler.max_concurrency`'s slots, shared by every lane (None: no cap).
+        self._limit = limit
         self._timeout_s = config.timeout_s
         self.is_async = is_coroutine_callable(fn)
         self._processes = processes
@@ -126,16 +130,32 @@ class Invoker:
             await self._overruns.returned(partition)
 
     async def invoke(self, batch: Batch) -> Outcome:
-        if self._overruns is None:
-            start = time.perf_counter()
-            return await self._call(start, self._call_async(batch))
-        return await self._call_in_pool(batch)
+        if self._overruns is not None:
+            return await self._call_in_pool(batch)
+        limit = self._limit
+        if limit is None:
+            return await self._call(time.perf_counter(), self._call_async(batch))
+        await limit.acquire()  # before the clock starts: a queue is not the handler's time
+        try:
+            return await self._call(time.perf_counter(), self._call_async(batch))
+        finally:
+            limit.release()  # a coroutine's call has ended with it (cancelled on timeout)
 
     async def _call_in_pool(self, batch: Batch) -> Outcome:
         overruns = self._overruns
         assert overruns is not None
+        limit = self._limit
         await overruns.wait(batch.partition)
-        await overruns.take_slot()  # before the clock starts: a queue is not the handler's time
+        # Slots before the clock starts: a queue is not the handler's time. The global one
+        # first, always, so two calls never each hold the slot the other waits for.
+        if limit is not None:
+            await limit.acquire()
+        try:
+            await overruns.take_slot()
+        except BaseException:
+            if limit is not None:
+                limit.release()
+            raise
         start, since = time.perf_counter(), time.monotonic()
         try:
             if self._processes is not None:
@@ -145,7 +165,11 @@ class Invoker:
                 call = self._pool.submit(call_sync, self._fn, batch)
         except Exception as exc:  # the pool is shut down, or could not be replaced
             overruns.give_back()
+            if limit is not None:
+                limit.release()
             return Outcome(False, time.perf_counter() - start, error=exc)
+        if limit is not None:
+            limit.release_when_done(call)  # a thread past its timeout still holds it
         outcome = None
         try:
             outcome = await self._call(start, self._result(call, batch.partition))
