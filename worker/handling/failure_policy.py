@@ -40,10 +40,11 @@ from worker.handling.dead_letter import DeadLetter, Failure
 from worker.handling.invoker import Invoker, Outcome
 from worker.handling.partial import InvalidResponse, failed_indexes
 from worker.handling.raised_at import raised_at
-from worker.observe.errors import RecentErrors, shown_error
+from worker.observe.errors import RecentErrors, clip_error, clip_traceback, shown_error
 from worker.observe.metrics import Metrics, PartitionMetrics
 from worker.observe.tracing import Tracing
 from worker.observe.view import RetryingBatch
+from worker.outputs.outbox import Output, keep_outputs
 from worker.partition.steps import Abandoned, PartitionContext, stopped_within
 from worker.records import Batch, Record
 
@@ -52,18 +53,6 @@ log = logging.getLogger("worker.failures")
 #: Distinct errors (type and raising line) whose traceback each policy logs at WARNING;
 #: past them, and for repeats, the traceback is logged at DEBUG only.
 TRACEBACKS_SHOWN = 20
-#: How much of an error message and of a traceback a log line keeps: a handler that puts
-#: a megabyte record in its message wrote a megabyte line on every retry.
-LOGGED_ERROR_CHARS = 1000
-LOGGED_TRACEBACK_CHARS = 16_000
-
-
-def _clipped(text: str, limit: int) -> str:
-    """`text`, or its start and end around a note of how much was left out."""
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]}...[{len(text) - 2 * half} characters]...{text[-half:]}"
 
 
 ResultParser = Callable[[Any, Sequence[Any]], "list[int] | None"]
@@ -160,6 +149,7 @@ class FailurePolicy:
         self._clock = clock or _wall_clock
         self._duration = metrics.handler_duration.labels(ctx.source)
         self._batch_size = metrics.batch_size.labels(ctx.source)
+        self._discarded = metrics.outputs.discarded.labels(ctx.source)
         self._ignored_result_warned = False
         self._tracebacks_shown: set[tuple[str, str]] = set()
         self.mode = Mode(self._judge, bisect=errors.bisect_batch_on_function_error)
@@ -167,7 +157,9 @@ class FailurePolicy:
     # -- the step -----------------------------------------------------------------------
     async def submit(self, batch: Batch, end: int) -> Sequence[int]:
         if batch.records:
-            await self.resolve(batch)
+            kept: list[Output] = []
+            await self.resolve(batch, kept=kept)
+            self._ctx.keep_outputs(end, kept)  # before `end` may be committed
         return (end,)
 
     async def poll(self) -> Sequence[int]:
@@ -177,9 +169,12 @@ class FailurePolicy:
         return None
 
     # -- the engine ---------------------------------------------------------------------
-    async def resolve(self, batch: Batch, mode: Mode | None = None) -> Any:
+    async def resolve(
+        self, batch: Batch, mode: Mode | None = None, kept: list[Output] | None = None
+    ) -> Any:
         """Return once every record of the batch is resolved: the last successful result
-        (None if the records were given up).
+        (None if the records were given up). The outputs of the invokes that succeeded
+        are appended to `kept` (those of failed invokes and failed records are discarded).
 
         Raises Abandoned if the partition stops first, PartitionHalted if the dead-letter
         guard refuses to give up more records; either way the batch stays uncommitted.
@@ -189,14 +184,19 @@ class FailurePolicy:
         retry = _ShownRetry(self._ctx.metrics)
         try:
             if self._tracing is None or not batch.records:
-                return await self._resolve(batch, mode, pending, retry)
+                return await self._resolve(batch, mode, pending, retry, kept)
             with self._tracing.process(batch):
-                return await self._resolve(batch, mode, pending, retry)
+                return await self._resolve(batch, mode, pending, retry, kept)
         finally:
             retry.over()
 
     async def _resolve(
-        self, batch: Batch, mode: Mode, pending: deque[_Piece], retry: _ShownRetry
+        self,
+        batch: Batch,
+        mode: Mode,
+        pending: deque[_Piece],
+        retry: _ShownRetry,
+        kept: list[Output] | None,
     ) -> Any:
         m, label = self._ctx.metrics, self._ctx.label
         result = None
@@ -218,6 +218,10 @@ class FailurePolicy:
                 with self._tracing.attempt(len(records), len(batch.records), piece.attempts):
                     outcome = await self.invoke_counted(piece_batch)
             failure, failed = mode.judge(outcome, records)
+            if outcome.outputs:
+                lost = keep_outputs(outcome.outputs, kept, records, failure is None, failed,
+                                    self._failed_only)  # fmt: skip
+                self._discarded.inc(lost)
             if failure is None:
                 retry.over()
                 m.success.inc()
@@ -354,7 +358,7 @@ class FailurePolicy:
             "failed_records=%d error=%r at=%s",
             label, first, last, len(records), attempts + 1,
             len(failed) if failed is not None else len(records),
-            _clipped(text, LOGGED_ERROR_CHARS), failure.where or "-",
+            clip_error(text), failure.where or "-",
         )  # fmt: skip
         if failure.traceback:
             self._log_traceback(label, failure)
@@ -375,7 +379,7 @@ class FailurePolicy:
             "event=invocation_traceback partition=%s error_type=%s at=%s note=%r traceback=%r",
             label, failure.error_type, failure.where or "-",
             "shown once per distinct error; repeats at DEBUG",
-            _clipped(failure.traceback, LOGGED_TRACEBACK_CHARS),
+            clip_traceback(failure.traceback),
         )  # fmt: skip
 
     async def _give_up_expired(self, piece: _Piece) -> _Piece | None:

@@ -22,7 +22,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from worker.config import HandlerConfig
@@ -37,6 +37,7 @@ from worker.handling.handler import (
 from worker.handling.overruns import Overruns
 from worker.handling.process_pool import CallTimedOut, ProcessPool
 from worker.observe.metrics import Metrics
+from worker.outputs.outbox import Outbox, Output
 from worker.records import Batch
 
 log = logging.getLogger("worker.invoker")
@@ -51,6 +52,8 @@ class Outcome:
     result: Any = None
     error: BaseException | None = None
     timed_out: bool = False
+    #: What the call queued with `batch.send` (outputs on), kept only if it succeeded.
+    outputs: list[Output] | None = None
 
     def describe(self) -> str:
         if self.timed_out:
@@ -89,8 +92,11 @@ class Invoker:
         processes: ProcessPool | None = None,
         metrics: Metrics | None = None,
         limit: CallLimit | None = None,
+        outputs: frozenset[str] = frozenset(),
     ) -> None:
         self._fn = fn
+        #: `outputs.topics`: each call gets an outbox for them (empty: `send` is off).
+        self._outputs = outputs
         #: `handler.max_concurrency`'s slots, shared by every lane (None: no cap).
         self._limit = limit
         self._timeout_s = config.timeout_s
@@ -130,6 +136,15 @@ class Invoker:
             await self._overruns.returned(partition)
 
     async def invoke(self, batch: Batch) -> Outcome:
+        if not self._outputs:
+            return await self._invoke(batch)
+        outbox = Outbox(self._outputs)
+        outcome = await self._invoke(
+            Batch(batch.records, batch.source, batch.partition, batch.window, outbox)
+        )
+        return replace(outcome, outputs=outbox.items)  # the failure policy keeps or discards
+
+    async def _invoke(self, batch: Batch) -> Outcome:
         if self._overruns is not None:
             return await self._call_in_pool(batch)
         limit = self._limit

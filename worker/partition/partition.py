@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 from worker.observe.metrics import PartitionMetrics
 from worker.observe.view import PartitionStats
+from worker.outputs.ledger import OutputLedger
+from worker.outputs.outbox import Output
 from worker.partition.batcher import Batcher
 from worker.partition.key_lanes import KeyLane, Segments
 from worker.partition.offsets import OffsetTracker
@@ -94,7 +96,10 @@ class Partition:
         self._stop = asyncio.Event()
         # Read when scraped: a gauge's set per batch takes a lock.
         metrics.buffered.set_function(lambda: self.buffered_records)
-        self._steps = steps(PartitionContext(key, label, source, metrics, self._stop))
+        #: Outputs of resolved batches, until the checkpoint that covers them.
+        self._outputs = OutputLedger()
+        ctx = PartitionContext(key, label, source, metrics, self._stop, self._outputs.add)
+        self._steps = steps(ctx)
         self.assigned_at = clock()
         self._tracker = OffsetTracker()
         self._sizes: dict[int, int] = {}  # tracker unit end -> records, until finished
@@ -232,8 +237,18 @@ class Partition:
         # With several lanes, units past a gap finished too: they are not covered yet.
         return position, sum(n for end, n in self._finished.items() if end <= position)
 
+    def outputs_upto(self, position: int) -> list[Output]:
+        """The outputs a checkpoint at `position` (a `commit_point`) must carry first."""
+        return self._outputs.upto(position) if self._outputs.count else []
+
+    def mark_outputs_sent(self, position: int) -> None:
+        """The outputs up to `position` were acknowledged: a retried commit skips them."""
+        if self._outputs.count:
+            self._outputs.drop_upto(position)
+
     def mark_committed(self, position: int, records: int) -> None:
         """The source checkpointed `position`, covering `records` finished records."""
+        self.mark_outputs_sent(position)
         self._committed = position
         for end in [end for end in self._finished if end <= position]:
             del self._finished[end]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from worker.observe.metrics import PartitionMetrics
+from worker.outputs.outbox import Output
 from worker.records import Batch
 
 
@@ -41,6 +42,9 @@ class PartitionContext:
     metrics: PartitionMetrics
     #: Set when the partition stops taking batches: a step waiting on a retry gives up.
     stopping: asyncio.Event
+    #: Keep a resolved batch's outputs until the checkpoint covering `end` (the partition's
+    #: ledger); called before the step returns the batch's end as safe to commit.
+    keep_outputs: Callable[[int, list[Output]], None]
 
 
 class Step(Protocol):

@@ -81,7 +81,8 @@ def make_invoker(
     limit = None
     if h.max_concurrency:
         limit = CallLimit(h.max_concurrency, metrics.outputs.slot_wait.labels(source.name))
-    return Invoker(fn, h, processes, metrics, limit), parse
+    outputs = frozenset(config.outputs.topics) if h.style == "native" else frozenset()
+    return Invoker(fn, h, processes, metrics, limit, outputs), parse
 
 
 class StepChain:

@@ -19,6 +19,7 @@ from contextlib import nullcontext
 
 from worker.observe.metrics import Metrics
 from worker.observe.tracing import Tracing
+from worker.outputs.sink import OutputSink
 from worker.partition.partition import Partition
 from worker.sources.base import OwnershipLost, Source
 
@@ -31,9 +32,16 @@ COMMIT_TIMEOUT_S = 10.0
 
 class Committer:
     def __init__(
-        self, source: Source, interval_s: float, metrics: Metrics, tracing: Tracing | None = None
+        self,
+        source: Source,
+        interval_s: float,
+        metrics: Metrics,
+        tracing: Tracing | None = None,
+        outputs: OutputSink | None = None,
     ) -> None:
         self._source = source
+        #: Where the outputs the positions cover go first (None: outputs are off).
+        self._outputs = outputs
         self._tracing = tracing
         self._interval_s = interval_s
         self._failures = metrics.commit_failures.labels(source.name)
@@ -73,7 +81,7 @@ class Committer:
                 async with asyncio.timeout(COMMIT_TIMEOUT_S):
                     span = self._tracing.commit(len(moved)) if self._tracing else nullcontext()
                     with span:
-                        await self._source.commit({p.key: pos for p, (pos, _) in moved})
+                        await self._checkpoint(moved)
             except OwnershipLost as exc:
                 # Those partitions were taken away (a rebalance, a lost lease): their work
                 # past the last commit will be redone by the new owner. The others of the
@@ -97,6 +105,12 @@ class Committer:
                 p.mark_committed(position, records)
                 p.report_lag(self._source.lag(p.key))
             return await self._flush_notes()
+
+    async def _checkpoint(self, moved: list[tuple[Partition, tuple[int, int]]]) -> None:
+        if self._outputs is None:
+            await self._source.commit({p.key: pos for p, (pos, _) in moved})
+        else:
+            await self._outputs.checkpoint(self._source, [(p, pos) for p, (pos, _) in moved])
 
     async def _flush_notes(self) -> bool:
         """Notes that changed with no position moved (a partition halted inside a batch)

@@ -25,6 +25,8 @@ from worker.observe.metrics import Metrics
 from worker.observe.status import Status, StatusInfo
 from worker.observe.view import PartitionStats
 from worker.observe.watchdog import EXIT_STALLED, CommitWatchdog, LoopMonitor
+from worker.outputs.make import make_output_sink
+from worker.outputs.sink import OutputSink
 from worker.partition.partition import Partition
 from worker.runtime.assignments import Assignments
 from worker.runtime.backpressure import Backpressure
@@ -68,7 +70,8 @@ class Worker:
     def __init__(self, config: WorkerConfig, source: Source | None = None,
                  handler: Callable[..., Any] | None = None, metrics: Metrics | None = None,
                  destination: Destination | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.monotonic,
+                 outputs: OutputSink | None = None) -> None:  # fmt: skip
         self.config, rt = config, config.runtime
         self.source = source or make_source(config.source)
         self.metrics = metrics or Metrics()
@@ -81,9 +84,9 @@ class Worker:
         errors = RecentErrors()
         steps = StepChain(config, self.source, self.invoker, parse, self.destination,
                           self.metrics, errors)  # fmt: skip
-        self.committer = Committer(
-            self.source, config.source.commit_interval_ms / 1000.0, self.metrics, steps.tracing
-        )
+        self.outputs = outputs or make_output_sink(config, self.metrics, self.source.name)
+        self.committer = Committer(self.source, config.source.commit_interval_ms / 1000.0,
+                                   self.metrics, steps.tracing, self.outputs)  # fmt: skip
         self.backpressure = backpressure = Backpressure(self.source, rt.memory_budget_bytes,
                                                         self.metrics)  # fmt: skip
         self.assignments = Assignments(
@@ -123,8 +126,9 @@ class Worker:
                                        mc.status_page)  # fmt: skip
             await self.endpoints.start()
             spawn(self.status.run_sampler(), "rate sampler")
-        if self.destination is not None:
-            await self.destination.start()
+        for sink in (self.destination, self.outputs):  # their topics exist, they connect
+            if sink is not None:
+                await sink.start()
         warn_about_failures(self.config, self.destination)
         spawn(self.committer.run(), "committer")
         loop_lag = self.metrics.loop_lag.labels(self.source.name)
@@ -179,6 +183,8 @@ class Worker:
             await bounded(self.source.stop(), deadline.left(), "source_stop")
         if self.destination is not None:
             await bounded(self.destination.stop(), deadline.left(), "destination_stop")
+        if self.outputs is not None:
+            await bounded(self.outputs.stop(), deadline.left(), "outputs_stop")
         self.invoker.close()
         if self.endpoints is not None:
             await bounded(self.endpoints.stop(), deadline.left(), "endpoints_stop")

@@ -1,0 +1,40 @@
+"""Outputs into the memory broker's topics, for tests of handlers that `batch.send`.
+
+The same contract as the Kafka sinks: a round's outputs are appended (acknowledged)
+before its offsets are committed. `fail` makes the next rounds' sends fail, as a
+broker that does not acknowledge would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from worker.outputs.sink import Holder, OutputsFailed
+from worker.sources.base import Source
+from worker.sources.memory import MemoryBroker
+
+
+class MemoryOutputs:
+    def __init__(self, broker: MemoryBroker) -> None:
+        self._broker = broker
+        self.fail = False
+        #: Rounds whose sends failed.
+        self.failures = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def checkpoint(self, source: Source, moved: Sequence[tuple[Holder, int]]) -> None:
+        outputs = [o for p, position in moved for o in p.outputs_upto(position)]
+        if outputs:
+            if self.fail:
+                self.failures += 1
+                raise OutputsFailed("outputs: the memory broker refuses (fail = True)")
+            for o in outputs:
+                self._broker.produce(o.topic, o.value, key=o.key, headers=o.headers)
+            for p, position in moved:
+                p.mark_outputs_sent(position)
+        await source.commit({p.key: position for p, position in moved})

@@ -1,0 +1,140 @@
+"""Where outputs go at a checkpoint: the one place that orders them against the offsets.
+
+The committer hands each commit round's outputs (those the round's positions cover)
+and positions to the sink, which alone decides how they reach Kafka:
+
+- `AckedOutputs` (at least once): an idempotent producer (acks=all) sends the outputs
+  and every one is acknowledged before the offsets go to the source; a produce that
+  fails fails the round (`OutputsFailed`), nothing is committed, and the round is tried
+  again (outputs already acknowledged are not sent again: the partition drops them when
+  told `mark_outputs_sent`). A crash between the acks and the commit sends them again:
+  duplicates, never a gap.
+- `TransactionalOutputs` (exactly once, `worker.outputs.transactions`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Hashable, Sequence
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from worker.errors import StartError
+from worker.observe.metrics_outputs import OutputMetrics
+from worker.outputs.config import OutputsConfig
+from worker.outputs.outbox import Output
+from worker.sources.base import Source
+from worker.sources.kafka.preflight import described, servers_of, topics_problem
+
+log = logging.getLogger("worker.outputs")
+
+
+class Holder(Protocol):
+    """A partition, as the sink sees it: its key and the outputs it keeps."""
+
+    key: Hashable
+
+    def outputs_upto(self, position: int) -> list[Output]: ...
+
+    def mark_outputs_sent(self, position: int) -> None: ...
+
+
+class OutputSink(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def checkpoint(self, source: Source, moved: Sequence[tuple[Holder, int]]) -> None:
+        """Commit `moved` (partition, position) with the outputs those positions cover."""
+        ...
+
+
+class OutputsFailed(ConnectionError):
+    """Outputs were not acknowledged: the round commits nothing and is tried again."""
+
+
+class AckedOutputs:
+    def __init__(
+        self,
+        connection: dict[str, Any],
+        config: OutputsConfig,
+        metrics: OutputMetrics,
+        source_name: str,
+        connect_timeout_s: float,
+    ) -> None:
+        self._connection = connection
+        self._config = config
+        self._metrics = metrics
+        self._source_name = source_name
+        self._connect_timeout_s = connect_timeout_s
+        self._errors = metrics.produce_errors.labels(source_name)
+        self._sent = {t: metrics.sent.labels(source_name, t) for t in config.topics}
+        self._producer: AIOKafkaProducer | None = None
+
+    def producer_settings(self) -> dict[str, Any]:
+        return {
+            **self._connection,
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": self._config.linger_ms,
+            "request_timeout_ms": int(self._config.timeout_s * 1000),
+        }
+
+    async def start(self) -> None:
+        """The topics exist (the worker creates none), then the producer connects."""
+        problem = await topics_problem(
+            self._connection, self._config.topics, self._connect_timeout_s, "outputs.topics",
+            "topic ",
+        )  # fmt: skip
+        if problem is not None:
+            raise StartError(problem)
+        self._producer = producer = AIOKafkaProducer(**self.producer_settings())
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            await producer.stop()
+            raise StartError(
+                f"outputs: cannot connect to {servers_of(self._connection)}: {described(exc)}"
+            ) from None
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def send_all(self, outputs: Sequence[Output]) -> None:
+        """Produce every output and wait for all the acks; OutputsFailed if one failed."""
+        producer = self._producer
+        assert producer is not None, "start() first"
+        try:
+            acks = [
+                await producer.send(o.topic, o.value, key=o.key, headers=o.headers) for o in outputs
+            ]
+            results = await asyncio.gather(*acks, return_exceptions=True)
+        except KafkaError as exc:
+            self._errors.inc()
+            raise OutputsFailed(f"outputs: {described(exc)}") from exc
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            self._errors.inc(len(errors))
+            raise OutputsFailed(f"outputs: {len(errors)} not acknowledged: {described(errors[0])}")
+        self.count_sent(outputs)
+
+    def count_sent(self, outputs: Sequence[Output]) -> None:
+        by_topic: dict[str, int] = {}
+        for o in outputs:
+            by_topic[o.topic] = by_topic.get(o.topic, 0) + 1
+        for topic, n in by_topic.items():
+            self._sent[topic].inc(n)
+
+    async def checkpoint(self, source: Source, moved: Sequence[tuple[Holder, int]]) -> None:
+        """Send the outputs the positions cover and wait for every ack, then commit the
+        positions (a commit that fails after the acks does not send them again)."""
+        outputs = [o for p, position in moved for o in p.outputs_upto(position)]
+        if outputs:
+            await self.send_all(outputs)
+            for p, position in moved:
+                p.mark_outputs_sent(position)
+        await source.commit({p.key: position for p, position in moved})
