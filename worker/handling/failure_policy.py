@@ -159,7 +159,7 @@ class FailurePolicy:
         if batch.records:
             kept: list[Output] = []
             await self.resolve(batch, kept=kept)
-            self._ctx.keep_outputs(end, kept)  # before `end` may be committed
+            self._ctx.keep_outputs(batch.first_position, end, kept)  # before `end` commits
         return (end,)
 
     async def poll(self) -> Sequence[int]:

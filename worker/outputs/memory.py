@@ -1,15 +1,16 @@
 """Outputs into the memory broker's topics, for tests of handlers that `batch.send`.
 
-The same contract as the Kafka sinks: a round's outputs are appended (acknowledged)
-before its offsets are committed. `fail` makes the next rounds' sends fail, as a
-broker that does not acknowledge would.
+The same contract, and the same code, as the Kafka sink at least once: a round's
+outputs are appended (acknowledged) before its offsets are committed. `fail` makes the
+next rounds' sends fail, as a broker that does not acknowledge would.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from worker.outputs.sink import Holder, OutputsFailed
+from worker.outputs.outbox import Output
+from worker.outputs.sink import Holder, OutputsFailed, acked_then_committed
 from worker.sources.base import Source
 from worker.sources.memory import MemoryBroker
 
@@ -28,13 +29,11 @@ class MemoryOutputs:
         return None
 
     async def checkpoint(self, source: Source, moved: Sequence[tuple[Holder, int]]) -> None:
-        outputs = [o for p, position in moved for o in p.outputs_upto(position)]
-        if outputs:
-            if self.fail:
-                self.failures += 1
-                raise OutputsFailed("outputs: the memory broker refuses (fail = True)")
-            for o in outputs:
-                self._broker.produce(o.topic, o.value, key=o.key, headers=o.headers)
-            for p, position in moved:
-                p.mark_outputs_sent(position)
-        await source.commit({p.key: position for p, position in moved})
+        await acked_then_committed(source, moved, self._send)
+
+    async def _send(self, outputs: Sequence[Output]) -> None:
+        if self.fail:
+            self.failures += 1
+            raise OutputsFailed("outputs: the memory broker refuses (fail = True)")
+        for o in outputs:
+            self._broker.produce(o.topic, o.value, key=o.key, headers=o.headers)

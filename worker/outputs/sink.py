@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
@@ -130,11 +130,20 @@ class AckedOutputs:
             self._sent[topic].inc(n)
 
     async def checkpoint(self, source: Source, moved: Sequence[tuple[Holder, int]]) -> None:
-        """Send the outputs the positions cover and wait for every ack, then commit the
-        positions (a commit that fails after the acks does not send them again)."""
-        outputs = [o for p, position in moved for o in p.outputs_upto(position)]
-        if outputs:
-            await self.send_all(outputs)
-            for p, position in moved:
-                p.mark_outputs_sent(position)
-        await source.commit({p.key: position for p, position in moved})
+        await acked_then_committed(source, moved, self.send_all)
+
+
+async def acked_then_committed(
+    source: Source,
+    moved: Sequence[tuple[Holder, int]],
+    send: Callable[[Sequence[Output]], Awaitable[None]],
+) -> None:
+    """At least once: send the outputs the positions cover and have every one
+    acknowledged, then commit the positions (a commit that fails after the acks does not
+    send them again). A crash between the two sends them again: duplicates, no gap."""
+    outputs = [o for p, position in moved for o in p.outputs_upto(position)]
+    if outputs:
+        await send(outputs)
+        for p, position in moved:
+            p.mark_outputs_sent(position)
+    await source.commit({p.key: position for p, position in moved})

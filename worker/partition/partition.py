@@ -232,6 +232,8 @@ class Partition:
     def commit_point(self) -> tuple[int, int] | None:
         """(position, records) to checkpoint, if the finished prefix moved past the last one."""
         position = self._tracker.committable
+        if position is not None and self._outputs.count:
+            position = self._outputs.held_back(position)  # never inside a batch with outputs
         if position is None or position == self._committed:
             return None
         # With several lanes, units past a gap finished too: they are not covered yet.
@@ -242,7 +244,7 @@ class Partition:
         return self._outputs.upto(position) if self._outputs.count else []
 
     def mark_outputs_sent(self, position: int) -> None:
-        """The outputs up to `position` were acknowledged: a retried commit skips them."""
+        """Outputs up to `position` acknowledged: a retried commit skips them."""
         if self._outputs.count:
             self._outputs.drop_upto(position)
 

@@ -42,9 +42,9 @@ class PartitionContext:
     metrics: PartitionMetrics
     #: Set when the partition stops taking batches: a step waiting on a retry gives up.
     stopping: asyncio.Event
-    #: Keep a resolved batch's outputs until the checkpoint covering `end` (the partition's
-    #: ledger); called before the step returns the batch's end as safe to commit.
-    keep_outputs: Callable[[int, list[Output]], None]
+    #: Keep a resolved batch's outputs (its first and last position) until the checkpoint
+    #: covering it (the partition's ledger); called before the step returns its end.
+    keep_outputs: Callable[[int, int, list[Output]], None]
 
 
 class Step(Protocol):
