@@ -13,6 +13,11 @@ import recording_handler
 
 _TOPIC = os.environ.get("OUTPUT_TOPIC", "outputs")
 _BARRIER_TOPIC = os.environ.get("RECORD_BARRIER_TOPIC")
+#: "PARTITION:OFFSET": that record's output carries 64 KB of padding (a topic whose
+#: max.message.bytes is smaller refuses it, so its transaction fails).
+_HUGE = (
+    tuple(map(int, os.environ["OUTPUT_HUGE"].split(":"))) if "OUTPUT_HUGE" in os.environ else None
+)
 
 
 def handle(batch) -> None:
@@ -21,4 +26,7 @@ def handle(batch) -> None:
     if _BARRIER_TOPIC is not None and records and records[0].topic == _BARRIER_TOPIC:
         return
     for r in records:
-        batch.send(_TOPIC, f"{r.partition}:{r.offset}", key=r.key, record=r)
+        value = f"{r.partition}:{r.offset}"
+        if (r.partition, r.offset) == _HUGE:
+            value += " " * 65536
+        batch.send(_TOPIC, value, key=r.key, record=r)

@@ -59,7 +59,7 @@ def outputs_seen(
     """How many times each "partition:offset" output is in the topic."""
     values = asyncio.run(asyncio.wait_for(read_topic(bootstrap, name, partitions,
                                                      isolation_level), 60))  # fmt: skip
-    return Counter(v.decode() for v in values)
+    return Counter(v.decode().rstrip() for v in values)
 
 
 def expected_outputs(ends: dict[int, int], skip: set[tuple[int, int]] = frozenset()) -> set[str]:

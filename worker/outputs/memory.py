@@ -7,7 +7,7 @@ next rounds' sends fail, as a broker that does not acknowledge would.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 from worker.outputs.outbox import Output
 from worker.outputs.sink import Holder, OutputsFailed, acked_then_committed
@@ -28,8 +28,17 @@ class MemoryOutputs:
     async def stop(self) -> None:
         return None
 
-    async def checkpoint(self, source: Source, moved: Sequence[tuple[Holder, int]]) -> None:
+    async def assigned(self, keys: Sequence[Hashable]) -> None:
+        return None
+
+    async def revoked(self, keys: Sequence[Hashable]) -> None:
+        return None
+
+    async def checkpoint(
+        self, source: Source, moved: Sequence[tuple[Holder, int]]
+    ) -> Mapping[Hashable, Exception]:
         await acked_then_committed(source, moved, self._send)
+        return {}
 
     async def _send(self, outputs: Sequence[Output]) -> None:
         if self.fail:

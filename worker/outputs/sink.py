@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
@@ -47,8 +47,18 @@ class OutputSink(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def checkpoint(self, source: Source, moved: Sequence[tuple[Holder, int]]) -> None:
-        """Commit `moved` (partition, position) with the outputs those positions cover."""
+    async def assigned(self, keys: Sequence[Hashable]) -> None:
+        """Partitions are being taken (before any of their records is handled here)."""
+
+    async def revoked(self, keys: Sequence[Hashable]) -> None:
+        """Partitions left, after their last commit here."""
+
+    async def checkpoint(
+        self, source: Source, moved: Sequence[tuple[Holder, int]]
+    ) -> Mapping[Hashable, Exception]:
+        """Commit `moved` (partition, position) with the outputs those positions cover.
+        Returns the partitions whose checkpoint failed, with why (OwnershipLost: taken
+        away); raises if the whole round failed."""
         ...
 
 
@@ -83,14 +93,17 @@ class AckedOutputs:
             "request_timeout_ms": int(self._config.timeout_s * 1000),
         }
 
-    async def start(self) -> None:
-        """The topics exist (the worker creates none), then the producer connects."""
+    async def check_topics(self) -> None:
+        """The topics exist: the worker creates none."""
         problem = await topics_problem(
             self._connection, self._config.topics, self._connect_timeout_s, "outputs.topics",
             "topic ",
         )  # fmt: skip
         if problem is not None:
             raise StartError(problem)
+
+    async def start(self) -> None:
+        await self.check_topics()
         self._producer = producer = AIOKafkaProducer(**self.producer_settings())
         try:
             await producer.start()
@@ -103,6 +116,12 @@ class AckedOutputs:
     async def stop(self) -> None:
         if self._producer is not None:
             await self._producer.stop()
+
+    async def assigned(self, keys: Sequence[Hashable]) -> None:
+        return None
+
+    async def revoked(self, keys: Sequence[Hashable]) -> None:
+        return None
 
     async def send_all(self, outputs: Sequence[Output]) -> None:
         """Produce every output and wait for all the acks; OutputsFailed if one failed."""
@@ -129,8 +148,11 @@ class AckedOutputs:
         for topic, n in by_topic.items():
             self._sent[topic].inc(n)
 
-    async def checkpoint(self, source: Source, moved: Sequence[tuple[Holder, int]]) -> None:
+    async def checkpoint(
+        self, source: Source, moved: Sequence[tuple[Holder, int]]
+    ) -> Mapping[Hashable, Exception]:
         await acked_then_committed(source, moved, self.send_all)
+        return {}
 
 
 async def acked_then_committed(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 
 from worker.observe.metrics import Metrics
@@ -58,6 +58,16 @@ class Committer:
     def forget(self, partitions: Iterable[Partition]) -> None:
         self._dirty.difference_update(partitions)
 
+    async def taking(self, keys: Sequence[Hashable]) -> None:
+        """Partitions are being assigned: the output sink readies (and fences) them."""
+        if self._outputs is not None:
+            await self._outputs.assigned(keys)
+
+    async def released(self, keys: Sequence[Hashable]) -> None:
+        """Partitions left after their last commit here."""
+        if self._outputs is not None:
+            await self._outputs.revoked(keys)
+
     async def run(self) -> None:
         while True:
             await self._wanted.wait()
@@ -81,36 +91,46 @@ class Committer:
                 async with asyncio.timeout(COMMIT_TIMEOUT_S):
                     span = self._tracing.commit(len(moved)) if self._tracing else nullcontext()
                     with span:
-                        await self._checkpoint(moved)
+                        failures = await self._checkpoint(moved)
             except OwnershipLost as exc:
+                failures = dict.fromkeys(exc.lost, exc)
+            except (ConnectionError, TimeoutError) as exc:
+                self._failed(exc, [p for p, _ in moved])
+                return False
+            lost = {k: e for k, e in failures.items() if isinstance(e, OwnershipLost)}
+            broken = {k: e for k, e in failures.items() if k not in lost}
+            if lost:
                 # Those partitions were taken away (a rebalance, a lost lease): their work
                 # past the last commit will be redone by the new owner. The others of the
                 # same call were checkpointed.
-                refused = [m for m in moved if m[0].key in exc.lost]
+                refused = [m for m in moved if m[0].key in lost]
                 self._refused.inc(len(refused))
                 log.warning(
                     "event=commit_refused reason=ownership_lost partitions=%s detail=%r "
                     "note='the new owner redoes what was handled past the last commit'",
-                    ",".join(f"{p.label}@{pos}" for p, (pos, _) in refused), str(exc),
+                    ",".join(f"{p.label}@{pos}" for p, (pos, _) in refused),
+                    str(next(iter(lost.values()))),
                 )  # fmt: skip
-                moved = [m for m in moved if m[0].key not in exc.lost]
-            except (ConnectionError, TimeoutError) as exc:
-                self._failed(exc, [p for p, _ in moved])
-                return False
-            if self._failing_since is not None:
+            if broken:  # some partitions' checkpoints failed (a transaction): tried again
+                self._failed(next(iter(broken.values())), [p for p, _ in moved if p.key in broken])
+            elif self._failing_since is not None:
                 log.info("event=commits_recovered after_s=%.1f",
                          time.monotonic() - self._failing_since)  # fmt: skip
                 self._failing_since = None
             for p, (position, records) in moved:
-                p.mark_committed(position, records)
-                p.report_lag(self._source.lag(p.key))
-            return await self._flush_notes()
+                if p.key not in failures:
+                    p.mark_committed(position, records)
+                    p.report_lag(self._source.lag(p.key))
+            return await self._flush_notes() and not broken
 
-    async def _checkpoint(self, moved: list[tuple[Partition, tuple[int, int]]]) -> None:
+    async def _checkpoint(
+        self, moved: list[tuple[Partition, tuple[int, int]]]
+    ) -> Mapping[Hashable, Exception]:
+        """Commit `moved`; the partitions whose checkpoint failed, with why (none: {})."""
         if self._outputs is None:
             await self._source.commit({p.key: pos for p, (pos, _) in moved})
-        else:
-            await self._outputs.checkpoint(self._source, [(p, pos) for p, (pos, _) in moved])
+            return {}
+        return await self._outputs.checkpoint(self._source, [(p, pos) for p, (pos, _) in moved])
 
     async def _flush_notes(self) -> bool:
         """Notes that changed with no position moved (a partition halted inside a batch)
