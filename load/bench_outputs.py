@@ -1,4 +1,5 @@
-"""The outputs scenario: one output per input, none vs at least once vs exactly once.
+"""The outputs scenario: one output per input, none vs at least once vs exactly once,
+and the IoT pipeline into SQLite.
 
 The handler's own rate would flatter the modes with outputs (a partition may run up to
 `runtime.max_buffered_records` ahead of its commits), so the rate here is the group's
@@ -26,6 +27,9 @@ MODES = {
     "at least once": ("handler.target=load.bench_handlers:send_each",),
     "exactly once": ("handler.target=load.bench_handlers:send_each",
                      "outputs.exactly_once=true"),
+    # The IoT pipeline: every reading upserted into SQLite (rows/s = records/s here: the
+    # generator's readings are all valid), alerts at least once.
+    "iot pipeline, SQLite": ("handler.target=handlers.iot_pipeline:handle",),
 }  # fmt: skip
 
 
@@ -48,7 +52,13 @@ def _rate(env: Any, topic: str, out: str, records: int, settings: tuple[str, ...
     cmd = worker_cmd(env.bootstrap, topic, "noop", "batching.batch_size=500",
                      f'outputs.topics=["{out}"]', f"source.group_id={group}",
                      *settings)  # later --set win  # fmt: skip
-    penv = {**os.environ, "BENCH_OUTPUT_TOPIC": out, "BENCH_COUNT": "0"}
+    penv = {
+        **os.environ,
+        "BENCH_OUTPUT_TOPIC": out,
+        "BENCH_COUNT": "0",
+        "IOT_DATABASE_URL": f"sqlite:///{env.tmp / group}.db",
+        "IOT_ALERTS_TOPIC": out,
+    }
     proc = subprocess.Popen(cmd, env=penv, stdout=subprocess.DEVNULL)
     try:
         t0 = n0 = None
