@@ -16,6 +16,8 @@ from worker.sources.memory import MemoryBroker
 
 
 class MemoryOutputs:
+    round_timeout_s = 10.0
+
     def __init__(self, broker: MemoryBroker) -> None:
         self._broker = broker
         self.fail = False

@@ -43,6 +43,9 @@ class Holder(Protocol):
 
 
 class OutputSink(Protocol):
+    #: How long one commit round carrying outputs may take before it counts as failed.
+    round_timeout_s: float
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
@@ -83,6 +86,7 @@ class AckedOutputs:
         self._errors = metrics.produce_errors.labels(source_name)
         self._sent = {t: metrics.sent.labels(source_name, t) for t in config.topics}
         self._producer: AIOKafkaProducer | None = None
+        self.round_timeout_s = 6 * config.timeout_s
 
     def producer_settings(self) -> dict[str, Any]:
         return {

@@ -55,6 +55,7 @@ class TransactionalOutputs:
         self._prefix = o.transactional_id or config.source.group_id
         self._acked = AckedOutputs(connection, o, metrics, source_name, connect_timeout_s)
         self._timeout_ms = int(o.timeout_s * 1000)
+        self.round_timeout_s = 6 * o.timeout_s
         self._committed = metrics.transactions.labels(source_name, "committed")
         self._aborted = metrics.transactions.labels(source_name, "aborted")
         self._errors = metrics.produce_errors.labels(source_name)

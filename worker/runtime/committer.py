@@ -42,6 +42,8 @@ class Committer:
         self._source = source
         #: Where the outputs the positions cover go first (None: outputs are off).
         self._outputs = outputs
+        #: A round that carries outputs may take the sink's longer bound.
+        self._timeout_s = max(COMMIT_TIMEOUT_S, outputs.round_timeout_s if outputs else 0.0)
         self._tracing = tracing
         self._interval_s = interval_s
         self._failures = metrics.commit_failures.labels(source.name)
@@ -88,7 +90,7 @@ class Committer:
             if not moved:
                 return await self._flush_notes()
             try:
-                async with asyncio.timeout(COMMIT_TIMEOUT_S):
+                async with asyncio.timeout(self._timeout_s):
                     span = self._tracing.commit(len(moved)) if self._tracing else nullcontext()
                     with span:
                         failures = await self._checkpoint(moved)
@@ -148,7 +150,7 @@ class Committer:
     def _failed(self, exc: Exception, partitions: list[Partition]) -> None:
         """Count every failed commit; log the first of an outage, not every retry."""
         self._failures.inc()
-        error = str(exc) or f"not acknowledged within {COMMIT_TIMEOUT_S:g}s"
+        error = str(exc) or f"not acknowledged within {self._timeout_s:g}s"
         if self._failing_since is None:
             self._failing_since = time.monotonic()
             log.warning("event=commit_failed error=%r partitions=%s note='retrying; logged "
