@@ -13,7 +13,7 @@ import recording_handler
 
 _TOPIC = os.environ.get("OUTPUT_TOPIC", "outputs")
 _BARRIER_TOPIC = os.environ.get("RECORD_BARRIER_TOPIC")
-#: "PARTITION:OFFSET": that record's output carries 64 KB of padding (a topic whose
+#: "PARTITION:OFFSET": that record's output carries 700 KB of padding (a topic whose
 #: max.message.bytes is smaller refuses it, so its transaction fails).
 _HUGE = (
     tuple(map(int, os.environ["OUTPUT_HUGE"].split(":"))) if "OUTPUT_HUGE" in os.environ else None
@@ -28,5 +28,5 @@ def handle(batch) -> None:
     for r in records:
         value = f"{r.partition}:{r.offset}"
         if (r.partition, r.offset) == _HUGE:
-            value += " " * 65536
+            value += " " * 700_000
         batch.send(_TOPIC, value, key=r.key, record=r)

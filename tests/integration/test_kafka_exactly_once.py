@@ -48,7 +48,7 @@ def _handled(tmp_path: Path, pid: int) -> int:
 def run_killed_twice(kafka: str, tmp_path: Path, records: int, lanes: int) -> None:
     topic, ends = keyed_topic(kafka, records, PARTITIONS, by_key_number=True)
     out, group = unique("out"), unique("g")
-    asyncio.run(create_output_topic(kafka, out, 2, max_message_bytes=32768))
+    asyncio.run(create_output_topic(kafka, out, 2, max_message_bytes=600_000))
     config = write_config(
         tmp_path / "w.toml", kafka, topic, group,
         handler={"target": "output_handler:handle", "parallelization_factor": lanes},

@@ -14,7 +14,6 @@ and positions to the sink, which alone decides how they reach Kafka:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, Protocol
@@ -26,6 +25,7 @@ from worker.errors import StartError
 from worker.observe.metrics_outputs import OutputMetrics
 from worker.outputs.config import OutputsConfig
 from worker.outputs.outbox import Output
+from worker.outputs.produce import BATCH_BYTES, produce
 from worker.sources.base import Source
 from worker.sources.kafka.preflight import described, servers_of, topics_problem
 
@@ -94,6 +94,7 @@ class AckedOutputs:
             "acks": "all",
             "enable_idempotence": True,
             "linger_ms": self._config.linger_ms,
+            "max_batch_size": BATCH_BYTES,
             "request_timeout_ms": int(self._config.timeout_s * 1000),
         }
 
@@ -129,20 +130,12 @@ class AckedOutputs:
 
     async def send_all(self, outputs: Sequence[Output]) -> None:
         """Produce every output and wait for all the acks; OutputsFailed if one failed."""
-        producer = self._producer
-        assert producer is not None, "start() first"
+        assert self._producer is not None, "start() first"
         try:
-            acks = [
-                await producer.send(o.topic, o.value, key=o.key, headers=o.headers) for o in outputs
-            ]
-            results = await asyncio.gather(*acks, return_exceptions=True)
+            await produce(self._producer, outputs)
         except KafkaError as exc:
             self._errors.inc()
-            raise OutputsFailed(f"outputs: {described(exc)}") from exc
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            self._errors.inc(len(errors))
-            raise OutputsFailed(f"outputs: {len(errors)} not acknowledged: {described(errors[0])}")
+            raise OutputsFailed(f"outputs: not acknowledged: {described(exc)}") from exc
         self.count_sent(outputs)
 
     def count_sent(self, outputs: Sequence[Output]) -> None:

@@ -35,6 +35,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from worker.config import WorkerConfig
 from worker.observe.metrics_outputs import OutputMetrics
 from worker.outputs.outbox import Output
+from worker.outputs.produce import produce
 from worker.outputs.sink import AckedOutputs, Holder, OutputsFailed
 from worker.sources.base import OwnershipLost, Source
 from worker.sources.kafka.preflight import described
@@ -138,9 +139,7 @@ class TransactionalOutputs:
     ) -> None:
         try:
             await producer.begin_transaction()
-            acks = [await producer.send(o.topic, o.value, key=o.key, headers=o.headers)
-                    for o in outputs]  # fmt: skip
-            await asyncio.gather(*acks)
+            await produce(producer, outputs)
             await producer.send_offsets_to_transaction(offsets, group_id)
             await producer.commit_transaction()
         except ProducerFenced as exc:
