@@ -92,3 +92,11 @@ async def latency(batch) -> None:
     now = time.time()
     _latencies.extend(now - orjson.loads(r.value)["ts"] for r in batch.records)
     _account(len(batch.records))
+
+
+async def send_each(batch) -> None:
+    """One output per input (the outputs scenario; `$BENCH_OUTPUT_TOPIC`)."""
+    topic = os.environ["BENCH_OUTPUT_TOPIC"]
+    send = batch.send
+    for r in batch.records:
+        send(topic, r.value, key=r.key)

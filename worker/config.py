@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from worker.config_base import Section, SourceSettings
+from worker.outputs.config import OutputsConfig
 from worker.sources.dynamodb.config import DynamoDBSourceConfig
 from worker.sources.kafka.config import KafkaSourceConfig
 from worker.sources.kinesis.config import KinesisSourceConfig
@@ -64,6 +65,8 @@ class HandlerConfig(Section):
     parallelization_factor: Annotated[int, Field(ge=1, le=100)] = 1
     concurrency: Literal["async", "thread", "process"] = "async"
     threads: Annotated[int, Field(ge=1, le=1024)] = 32
+    #: Handler calls running at once across all partitions and key lanes (0: no cap).
+    max_concurrency: Annotated[int, Field(ge=0, le=100_000)] = 0
     processes: Annotated[int, Field(ge=1, le=256)] = Field(
         default_factory=lambda: os.cpu_count() or 1
     )
@@ -214,6 +217,26 @@ class WorkerConfig(Section):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    outputs: OutputsConfig = Field(default_factory=OutputsConfig)
+
+    @model_validator(mode="after")
+    def _outputs_fit(self) -> WorkerConfig:
+        o, kafka = self.outputs, isinstance(self.source, KafkaSourceConfig)
+        if o.topics and self.handler.style != "native":
+            raise ValueError("outputs.topics: batch.send is for native handlers (a Lambda-style "
+                             "handler writes with its own clients)")  # fmt: skip
+        if o.topics and self.handler.concurrency == "process":
+            raise ValueError("outputs.topics: batch.send needs handler.concurrency = 'async' "
+                             "or 'thread'")  # fmt: skip
+        if o.exactly_once and not (kafka and o.topics):
+            raise ValueError("outputs.exactly_once: needs a Kafka source and outputs.topics")
+        memory = isinstance(self.source, MemorySourceConfig)  # the memory broker's topics
+        if o.topics and not (kafka or memory) and not o.bootstrap_servers:
+            raise ValueError("outputs.bootstrap_servers: needed when the source is not Kafka")
+        if kafka and set(o.topics) & set(self.source.topics):
+            raise ValueError("outputs.topics: must not be a source topic (its records would be "
+                             "consumed again)")  # fmt: skip
+        return self
 
     @model_validator(mode="after")
     def _windows_need_lambda_style(self) -> WorkerConfig:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from worker.outputs.outbox import Outbox
 
 
 class Record(Protocol):
@@ -45,6 +48,25 @@ class Batch:
     partition: str
     #: Tumbling-window fields of the Lambda event (window, state, ...), when windows are on.
     window: dict[str, Any] | None = None
+    #: Where this call's `send`s go (the invoker's, one per call); None: outputs are off.
+    outbox: Outbox | None = None
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | str | None,
+        key: bytes | str | None = None,
+        headers: Any = None,
+        *,
+        record: Record | None = None,
+    ) -> None:
+        """Queue an output record to `topic` (one of `outputs.topics`). It is produced only
+        if this invoke succeeds, and only with the checkpoint covering this batch; with
+        `record=` it belongs to that input record, and is discarded if the handler reports
+        that record failed. `headers`: a dict or (name, bytes) pairs."""
+        if self.outbox is None:
+            raise RuntimeError("batch.send needs outputs.topics in the [outputs] section")
+        self.outbox.add(topic, value, key, headers, record)
 
     def __len__(self) -> int:
         return len(self.records)

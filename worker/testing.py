@@ -24,12 +24,15 @@ from typing import Any
 from worker.config import WorkerConfig
 from worker.destinations import Destination
 from worker.observe.metrics import Metrics
+from worker.outputs.memory import MemoryOutputs
+from worker.outputs.outbox import Outbox
 from worker.records import Batch
 from worker.runtime.worker import Worker
 from worker.sources.memory import MemoryBroker, MemoryRecord, MemorySource
 
 __all__ = [
     "MemoryBroker",
+    "MemoryOutputs",
     "MemoryRecord",
     "MemorySource",
     "fully_committed",
@@ -46,15 +49,18 @@ def make_batch(
     topic: str = "test",
     partition: int = 0,
     first_offset: int = 0,
+    sends_to: Sequence[str] = (),
 ) -> Batch:
-    """A batch as the worker would hand it to a native handler."""
+    """A batch as the worker would hand it to a native handler; with `sends_to` (output
+    topics), what the handler `send`s is in `batch.outbox.items`."""
     now = int(time.time() * 1000)
     keys = keys or [None] * len(values)
     records = [
         MemoryRecord(topic, partition, first_offset + i, k, v, now)
         for i, (k, v) in enumerate(zip(keys, values, strict=True))
     ]
-    return Batch(records, "memory", f"{topic}-{partition}")
+    outbox = Outbox(frozenset(sends_to)) if sends_to else None
+    return Batch(records, "memory", f"{topic}-{partition}", outbox=outbox)
 
 
 def memory_config(settings: Mapping[str, Mapping[str, Any]] | None = None) -> WorkerConfig:
@@ -80,19 +86,24 @@ async def running_worker(
     metrics: Metrics | None = None,
     destination: Destination | None = None,
     clock: Callable[[], float] = time.monotonic,
+    outputs: MemoryOutputs | None = None,
 ) -> AsyncIterator[Worker]:
     """Run a worker on the memory broker for the duration of the block, then drain it.
 
     `clock` is the partitions' batching clock: a frozen one makes batching windows never
     end by time, so a test sees exactly what else cuts a batch."""
     source = MemorySource(broker, topics, group_id=group_id)
+    config = memory_config(settings)
+    if outputs is None and config.outputs.topics:
+        outputs = MemoryOutputs(broker)  # batch.send into the broker's topics
     worker = Worker(
-        memory_config(settings),
+        config,
         source=source,
         handler=handler,
         metrics=metrics,
         destination=destination,
         clock=clock,
+        outputs=outputs,
     )
     task = asyncio.create_task(worker.serve(), name="worker")
     try:

@@ -130,6 +130,22 @@ MUTANTS: tuple[Mutant, ...] = (
         ),
     ),
     Mutant(
+        "commit_before_outputs_acked",
+        "at least once, a commit round commits the offsets before the outputs they cover are "
+        "acknowledged: a crash (or a topic that refuses them) leaves inputs committed whose "
+        "outputs never reached the topic",
+        (
+            _node(
+                "unit/test_outputs",
+                "test_nothing_is_committed_while_outputs_are_not_acknowledged",
+            ),
+            _node(
+                "integration/test_kafka_outputs",
+                "test_nothing_is_committed_before_its_outputs_are_acknowledged_and_kill_9_loses_none",
+            ),
+        ),
+    ),
+    Mutant(
         "first_failure_rest_committed",
         "out of retries on a partial response (Lambda's rule), the records after the first "
         "failed one are committed with it although no invocation succeeded for them: a "

@@ -21,6 +21,9 @@ LAYERS: dict[str, int] = {
     "worker.backoff": 0,
     "worker.config_base": 0,
     "worker.lambda_compat.patterns": 0,  # pure: the config validates patterns with it
+    "worker.outputs.outbox": 0,  # what `batch.send` queues
+    "worker.outputs.ledger": 0,
+    "worker.outputs.config": 1,
     # each source's own settings, then the schema that unites them
     "worker.sources.kafka.config": 1,
     "worker.sources.kafka.tls_context": 1,  # config loads the PEM files to check them
@@ -32,6 +35,7 @@ LAYERS: dict[str, int] = {
     "worker.observe": 3,
     "worker.sources": 4,
     "worker.destinations": 4,
+    "worker.outputs": 4,  # the producers of outputs
     "worker.partition": 5,
     "worker.handling": 6,
     "worker.lambda_compat": 7,

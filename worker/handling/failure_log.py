@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 
 from worker.handling.dead_letter import Failure
-from worker.observe.errors import RecentErrors, shown_error
+from worker.observe.errors import RecentErrors, clip_error, clip_traceback, shown_error
 from worker.records import Record
 
 log = logging.getLogger("worker.failures")
@@ -20,18 +20,6 @@ log = logging.getLogger("worker.failures")
 #: Distinct errors (type and raising line) whose traceback each policy logs at WARNING;
 #: past them, and for repeats, the traceback is logged at DEBUG only.
 TRACEBACKS_SHOWN = 20
-#: How much of an error message and of a traceback a log line keeps: a handler that puts
-#: a megabyte record in its message wrote a megabyte line on every retry.
-LOGGED_ERROR_CHARS = 1000
-LOGGED_TRACEBACK_CHARS = 16_000
-
-
-def _clipped(text: str, limit: int) -> str:
-    """`text`, or its start and end around a note of how much was left out."""
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]}...[{len(text) - 2 * half} characters]...{text[-half:]}"
 
 
 class FailureLog:
@@ -59,7 +47,7 @@ class FailureLog:
             "failed_records=%d error=%r at=%s",
             label, first, last, len(records), attempts + 1,
             len(failed) if failed is not None else len(records),
-            _clipped(text, LOGGED_ERROR_CHARS), failure.where or "-",
+            clip_error(text), failure.where or "-",
         )  # fmt: skip
         if failure.traceback:
             self._traceback(label, failure)
@@ -80,5 +68,5 @@ class FailureLog:
             "event=invocation_traceback partition=%s error_type=%s at=%s note=%r traceback=%r",
             label, failure.error_type, failure.where or "-",
             "shown once per distinct error; repeats at DEBUG",
-            _clipped(failure.traceback, LOGGED_TRACEBACK_CHARS),
+            clip_traceback(failure.traceback),
         )  # fmt: skip

@@ -45,6 +45,7 @@ from worker.observe.errors import RecentErrors, shown_error
 from worker.observe.metrics import Metrics, PartitionMetrics
 from worker.observe.tracing import Tracing
 from worker.observe.view import RetryingBatch
+from worker.outputs.outbox import Output, keep_outputs
 from worker.partition.steps import Abandoned, PartitionContext, stopped_within
 from worker.records import Batch, Record
 
@@ -143,6 +144,7 @@ class FailurePolicy:
         self._clock = clock or _wall_clock
         self._duration = metrics.handler_duration.labels(ctx.source)
         self._batch_size = metrics.batch_size.labels(ctx.source)
+        self._discarded = metrics.outputs.discarded.labels(ctx.source)
         self._ignored_result_warned = False
         self._failures = FailureLog(recent_errors)
         self.mode = Mode(self._judge, bisect=errors.bisect_batch_on_function_error)
@@ -150,7 +152,9 @@ class FailurePolicy:
     # -- the step -----------------------------------------------------------------------
     async def submit(self, batch: Batch, end: int) -> Sequence[int]:
         if batch.records:
-            await self.resolve(batch)
+            kept: list[Output] = []
+            await self.resolve(batch, kept=kept)
+            self._ctx.keep_outputs(batch.first_position, end, kept)  # before `end` commits
         return (end,)
 
     async def poll(self) -> Sequence[int]:
@@ -160,9 +164,12 @@ class FailurePolicy:
         return None
 
     # -- the engine ---------------------------------------------------------------------
-    async def resolve(self, batch: Batch, mode: Mode | None = None) -> Any:
+    async def resolve(
+        self, batch: Batch, mode: Mode | None = None, kept: list[Output] | None = None
+    ) -> Any:
         """Return once every record of the batch is resolved: the last successful result
-        (None if the records were given up).
+        (None if the records were given up). The outputs of the invokes that succeeded
+        are appended to `kept` (those of failed invokes and failed records are discarded).
 
         Raises Abandoned if the partition stops first, PartitionHalted if the dead-letter
         guard refuses to give up more records; either way the batch stays uncommitted.
@@ -172,7 +179,7 @@ class FailurePolicy:
         if self._tracing is None and batch.records and not self._checks_age(mode):
             # The common case, one call that succeeds, without the retry loop's objects.
             first = await self.invoke_counted(batch)
-            if mode.judge(first, batch.records)[0] is None:
+            if not first.outputs and mode.judge(first, batch.records)[0] is None:
                 self._ctx.metrics.success.inc()
                 self._succeeded(len(batch.records))
                 return first.result
@@ -180,9 +187,9 @@ class FailurePolicy:
         retry = _ShownRetry(self._ctx.metrics)
         try:
             if self._tracing is None or not batch.records:
-                return await self._resolve(batch, mode, pending, retry, first)
+                return await self._resolve(batch, mode, pending, retry, kept, first)
             with self._tracing.process(batch):
-                return await self._resolve(batch, mode, pending, retry)
+                return await self._resolve(batch, mode, pending, retry, kept)
         finally:
             retry.over()
 
@@ -195,10 +202,11 @@ class FailurePolicy:
         mode: Mode,
         pending: deque[_Piece],
         retry: _ShownRetry,
+        kept: list[Output] | None,
         first: Outcome | None = None,
     ) -> Any:
         """The retry loop. `first`: the outcome of the whole batch's first call, when
-        `resolve` made it already (it failed)."""
+        `resolve` made it already (it failed, or sent outputs to keep)."""
         m, label = self._ctx.metrics, self._ctx.label
         result = None
         while pending:
@@ -221,6 +229,10 @@ class FailurePolicy:
                 with self._tracing.attempt(len(records), len(batch.records), piece.attempts):
                     outcome = await self.invoke_counted(piece_batch)
             failure, failed = mode.judge(outcome, records)
+            if outcome.outputs:
+                lost = keep_outputs(outcome.outputs, kept, records, failure is None, failed,
+                                    self._failed_only)  # fmt: skip
+                self._discarded.inc(lost)
             if failure is None:
                 retry.over()
                 m.success.inc()

@@ -22,10 +22,11 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from worker.config import HandlerConfig
+from worker.handling.call_limit import CallLimit
 from worker.handling.call_timer import CallTimer
 from worker.handling.handler import (
     HandlerLoadError,
@@ -36,6 +37,7 @@ from worker.handling.handler import (
 from worker.handling.overruns import Overruns
 from worker.handling.process_pool import CallTimedOut, ProcessPool
 from worker.observe.metrics import Metrics
+from worker.outputs.outbox import Outbox, Output
 from worker.records import Batch
 
 log = logging.getLogger("worker.invoker")
@@ -50,6 +52,8 @@ class Outcome:
     result: Any = None
     error: BaseException | None = None
     timed_out: bool = False
+    #: What the call queued with `batch.send` (outputs on), kept only if it succeeded.
+    outputs: list[Output] | None = None
 
     def describe(self) -> str:
         if self.timed_out:
@@ -87,8 +91,14 @@ class Invoker:
         config: HandlerConfig,
         processes: ProcessPool | None = None,
         metrics: Metrics | None = None,
+        limit: CallLimit | None = None,
+        outputs: frozenset[str] = frozenset(),
     ) -> None:
         self._fn = fn
+        #: `outputs.topics`: each call gets an outbox for them (empty: `send` is off).
+        self._outputs = outputs
+        #: `handler.max_concurrency`'s slots, shared by every lane (None: no cap).
+        self._limit = limit
         self._timeout_s = config.timeout_s
         self.is_async = is_coroutine_callable(fn)
         self._processes = processes
@@ -126,16 +136,41 @@ class Invoker:
             await self._overruns.returned(partition)
 
     async def invoke(self, batch: Batch) -> Outcome:
-        if self._overruns is None:
-            start = time.perf_counter()
-            return await self._call(start, self._call_async(batch))
-        return await self._call_in_pool(batch)
+        if not self._outputs:
+            return await self._invoke(batch)
+        outbox = Outbox(self._outputs)
+        outcome = await self._invoke(
+            Batch(batch.records, batch.source, batch.partition, batch.window, outbox)
+        )
+        return replace(outcome, outputs=outbox.items)  # the failure policy keeps or discards
+
+    async def _invoke(self, batch: Batch) -> Outcome:
+        if self._overruns is not None:
+            return await self._call_in_pool(batch)
+        limit = self._limit
+        if limit is None:
+            return await self._call(time.perf_counter(), self._call_async(batch))
+        await limit.acquire()  # before the clock starts: a queue is not the handler's time
+        try:
+            return await self._call(time.perf_counter(), self._call_async(batch))
+        finally:
+            limit.release()  # a coroutine's call has ended with it (cancelled on timeout)
 
     async def _call_in_pool(self, batch: Batch) -> Outcome:
         overruns = self._overruns
         assert overruns is not None
+        limit = self._limit
         await overruns.wait(batch.partition)
-        await overruns.take_slot()  # before the clock starts: a queue is not the handler's time
+        # Slots before the clock starts: a queue is not the handler's time. The global one
+        # first, always, so two calls never each hold the slot the other waits for.
+        if limit is not None:
+            await limit.acquire()
+        try:
+            await overruns.take_slot()
+        except BaseException:
+            if limit is not None:
+                limit.release()
+            raise
         start, since = time.perf_counter(), time.monotonic()
         try:
             if self._processes is not None:
@@ -145,7 +180,11 @@ class Invoker:
                 call = self._pool.submit(call_sync, self._fn, batch)
         except Exception as exc:  # the pool is shut down, or could not be replaced
             overruns.give_back()
+            if limit is not None:
+                limit.release()
             return Outcome(False, time.perf_counter() - start, error=exc)
+        if limit is not None:
+            limit.release_when_done(call)  # a thread past its timeout still holds it
         outcome = None
         try:
             outcome = await self._call(start, self._result(call, batch.partition))

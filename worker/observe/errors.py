@@ -25,6 +25,28 @@ SHOWN_MESSAGE_CHARS = 200
 _MAX_ERROR_CHARS = SHOWN_MESSAGE_CHARS + 120
 
 
+#: How much of an error message and of a traceback a log line keeps: a handler that puts
+#: a megabyte record in its message wrote a megabyte line on every retry.
+LOGGED_ERROR_CHARS = 1000
+LOGGED_TRACEBACK_CHARS = 16_000
+
+
+def clipped(text: str, limit: int) -> str:
+    """`text`, or its start and end around a note of how much was left out."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}...[{len(text) - 2 * half} characters]...{text[-half:]}"
+
+
+def clip_error(text: str) -> str:
+    return clipped(text, LOGGED_ERROR_CHARS)
+
+
+def clip_traceback(text: str) -> str:
+    return clipped(text, LOGGED_TRACEBACK_CHARS)
+
+
 def shown_error(error_type: str, message: str) -> str:
     """`Type: message`, the message cut to `SHOWN_MESSAGE_CHARS` (saying how much was cut)."""
     if len(message) > SHOWN_MESSAGE_CHARS:

@@ -28,6 +28,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from worker.observe.metrics_outputs import OutputMetrics
 from worker.observe.tallies import SpreadFamily, TallyFamily
 from worker.observe.view import RetryingBatch
 
@@ -239,6 +240,7 @@ class Metrics:
         self.poll_errors = Counter(
             "worker_poll_errors", "Fetches from the source that raised.", ("source",), registry=r
         )
+        self.outputs = OutputMetrics(r)
 
     def partition_gauge(self, name: str, documentation: str) -> Gauge:
         """A gauge labelled by source and partition, removed when the partition leaves."""

@@ -10,13 +10,13 @@ writer), and the scrape turns them into samples. A scrape from another thread re
 numbers that are at worst one update behind, as with any counter.
 
 `labels(*values)` and `remove_by_labels` follow prometheus_client's API, so a family
-is made and used like a `Counter` or a `Histogram`.
+is made and used like a `Counter` or a `Histogram` (`collect()` returns a list, as theirs).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -88,14 +88,14 @@ class TallyFamily(_Family):
             child = self._children[values] = Tally()
         return child  # type: ignore[return-value]
 
-    def describe(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)]
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> list[Metric]:
         family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
         for values, child in self._items():
             family.add_metric(values, child.value)  # type: ignore[attr-defined]
-        yield family
+        return [family]
 
 
 class SpreadFamily(_Family):
@@ -122,10 +122,10 @@ class SpreadFamily(_Family):
             child = self._children[values] = Spread(self._bounds)
         return child  # type: ignore[return-value]
 
-    def describe(self) -> Iterator[Metric]:
-        yield HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)]
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> list[Metric]:
         family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
         for values, child in self._items():
             spread: Spread = child  # type: ignore[assignment]
@@ -134,4 +134,4 @@ class SpreadFamily(_Family):
                 running += count
                 buckets.append((le, running))
             family.add_metric(list(values), buckets, spread.sum)
-        yield family
+        return [family]

@@ -1,12 +1,11 @@
 """One owned partition, and the only writer of its state.
 
-The poll loop feeds fetched chunks in. With `parallelization_factor` 1 the
-partition has one key lane: batches run one at a time in position order, and
-each batch is a unit of the offset tracker. With N > 1 the records spread
-over N key lanes (`key_lanes`), each run of `batch_size` fetched records
-being one tracker unit. Every batch goes through the partition's step chain
-(`steps`); the ends the chain reports resolved are finished in the tracker,
-whose finished prefix is what the committer may checkpoint.
+The poll loop feeds fetched chunks in. With `parallelization_factor` 1 the partition
+has one key lane: batches run one at a time in position order, and each batch is a
+unit of the offset tracker. With N > 1 the records spread over N key lanes
+(`key_lanes`), each run of `batch_size` fetched records being one tracker unit. Every
+batch goes through the partition's step chain (`steps`); the ends the chain reports
+resolved are finished in the tracker, whose finished prefix the committer checkpoints.
 
 Everything about the partition (buffers, tracker, pause flag, checkpoint,
 halt) is written here only. The committer, the backpressure controller and
@@ -32,6 +31,8 @@ from dataclasses import dataclass
 
 from worker.observe.metrics import PartitionMetrics
 from worker.observe.view import PartitionStats
+from worker.outputs.ledger import OutputLedger
+from worker.outputs.outbox import Output
 from worker.partition.batcher import Batcher
 from worker.partition.key_lanes import KeyLane, Segments
 from worker.partition.offsets import OffsetTracker
@@ -94,7 +95,10 @@ class Partition:
         self._stop = asyncio.Event()
         # Read when scraped: a gauge's set per batch takes a lock.
         metrics.buffered.set_function(lambda: self.buffered_records)
-        self._steps = steps(PartitionContext(key, label, source, metrics, self._stop))
+        #: Outputs of resolved batches, until the checkpoint that covers them.
+        self._outputs = OutputLedger()
+        ctx = PartitionContext(key, label, source, metrics, self._stop, self._outputs.add)
+        self._steps = steps(ctx)
         self.assigned_at = clock()
         self._tracker = OffsetTracker()
         self._sizes: dict[int, int] = {}  # tracker unit end -> records, until finished
@@ -227,13 +231,25 @@ class Partition:
     def commit_point(self) -> tuple[int, int] | None:
         """(position, records) to checkpoint, if the finished prefix moved past the last one."""
         position = self._tracker.committable
+        if position is not None and self._outputs.count:
+            position = self._outputs.held_back(position)  # never inside a batch with outputs
         if position is None or position == self._committed:
             return None
         # With several lanes, units past a gap finished too: they are not covered yet.
         return position, sum(n for end, n in self._finished.items() if end <= position)
 
+    def outputs_upto(self, position: int) -> list[Output]:
+        """The outputs a checkpoint at `position` (a `commit_point`) must carry first."""
+        return self._outputs.upto(position) if self._outputs.count else []
+
+    def mark_outputs_sent(self, position: int) -> None:
+        """Outputs up to `position` acknowledged: a retried commit skips them."""
+        if self._outputs.count:
+            self._outputs.drop_upto(position)
+
     def mark_committed(self, position: int, records: int) -> None:
         """The source checkpointed `position`, covering `records` finished records."""
+        self.mark_outputs_sent(position)
         self._committed = position
         for end in [end for end in self._finished if end <= position]:
             del self._finished[end]
@@ -303,8 +319,7 @@ class Partition:
         if deadline is None:
             await lane.wake.wait()
             return
-        # `timeout` rather than `wait_for`: no task per wait, so a wake-up (a fetch fed
-        # the lane, or a pressure cut) runs the lane at the loop's next turn.
+        # `timeout`, not `wait_for`: no task per wait, so a wake-up runs the lane next turn
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(deadline - self._clock(), 0.0)):
                 await lane.wake.wait()

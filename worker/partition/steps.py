@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from worker.observe.metrics import PartitionMetrics
+from worker.outputs.outbox import Output
 from worker.records import Batch
 
 
@@ -41,6 +42,9 @@ class PartitionContext:
     metrics: PartitionMetrics
     #: Set when the partition stops taking batches: a step waiting on a retry gives up.
     stopping: asyncio.Event
+    #: Keep a resolved batch's outputs (its first and last position) until the checkpoint
+    #: covering it (the partition's ledger); called before the step returns its end.
+    keep_outputs: Callable[[int, int, list[Output]], None]
 
 
 class Step(Protocol):

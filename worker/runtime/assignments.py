@@ -117,6 +117,7 @@ class Assignments:
     async def on_assigned(self, keys: Sequence[Hashable]) -> None:
         self.assigned_once = True
         self._m_rebalances.inc()
+        await self._committer.taking(keys)  # exactly once: earlier owners are fenced first
         for key in keys:
             if key not in self._partitions:
                 p = self._partitions[key] = self._new_partition(
@@ -187,6 +188,7 @@ class Assignments:
             lanes = {p: stop for stop, p in stops.items() if not stop.done()}
             await self._hold(leaving, lanes, hold)
         self._committer.forget(leaving)
+        await self._committer.released([p.key for p in leaving])
         for p in leaving:
             p.forget()
         self._backpressure.forget(leaving)

@@ -16,6 +16,7 @@ from typing import Any
 from worker.backoff import Backoff
 from worker.config import WorkerConfig
 from worker.destinations import Destination
+from worker.handling.call_limit import CallLimit
 from worker.handling.dead_letter import DeadLetter, DeadLetterGuard
 from worker.handling.failure_policy import FailurePolicy, ResultParser
 from worker.handling.handler import load_handler
@@ -77,7 +78,11 @@ def make_invoker(
             else ChildSpec(load_handler, (h.target,))
         )
         processes = ProcessPool(spec, source.traits, h.processes)
-    return Invoker(fn, h, processes, metrics), parse
+    limit = None
+    if h.max_concurrency:
+        limit = CallLimit(h.max_concurrency, metrics.outputs.slot_wait.labels(source.name))
+    outputs = frozenset(config.outputs.topics) if h.style == "native" else frozenset()
+    return Invoker(fn, h, processes, metrics, limit, outputs), parse
 
 
 class StepChain:

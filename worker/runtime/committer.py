@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 
 from worker.observe.metrics import Metrics
 from worker.observe.tracing import Tracing
+from worker.outputs.sink import OutputSink
 from worker.partition.partition import Partition
 from worker.sources.base import OwnershipLost, Source
 
@@ -31,9 +32,18 @@ COMMIT_TIMEOUT_S = 10.0
 
 class Committer:
     def __init__(
-        self, source: Source, interval_s: float, metrics: Metrics, tracing: Tracing | None = None
+        self,
+        source: Source,
+        interval_s: float,
+        metrics: Metrics,
+        tracing: Tracing | None = None,
+        outputs: OutputSink | None = None,
     ) -> None:
         self._source = source
+        #: Where the outputs the positions cover go first (None: outputs are off).
+        self._outputs = outputs
+        #: A round that carries outputs may take the sink's longer bound.
+        self._timeout_s = max(COMMIT_TIMEOUT_S, outputs.round_timeout_s if outputs else 0.0)
         self._tracing = tracing
         self._interval_s = interval_s
         self._failures = metrics.commit_failures.labels(source.name)
@@ -49,6 +59,16 @@ class Committer:
 
     def forget(self, partitions: Iterable[Partition]) -> None:
         self._dirty.difference_update(partitions)
+
+    async def taking(self, keys: Sequence[Hashable]) -> None:
+        """Partitions are being assigned: the output sink readies (and fences) them."""
+        if self._outputs is not None:
+            await self._outputs.assigned(keys)
+
+    async def released(self, keys: Sequence[Hashable]) -> None:
+        """Partitions left after their last commit here."""
+        if self._outputs is not None:
+            await self._outputs.revoked(keys)
 
     async def run(self) -> None:
         while True:
@@ -70,33 +90,49 @@ class Committer:
             if not moved:
                 return await self._flush_notes()
             try:
-                async with asyncio.timeout(COMMIT_TIMEOUT_S):
+                async with asyncio.timeout(self._timeout_s):
                     span = self._tracing.commit(len(moved)) if self._tracing else nullcontext()
                     with span:
-                        await self._source.commit({p.key: pos for p, (pos, _) in moved})
+                        failures = await self._checkpoint(moved)
             except OwnershipLost as exc:
+                failures = dict.fromkeys(exc.lost, exc)
+            except (ConnectionError, TimeoutError) as exc:
+                self._failed(exc, [p for p, _ in moved])
+                return False
+            lost = {k: e for k, e in failures.items() if isinstance(e, OwnershipLost)}
+            broken = {k: e for k, e in failures.items() if k not in lost}
+            if lost:
                 # Those partitions were taken away (a rebalance, a lost lease): their work
                 # past the last commit will be redone by the new owner. The others of the
                 # same call were checkpointed.
-                refused = [m for m in moved if m[0].key in exc.lost]
+                refused = [m for m in moved if m[0].key in lost]
                 self._refused.inc(len(refused))
                 log.warning(
                     "event=commit_refused reason=ownership_lost partitions=%s detail=%r "
                     "note='the new owner redoes what was handled past the last commit'",
-                    ",".join(f"{p.label}@{pos}" for p, (pos, _) in refused), str(exc),
+                    ",".join(f"{p.label}@{pos}" for p, (pos, _) in refused),
+                    str(next(iter(lost.values()))),
                 )  # fmt: skip
-                moved = [m for m in moved if m[0].key not in exc.lost]
-            except (ConnectionError, TimeoutError) as exc:
-                self._failed(exc, [p for p, _ in moved])
-                return False
-            if self._failing_since is not None:
+            if broken:  # some partitions' checkpoints failed (a transaction): tried again
+                self._failed(next(iter(broken.values())), [p for p, _ in moved if p.key in broken])
+            elif self._failing_since is not None:
                 log.info("event=commits_recovered after_s=%.1f",
                          time.monotonic() - self._failing_since)  # fmt: skip
                 self._failing_since = None
             for p, (position, records) in moved:
-                p.mark_committed(position, records)
-                p.report_lag(self._source.lag(p.key))
-            return await self._flush_notes()
+                if p.key not in failures:
+                    p.mark_committed(position, records)
+                    p.report_lag(self._source.lag(p.key))
+            return await self._flush_notes() and not broken
+
+    async def _checkpoint(
+        self, moved: list[tuple[Partition, tuple[int, int]]]
+    ) -> Mapping[Hashable, Exception]:
+        """Commit `moved`; the partitions whose checkpoint failed, with why (none: {})."""
+        if self._outputs is None:
+            await self._source.commit({p.key: pos for p, (pos, _) in moved})
+            return {}
+        return await self._outputs.checkpoint(self._source, [(p, pos) for p, (pos, _) in moved])
 
     async def _flush_notes(self) -> bool:
         """Notes that changed with no position moved (a partition halted inside a batch)
@@ -114,7 +150,7 @@ class Committer:
     def _failed(self, exc: Exception, partitions: list[Partition]) -> None:
         """Count every failed commit; log the first of an outage, not every retry."""
         self._failures.inc()
-        error = str(exc) or f"not acknowledged within {COMMIT_TIMEOUT_S:g}s"
+        error = str(exc) or f"not acknowledged within {self._timeout_s:g}s"
         if self._failing_since is None:
             self._failing_since = time.monotonic()
             log.warning("event=commit_failed error=%r partitions=%s note='retrying; logged "

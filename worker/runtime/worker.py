@@ -25,6 +25,8 @@ from worker.observe.metrics import Metrics
 from worker.observe.status import Status, StatusInfo
 from worker.observe.view import PartitionStats
 from worker.observe.watchdog import EXIT_STALLED, CommitWatchdog, LoopMonitor
+from worker.outputs.make import make_output_sink
+from worker.outputs.sink import OutputSink
 from worker.partition.partition import Partition
 from worker.runtime.assignments import Assignments
 from worker.runtime.backpressure import Backpressure
@@ -49,10 +51,13 @@ EXIT_SOURCE_FAILED = 1
 STALLED_SHUTDOWN_S = 1.0
 
 
-def feed(chunks: Mapping[Hashable, Sequence[Any]], source: Source, owned: Assignments,
-         backpressure: Backpressure) -> None:  # fmt: skip
+async def feed(chunks: Mapping[Hashable, Sequence[Any]], source: Source, owned: Assignments,
+               backpressure: Backpressure) -> None:  # fmt: skip
     """Hand each owned partition its chunk, then check the budget: the work is per
-    partition the fetch touched, never per partition owned."""
+    partition the fetch touched, never per partition owned. Then yield: a fetch of
+    prefetched data returns without yielding, and unless the lanes take what was fed (and
+    what buffer pressure cut) before the next one, the buffers only grow until every
+    partition pauses."""
     touched = []
     for key, records in chunks.items():
         partition = owned.get(key)
@@ -62,13 +67,15 @@ def feed(chunks: Mapping[Hashable, Sequence[Any]], source: Source, owned: Assign
         partition.report_lag(source.lag(key))
         touched.append(partition)
     backpressure.apply_budget(touched, owned.partitions)
+    await asyncio.sleep(0)
 
 
 class Worker:
     def __init__(self, config: WorkerConfig, source: Source | None = None,
                  handler: Callable[..., Any] | None = None, metrics: Metrics | None = None,
                  destination: Destination | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.monotonic,
+                 outputs: OutputSink | None = None) -> None:  # fmt: skip
         self.config, rt = config, config.runtime
         self.source = source or make_source(config.source)
         self.metrics = metrics or Metrics()
@@ -81,9 +88,9 @@ class Worker:
         errors = RecentErrors()
         steps = StepChain(config, self.source, self.invoker, parse, self.destination,
                           self.metrics, errors)  # fmt: skip
-        self.committer = Committer(
-            self.source, config.source.commit_interval_ms / 1000.0, self.metrics, steps.tracing
-        )
+        self.outputs = outputs or make_output_sink(config, self.metrics, self.source.name)
+        self.committer = Committer(self.source, config.source.commit_interval_ms / 1000.0,
+                                   self.metrics, steps.tracing, self.outputs)  # fmt: skip
         self.backpressure = backpressure = Backpressure(self.source, rt.memory_budget_bytes,
                                                         self.metrics)  # fmt: skip
         self.assignments = Assignments(
@@ -123,8 +130,9 @@ class Worker:
                                        mc.status_page)  # fmt: skip
             await self.endpoints.start()
             spawn(self.status.run_sampler(), "rate sampler")
-        if self.destination is not None:
-            await self.destination.start()
+        for sink in (self.destination, self.outputs):  # their topics exist, they connect
+            if sink is not None:
+                await sink.start()
         warn_about_failures(self.config, self.destination)
         spawn(self.committer.run(), "committer")
         loop_lag = self.metrics.loop_lag.labels(self.source.name)
@@ -155,11 +163,7 @@ class Worker:
                 log.warning("event=poll_failed error=%r", exc)
                 await asyncio.sleep(POLL_ERROR_BACKOFF_S)
                 continue
-            feed(chunks, source, owned, backpressure)
-            # A fetch of prefetched data returns without yielding: let the lanes take what
-            # was fed (and what buffer pressure cut) before the next one, or the buffers
-            # only grow until every partition pauses.
-            await asyncio.sleep(0)
+            await feed(chunks, source, owned, backpressure)
 
     def shutdown_budget_s(self) -> float:
         """SIGTERM: `shutdown_timeout_s`. The watchdog's exit: at once, the loop is stuck."""
@@ -183,6 +187,8 @@ class Worker:
             await bounded(self.source.stop(), deadline.left(), "source_stop")
         if self.destination is not None:
             await bounded(self.destination.stop(), deadline.left(), "destination_stop")
+        if self.outputs is not None:
+            await bounded(self.outputs.stop(), deadline.left(), "outputs_stop")
         self.invoker.close()
         if self.endpoints is not None:
             await bounded(self.endpoints.stop(), deadline.left(), "endpoints_stop")

@@ -18,7 +18,15 @@ never a comparison of source names in the core.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Hashable, Iterable, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Hashable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -138,6 +146,15 @@ class Source(Protocol):
 
     async def commit(self, positions: Mapping[PartitionKey, int]) -> None:
         """Checkpoint each partition as done up to and including the given position."""
+
+    async def commit_in_transaction(
+        self,
+        positions: Mapping[PartitionKey, int],
+        commit: Callable[[Mapping[Any, Any], str], Awaitable[None]],
+    ) -> None:
+        """Kafka only (`outputs.exactly_once`): as `commit`, with the same checks and
+        bookkeeping, but the offsets (the source's own form, notes included) and the group
+        id are handed to `commit`, which puts them in a transaction with their outputs."""
 
     def keep_notes(self) -> None:
         """Keep each partition's note with its checkpoints from now on (see `remember`)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -274,12 +274,24 @@ class KafkaSource:
     async def commit(self, positions: Mapping[TopicPartition, int]) -> None:
         """Commit what is still assigned; name the rest lost (aiokafka would refuse the
         whole call for one partition it no longer has, and the others' progress with it)."""
+        await self.commit_in_transaction(positions, self._to_group)
+
+    async def _to_group(self, offsets: Mapping[TopicPartition, Any], group_id: str) -> None:
+        await self._consumer.commit(offsets)
+
+    async def commit_in_transaction(
+        self,
+        positions: Mapping[TopicPartition, int],
+        commit: Callable[[Mapping[TopicPartition, Any], str], Awaitable[None]],
+    ) -> None:
+        """`commit`, but the offsets (with their notes) and the group id go to `commit`: a
+        transactional producer's, which commits them with its outputs (exactly once)."""
         assigned = self._consumer.assignment()
         offsets = {tp: next_to_read(pos) for tp, pos in positions.items() if tp in assigned}
         gone = [tp for tp in positions if tp not in assigned]
         if offsets:
             try:
-                await self._consumer.commit(self._notes.with_notes(offsets))
+                await commit(self._notes.with_notes(offsets), self._config.group_id)
                 self._notes.written(offsets)
             except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
                 raise OwnershipLost(str(exc), positions) from exc

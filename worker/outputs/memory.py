@@ -1,0 +1,50 @@
+"""Outputs into the memory broker's topics, for tests of handlers that `batch.send`.
+
+The same contract, and the same code, as the Kafka sink at least once: a round's
+outputs are appended (acknowledged) before its offsets are committed. `fail` makes the
+next rounds' sends fail, as a broker that does not acknowledge would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+from worker.outputs.outbox import Output
+from worker.outputs.sink import Holder, OutputsFailed, acked_then_committed
+from worker.sources.base import Source
+from worker.sources.memory import MemoryBroker
+
+
+class MemoryOutputs:
+    round_timeout_s = 10.0
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        self._broker = broker
+        self.fail = False
+        #: Rounds whose sends failed.
+        self.failures = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def assigned(self, keys: Sequence[Hashable]) -> None:
+        return None
+
+    async def revoked(self, keys: Sequence[Hashable]) -> None:
+        return None
+
+    async def checkpoint(
+        self, source: Source, moved: Sequence[tuple[Holder, int]]
+    ) -> Mapping[Hashable, Exception]:
+        await acked_then_committed(source, moved, self._send)
+        return {}
+
+    async def _send(self, outputs: Sequence[Output]) -> None:
+        if self.fail:
+            self.failures += 1
+            raise OutputsFailed("outputs: the memory broker refuses (fail = True)")
+        for o in outputs:
+            self._broker.produce(o.topic, o.value, key=o.key, headers=o.headers)

@@ -1,0 +1,80 @@
+"""What one invoke sent: `batch.send` appends here, and nothing leaves before the invoke
+has succeeded. A fresh outbox per call (the invoker's), so a retry or a bisected piece
+never inherits what a failed call queued."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    topic: str
+    value: bytes | None
+    key: bytes | None
+    headers: list[tuple[str, bytes]]
+    #: The position of the input record it was sent for (`record=`), or None: the batch's.
+    position: int | None
+
+
+def _as_bytes(value: Any, what: str) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"batch.send: {what} must be bytes, str or None, not {type(value).__name__}")
+
+
+def _headers(headers: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> list:
+    if not headers:
+        return []
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return [(str(k), _as_bytes(v, f"header {k!r}") or b"") for k, v in items]
+
+
+class Outbox:
+    __slots__ = ("items", "topics")
+
+    def __init__(self, topics: frozenset[str]) -> None:
+        self.topics = topics
+        self.items: list[Output] = []
+
+    def add(self, topic: str, value: Any, key: Any, headers: Any, record: Any) -> None:
+        if topic not in self.topics:
+            allowed = ", ".join(sorted(self.topics))
+            raise ValueError(f"batch.send: topic {topic!r} is not in outputs.topics ({allowed})")
+        position = None if record is None else record.position
+        output = Output(topic, _as_bytes(value, "value"), _as_bytes(key, "key"),
+                        _headers(headers), position)  # fmt: skip
+        self.items.append(output)
+
+
+def keep_outputs(
+    outputs: list[Output],
+    kept: list[Output] | None,
+    records: Sequence[Any],
+    ok: bool,
+    failed: list[int] | None,
+    failed_only: bool,
+) -> int:
+    """Keep a call's outputs in `kept` if it succeeded (`ok`); of a partial success
+    (`failed` indexes reported), all but those sent for a record that is tried again
+    (`record=`), since the retry sends them anew. Returns how many were discarded: all
+    of a failed call's, and all when nothing keeps them (`kept` None)."""
+    if kept is None or (not ok and failed is None):
+        return len(outputs)
+    if ok or not failed:
+        kept.extend(outputs)
+        return 0
+    again = (
+        {records[i].position for i in failed}
+        if failed_only
+        else {r.position for r in records[failed[0] :]}
+    )
+    keep = [o for o in outputs if o.position is None or o.position not in again]
+    kept.extend(keep)
+    return len(outputs) - len(keep)
