@@ -53,6 +53,8 @@ log = logging.getLogger("worker.failures")
 ResultParser = Callable[[Any, Sequence[Any]], "list[int] | None"]
 #: (None, None) when all succeeded; else the failure and the failed indexes (None = all).
 Judge = Callable[[Outcome, Sequence[Record]], "tuple[Failure | None, list[int] | None]"]
+#: An outcome and what its judge said of it.
+_Judged = tuple[Outcome, "Failure | None", "list[int] | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,14 +170,16 @@ class FailurePolicy:
         guard refuses to give up more records; either way the batch stays uncommitted.
         """
         mode = mode or self.mode
-        first = None
+        first: _Judged | None = None
         if self._tracing is None and batch.records and not self._checks_age(mode):
             # The common case, one call that succeeds, without the retry loop's objects.
-            first = await self.invoke_counted(batch)
-            if mode.judge(first, batch.records)[0] is None:
+            # Judged once: a response may be readable only once (a one-shot iterable).
+            outcome = await self.invoke_counted(batch)
+            first = (outcome, *mode.judge(outcome, batch.records))
+            if first[1] is None:
                 self._ctx.metrics.success.inc()
                 self._succeeded(len(batch.records))
-                return first.result
+                return outcome.result
         pending: deque[_Piece] = deque([_Piece(batch.records)])
         retry = _ShownRetry(self._ctx.metrics)
         try:
@@ -195,10 +199,10 @@ class FailurePolicy:
         mode: Mode,
         pending: deque[_Piece],
         retry: _ShownRetry,
-        first: Outcome | None = None,
+        first: _Judged | None = None,
     ) -> Any:
-        """The retry loop. `first`: the outcome of the whole batch's first call, when
-        `resolve` made it already (it failed)."""
+        """The retry loop. `first`: the outcome of the whole batch's first call and its
+        judgement, when `resolve` made it already (it failed)."""
         m, label = self._ctx.metrics, self._ctx.label
         result = None
         while pending:
@@ -214,13 +218,14 @@ class FailurePolicy:
                 else Batch(records, batch.source, batch.partition, batch.window)
             )
             if first is not None:
-                outcome, first = first, None
-            elif self._tracing is None:
-                outcome = await self.invoke_counted(piece_batch)
+                (outcome, failure, failed), first = first, None
             else:
-                with self._tracing.attempt(len(records), len(batch.records), piece.attempts):
+                if self._tracing is None:
                     outcome = await self.invoke_counted(piece_batch)
-            failure, failed = mode.judge(outcome, records)
+                else:
+                    with self._tracing.attempt(len(records), len(batch.records), piece.attempts):
+                        outcome = await self.invoke_counted(piece_batch)
+                failure, failed = mode.judge(outcome, records)
             if failure is None:
                 retry.over()
                 m.success.inc()
