@@ -184,6 +184,22 @@ MUTANTS: tuple[Mutant, ...] = (
         ),
     ),
     Mutant(
+        "first_call_judged_again",
+        "the retry loop judges the fast path's failed first call again instead of taking "
+        "its judgement: a partial response readable once reads as no failures the second "
+        "time, and the records it named failed are committed unhandled",
+        (
+            _node(
+                "unit/test_first_call",
+                "test_a_one_shot_iterable_naming_failed_records_has_them_retried",
+            ),
+            _node(
+                "unit/test_first_call",
+                "test_a_one_shot_iterable_that_raises_midway_fails_the_whole_invocation",
+            ),
+        ),
+    ),
+    Mutant(
         "commit_refused_marked_committed",
         "the committer marks every partition of a commit committed when the source refused "
         "some (OwnershipLost): progress shown that never happened, and the commit the "
