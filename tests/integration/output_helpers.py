@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from load.pipeline_telemetry import read_topic
+
+__all__ = [
+    "create_output_topic", "expected_outputs", "outputs_seen", "read_topic", "set_topic_config",
+]  # fmt: skip
 
 
 async def create_output_topic(bootstrap: str, name: str, partitions: int = 1, **configs) -> None:
@@ -28,29 +33,6 @@ async def set_topic_config(bootstrap: str, name: str, **configs) -> None:
         await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, settings)])
     finally:
         await admin.close()
-
-
-async def read_topic(
-    bootstrap: str, name: str, partitions: int, isolation_level: str = "read_uncommitted"
-) -> list[bytes]:
-    """Every value in the topic now (up to its last stable offset with read_committed)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level=isolation_level,
-                                enable_auto_commit=False)  # fmt: skip
-    await consumer.start()
-    try:
-        tps = [TopicPartition(name, p) for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)  # the LSO with read_committed
-        values: list[bytes] = []
-        left = set(tps)
-        while left:
-            batch = await consumer.getmany(timeout_ms=1000)
-            values.extend(r.value for records in batch.values() for r in records)
-            left = {tp for tp in left if await consumer.position(tp) < ends[tp]}
-        return values
-    finally:
-        await consumer.stop()
 
 
 def outputs_seen(

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from load.pipeline_telemetry import telemetry as pipeline_telemetry
 from tests.integration.kafka_helpers import (
     WorkerProcess,
     committed,
@@ -33,28 +34,7 @@ PARTITIONS, DEVICES, PER_DEVICE = 4, 40, 150
 
 
 def telemetry() -> tuple[list[tuple[bytes, bytes]], set[tuple[str, int, str]], int, int]:
-    """(key, value) per reading; the anomalies (device, seq, kind); valid and malformed."""
-    out, anomalies, malformed = [], set(), 0
-    for seq in range(PER_DEVICE):
-        for d in range(DEVICES):
-            device = f"dev-{d:03d}"
-            if d == 7 and seq == 60:
-                anomalies.add((device, 61, "seq_jump"))
-                continue
-            temperature, battery = 21.0 + (seq % 5), 0.9
-            if d % 10 == 3 and seq % 50 == 25:
-                temperature = 99.5
-                anomalies.add((device, seq, "temperature_high"))
-            if d == 11 and seq == 100:
-                battery = 0.02
-                anomalies.add((device, seq, "battery_low"))
-            metrics = {"temperature": temperature, "humidity": 50.0, "battery": battery}
-            value = orjson.dumps({"device_id": device, "seq": seq, "ts": seq, "metrics": metrics})
-            if d == 5 and seq % 40 == 10:
-                value, malformed = value[:20], malformed + 1  # cut short: malformed
-                anomalies.add((device, seq + 1, "seq_jump"))  # never stored: a gap
-            out.append((device.encode(), value))
-    return out, anomalies, len(out) - malformed, malformed
+    return pipeline_telemetry(DEVICES, PER_DEVICE)
 
 
 async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
