@@ -17,14 +17,7 @@ from typing import Any
 import orjson
 
 from worker.destinations.base import DestinationError, FailureEvent
-from worker.encoding import b64
-
-_INT64 = 2**63
-
-
-def position(p: int) -> int | str:
-    """An offset as a JSON number; a sequence number past 64 bits as its digits."""
-    return p if -_INT64 <= p < _INT64 else str(p)
+from worker.encoding import b64, json_position
 
 
 def event_document(event: FailureEvent) -> dict[str, Any]:
@@ -35,8 +28,8 @@ def event_document(event: FailureEvent) -> dict[str, Any]:
         "source": event.source,
         "topic": first.topic,
         "partition": event.partition,
-        "first_offset": position(first.position),
-        "last_offset": position(last.position),
+        "first_offset": json_position(first.position),
+        "last_offset": json_position(last.position),
         "first_timestamp_ms": first.timestamp_ms,
         "last_timestamp_ms": last.timestamp_ms,
         "batch_size": len(records),
@@ -50,7 +43,7 @@ def event_document(event: FailureEvent) -> dict[str, Any]:
         },
         "records": [
             {
-                "offset": position(r.position),
+                "offset": json_position(r.position),
                 "timestamp_ms": r.timestamp_ms,
                 "key": b64(r.key),
                 "value": b64(r.value),

@@ -29,8 +29,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLarge
 from prometheus_client import Counter
 
 from worker.destinations.base import DestinationError, FailureEvent
-from worker.destinations.file import position
-from worker.encoding import b64
+from worker.encoding import b64, json_position
 from worker.errors import StartError
 from worker.records import Record
 from worker.sources.kafka.preflight import described, servers_of, topics_problem
@@ -110,7 +109,7 @@ def envelope(event: FailureEvent, r: Record, limit: int) -> bytes:
             "source": event.source,
             "topic": r.topic,
             "partition": event.partition,
-            "position": position(r.position),  # a sequence number past 64 bits: a string
+            "position": json_position(r.position),  # a sequence number past 64 bits: a string
             "condition": event.condition,
             "error": {"type": event.error_type, "message": event.error_message[:1000]},
             "original_bytes": len(value),

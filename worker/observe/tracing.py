@@ -30,13 +30,18 @@ from prometheus_client import Counter
 from worker.errors import StartError
 from worker.records import Batch, Record
 
-_SYSTEMS = {"kafka": "kafka", "kinesis": "aws_kinesis"}
 TRACEPARENT = "traceparent"
 
 
 class Tracing:
     def __init__(
-        self, tracer: Any, source: str, group: str, max_links: int, capped: Counter
+        self,
+        tracer: Any,
+        source: str,
+        group: str,
+        max_links: int,
+        capped: Counter,
+        system: str | None = None,
     ) -> None:
         from opentelemetry import trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -44,14 +49,14 @@ class Tracing:
         self._trace = trace
         self._propagator = TraceContextTextMapPropagator()
         self._tracer = tracer
-        self._system = _SYSTEMS.get(source, source)
+        self._system = system or source
         self._group = group
         self._max_links = max_links
         self._capped = capped.labels(source)
 
     @classmethod
-    def from_config(cls, config: Any, metrics: Any) -> Tracing | None:
-        """None unless `tracing.enabled`."""
+    def from_config(cls, config: Any, metrics: Any, system: str | None = None) -> Tracing | None:
+        """None unless `tracing.enabled`. `system`: the source's `messaging.system`."""
         if not config.tracing.enabled:
             return None
         provider = configure_provider()
@@ -63,7 +68,7 @@ class Tracing:
         )
         tracer = provider.get_tracer("streamworker")
         return cls(tracer, config.source.kind, config.source.group_id,
-                   config.tracing.max_links, capped)  # fmt: skip
+                   config.tracing.max_links, capped, system)  # fmt: skip
 
     # -- spans ----------------------------------------------------------------------------
     @contextlib.contextmanager

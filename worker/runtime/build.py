@@ -99,7 +99,9 @@ class StepChain:
         recent_errors: RecentErrors,
     ) -> None:
         #: Spans of batches and commits (None: off), which the committer shares.
-        self.tracing = self._tracing = Tracing.from_config(config, metrics)
+        self.tracing = self._tracing = Tracing.from_config(
+            config, metrics, source.traits.messaging_system
+        )
         self._config = config
         self._source = source
         self._timestamp_ms = source.traits.timestamp_ms

@@ -112,6 +112,8 @@ class RecordTraits:
     unpack: Callable[[Any], list[Any]]
     #: A checkpoint (the last position done) as the source's own tools show it.
     shown_checkpoint: Callable[[int], int]
+    #: OpenTelemetry's `messaging.system` for spans of these records.
+    messaging_system: str = "unknown"
 
 
 class Source(Protocol):

@@ -73,6 +73,7 @@ TRAITS = RecordTraits(
     pack=pack,
     unpack=unpack,
     shown_checkpoint=next_to_read,
+    messaging_system="memory",
 )
 
 

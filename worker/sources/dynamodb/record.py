@@ -192,4 +192,5 @@ TRAITS = RecordTraits(
     pack=pack,
     unpack=unpack,
     shown_checkpoint=last_done,
+    messaging_system="dynamodb",
 )

@@ -86,4 +86,5 @@ TRAITS = RecordTraits(
     pack=pack,
     unpack=unpack,
     shown_checkpoint=next_to_read,
+    messaging_system="kafka",
 )

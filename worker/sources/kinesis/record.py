@@ -63,4 +63,5 @@ TRAITS = RecordTraits(
     pack=pack,
     unpack=unpack,
     shown_checkpoint=last_done,
+    messaging_system="aws_kinesis",
 )
