@@ -70,6 +70,8 @@ def write(tmp_path: Path, source: str) -> Path:
          "the key does not open with source.ssl_key_password"),
         ('ssl_key_password_file = "/no/such/file"\n',
          "source.ssl_key_password_file = '/no/such/file': cannot read it"),
+        ('sasl_plain_password_file = "/dev/null"\n',
+         "source.sasl_plain_password_file = '/dev/null': the file is empty"),
     ],
 )  # fmt: skip
 def test_tls_files_that_cannot_be_used_are_one_config_error_line(

@@ -81,9 +81,14 @@ class KafkaSourceConfig(SourceSettings):
                 continue
             try:
                 with open(path) as fh:
-                    data = {**data, secret: fh.read().strip()}
+                    value = fh.read().strip()
             except OSError as exc:
                 problems.append(f"source.{file_key} = {path!r}: cannot read it: {exc.strerror}")
+                continue
+            if not value:  # else the broker refuses an empty secret, far from its cause
+                problems.append(f"source.{file_key} = {path!r}: the file is empty")
+                continue
+            data = {**data, secret: value}
         if problems:
             raise ValueError("; ".join(problems))
         return data
