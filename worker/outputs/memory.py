@@ -30,7 +30,7 @@ class MemoryOutputs:
     async def stop(self) -> None:
         return None
 
-    async def assigned(self, keys: Sequence[Hashable]) -> None:
+    async def assigned(self, source: Source, keys: Sequence[Hashable]) -> None:
         return None
 
     async def revoked(self, keys: Sequence[Hashable]) -> None:
