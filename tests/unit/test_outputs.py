@@ -72,6 +72,27 @@ async def test_nothing_is_committed_while_outputs_are_not_acknowledged():
     assert _outputs(broker) == [b"%d" % i for i in range(50)]  # once each, in order
 
 
+async def test_a_partition_whose_checkpoint_fails_alone_holds_back_only_itself():
+    """Exactly once fails a round per partition (its own transaction): the others are
+    committed; the failed one is neither committed nor shown committed, and is retried."""
+    broker = _broker(200, partitions=2)
+    sink = MemoryOutputs(broker)
+    sink.refuse = {("t", 1)}
+
+    async def handler(batch):
+        for r in batch.records:
+            batch.send("out", r.value)
+
+    async with running_worker(handler, broker, ["t"], _settings(), outputs=sink) as w:
+        await wait_until(lambda: broker.committed("test", "t", 0) == 100 and sink.failures >= 3)
+        assert broker.committed("test", "t", 1) is None
+        assert w.partition(("t", 1)).committed is None
+        assert sorted(int(v) for v in _outputs(broker)) == list(range(0, 200, 2))
+        sink.refuse = set()
+        await wait_until(lambda: fully_committed(broker, "test", ["t"]))
+    assert sorted(int(v) for v in _outputs(broker)) == list(range(200))  # each once
+
+
 async def test_outputs_of_a_lane_ahead_of_the_low_watermark_wait_for_it():
     broker = _broker(0)
     gate = asyncio.Event()
