@@ -64,8 +64,11 @@ class TransactionalOutputs:
         self._producers: dict[Hashable, AIOKafkaProducer] = {}
         self._owned: set[Hashable] = set()
 
-    async def start(self) -> None:
+    async def check_topics(self) -> None:
         await self._acked.check_topics()
+
+    async def start(self) -> None:
+        await self.check_topics()
 
     async def stop(self) -> None:
         producers, self._producers = list(self._producers.values()), {}
