@@ -78,8 +78,9 @@ def test_a_missing_dead_letter_topic_is_one_line_naming_it_and_the_broker(kafka,
     assert took < ANSWER_WITHIN_S, f"{took:.1f} s"
 
 
-@pytest.mark.parametrize("command", ["run", "check-config --connect"])
-@pytest.mark.parametrize("exactly_once", [False, True])
+@pytest.mark.parametrize(
+    ("command", "exactly_once"), [("run", False), ("run", True), ("check-config --connect", False)]
+)
 def test_a_missing_output_topic_is_one_line_naming_it(kafka, tmp_path, command, exactly_once):
     topic = unique("telemetry")
     asyncio.run(create_topic(kafka, topic, 1))
