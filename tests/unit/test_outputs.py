@@ -160,3 +160,27 @@ def test_send_checks_the_topic_and_the_types():
         batch.send("out", 5)
     with pytest.raises(RuntimeError, match=r"\[outputs\]"):
         make_batch([b"v"]).send("out", b"v")
+
+
+@pytest.mark.parametrize(
+    ("tree", "problem"),
+    [
+        ({"handler": {"style": "lambda"}}, "batch.send is for native handlers"),
+        ({"handler": {"concurrency": "process"}}, "needs handler.concurrency"),
+        ({"source": {"topics": ["out"]}}, "must not be a source topic"),
+        ({"source": {"kind": "kinesis", "stream_name": "s"}}, "outputs.bootstrap_servers"),
+        ({"source": {"kind": "memory"}, "outputs": {"exactly_once": True}}, "a Kafka source"),
+    ],
+)
+def test_outputs_settings_that_cannot_work_are_config_errors(tree, problem):
+    from pydantic import ValidationError
+
+    from worker.config import WorkerConfig
+
+    config = {"source": {"topics": ["t"]}, "outputs": {"topics": ["out"]}}
+    for section, values in tree.items():
+        config[section] = {**config.get(section, {}), **values}
+    if config["source"].get("kind") in ("kinesis", "memory"):
+        config["source"].pop("topics")
+    with pytest.raises(ValidationError, match=problem):
+        WorkerConfig.model_validate(config)
