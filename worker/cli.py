@@ -231,6 +231,11 @@ async def _reach(config: WorkerConfig) -> None:
     destination = make_destination(config, Metrics())
     if isinstance(destination, KafkaDestination):
         await destination.check()
+    if config.outputs.topics and config.source.kind != "memory":
+        from worker.outputs.make import make_output_sink
+
+        sink = make_output_sink(config, Metrics(), config.source.kind)
+        await sink.check_topics()  # type: ignore[union-attr]
 
 
 def _check_config(args: argparse.Namespace, config: WorkerConfig) -> int:

@@ -10,6 +10,7 @@ worker process.
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -93,7 +94,11 @@ def test_nothing_is_committed_before_its_outputs_are_acknowledged_and_kill_9_los
     assert set(seen) == expected_outputs(ends)
 
 
-@pytest.mark.parametrize("lanes", [1, 4])
+@pytest.mark.parametrize(
+    "lanes",
+    [1, pytest.param(4, marks=[pytest.mark.long, pytest.mark.skipif(
+        not os.environ.get("STREAMWORKER_LONG"), reason="long: STREAMWORKER_LONG=1")])],
+)  # fmt: skip
 def test_kill_9_while_batches_are_inside_the_handler_then_a_restart_misses_no_output(
     kafka: str, tmp_path: Path, lanes: int
 ):

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from aiokafka import AIOKafkaProducer
 
 from scripts import kafka_broker
@@ -74,6 +75,21 @@ def test_a_missing_dead_letter_topic_is_one_line_naming_it_and_the_broker(kafka,
     line = one_error_line(done)
     assert "errors.on_failure kafka://never-created-dlq" in line
     assert "never-created-dlq (not found)" in line and kafka in line
+    assert took < ANSWER_WITHIN_S, f"{took:.1f} s"
+
+
+@pytest.mark.parametrize(
+    ("command", "exactly_once"), [("run", False), ("run", True), ("check-config --connect", False)]
+)
+def test_a_missing_output_topic_is_one_line_naming_it(kafka, tmp_path, command, exactly_once):
+    topic = unique("telemetry")
+    asyncio.run(create_topic(kafka, topic, 1))
+    config = write_config(tmp_path / "w.toml", kafka, topic, unique("g"),
+                          outputs={"topics": ["never-created-out"],
+                                   "exactly_once": exactly_once})  # fmt: skip
+    done, took = worker(*command.split(), "--config", str(config))
+    line = one_error_line(done)
+    assert "outputs.topics: topic never-created-out (not found)" in line and kafka in line
     assert took < ANSWER_WITHIN_S, f"{took:.1f} s"
 
 

@@ -146,6 +146,18 @@ MUTANTS: tuple[Mutant, ...] = (
         ),
     ),
     Mutant(
+        "failed_checkpoint_marked_committed",
+        "the committer marks a partition committed although its own checkpoint failed (an "
+        "exactly-once transaction that aborted): progress shown that never happened, and "
+        "the partition never commits again",
+        (
+            _node(
+                "unit/test_outputs",
+                "test_a_partition_whose_checkpoint_fails_alone_holds_back_only_itself",
+            ),
+        ),
+    ),
+    Mutant(
         "first_failure_rest_committed",
         "out of retries on a partial response (Lambda's rule), the records after the first "
         "failed one are committed with it although no invocation succeeded for them: a "

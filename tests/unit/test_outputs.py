@@ -72,6 +72,27 @@ async def test_nothing_is_committed_while_outputs_are_not_acknowledged():
     assert _outputs(broker) == [b"%d" % i for i in range(50)]  # once each, in order
 
 
+async def test_a_partition_whose_checkpoint_fails_alone_holds_back_only_itself():
+    """Exactly once fails a round per partition (its own transaction): the others are
+    committed; the failed one is neither committed nor shown committed, and is retried."""
+    broker = _broker(200, partitions=2)
+    sink = MemoryOutputs(broker)
+    sink.refuse = {("t", 1)}
+
+    async def handler(batch):
+        for r in batch.records:
+            batch.send("out", r.value)
+
+    async with running_worker(handler, broker, ["t"], _settings(), outputs=sink) as w:
+        await wait_until(lambda: broker.committed("test", "t", 0) == 100 and sink.failures >= 3)
+        assert broker.committed("test", "t", 1) is None
+        assert w.partition(("t", 1)).committed is None
+        assert sorted(int(v) for v in _outputs(broker)) == list(range(0, 200, 2))
+        sink.refuse = set()
+        await wait_until(lambda: fully_committed(broker, "test", ["t"]))
+    assert sorted(int(v) for v in _outputs(broker)) == list(range(200))  # each once
+
+
 async def test_outputs_of_a_lane_ahead_of_the_low_watermark_wait_for_it():
     broker = _broker(0)
     gate = asyncio.Event()
@@ -139,3 +160,27 @@ def test_send_checks_the_topic_and_the_types():
         batch.send("out", 5)
     with pytest.raises(RuntimeError, match=r"\[outputs\]"):
         make_batch([b"v"]).send("out", b"v")
+
+
+@pytest.mark.parametrize(
+    ("tree", "problem"),
+    [
+        ({"handler": {"style": "lambda"}}, "batch.send is for native handlers"),
+        ({"handler": {"concurrency": "process"}}, "needs handler.concurrency"),
+        ({"source": {"topics": ["out"]}}, "must not be a source topic"),
+        ({"source": {"kind": "kinesis", "stream_name": "s"}}, "outputs.bootstrap_servers"),
+        ({"source": {"kind": "memory"}, "outputs": {"exactly_once": True}}, "a Kafka source"),
+    ],
+)
+def test_outputs_settings_that_cannot_work_are_config_errors(tree, problem):
+    from pydantic import ValidationError
+
+    from worker.config import WorkerConfig
+
+    config = {"source": {"topics": ["t"]}, "outputs": {"topics": ["out"]}}
+    for section, values in tree.items():
+        config[section] = {**config.get(section, {}), **values}
+    if config["source"].get("kind") in ("kinesis", "memory"):
+        config["source"].pop("topics")
+    with pytest.raises(ValidationError, match=problem):
+        WorkerConfig.model_validate(config)

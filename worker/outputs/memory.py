@@ -21,7 +21,9 @@ class MemoryOutputs:
     def __init__(self, broker: MemoryBroker) -> None:
         self._broker = broker
         self.fail = False
-        #: Rounds whose sends failed.
+        #: Partitions whose checkpoints fail on their own, as a transaction of theirs would.
+        self.refuse: set[Hashable] = set()
+        #: Rounds (or partitions' checkpoints) whose sends failed.
         self.failures = 0
 
     async def start(self) -> None:
@@ -30,7 +32,7 @@ class MemoryOutputs:
     async def stop(self) -> None:
         return None
 
-    async def assigned(self, keys: Sequence[Hashable]) -> None:
+    async def assigned(self, source: Source, keys: Sequence[Hashable]) -> None:
         return None
 
     async def revoked(self, keys: Sequence[Hashable]) -> None:
@@ -39,8 +41,11 @@ class MemoryOutputs:
     async def checkpoint(
         self, source: Source, moved: Sequence[tuple[Holder, int]]
     ) -> Mapping[Hashable, Exception]:
-        await acked_then_committed(source, moved, self._send)
-        return {}
+        refused = {p.key for p, _ in moved if p.key in self.refuse}
+        self.failures += len(refused)
+        await acked_then_committed(source, [m for m in moved if m[0].key not in refused],
+                                   self._send)  # fmt: skip
+        return {key: OutputsFailed("outputs: refused (refuse)") for key in refused}
 
     async def _send(self, outputs: Sequence[Output]) -> None:
         if self.fail:

@@ -38,9 +38,14 @@ async def produce(producer: AIOKafkaProducer, outputs: Sequence[Output]) -> None
     for (topic, partition), items in groups.items():
         batch = producer.create_batch()
         for o in items:
-            if batch.append(key=o.key, value=o.value, timestamp=None, headers=o.headers) is None:
+            if not _append(batch, o):  # full: send it, start the next
                 acks.append(await producer.send_batch(batch, topic, partition=partition))
                 batch = producer.create_batch()
-                batch.append(key=o.key, value=o.value, timestamp=None, headers=o.headers)
+                if not _append(batch, o):  # an empty batch takes any one record
+                    raise RuntimeError("an empty record batch refused an output")
         acks.append(await producer.send_batch(batch, topic, partition=partition))
     await asyncio.gather(*acks)
+
+
+def _append(batch: Any, o: Output) -> bool:
+    return batch.append(key=o.key, value=o.value, timestamp=None, headers=o.headers) is not None

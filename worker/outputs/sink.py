@@ -50,7 +50,7 @@ class OutputSink(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def assigned(self, keys: Sequence[Hashable]) -> None:
+    async def assigned(self, source: Source, keys: Sequence[Hashable]) -> None:
         """Partitions are being taken (before any of their records is handled here)."""
 
     async def revoked(self, keys: Sequence[Hashable]) -> None:
@@ -122,7 +122,7 @@ class AckedOutputs:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def assigned(self, keys: Sequence[Hashable]) -> None:
+    async def assigned(self, source: Source, keys: Sequence[Hashable]) -> None:
         return None
 
     async def revoked(self, keys: Sequence[Hashable]) -> None:

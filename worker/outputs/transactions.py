@@ -5,7 +5,8 @@ How transactions line up with the rest:
   `PREFIX-topic-partition` (PREFIX: `outputs.transactional_id`, default the group id).
   Taking a partition starts its producer (InitProducerId), which fences any earlier
   owner's producer of that partition (a zombie's commit then fails: ProducerFenced) and
-  aborts the transaction it left open (a worker killed mid-transaction). aiokafka
+  aborts the transaction it left open (a worker killed mid-transaction); then the
+  partition resumes from its checkpoint as read after the fence. aiokafka
   commits offsets in a transaction by group id only (TxnOffsetCommit v0, no group
   generation), so the per-partition id is what fences.
 - The committer's rounds are the transactions: a round commits, per partition that
@@ -63,17 +64,23 @@ class TransactionalOutputs:
         self._producers: dict[Hashable, AIOKafkaProducer] = {}
         self._owned: set[Hashable] = set()
 
-    async def start(self) -> None:
+    async def check_topics(self) -> None:
         await self._acked.check_topics()
+
+    async def start(self) -> None:
+        await self.check_topics()
 
     async def stop(self) -> None:
         producers, self._producers = list(self._producers.values()), {}
         await asyncio.gather(*(p.stop() for p in producers), return_exceptions=True)
 
-    async def assigned(self, keys: Sequence[Hashable]) -> None:
-        """Fence the partitions' earlier owners before anything of them is handled here."""
+    async def assigned(self, source: Source, keys: Sequence[Hashable]) -> None:
+        """Fence the partitions' earlier owners before anything of them is handled here,
+        then resume from the checkpoints as they are after the fence (the source may have
+        read them before it: a zombie's transaction could have committed since)."""
         self._owned.update(keys)
         await asyncio.gather(*(self._producer(k) for k in keys))
+        await source.resume_from_committed(keys)
 
     async def revoked(self, keys: Sequence[Hashable]) -> None:
         """After the partitions' last commit here: their producers go."""

@@ -63,7 +63,7 @@ class Committer:
     async def taking(self, keys: Sequence[Hashable]) -> None:
         """Partitions are being assigned: the output sink readies (and fences) them."""
         if self._outputs is not None:
-            await self._outputs.assigned(keys)
+            await self._outputs.assigned(self._source, keys)
 
     async def released(self, keys: Sequence[Hashable]) -> None:
         """Partitions left after their last commit here."""

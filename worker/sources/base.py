@@ -158,6 +158,10 @@ class Source(Protocol):
         bookkeeping, but the offsets (the source's own form, notes included) and the group
         id are handed to `commit`, which puts them in a transaction with their outputs."""
 
+    async def resume_from_committed(self, partitions: Sequence[PartitionKey]) -> None:
+        """Kafka only (exactly once): read the checkpoints again and resume there; called
+        while the partitions are being assigned, after the sink fenced earlier owners."""
+
     def keep_notes(self) -> None:
         """Keep each partition's note with its checkpoints from now on (see `remember`)."""
 

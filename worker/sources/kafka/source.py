@@ -207,6 +207,17 @@ class KafkaSource:
         if partitions:
             self._consumer.resume(*partitions)
 
+    async def resume_from_committed(self, partitions: Sequence[TopicPartition]) -> None:
+        """Read the committed offsets again and seek there (exactly once, after the
+        earlier owner's producers were fenced: a transaction it committed before the
+        fence counts, none can follow). The partitions are still held: nothing of what
+        was fetched from an older offset reaches the pipeline."""
+        for tp in partitions:
+            committed = await self._consumer.committed(tp)
+            if committed is not None:
+                self._consumer.seek(tp, committed)
+                self._committed[tp] = committed
+
     async def prepare(self, partitions: list[TopicPartition]) -> None:
         """Read committed offsets (for lag) and notes, and seek where the group has none."""
         await self._notes.load(partitions)
