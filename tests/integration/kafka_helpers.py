@@ -178,9 +178,16 @@ class CommitBarrier:
             await asyncio.sleep(0.05)
 
 
+#: The Kafka clients a test parametrized with the `kafka_client` fixture runs on.
+KAFKA_CLIENTS = ("aiokafka", "librdkafka")
+#: The client `write_config` writes (the `kafka_client` fixture sets it for its test).
+client = {"name": "aiokafka"}
+
+
 def write_config(path: Path, bootstrap: str, topic: str, group: str, **sections: dict) -> Path:
     base = {
         "source": {
+            "client": client["name"],
             "bootstrap_servers": [bootstrap],
             "topics": [topic],
             "group_id": group,

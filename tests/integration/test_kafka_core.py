@@ -37,7 +37,7 @@ def fully_committed(kafka: str, group: str, topic: str, ends: dict[int, int]) ->
 
 
 def test_clean_run_handles_every_record_once_in_order_and_commits_to_the_end(
-    kafka: str, tmp_path: Path
+    kafka: str, kafka_client: str, tmp_path: Path
 ):
     topic, ends = setup_topic(kafka, 20_000)
     assert sum(ends.values()) == 20_000 and all(ends.values())
@@ -83,7 +83,9 @@ def assigned_count(worker: WorkerProcess, nth: int) -> int:
     return len([p for p in line.split(",") if p])
 
 
-def test_two_workers_split_the_partitions_and_stopping_one_moves_them(kafka: str, tmp_path: Path):
+def test_two_workers_split_the_partitions_and_stopping_one_moves_them(
+    kafka: str, kafka_client: str, tmp_path: Path
+):
     topic, _ = setup_topic(kafka, 4000)
     group = unique("g")
     config = write_config(tmp_path / "w.toml", kafka, topic, group)
