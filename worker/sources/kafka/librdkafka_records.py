@@ -31,7 +31,7 @@ def by_partition(
     chunks: dict[TopicPartition, list[ConsumerRecord]] = {}
     errors = []
     current_key: tuple[str, int] | None = None
-    current: list[ConsumerRecord] = []
+    append = [].append
     types = _TIMESTAMP_TYPES
     record = ConsumerRecord
     for m in messages:
@@ -43,10 +43,14 @@ def by_partition(
         if (topic, partition) != current_key:
             current_key = (topic, partition)
             current = chunks.setdefault(TopicPartition(topic, partition), [])
+            append = current.append
         kind, ts = m.timestamp()
         key, value = m.key(), m.value()
-        key_size = -1 if key is None else len(key)
-        value_size = -1 if value is None else len(value)
-        fields = (m.offset(), ts, types[kind], key, value, None, key_size, value_size)
-        current.append(record(topic, partition, *fields, m.headers() or ()))
+        append(
+            record(
+                topic, partition, m.offset(), ts, types[kind], key, value, None,
+                -1 if key is None else len(key), -1 if value is None else len(value),
+                m.headers() or (),
+            )
+        )  # fmt: skip
     return chunks, errors

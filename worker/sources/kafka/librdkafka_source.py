@@ -1,20 +1,18 @@
 """Kafka source on librdkafka (confluent-kafka): the same contract and semantics as the
-aiokafka source, about twice its throughput, and the KIP-848 group protocol.
+aiokafka source, on a faster client that also speaks the KIP-848 group protocol.
 
 Threads: librdkafka's `Consumer` is blocking. One poller thread runs every `consume()`
 (and so every rebalance callback, see `librdkafka_rebalance`) and the final `close()`;
-a second thread runs the blocking calls the loop makes (commits, which a revoke
-callback waits for while it blocks the poller thread). Calls that only read or change
-local state (`pause`, `resume`, `position`, the cached watermarks) are made on the loop:
-librdkafka's handle is thread-safe. `consume()` runs only while `fetch` awaits it, never
-ahead: records it returns reach the pipeline before the next rebalance can start, as
-with aiokafka.
+a second runs the commits, which a revoke callback waits for while it blocks the poller
+thread; a third runs pause and resume in order. The loop itself only reads local state
+(`position`, the cached watermarks). `consume()` runs only while `fetch` awaits it,
+never ahead: the records it returns reach the pipeline before the next rebalance can
+start, as with aiokafka.
 
-Measured against `confluent_kafka.aio.AIOConsumer` (see load/bench_raw.py): the same
-throughput within noise for `consume(N)`, but AIOConsumer serialises every call behind
-the one in flight, so a `pause` or a commit would wait for a `consume` to return; and
-its callbacks are coroutines run while a pool thread waits, which is what this does
-with the handover made explicit.
+Why not `confluent_kafka.aio.AIOConsumer`: it serialises every call behind the one in
+flight (a commit during a revoke callback is let through only as a re-entrant call of
+the same task), and the raw loops measure alike (load/bench_raw_rdkafka.py: `thread`
+against `aio`, same rounds; numbers in load/results).
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -68,6 +66,12 @@ def _rd(tp: TopicPartition, offset: int = -1001, metadata: str | None = None) ->
     return RdTopicPartition(tp.topic, tp.partition, offset, metadata=metadata)
 
 
+def _said(done: Future[None]) -> None:
+    """A pause or resume the client refused (a partition revoked meanwhile): logged."""
+    if not done.cancelled() and done.exception() is not None:
+        log.debug("event=pause_resume_failed error=%r", str(done.exception()))
+
+
 class LibrdkafkaSource:
     name = "kafka"
     traits = TRAITS
@@ -79,6 +83,9 @@ class LibrdkafkaSource:
         self._listener: AssignmentListener | None = None
         self._poller = ThreadPoolExecutor(1, thread_name_prefix="librdkafka-poll")
         self._calls = ThreadPoolExecutor(1, thread_name_prefix="librdkafka-call")
+        #: pause/resume, in order, off the loop: librdkafka waits for its own thread to
+        #: take a pause, and the loop must never wait on the client.
+        self._flow = ThreadPoolExecutor(1, thread_name_prefix="librdkafka-flow")
         self._committed: dict[TopicPartition, int] = {}
         #: Assigned to the client and told to the listener: only these are committed,
         #: and only their records are returned.
@@ -234,11 +241,11 @@ class LibrdkafkaSource:
 
     def pause(self, partition: TopicPartition) -> None:
         if self._consumer is not None and partition in self._announced:
-            self._consumer.pause([_rd(partition)])
+            self._flow.submit(self._consumer.pause, [_rd(partition)]).add_done_callback(_said)
 
     def resume(self, partition: TopicPartition) -> None:
         if self._consumer is not None and partition in self._announced:
-            self._consumer.resume([_rd(partition)])
+            self._flow.submit(self._consumer.resume, [_rd(partition)]).add_done_callback(_said)
 
     # -- committing ------------------------------------------------------------------------
     async def commit(self, positions: Mapping[TopicPartition, int]) -> None:
@@ -336,6 +343,6 @@ class LibrdkafkaSource:
                 self.closing = True
                 await self._loop.run_in_executor(self._poller, self._consumer.close)
         finally:
-            self._poller.shutdown(wait=False)
-            self._calls.shutdown(wait=False)
+            for pool in (self._poller, self._calls, self._flow):
+                pool.shutdown(wait=False)
             await self._notes.close()
