@@ -201,7 +201,10 @@ def write_config(path: Path, bootstrap: str, topic: str, group: str, **sections:
         "runtime": {"log_format": "text"},
     }
     for name, values in sections.items():
-        base.setdefault(name, {}).update(values)
+        section = base.setdefault(name, {})
+        section.update(values)
+        for key in [k for k, v in values.items() if v is None]:  # None: leave the key out
+            del section[key]
     lines = []
     for name, values in base.items():
         lines.append(f"[{name}]")
