@@ -10,9 +10,13 @@ never ahead: the records it returns reach the pipeline before the next rebalance
 start, as with aiokafka.
 
 Why not `confluent_kafka.aio.AIOConsumer`: it serialises every call behind the one in
-flight (a commit during a revoke callback is let through only as a re-entrant call of
-the same task), and the raw loops measure alike (load/bench_raw_rdkafka.py: `thread`
-against `aio`, same rounds; numbers in load/results).
+flight, and lets a call through during a callback only as a re-entrant call of that
+callback's own task. The worker's revoke commits from other tasks (the committer, the
+partitions' drain) while `consume()` is blocked in the callback: they would wait for
+it, and it for them. Measured raw (load/bench_raw_rdkafka.py, `thread` against `aio`,
+same rounds, load/results/librdkafka.md): within the machine's noise in records/s (each
+faster in some rounds), and our thread 20% less CPU per record (0.77 against 0.98 s
+per million).
 """
 
 from __future__ import annotations
