@@ -17,7 +17,7 @@ from tests.integration.kafka_helpers import wait_for_group_coordinator  # noqa: 
 def kafka_client(request: pytest.FixtureRequest) -> Iterator[str]:
     """The test runs once per Kafka client (`source.client`): the configs `write_config`
     writes name it, and an in-process config takes the name this yields."""
-    kafka_helpers.client["name"] = request.param
+    kafka_helpers.client["name"] = request.param  # or a test's own `on_clients` pairs
     try:
         yield request.param
     finally:

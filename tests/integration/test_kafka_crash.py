@@ -30,6 +30,7 @@ from tests.integration.kafka_helpers import (
     committed,
     eventually,
     keyed_topic,
+    on_clients,
     read_gate,
     read_handled,
     scrape,
@@ -79,7 +80,7 @@ def finish_with_a_new_worker(
     return worker
 
 
-@pytest.mark.parametrize("lanes", [1, 4])
+@on_clients("lanes", [1, 4], librdkafka=[1])
 def test_kill_9_inside_batches_commits_none_of_them_and_a_restart_loses_nothing(
     kafka: str, kafka_client: str, tmp_path: Path, lanes: int
 ):

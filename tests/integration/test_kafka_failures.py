@@ -25,6 +25,7 @@ from tests.integration.kafka_helpers import (
     committed_offsets,
     create_topic,
     end_offsets,
+    on_clients,
     unique,
 )
 from worker.config import WorkerConfig
@@ -134,7 +135,7 @@ class PoisonHandler:
         self.handled.update(values)
 
 
-@pytest.mark.parametrize("mode", ["raise", "timeout"])
+@on_clients("mode", ["raise", "timeout"], librdkafka=["raise"])
 async def test_bisect_sends_exactly_the_poison_records_to_the_dlq_topic(
     kafka: str, kafka_client: str, mode: str
 ):

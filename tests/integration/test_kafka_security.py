@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from scripts import kafka_broker
-from tests.integration.kafka_helpers import ROOT, WorkerProcess, unique, write_config
+from tests.integration.kafka_helpers import ROOT, WorkerProcess, on_clients, unique, write_config
 from worker.config import WorkerConfig
 from worker.runtime.worker import Worker
 from worker.sources.kafka.lag import group_lag
@@ -46,7 +46,7 @@ def source(bootstrap: str, mechanism: str, password: str = SECRET, **extra: obje
     }
 
 
-@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"])
+@on_clients("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"], librdkafka=["SCRAM-SHA-512"])
 async def test_the_worker_consumes_and_commits_over_sasl(
     sasl_kafka: str, kafka_client: str, mechanism: str
 ):

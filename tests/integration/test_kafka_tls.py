@@ -25,7 +25,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from scripts import kafka_broker, tls_certs
-from tests.integration.kafka_helpers import HERE, ROOT, WorkerProcess, unique, write_config
+from tests.integration.kafka_helpers import (
+    HERE,
+    ROOT,
+    WorkerProcess,
+    on_clients,
+    unique,
+    write_config,
+)
 from worker.config import WorkerConfig
 from worker.runtime.worker import Worker
 from worker.sources.kafka.lag import group_lag
@@ -130,7 +137,7 @@ def cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
     return done, time.monotonic() - started
 
 
-@pytest.mark.parametrize("case", ["SSL", "MTLS", "SASL_SSL"])
+@on_clients("case", ["SSL", "MTLS", "SASL_SSL"], librdkafka=["MTLS"])
 def test_every_kafka_client_of_the_worker_works_over_tls(
     tls_kafka: TlsBroker, kafka_client: str, case: str, tmp_path: Path
 ):

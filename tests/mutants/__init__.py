@@ -81,8 +81,9 @@ MUTANTS: tuple[Mutant, ...] = (
         "with several key lanes, Partition._process marks the lane's slice of its segments "
         "done before the steps run: the low watermark passes batches still in a handler",
         (
-            *_both(
-                "test_kill_9_inside_batches_commits_none_of_them_and_a_restart_loses_nothing", "-4"
+            _crash(
+                "test_kill_9_inside_batches_commits_none_of_them_and_a_restart_loses_nothing"
+                "[aiokafka-4]"
             ),
             _node(
                 "unit/test_parallelization",

@@ -244,11 +244,11 @@ class LibrdkafkaSource:
         return held
 
     def pause(self, partition: TopicPartition) -> None:
-        if self._consumer is not None and partition in self._announced:
+        if self._consumer is not None and not self.closing and partition in self._announced:
             self._flow.submit(self._consumer.pause, [_rd(partition)]).add_done_callback(_said)
 
     def resume(self, partition: TopicPartition) -> None:
-        if self._consumer is not None and partition in self._announced:
+        if self._consumer is not None and not self.closing and partition in self._announced:
             self._flow.submit(self._consumer.resume, [_rd(partition)]).add_done_callback(_said)
 
     # -- committing ------------------------------------------------------------------------
@@ -310,8 +310,8 @@ class LibrdkafkaSource:
 
     def _end(self, partition: TopicPartition) -> int | None:
         """The high watermark of the last fetch response (cached: no request)."""
-        if self._consumer is None or partition not in self._announced:
-            return None
+        if self._consumer is None or self.closing or partition not in self._announced:
+            return None  # closing: a call beside `close()` may wait on its teardown
         try:
             marks = self._consumer.get_watermark_offsets(_rd(partition), cached=True)
         except (KafkaException, RuntimeError):
@@ -327,7 +327,7 @@ class LibrdkafkaSource:
     def waiting(self, partition: TopicPartition) -> bool:
         """Records past the fetch position (not the commit: see `KafkaSource.waiting`)."""
         end = self._end(partition)
-        if end is None or self._consumer is None:
+        if end is None or self._consumer is None or self.closing:
             return False
         try:
             position = self._consumer.position([_rd(partition)])[0].offset
