@@ -259,6 +259,18 @@ MUTANTS += (
             ),
         ),
     ),
+    Mutant(
+        "librdkafka_commit_on_lost",
+        "the librdkafka source tells the listener of lost partitions before it forgets "
+        "them: a commit made while their batches are abandoned still reaches the broker, "
+        "for partitions another member already reads",
+        (
+            _node(
+                "unit/test_librdkafka_source",
+                "test_a_lost_partition_is_never_committed_and_the_rest_still_are",
+            ),
+        ),
+    ),
 )
 
 

@@ -74,7 +74,19 @@ async def test_a_commit_sends_the_handled_positions_plus_one_never_the_fetch_pos
 
 async def test_a_lost_partition_is_never_committed_and_the_rest_still_are():
     source, consumer = await started_source()
+    refused_inside: list[frozenset] = []
+
+    class Listener:
+        async def on_lost(self, partitions: Any) -> None:
+            """A commit the listener still tries while abandoning them is refused."""
+            try:
+                await source.commit({TP1: 5})
+            except OwnershipLost as exc:
+                refused_inside.append(exc.lost)
+
+    source._listener = Listener()  # type: ignore[assignment]
     await source.lost([TP1])
+    assert refused_inside == [{TP1}]
     with pytest.raises(OwnershipLost) as refused:
         await source.commit({TP0: 3, TP1: 5})
     assert refused.value.lost == {TP1}
