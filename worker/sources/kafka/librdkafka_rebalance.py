@@ -14,6 +14,7 @@ are never assigned, so nothing of theirs is read).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
@@ -23,6 +24,9 @@ from confluent_kafka import Consumer
 from confluent_kafka import TopicPartition as RdTopicPartition
 
 log = logging.getLogger("worker.source.kafka")
+
+#: A rebalance callback waiting this long for the listener says so (and again each time).
+WAIT_LOG_S = 10.0
 
 
 class RebalanceOwner(Protocol):
@@ -53,9 +57,21 @@ class RebalanceBridge:
         self._owner = owner
         self._loop = loop
 
-    def _on_loop(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run `coro` on the loop and wait for it here, on the poller thread."""
-        asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+    def _on_loop(self, coro: Coroutine[Any, Any, None], doing: str) -> None:
+        """Run `coro` on the loop and wait for it here, on the poller thread, for as long
+        as it takes (the listener bounds its own drain); a long wait is logged every
+        `WAIT_LOG_S`, so a stalled rebalance names where it waits."""
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        waited = 0.0
+        while True:
+            try:
+                future.result(timeout=WAIT_LOG_S)
+                return
+            except concurrent.futures.TimeoutError:
+                waited += WAIT_LOG_S
+                log.warning(
+                    "event=rebalance_callback_waiting doing=%s waited_s=%.0f", doing, waited
+                )
 
     def _guarded(self, doing: str, keys: list[TopicPartition], step: Callable[[], None]) -> bool:
         try:
@@ -76,7 +92,7 @@ class RebalanceBridge:
 
         def prepare() -> None:
             starts.extend(self._owner.starts(consumer, partitions))
-            self._on_loop(self._owner.assigned(keys, [tp.offset for tp in starts]))
+            self._on_loop(self._owner.assigned(keys, [tp.offset for tp in starts]), "taking")
 
         if self._guarded("taking", keys, prepare):
             self._assign(consumer, starts)
@@ -90,13 +106,15 @@ class RebalanceBridge:
     def on_revoke(self, consumer: Consumer, partitions: list[RdTopicPartition]) -> None:
         keys = ours(partitions)
         if keys and not self._owner.closing:  # closing: the worker drained them already
-            self._guarded("revoking", keys, lambda: self._on_loop(self._owner.revoked(keys)))
+            self._guarded(
+                "revoking", keys, lambda: self._on_loop(self._owner.revoked(keys), "revoking")
+            )
         self._unassign(consumer, partitions)
 
     def on_lost(self, consumer: Consumer, partitions: list[RdTopicPartition]) -> None:
         keys = ours(partitions)
         if keys:
-            self._guarded("losing", keys, lambda: self._on_loop(self._owner.lost(keys)))
+            self._guarded("losing", keys, lambda: self._on_loop(self._owner.lost(keys), "losing"))
         self._unassign(consumer, partitions)
 
     def _unassign(self, consumer: Consumer, partitions: list[RdTopicPartition]) -> None:
