@@ -4,7 +4,9 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY worker ./worker
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# With the librdkafka extra: source.client is a setting, not a rebuild (its wheel bundles
+# librdkafka).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[librdkafka]"
 
 # Final stage: the worker, the example handlers, a non-root user, nothing else.
 FROM python:3.11-slim

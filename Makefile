@@ -17,6 +17,7 @@ install: $(STAMP)
 
 kafka: $(STAMP)
 	$(PY) scripts/kafka_broker.py fetch >/dev/null
+	$(PY) scripts/kafka_broker.py fetch --version 4.1.1 >/dev/null
 
 # The Kinesis emulator for the Kinesis tests (DynamoDB comes from moto, a dev dependency).
 emulators:

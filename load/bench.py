@@ -46,15 +46,19 @@ sys.path.insert(0, str(ROOT))
 from scripts import kafka_broker  # noqa: E402
 
 RAW, RAW_DECODE = "raw aiokafka getmany+commit", "raw aiokafka + orjson decode"
+RD, RD_DECODE = "raw confluent consume(1000), GC tuned", "raw confluent + orjson, GC tuned"
+RD_WORKER = "worker on librdkafka, no-op handler"
+LIBRDKAFKA = "source.client=librdkafka"
 
 
 @dataclass(frozen=True)
 class Contender:
     name: str
-    kind: str  # raw | worker | arroyo | quix
+    kind: str  # raw | rdkafka | worker | arroyo | quix
     work: str  # raw/peers: noop|decode; worker: a handler in load.bench_handlers
     baseline: str
-    options: tuple[str, ...] = ()  # worker: --set items; peers: fetch.queue.backoff.ms
+    #: worker: --set items; raw: "gc"; rdkafka: sync|thread|aio [gc]; peers: the backoff
+    options: tuple[str, ...] = ()
 
 
 THROUGHPUT = [
@@ -64,6 +68,23 @@ THROUGHPUT = [
     Contender("worker, no-op handler", "worker", "noop", RAW),
     Contender("worker, orjson decode handler", "worker", "decode", RAW_DECODE),
     Contender("worker, IoT example handler", "worker", "iot", RAW_DECODE),
+    # librdkafka (source.client): the raw loop three ways (see load/bench_raw_rdkafka.py),
+    # then the worker on it; every row in the same interleaved rounds.
+    Contender(RD, "rdkafka", "noop", RD, ("sync", "gc")),
+    Contender(RD_DECODE, "rdkafka", "decode", RD_DECODE, ("sync", "gc")),
+    Contender(
+        "raw confluent, own thread around consume(1000)", "rdkafka", "noop", RD, ("thread", "gc")
+    ),
+    Contender("raw confluent AIOConsumer.consume(1000)", "rdkafka", "noop", RD, ("aio", "gc")),
+    Contender(RD_WORKER, "worker", "noop", RD, (LIBRDKAFKA,)),
+    Contender("worker on librdkafka, orjson decode", "worker", "decode", RD_DECODE, (LIBRDKAFKA,)),
+    Contender(
+        "worker on librdkafka, Lambda-style no-op",
+        "worker",
+        "lambda_noop",
+        RD_WORKER,
+        (LIBRDKAFKA, "handler.style=lambda"),
+    ),
     Contender("arroyo, no-op (defaults)", "arroyo", "noop", RAW, ("default",)),
     Contender("arroyo, no-op (backoff 10 ms)", "arroyo", "noop", RAW, ("10",)),
     Contender("arroyo, decode (backoff 10 ms)", "arroyo", "decode", RAW_DECODE, ("10",)),
@@ -130,6 +151,9 @@ def run_contender(c: Contender, env: Env, topic: str, count: int) -> dict:
     if c.kind == "raw":
         cmd = [sys.executable, "-m", "load.bench_raw", env.bootstrap, topic, str(count), c.work]
         cmd += [str(out), *c.options]
+    elif c.kind == "rdkafka":
+        cmd = [sys.executable, "-m", "load.bench_raw_rdkafka", env.bootstrap, topic, str(count)]
+        cmd += [c.work, str(out), *c.options]
     elif c.kind == "worker":
         cmd = worker_cmd(env.bootstrap, topic, c.work, *c.options)
     else:
@@ -146,7 +170,9 @@ def run_contender(c: Contender, env: Env, topic: str, count: int) -> dict:
 
 def ensure_peers() -> list[str]:
     """Create each peer's virtualenv once (they need conflicting confluent-kafka versions)."""
-    ready = []
+    ready: list[str] = []
+    if os.environ.get("BENCH_PEERS") == "0":  # the peers left out of this run
+        return ready
     for name, (venv, packages) in PEER_VENVS.items():
         python = venv / "bin" / "python"
         if not python.exists():
@@ -180,14 +206,20 @@ def throughput(env: Env, records: int, rounds: int, peer_records: int) -> None:
     print("throughput", flush=True)
     fill(env, "bench", 8, records)
     peers = ensure_peers()
-    contenders = [c for c in THROUGHPUT if c.kind in ("raw", "worker") or c.kind in peers]
+    ours = ("raw", "rdkafka", "worker")
+    contenders = [c for c in THROUGHPUT if c.kind in ours or c.kind in peers]
     rates: dict[str, list[float]] = {c.name: [] for c in contenders}
+    cpus: dict[str, list[float]] = {c.name: [] for c in contenders}
     for r in range(rounds):
         for c in contenders:
-            count = records if c.kind in ("raw", "worker") else peer_records
-            rate = run_contender(c, env, "bench", count)["rate"]
-            rates[c.name].append(rate)
-            print(f"  round {r + 1}: {c.name:<36} {rate:>10,.0f} rec/s", flush=True)
+            count = records if c.kind in ours else peer_records
+            result = run_contender(c, env, "bench", count)
+            rates[c.name].append(result["rate"])
+            if "cpu_s_per_m" in result:
+                cpus[c.name].append(result["cpu_s_per_m"])
+            cpu = result.get("cpu_s_per_m", float("nan"))
+            print(f"  round {r + 1}: {c.name:<48} {result['rate']:>10,.0f} rec/s "
+                  f"{cpu:5.2f} CPU s/M", flush=True)  # fmt: skip
     medians = {name: statistics.median(v) for name, v in rates.items()}
     env.results["throughput"] = [
         {
@@ -196,6 +228,8 @@ def throughput(env: Env, records: int, rounds: int, peer_records: int) -> None:
             "ratio": round(medians[c.name] / medians[c.baseline], 3),
             "vs": c.baseline,
             "rounds": [round(x) for x in rates[c.name]],
+            # The process's CPU (all its threads) per million records, median of the rounds.
+            "cpu_s_per_m": round(statistics.median(cpus[c.name]), 3) if cpus[c.name] else None,
         }
         for c in contenders
     ]
@@ -439,12 +473,14 @@ def markdown(result: dict) -> str:
             f"**Throughput** ({result['records']:,} IoT readings of ~190 B in 8 partitions; "
             f"peers read {result['peer_records']:,}; median of {result['rounds']} rounds)",
             "",
-            "| contender | records/s | ratio | compared with |",
-            "|---|---:|---:|---|",
+            "| contender | records/s | ratio | compared with | CPU s per M records |",
+            "|---|---:|---:|---|---:|",
         ]
         for row in result["throughput"]:
+            cpu = row.get("cpu_s_per_m")
             lines.append(f"| {row['contender']} | {row['records_per_s']:,} | "
-                         f"{row['ratio']:.2f} | {row['vs']} |")  # fmt: skip
+                         f"{row['ratio']:.2f} | {row['vs']} | "
+                         f"{'' if cpu is None else f'{cpu:.2f}'} |")  # fmt: skip
         lines.append("")
     if "fetch" in result:
         lines += ["**Fetch settings** (worker, no-op handler, median of 2)", "",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 import time
 from typing import Any
 
@@ -21,7 +22,10 @@ _N = int(os.environ.get("BENCH_COUNT", "0"))
 _OUT = os.environ.get("BENCH_OUT", "")
 _seen = 0
 _t0 = 0.0
+_c0 = 0.0
 _n0 = 0
+#: Lambda-style handlers run in threads: one count for all of them.
+_lock = threading.Lock()
 _extra: dict[str, Any] = {}
 _last_seq: dict[str, int] = {}
 _latencies: list[float] = []
@@ -29,12 +33,18 @@ _latencies: list[float] = []
 
 def _account(n: int) -> None:
     """Steady state: the rate from the first batch past 10% of the records to the last."""
-    global _seen, _t0, _n0
+    global _seen, _t0, _c0, _n0
     _seen += n
     if not _t0 and _seen >= _N // 10:
-        _t0, _n0 = time.perf_counter(), _seen
+        _t0, _c0, _n0 = time.perf_counter(), time.process_time(), _seen
     if _seen >= _N and _OUT:
-        result = {"rate": (_seen - _n0) / (time.perf_counter() - _t0), **_extra}
+        done = _seen - _n0
+        result = {
+            "rate": done / (time.perf_counter() - _t0),
+            # Every thread's CPU (the client's own threads too), per million records.
+            "cpu_s_per_m": (time.process_time() - _c0) / done * 1e6,
+            **_extra,
+        }
         if _latencies:
             ordered = sorted(_latencies)
             result["p50_ms"] = ordered[len(ordered) // 2] * 1000
@@ -45,6 +55,12 @@ def _account(n: int) -> None:
 
 async def noop(batch) -> None:
     _account(len(batch.records))
+
+
+def lambda_noop(event: dict[str, Any], context: Any) -> None:
+    """An AWS Lambda Kafka handler that does nothing: what the event costs to build."""
+    with _lock:
+        _account(sum(len(records) for records in event["records"].values()))
 
 
 async def decode(batch) -> None:

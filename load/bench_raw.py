@@ -29,7 +29,7 @@ def _steady() -> tuple[float, float]:
     return float(low), float(high)
 
 
-async def main(bootstrap: str, topic: str, count: int, work: str) -> float:
+async def main(bootstrap: str, topic: str, count: int, work: str) -> dict[str, float]:
     d = KafkaSourceConfig(topics=[topic])  # the worker's defaults, so both fetch alike
     consumer = AIOKafkaConsumer(
         topic,
@@ -45,12 +45,12 @@ async def main(bootstrap: str, topic: str, count: int, work: str) -> float:
     await consumer.start()
     loads = orjson.loads
     steady = _steady()
-    seen, t0, n0 = 0, 0.0, 0
+    seen, t0, n0, c0 = 0, 0.0, 0, 0.0
     try:
         while seen < count * steady[1]:
             chunks = await consumer.getmany(timeout_ms=1000, max_records=d.fetch_max_records)
             if not t0 and seen >= count * steady[0]:  # steady state, as for every contender
-                t0, n0 = time.perf_counter(), seen
+                t0, n0, c0 = time.perf_counter(), seen, time.process_time()
             for records in chunks.values():
                 if work == "decode":
                     for r in records:
@@ -59,9 +59,10 @@ async def main(bootstrap: str, topic: str, count: int, work: str) -> float:
             if chunks:
                 await consumer.commit()
         rate = (seen - n0) / (time.perf_counter() - t0)
+        cpu = (time.process_time() - c0) / (seen - n0) * 1e6
     finally:
         await consumer.stop()
-    return rate
+    return {"rate": rate, "cpu_s_per_m": cpu}
 
 
 if __name__ == "__main__":
@@ -70,4 +71,4 @@ if __name__ == "__main__":
         from worker.runtime.run import tune_gc
 
         tune_gc(WorkerConfig.model_validate({"source": {"topics": [t]}}))
-    Path(o).write_text(f"{uvloop.run(main(b, t, int(n), w))}\n")
+    Path(o).write_bytes(orjson.dumps(uvloop.run(main(b, t, int(n), w))))

@@ -1,7 +1,7 @@
 """Runs the real Apache Kafka broker (KRaft) from Maven Central jars: one node, or three.
 
-    python scripts/kafka_broker.py fetch            # download the jars (cached)
-    python scripts/kafka_broker.py start DIR        # start in the background, print bootstrap
+    python scripts/kafka_broker.py fetch [--version 4.1.1]      # download the jars (cached)
+    python scripts/kafka_broker.py start DIR [--version 4.1.1]  # in the background; bootstrap
     python scripts/kafka_broker.py stop DIR         # stop it by PID
     python scripts/kafka_broker.py run              # foreground until Ctrl-C
     python scripts/kafka_broker.py cluster-start DIR [--nodes 3]   # print the bootstrap list
@@ -46,26 +46,30 @@ if TYPE_CHECKING:
     from scripts.tls_certs import TlsFiles
 
 KAFKA_VERSION = "3.9.1"
+#: Kafka 4.x, for what only it has: the KIP-848 consumer group protocol.
+KAFKA4_VERSION = "4.1.1"
 HERE = Path(__file__).resolve().parent
 POM = HERE / "kafka" / "pom.xml"
+#: Each version's jars and logging backend (4.x: log4j2; see the pom's comment).
+POMS = {KAFKA_VERSION: POM, KAFKA4_VERSION: HERE / "kafka" / "pom-4.xml"}
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 
 
-def cache_dir() -> Path:
+def cache_dir(version: str = KAFKA_VERSION) -> Path:
     root = Path(os.environ.get("STREAMWORKER_CACHE", Path.home() / ".cache" / "streamworker"))
-    return root / f"kafka-{KAFKA_VERSION}"
+    return root / f"kafka-{version}"
 
 
-def fetch_jars() -> Path:
+def fetch_jars(version: str = KAFKA_VERSION) -> Path:
     """Copy kafka_2.13 and its runtime dependencies from Maven Central, once."""
-    lib = cache_dir() / "lib"
+    lib = cache_dir(version) / "lib"
     marker = lib / ".complete"
     if marker.exists():
         return lib
     lib.mkdir(parents=True, exist_ok=True)
     cmd = [
-        "mvn", "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
+        "mvn", "-B", "-q", "-f", str(POMS[version]), "dependency:copy-dependencies",
         f"-DoutputDirectory={lib}", "-DincludeScope=runtime",
     ]  # fmt: skip
     subprocess.run(cmd, check=True)
@@ -137,9 +141,13 @@ def _properties(workdir: Path, port: int, controller_port: int, extra: dict[str,
 
 
 def _java(lib: Path, workdir: Path, heap: list[str]) -> list[str]:
+    # Kafka 4.x logs through log4j2 (its jars are in lib), 3.9 through reload4j.
+    if any(lib.glob("log4j-core-*.jar")):
+        logging = f"-Dlog4j2.configurationFile={workdir / 'log4j2.properties'}"
+    else:
+        logging = f"-Dlog4j.configuration=file:{workdir / 'log4j.properties'}"
     return [
-        "java", *heap,
-        f"-Dlog4j.configuration=file:{workdir / 'log4j.properties'}",
+        "java", *heap, logging,
         f"-Dkafka.logs.dir={workdir / 'logs'}",
         "-Djava.awt.headless=true",
         "-cp", f"{lib}/*",
@@ -178,6 +186,7 @@ def start(
     sasl: bool = False,
     port: int | None = None,
     tls: TlsFiles | None = None,
+    version: str = KAFKA_VERSION,
 ) -> Broker:
     """Format a fresh KRaft log dir and start the broker; return once it accepts clients.
 
@@ -186,8 +195,9 @@ def start(
     free one), for a broker that users and configs find at a known address. With `tls`
     (certificates from `scripts/tls_certs.py`), the PLAINTEXT listener stays and the
     listeners of `_tls_properties` are added beside it (`Broker.ports` names them).
+    `version`: KAFKA_VERSION, or KAFKA4_VERSION (the same static-voter KRaft setup).
     """
-    lib = fetch_jars()
+    lib = fetch_jars(version)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="kafka-"))
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     port, controller_port = port or free_port(), free_port()
@@ -210,6 +220,7 @@ def start(
          "-t", _cluster_id(), "-c", str(props), *scram],
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
+    (workdir / "lib").write_text(str(lib))  # `restart` starts the same version
     broker = _launch(lib, workdir, port)
     broker.ports = ports
     return broker
@@ -265,7 +276,9 @@ def restart(workdir: Path) -> Broker:
     and the group coordinator they need were made while it first ran.
     """
     port = int((workdir / "bootstrap").read_text().rpartition(":")[2])
-    return _launch(fetch_jars(), workdir, port)
+    saved = workdir / "lib"
+    lib = Path(saved.read_text()) if saved.exists() else fetch_jars()
+    return _launch(lib, workdir, port)
 
 
 def _launch(lib: Path, workdir: Path, port: int) -> Broker:
@@ -383,6 +396,16 @@ def _write_log4j(workdir: Path) -> None:
         "log4j.appender.F.File=${kafka.logs.dir}/server.log\n"
         "log4j.appender.F.layout=org.apache.log4j.PatternLayout\n"
         "log4j.appender.F.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+    )
+    (workdir / "log4j2.properties").write_text(
+        "status=error\n"
+        "appender.f.type=File\n"
+        "appender.f.name=F\n"
+        "appender.f.fileName=${sys:kafka.logs.dir}/server.log\n"
+        "appender.f.layout.type=PatternLayout\n"
+        "appender.f.layout.pattern=[%d] %p %m (%c)%n\n"
+        "rootLogger.level=INFO\n"
+        "rootLogger.appenderRef.f.ref=F\n"
     )
 
 
@@ -761,9 +784,11 @@ def _cluster_cli(args: argparse.Namespace) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("fetch")
+    f = sub.add_parser("fetch")
+    f.add_argument("--version", default=KAFKA_VERSION, choices=sorted(POMS))
     s = sub.add_parser("start", help="start a broker in DIR in the background; prints its address")
     s.add_argument("dir", type=Path)
+    s.add_argument("--version", default=KAFKA_VERSION, choices=sorted(POMS))
     s.add_argument("--port", type=int, help="client port (default: a free one)")
     t = sub.add_parser("stop", help="stop the broker started in DIR")
     t.add_argument("dir", type=Path)
@@ -782,9 +807,9 @@ def main() -> int:
     if args.cmd.startswith("cluster-"):
         return _cluster_cli(args)
     if args.cmd == "fetch":
-        print(fetch_jars())
+        print(fetch_jars(args.version))
     elif args.cmd == "start":
-        print(start(args.dir, port=args.port).bootstrap)
+        print(start(args.dir, port=args.port, version=args.version).bootstrap)
     elif args.cmd == "stop":
         pidfile = args.dir / "broker.pid"
         if pidfile.exists():

@@ -9,7 +9,19 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from scripts import kafka_broker  # noqa: E402
+from tests.integration import kafka_helpers  # noqa: E402
 from tests.integration.kafka_helpers import wait_for_group_coordinator  # noqa: E402
+
+
+@pytest.fixture(params=kafka_helpers.KAFKA_CLIENTS)
+def kafka_client(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The test runs once per Kafka client (`source.client`): the configs `write_config`
+    writes name it, and an in-process config takes the name this yields."""
+    kafka_helpers.client["name"] = request.param  # or a test's own `on_clients` pairs
+    try:
+        yield request.param
+    finally:
+        kafka_helpers.client["name"] = "aiokafka"
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
@@ -178,9 +179,24 @@ class CommitBarrier:
             await asyncio.sleep(0.05)
 
 
+#: The Kafka clients a test parametrized with the `kafka_client` fixture runs on.
+KAFKA_CLIENTS = ("aiokafka", "librdkafka")
+#: The client `write_config` writes (the `kafka_client` fixture sets it for its test).
+client = {"name": "aiokafka"}
+
+
+def on_clients(name: str, cases: list, librdkafka: list) -> pytest.MarkDecorator:
+    """Every case of `name` on aiokafka, and only the cases `librdkafka` lists on it: a
+    test parametrized by its own cases runs its core ones on both clients, in bounded CI
+    time (the `kafka_client` fixture takes each pair's client)."""
+    pairs = [("aiokafka", c) for c in cases] + [("librdkafka", c) for c in librdkafka]
+    return pytest.mark.parametrize(("kafka_client", name), pairs, indirect=["kafka_client"])
+
+
 def write_config(path: Path, bootstrap: str, topic: str, group: str, **sections: dict) -> Path:
     base = {
         "source": {
+            "client": client["name"],
             "bootstrap_servers": [bootstrap],
             "topics": [topic],
             "group_id": group,
@@ -194,7 +210,10 @@ def write_config(path: Path, bootstrap: str, topic: str, group: str, **sections:
         "runtime": {"log_format": "text"},
     }
     for name, values in sections.items():
-        base.setdefault(name, {}).update(values)
+        section = base.setdefault(name, {})
+        section.update(values)
+        for key in [k for k, v in values.items() if v is None]:  # None: leave the key out
+            del section[key]
     lines = []
     for name, values in base.items():
         lines.append(f"[{name}]")

@@ -37,7 +37,7 @@ def fully_committed(kafka: str, group: str, topic: str, ends: dict[int, int]) ->
 
 
 def test_clean_run_handles_every_record_once_in_order_and_commits_to_the_end(
-    kafka: str, tmp_path: Path
+    kafka: str, kafka_client: str, tmp_path: Path
 ):
     topic, ends = setup_topic(kafka, 20_000)
     assert sum(ends.values()) == 20_000 and all(ends.values())
@@ -83,7 +83,9 @@ def assigned_count(worker: WorkerProcess, nth: int) -> int:
     return len([p for p in line.split(",") if p])
 
 
-def test_two_workers_split_the_partitions_and_stopping_one_moves_them(kafka: str, tmp_path: Path):
+def test_two_workers_split_the_partitions_and_stopping_one_moves_them(
+    kafka: str, kafka_client: str, tmp_path: Path
+):
     topic, _ = setup_topic(kafka, 4000)
     group = unique("g")
     config = write_config(tmp_path / "w.toml", kafka, topic, group)
@@ -183,3 +185,44 @@ async def test_a_failing_assignment_callback_stops_the_worker_instead_of_owning_
     assert "cannot read committed offsets" in (worker.failure or "")
     assert "event=source_failed" in caplog.text
     assert await committed_offsets(kafka, group, topic) in ({}, {p: 0 for p in range(PARTITIONS)})
+
+
+# aiokafka takes the setting as it is (`group_instance_id`); the test runs on librdkafka
+# only, to keep CI short (it passed on both when written).
+@pytest.mark.parametrize("kafka_client", ["librdkafka"], indirect=True)
+def test_a_static_member_restarted_within_the_session_gets_its_partitions_back_quietly(
+    kafka: str, kafka_client: str, tmp_path: Path
+):
+    """`source.group_instance_id`: a member that stops and comes back within the session
+    timeout is given the same partitions, and the other member is never rebalanced."""
+    topic, _ = setup_topic(kafka, 2000)
+    group = unique("g")
+
+    def config(name: str) -> Path:
+        return write_config(
+            tmp_path / f"{name}.toml", kafka, topic, group,
+            source={"group_instance_id": name, "session_timeout_ms": 20_000},
+        )  # fmt: skip
+
+    a, b = WorkerProcess(config("a"), tmp_path), None
+    a2 = None
+    try:
+        assert assigned_count(a, 1) == PARTITIONS
+        b = WorkerProcess(config("b"), tmp_path)
+        kept = a.wait_for_log(r"event=assigned partitions=(\S*)", count=2).group(1)
+        b.wait_for_log(r"event=assigned partitions=\S+")
+        a.terminate()
+        assert a.wait() == 0
+        a2 = WorkerProcess(config("a"), tmp_path)
+        assert a2.wait_for_log(r"event=assigned partitions=(\S*)").group(1) == kept
+        asyncio.run(produce_keyed(kafka, topic, 2000))
+        ends = asyncio.run(end_offsets(kafka, topic, PARTITIONS))
+        eventually(lambda: fully_committed(kafka, group, topic, ends), what="all committed")
+        assert b.log().count("event=assigned") == 1 and "event=revoked" not in b.log()
+    finally:
+        for w in (a, b, a2):
+            if w is not None:
+                w.stop()
+    handled = read_handled(tmp_path)
+    for p, end in ends.items():
+        assert set(handled[p]) == set(range(end)), f"partition {p} lost records"

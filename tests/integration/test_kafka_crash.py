@@ -30,6 +30,7 @@ from tests.integration.kafka_helpers import (
     committed,
     eventually,
     keyed_topic,
+    on_clients,
     read_gate,
     read_handled,
     scrape,
@@ -79,9 +80,9 @@ def finish_with_a_new_worker(
     return worker
 
 
-@pytest.mark.parametrize("lanes", [1, 4])
+@on_clients("lanes", [1, 4], librdkafka=[1])
 def test_kill_9_inside_batches_commits_none_of_them_and_a_restart_loses_nothing(
-    kafka: str, tmp_path: Path, lanes: int
+    kafka: str, kafka_client: str, tmp_path: Path, lanes: int
 ):
     topic, ends = keyed_topic(kafka, RECORDS, PARTITIONS, by_key_number=True)
     group = unique("g")
@@ -215,7 +216,7 @@ def test_kill_9_while_a_dead_letter_is_unacknowledged_commits_nothing_past_the_p
 
 
 def test_sigterm_while_a_batch_is_inside_the_handler_waits_for_it_and_commits_it(
-    kafka: str, tmp_path: Path
+    kafka: str, kafka_client: str, tmp_path: Path
 ):
     topic, ends = keyed_topic(kafka, 1000, partitions=1)
     group = unique("g")
@@ -251,7 +252,7 @@ def test_sigterm_while_a_batch_is_inside_the_handler_waits_for_it_and_commits_it
 
 
 def test_a_partition_held_in_the_handler_stops_fetching_at_its_buffer_limit(
-    kafka: str, tmp_path: Path
+    kafka: str, kafka_client: str, tmp_path: Path
 ):
     topic, ends = keyed_topic(kafka, 5000, partitions=1)
     group = unique("g")

@@ -19,11 +19,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import TopicAlreadyExistsError
 
+from tests.integration import kafka_helpers
 from tests.integration.kafka_helpers import (
     ROOT,
     committed_offsets,
     create_topic,
     end_offsets,
+    on_clients,
     unique,
 )
 from worker.config import WorkerConfig
@@ -37,7 +39,12 @@ POISON = {1001, 2002, 3003, 4004, 5005}
 
 def config(kafka: str, topic: str, group: str, **sections: dict[str, Any]) -> WorkerConfig:
     tree: dict[str, dict[str, Any]] = {
-        "source": {"bootstrap_servers": [kafka], "topics": [topic], "group_id": group},
+        "source": {
+            "client": kafka_helpers.client["name"],
+            "bootstrap_servers": [kafka],
+            "topics": [topic],
+            "group_id": group,
+        },
         "batching": {"batch_size": 500, "maximum_batching_window_ms": 2000},
         "errors": {"retry_backoff_ms": [5, 50]},
         "metrics": {"enabled": False},
@@ -128,8 +135,10 @@ class PoisonHandler:
         self.handled.update(values)
 
 
-@pytest.mark.parametrize("mode", ["raise", "timeout"])
-async def test_bisect_sends_exactly_the_poison_records_to_the_dlq_topic(kafka: str, mode: str):
+@on_clients("mode", ["raise", "timeout"], librdkafka=["raise"])
+async def test_bisect_sends_exactly_the_poison_records_to_the_dlq_topic(
+    kafka: str, kafka_client: str, mode: str
+):
     topic, dlq, group = unique("tel"), unique("dlq"), unique("g")
     await create_topic(kafka, topic, PARTITIONS)
     await create_topic(kafka, dlq, 1)
@@ -419,7 +428,9 @@ async def test_a_record_over_the_dlq_topic_limit_goes_as_a_counted_envelope(kafk
     assert dead[2].value == b'{"i": 2}'
 
 
-async def test_a_dead_letter_guard_halt_outlives_restarts_of_the_same_bad_deploy(kafka: str):
+async def test_a_dead_letter_guard_halt_outlives_restarts_of_the_same_bad_deploy(
+    kafka: str, kafka_client: str
+):
     """The guard's counts lived in memory, so each restart of a halted worker (its
     orchestrator restarts it, /healthz failing) dead-lettered five more records. They
     now travel in the Kafka commit's metadata and are read back on assignment."""

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.kafka
 
 
 async def test_an_aws_lambda_kafka_handler_runs_unchanged_and_failed_items_are_retried(
-    kafka: str,
+    kafka: str, kafka_client: str
 ):
     topic, group = unique("tel"), unique("g")
     await create_topic(kafka, topic, 1)
@@ -30,7 +30,12 @@ async def test_an_aws_lambda_kafka_handler_runs_unchanged_and_failed_items_are_r
     aws_style_handler.calls.clear()
     cfg = WorkerConfig.model_validate(
         {
-            "source": {"bootstrap_servers": [kafka], "topics": [topic], "group_id": group},
+            "source": {
+                "client": kafka_client,
+                "bootstrap_servers": [kafka],
+                "topics": [topic],
+                "group_id": group,
+            },
             "batching": {"batch_size": 10, "maximum_batching_window_ms": 2000},
             "handler": {
                 "target": "tests.integration.aws_style_handler:lambda_handler",

@@ -22,7 +22,9 @@ from worker.runtime.worker import Worker
 pytestmark = pytest.mark.kafka
 
 
-async def test_eight_lanes_per_partition_keep_every_keys_sequence_in_order(kafka: str):
+async def test_eight_lanes_per_partition_keep_every_keys_sequence_in_order(
+    kafka: str, kafka_client: str
+):
     topic, group = unique("tel"), unique("g")
     await create_topic(kafka, topic, 2)
     await produce_keyed(kafka, topic, 6000, keys=64)
@@ -42,7 +44,12 @@ async def test_eight_lanes_per_partition_keep_every_keys_sequence_in_order(kafka
 
     cfg = WorkerConfig.model_validate(
         {
-            "source": {"bootstrap_servers": [kafka], "topics": [topic], "group_id": group},
+            "source": {
+                "client": kafka_client,
+                "bootstrap_servers": [kafka],
+                "topics": [topic],
+                "group_id": group,
+            },
             "batching": {"batch_size": 20, "maximum_batching_window_ms": 20},
             "handler": {"parallelization_factor": 8},
             "metrics": {"enabled": False},

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from scripts import kafka_broker
-from tests.integration.kafka_helpers import ROOT, WorkerProcess, unique, write_config
+from tests.integration.kafka_helpers import ROOT, WorkerProcess, on_clients, unique, write_config
 from worker.config import WorkerConfig
 from worker.runtime.worker import Worker
 from worker.sources.kafka.lag import group_lag
@@ -46,12 +46,16 @@ def source(bootstrap: str, mechanism: str, password: str = SECRET, **extra: obje
     }
 
 
-@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"])
-async def test_the_worker_consumes_and_commits_over_sasl(sasl_kafka: str, mechanism: str):
+@on_clients("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"], librdkafka=["SCRAM-SHA-512"])
+async def test_the_worker_consumes_and_commits_over_sasl(
+    sasl_kafka: str, kafka_client: str, mechanism: str
+):
     topic, group = unique("secure"), unique("g")
     cfg = WorkerConfig.model_validate(
         {
-            "source": source(sasl_kafka, mechanism, topics=[topic], group_id=group),
+            "source": source(
+                sasl_kafka, mechanism, topics=[topic], group_id=group, client=kafka_client
+            ),
             "batching": {"maximum_batching_window_ms": 10},
             "metrics": {"enabled": False},
         }
@@ -84,7 +88,7 @@ async def test_the_worker_consumes_and_commits_over_sasl(sasl_kafka: str, mechan
 
 
 def test_a_wrong_password_fails_fast_with_one_line_naming_authentication(
-    sasl_kafka: str, tmp_path: Path
+    sasl_kafka: str, kafka_client: str, tmp_path: Path
 ):
     config = write_config(tmp_path / "w.toml", sasl_kafka, "any", unique("g"))
     text = config.read_text().replace(

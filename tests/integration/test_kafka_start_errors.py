@@ -57,7 +57,7 @@ def one_error_line(done: subprocess.CompletedProcess, code: int = 1) -> str:
     return line
 
 
-def test_a_missing_source_topic_is_one_line_naming_it_and_the_broker(kafka, tmp_path):
+def test_a_missing_source_topic_is_one_line_naming_it_and_the_broker(kafka, kafka_client, tmp_path):
     config = write_config(tmp_path / "w.toml", kafka, "telemetyr", unique("g"))
     done, took = worker("run", "--config", str(config))
     line = one_error_line(done)

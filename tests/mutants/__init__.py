@@ -32,6 +32,11 @@ def _crash(name: str) -> str:
     return _node("integration/test_kafka_crash", name)
 
 
+def _both(name: str, rest: str = "") -> tuple[str, str]:
+    """An aimed-fault test run on each Kafka client (`kafka_client`): both must catch it."""
+    return tuple(_crash(f"{name}[{client}{rest}]") for client in ("aiokafka", "librdkafka"))  # type: ignore[return-value]
+
+
 @dataclass(frozen=True, slots=True)
 class Mutant:
     name: str
@@ -54,8 +59,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "Partition._process finishes a single-lane batch's tracker unit before the steps "
         "run: a batch can be committed before its handler ran (a crash loses it)",
         (
-            _crash(
-                "test_kill_9_inside_batches_commits_none_of_them_and_a_restart_loses_nothing[1]"
+            *_both(
+                "test_kill_9_inside_batches_commits_none_of_them_and_a_restart_loses_nothing", "-1"
             ),
             _crash(
                 "test_kill_9_while_a_dead_letter_is_unacknowledged_commits_nothing_past_the_poison"
@@ -77,7 +82,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "done before the steps run: the low watermark passes batches still in a handler",
         (
             _crash(
-                "test_kill_9_inside_batches_commits_none_of_them_and_a_restart_loses_nothing[4]"
+                "test_kill_9_inside_batches_commits_none_of_them_and_a_restart_loses_nothing"
+                "[aiokafka-4]"
             ),
             _node(
                 "unit/test_parallelization",
@@ -90,7 +96,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "Partition.stop cancels the batches in flight instead of waiting for them: SIGTERM "
         "and revoke throw away work the handler is doing, and commit none of it",
         (
-            _crash("test_sigterm_while_a_batch_is_inside_the_handler_waits_for_it_and_commits_it"),
+            *_both("test_sigterm_while_a_batch_is_inside_the_handler_waits_for_it_and_commits_it"),
             _node(
                 "unit/test_pipeline",
                 "test_revoke_finishes_the_batch_in_flight_commits_it_and_drops_the_rest",
@@ -229,7 +235,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "is stuck never pauses, so buffering (and what a crash makes the next owner redo) "
         "has no bound",
         (
-            _crash("test_a_partition_held_in_the_handler_stops_fetching_at_its_buffer_limit"),
+            *_both("test_a_partition_held_in_the_handler_stops_fetching_at_its_buffer_limit"),
             _node(
                 "unit/test_pipeline",
                 "test_a_full_buffer_pauses_the_partition_and_draining_resumes_it",
@@ -274,6 +280,38 @@ MUTANTS: tuple[Mutant, ...] = (
             _node(
                 "unit/test_revoke_hold",
                 "test_a_thread_past_the_hold_limit_fails_stop_with_exit_3_and_never_releases",
+            ),
+        ),
+    ),
+)
+
+
+MUTANTS += (
+    Mutant(
+        "librdkafka_commit_fetched",
+        "the librdkafka source commits the client's fetch position instead of the handled "
+        "position it was given: records fetched but still in (or before) the handler are "
+        "committed, and a crash loses them",
+        (
+            _crash(
+                "test_kill_9_inside_batches_commits_none_of_them_and_a_restart_loses_nothing"
+                "[librdkafka-1]"
+            ),
+            _node(
+                "unit/test_librdkafka_source",
+                "test_a_commit_sends_the_handled_positions_plus_one_never_the_fetch_position",
+            ),
+        ),
+    ),
+    Mutant(
+        "librdkafka_commit_on_lost",
+        "the librdkafka source tells the listener of lost partitions before it forgets "
+        "them: a commit made while their batches are abandoned still reaches the broker, "
+        "for partitions another member already reads",
+        (
+            _node(
+                "unit/test_librdkafka_source",
+                "test_a_lost_partition_is_never_committed_and_the_rest_still_are",
             ),
         ),
     ),

@@ -350,6 +350,7 @@ def test_the_statefulset_variant_exports_the_pod_name_for_static_membership():
     assert statefulset["spec"]["serviceName"] == one(docs, "Service")["metadata"]["name"]
     env = {e["name"]: e for e in container(statefulset)["env"]}
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["WORKER__SOURCE__GROUP_INSTANCE_ID"]["value"] == "$(POD_NAME)"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

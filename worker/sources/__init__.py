@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 #: The daemon's sources by `source.kind`. The memory source has no entry: a test builds it.
 _SOURCES = {
-    "kafka": ("worker.sources.kafka.source", "KafkaSource"),
+    "kafka": ("worker.sources.kafka.clients", "kafka_source"),  # source.client picks one
     "kinesis": ("worker.sources.kinesis.source", "KinesisSource"),
     "dynamodb": ("worker.sources.dynamodb.source", "DynamoDBSource"),
 }

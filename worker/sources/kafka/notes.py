@@ -81,7 +81,9 @@ class CommitNotes:
             return
         for tp in partitions:
             meta = found.get(tp)
-            self._recalled[tp] = meta.metadata if meta is not None and meta.metadata else ""
+            # confluent-kafka commits the metadata with its C string's closing NUL.
+            text = meta.metadata.rstrip("\x00") if meta is not None and meta.metadata else ""
+            self._recalled[tp] = text
             self._notes[tp] = self._recalled[tp]  # kept until the guard says otherwise
 
     def forget(self, partitions: Sequence[TopicPartition]) -> None:

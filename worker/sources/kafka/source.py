@@ -97,6 +97,7 @@ class KafkaSource:
         self._consumer = AIOKafkaConsumer(
             **client_kwargs(config),
             group_id=config.group_id,
+            group_instance_id=config.group_instance_id,
             client_id=config.client_id,
             enable_auto_commit=False,
             auto_offset_reset=reset,

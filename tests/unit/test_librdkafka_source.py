@@ -1,0 +1,164 @@
+"""The librdkafka source's own rules, without a broker: what it commits, what it turns
+messages into, and the settings it gives librdkafka.
+
+The consumer is a stand-in that records calls (the real client is tested on the real
+broker in tests/integration, on both clients); here the question is only which offsets
+the source hands it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from confluent_kafka import KafkaError, Message
+from confluent_kafka import TopicPartition as RdTopicPartition
+
+from worker.config import WorkerConfig
+from worker.sources import make_source
+from worker.sources.base import OwnershipLost
+from worker.sources.kafka.config import KafkaSourceConfig
+from worker.sources.kafka.librdkafka_conf import FETCH_QUEUE_BACKOFF_MS, consumer_conf
+from worker.sources.kafka.librdkafka_records import by_partition
+from worker.sources.kafka.librdkafka_source import LibrdkafkaSource
+
+TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
+
+
+class RecordingConsumer:
+    """Commits are recorded; the fetch position is far ahead of anything handled."""
+
+    def __init__(self) -> None:
+        self.commits: list[list[tuple[str, int, int]]] = []
+
+    def commit(self, offsets: list[RdTopicPartition], asynchronous: bool) -> list[Any]:
+        assert asynchronous is False
+        self.commits.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
+        return offsets
+
+    def get_watermark_offsets(self, partition: RdTopicPartition, cached: bool) -> tuple[int, int]:
+        return (-1001, -1001)  # nothing fetched yet
+
+    def position(self, partitions: list[RdTopicPartition]) -> list[RdTopicPartition]:
+        return [RdTopicPartition(tp.topic, tp.partition, 10_000) for tp in partitions]
+
+
+def config(**source: Any) -> KafkaSourceConfig:
+    return KafkaSourceConfig.model_validate({"topics": ["t"], "client": "librdkafka", **source})
+
+
+async def started_source() -> tuple[LibrdkafkaSource, RecordingConsumer]:
+    source = LibrdkafkaSource(config())
+    consumer = RecordingConsumer()
+    source._consumer = consumer  # type: ignore[assignment]
+    source._loop = asyncio.get_running_loop()
+
+    class Listener:
+        async def on_assigned(self, partitions: Any) -> None: ...
+
+        async def on_lost(self, partitions: Any) -> None: ...
+
+    source._listener = Listener()  # type: ignore[assignment]
+    await source.assigned([TP0, TP1], [0, 0])
+    return source, consumer
+
+
+async def test_a_commit_sends_the_handled_positions_plus_one_never_the_fetch_position():
+    source, consumer = await started_source()
+    await source.commit({TP0: 41, TP1: 7})
+    assert consumer.commits == [[("t", 0, 42), ("t", 1, 8)]]
+    assert source.lag(TP0) is None  # no fetch yet: no watermark, no made-up lag
+
+
+async def test_a_lost_partition_is_never_committed_and_the_rest_still_are():
+    source, consumer = await started_source()
+    refused_inside: list[frozenset] = []
+
+    class Listener:
+        async def on_lost(self, partitions: Any) -> None:
+            """A commit the listener still tries while abandoning them is refused."""
+            try:
+                await source.commit({TP1: 5})
+            except OwnershipLost as exc:
+                refused_inside.append(exc.lost)
+
+    source._listener = Listener()  # type: ignore[assignment]
+    await source.lost([TP1])
+    assert refused_inside == [{TP1}]
+    with pytest.raises(OwnershipLost) as refused:
+        await source.commit({TP0: 3, TP1: 5})
+    assert refused.value.lost == {TP1}
+    assert consumer.commits == [[("t", 0, 4)]]
+
+
+def test_messages_become_records_by_partition_in_order_with_errors_apart():
+    messages = [
+        Message(topic="t", partition=0, offset=5, key=b"k", value=b'{"a": 1}',
+                headers=[("h", b"1")], timestamp=(1, 123)),
+        Message(topic="t", partition=1, offset=9, key=None, value=None, timestamp=(2, 456)),
+        Message(topic="t", partition=0, offset=6, key=b"k", value=b"x", timestamp=(1, 124)),
+        Message(topic="t", partition=0, error=KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)),
+    ]  # fmt: skip
+    chunks, errors = by_partition(messages)
+    assert [r.offset for r in chunks[TP0]] == [5, 6]
+    first = chunks[TP0][0]
+    assert (first.key, first.json(), first.headers, first.timestamp_ms) == (
+        b"k", {"a": 1}, [("h", b"1")], 123,
+    )  # fmt: skip
+    assert (first.position, first.timestamp_type, first.serialized_value_size) == (5, 0, 8)
+    none = chunks[TP1][0]
+    assert (none.key, none.value, none.timestamp_type, none.headers) == (None, None, 1, ())
+    assert [e.code() for e in errors] == [KafkaError.UNKNOWN_TOPIC_OR_PART]
+
+
+def test_the_client_never_commits_or_stores_offsets_itself_and_does_not_stall():
+    conf = consumer_conf(config(group_instance_id="pod-0"))
+    assert conf["enable.auto.commit"] is False and conf["enable.auto.offset.store"] is False
+    assert conf["fetch.queue.backoff.ms"] == FETCH_QUEUE_BACKOFF_MS <= 50
+    assert conf["group.instance.id"] == "pod-0" and conf["group.protocol"] == "classic"
+    kip848 = consumer_conf(config(group_protocol="consumer"))
+    assert "session.timeout.ms" not in kip848 and "partition.assignment.strategy" not in kip848
+
+
+def test_tls_and_sasl_settings_map_to_librdkafkas_names(tmp_path):
+    conf = consumer_conf(
+        config(
+            security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512",
+            sasl_plain_username="alice", sasl_plain_password="s3cret",
+        )
+    )  # fmt: skip
+    assert (conf["security.protocol"], conf["sasl.mechanism"]) == (
+        "sasl_plaintext",
+        "SCRAM-SHA-512",
+    )
+    assert (conf["sasl.username"], conf["sasl.password"]) == ("alice", "s3cret")
+
+
+async def test_make_source_picks_the_client_the_config_names():
+    assert type(make_source(config())).__name__ == "LibrdkafkaSource"
+    aio = KafkaSourceConfig.model_validate({"topics": ["t"]})
+    assert type(make_source(aio)).__name__ == "KafkaSource"
+
+
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        ({"group_protocol": "consumer"}, "needs source.client = 'librdkafka'"),
+        (
+            {"client": "librdkafka", "group_protocol": "consumer", "session_timeout_ms": 6000},
+            "source.session_timeout_ms with source.group_protocol = 'consumer'",
+        ),
+        ({"group_instance_id": "${NO_SUCH_VARIABLE_H14}"}, "cannot expand it"),
+    ],
+)
+def test_combinations_that_cannot_work_are_one_config_error_each(source, says):
+    with pytest.raises(ValueError, match=None) as refused:
+        WorkerConfig.model_validate({"source": {"topics": ["t"], **source}})
+    assert says in str(refused.value)
+
+
+def test_group_instance_id_expands_the_hostname(monkeypatch):
+    monkeypatch.setenv("HOSTNAME", "worker-3")
+    assert config(group_instance_id="${HOSTNAME}").group_instance_id == "worker-3"
