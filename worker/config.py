@@ -230,6 +230,9 @@ class WorkerConfig(Section):
                              "or 'thread'")  # fmt: skip
         if o.exactly_once and not (kafka and o.topics):
             raise ValueError("outputs.exactly_once: needs a Kafka source and outputs.topics")
+        if o.exactly_once and not self.source.commits_in_transactions:  # type: ignore[union-attr]
+            raise ValueError("outputs.exactly_once: needs source.client = 'aiokafka' (the "
+                             "librdkafka source cannot commit in a transaction yet)")  # fmt: skip
         memory = isinstance(self.source, MemorySourceConfig)  # the memory broker's topics
         if o.topics and not (kafka or memory) and not o.bootstrap_servers:
             raise ValueError("outputs.bootstrap_servers: needed when the source is not Kafka")

@@ -170,6 +170,10 @@ def test_send_checks_the_topic_and_the_types():
         ({"source": {"topics": ["out"]}}, "must not be a source topic"),
         ({"source": {"kind": "kinesis", "stream_name": "s"}}, "outputs.bootstrap_servers"),
         ({"source": {"kind": "memory"}, "outputs": {"exactly_once": True}}, "a Kafka source"),
+        (
+            {"source": {"client": "librdkafka"}, "outputs": {"exactly_once": True}},
+            "needs source.client = 'aiokafka'",
+        ),
     ],
 )
 def test_outputs_settings_that_cannot_work_are_config_errors(tree, problem):

@@ -79,6 +79,12 @@ class KafkaSourceConfig(SourceSettings):
     ssl_check_hostname: bool = True
 
     @property
+    def commits_in_transactions(self) -> bool:
+        """Whether the client can commit offsets inside a producer's transaction
+        (`outputs.exactly_once`): aiokafka's source can; the librdkafka one not yet."""
+        return self.client == "aiokafka"
+
+    @property
     def loop_delay_budget_s(self) -> float:
         """A loop blocked for a heartbeat interval risks the group session."""
         return self.heartbeat_interval_ms / 1000.0
