@@ -1,6 +1,8 @@
 """Adversarial review of batch.send: memory held by outputs, hostile send() arguments,
 and the slots of handler.max_concurrency, on the memory broker."""
 
+import asyncio
+
 from worker.testing import MemoryBroker, MemoryOutputs, fully_committed, running_worker, wait_until
 
 OUTPUT_BYTES = 10_000
@@ -47,3 +49,61 @@ async def test_outputs_waiting_for_their_acks_count_against_the_partitions_buffe
         sink.fail = False
         await wait_until(lambda: fully_committed(broker, "test", ["t"]))
     assert sorted(r.key for r in broker.topics["out"][0]) == sorted(b"%d" % i for i in range(2000))
+
+
+async def test_a_lane_batch_starting_at_the_low_watermark_holds_the_checkpoint_before_it():
+    """Key lanes: lane B's batch [9..13] starts at the last record of a finished segment
+    (the low watermark is 9) while lane C holds the next segment. A checkpoint at 9 would
+    commit record 9 while its output waits with the rest of B's batch: it must stop at 8."""
+    broker = MemoryBroker()
+    broker.create_topic("t", 1)
+    broker.create_topic("out", 1)
+    a, b, c = b"k5", b"k1", b"k0"  # lanes 0, 1 and 3 of 4
+    gate_b, gate_c = asyncio.Event(), asyncio.Event()
+    in_b, in_c = asyncio.Event(), asyncio.Event()
+
+    async def handler(batch):
+        offsets = [r.offset for r in batch.records]
+        if 3 in offsets:
+            in_b.set()
+            await gate_b.wait()
+        if 14 in offsets:
+            in_c.set()
+            await gate_c.wait()
+        for r in batch.records:
+            batch.send("out", b"%d" % r.offset, record=r)
+        done.update(offsets)
+
+    done: set[int] = set()
+    settings = {
+        "outputs": {"topics": ["out"]},
+        "handler": {"parallelization_factor": 4},
+        "batching": {"batch_size": 5, "maximum_batching_window_ms": 0},
+    }
+
+    def produce(keys):
+        for k in keys:
+            broker.produce("t", b"x", key=k, partition=0)
+
+    async with running_worker(handler, broker, ["t"], settings) as w:
+        w.source.max_records = 5  # a fetch is a segment
+        produce([a, a, a, b, a])  # 0..4: lane B's [3] is held
+        await in_b.wait()
+        p = w.partition(("t", 0))
+        produce([a, a, a, a, b])  # 5..9: lane A handles 5..8, B's [9] waits behind [3]
+        await wait_until(lambda: {5, 6, 7, 8} <= done)
+        produce([b, b, b, b, c])  # 10..14: lane C holds [14]; B has [9..13] waiting
+        await in_c.wait()
+        await wait_until(lambda: p.buffered_records == 5)
+        gate_b.set()  # [3] ends (0..4 commit), then B runs [9..13]: segment 5..9 is done
+        try:
+            await wait_until(lambda: 13 in done and p.commit_point() is None
+                             and p.committed is not None)  # fmt: skip
+            committed = broker.committed("test", "t", 0)
+            out = {int(r.value) for r in broker.topics["out"][0]}
+            assert committed == 9  # position 8: not inside B's batch
+            assert set(range(committed)) <= out
+        finally:
+            gate_c.set()  # a failure does not wait out the shutdown deadline on lane C
+        await wait_until(lambda: fully_committed(broker, "test", ["t"]))
+    assert sorted(int(r.value) for r in broker.topics["out"][0]) == list(range(15))
