@@ -3,6 +3,8 @@ and the slots of handler.max_concurrency, on the memory broker."""
 
 import asyncio
 
+import pytest
+
 from worker.testing import MemoryBroker, MemoryOutputs, fully_committed, running_worker, wait_until
 
 OUTPUT_BYTES = 10_000
@@ -107,3 +109,46 @@ async def test_a_lane_batch_starting_at_the_low_watermark_holds_the_checkpoint_b
             gate_c.set()  # a failure does not wait out the shutdown deadline on lane C
         await wait_until(lambda: fully_committed(broker, "test", ["t"]))
     assert sorted(int(r.value) for r in broker.topics["out"][0]) == list(range(15))
+
+
+@pytest.mark.parametrize("concurrency", ["async", "thread"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"headers": [("only-a-name",)]},
+        {"headers": "not-pairs"},
+        {"headers": {"h": 5}},
+        {"key": 5},
+        {"value": object()},
+        {"value": ["list"]},
+    ],
+    ids=["header-1-tuple", "header-str", "header-int", "key-int", "value-object", "value-list"],
+)
+async def test_a_send_with_bad_arguments_fails_only_its_invoke(concurrency, bad):
+    broker = _broker(20)
+    calls = []
+
+    def body(batch):
+        calls.append(len(batch.records))
+        for r in batch.records:
+            batch.send("out", r.value, key=r.value)
+        if len(calls) == 1:  # after good sends: they go with the failed invoke
+            batch.send(
+                "out", bad.get("value", b"v"), key=bad.get("key"), headers=bad.get("headers")
+            )
+
+    async def async_handler(batch):
+        body(batch)
+
+    settings = {
+        "outputs": {"topics": ["out"]},
+        "handler": {"concurrency": concurrency},
+        "batching": {"batch_size": 20},
+        "errors": {"retry_backoff_ms": [1, 2]},
+    }
+    handler = async_handler if concurrency == "async" else body
+    async with running_worker(handler, broker, ["t"], settings) as w:
+        await wait_until(lambda: fully_committed(broker, "test", ["t"]))
+        assert w.metrics.outputs.discarded.labels("memory")._value.get() == 20
+    assert calls[0] == 20 and len(calls) >= 2  # tried again (bisected, by default)
+    assert sorted(r.value for r in broker.topics["out"][0]) == sorted(b"%d" % i for i in range(20))
