@@ -152,3 +152,30 @@ async def test_a_send_with_bad_arguments_fails_only_its_invoke(concurrency, bad)
         assert w.metrics.outputs.discarded.labels("memory")._value.get() == 20
     assert calls[0] == 20 and len(calls) >= 2  # tried again (bisected, by default)
     assert sorted(r.value for r in broker.topics["out"][0]) == sorted(b"%d" % i for i in range(20))
+
+
+async def test_an_output_too_large_to_produce_fails_its_invoke_and_is_dead_lettered():
+    """An output over outputs.max_message_bytes could never be produced: every commit
+    round would fail and the partition would never commit again. Refused at send, its
+    record goes the failure path (dead-lettered) and the rest commit with their outputs."""
+    from tests.unit.test_failure_policy import RecordingDestination
+
+    broker = _broker(20)
+    dlq = RecordingDestination()
+
+    async def handler(batch):
+        for r in batch.records:
+            big = r.value == b"7"
+            batch.send("out", b"x" * 2_000_000 if big else r.value, record=r)
+
+    settings = {
+        "outputs": {"topics": ["out"]},
+        "batching": {"batch_size": 5},
+        "errors": {"maximum_retry_attempts": 0, "retry_backoff_ms": [1, 2]},
+    }
+    async with running_worker(handler, broker, ["t"], settings, destination=dlq):
+        await wait_until(lambda: fully_committed(broker, "test", ["t"]))
+    assert [r.value for e in dlq.events for r in e.records] == [b"7"]
+    assert "max_message_bytes" in dlq.events[0].error_message
+    out = sorted(r.value for r in broker.topics["out"][0])
+    assert out == sorted(b"%d" % i for i in range(20) if i != 7)
