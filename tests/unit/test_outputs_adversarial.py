@@ -179,3 +179,21 @@ async def test_an_output_too_large_to_produce_fails_its_invoke_and_is_dead_lette
     assert "max_message_bytes" in dlq.events[0].error_message
     out = sorted(r.value for r in broker.topics["out"][0])
     assert out == sorted(b"%d" % i for i in range(20) if i != 7)
+
+
+def test_every_outputs_problem_of_a_config_is_its_own_line(tmp_path):
+    from worker.config_load import ConfigError, load_config
+
+    path = tmp_path / "w.toml"
+    path.write_text(
+        '[source]\nkind="kinesis"\nstream_name="s"\n[handler]\ntarget="m:f"\n'
+        'style="lambda"\nconcurrency="process"\n'
+        '[outputs]\ntopics=["out"]\nexactly_once=true\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    lines = err.value.problems
+    assert len(lines) == 4, lines  # lambda style, process, exactly_once, no servers
+    assert sum(line.startswith("outputs.topics:") for line in lines) == 2
+    assert any(line.startswith("outputs.exactly_once:") for line in lines)
+    assert any(line.startswith("outputs.bootstrap_servers:") for line in lines)
