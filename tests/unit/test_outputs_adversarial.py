@@ -197,3 +197,30 @@ def test_every_outputs_problem_of_a_config_is_its_own_line(tmp_path):
     assert sum(line.startswith("outputs.topics:") for line in lines) == 2
     assert any(line.startswith("outputs.exactly_once:") for line in lines)
     assert any(line.startswith("outputs.bootstrap_servers:") for line in lines)
+
+
+async def test_a_send_after_the_handler_returned_raises_instead_of_vanishing():
+    """A handler that leaves a task behind which sends later: that output was silently
+    dropped (the invoke's outputs were taken when it returned). It must raise there."""
+    broker = _broker(5)
+    late: list[BaseException | None] = []
+    tasks = []
+
+    async def handler(batch):
+        async def later():
+            await asyncio.sleep(0)
+            try:
+                batch.send("out", b"late")
+                late.append(None)
+            except RuntimeError as exc:
+                late.append(exc)
+
+        tasks.append(asyncio.ensure_future(later()))
+        for r in batch.records:
+            batch.send("out", r.value)
+
+    async with running_worker(handler, broker, ["t"], {"outputs": {"topics": ["out"]}}):
+        await wait_until(lambda: fully_committed(broker, "test", ["t"]))
+        await asyncio.gather(*tasks)
+    assert late and all(isinstance(e, RuntimeError) for e in late), late
+    assert b"late" not in [r.value for r in broker.topics["out"][0]]

@@ -144,6 +144,7 @@ class Invoker:
         outcome = await self._invoke(
             Batch(batch.records, batch.source, batch.partition, batch.window, outbox)
         )
+        outbox.close()
         return replace(outcome, outputs=outbox.items)  # the failure policy keeps or discards
 
     async def _invoke(self, batch: Batch) -> Outcome:

@@ -43,14 +43,23 @@ def _headers(headers: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> l
 
 
 class Outbox:
-    __slots__ = ("items", "max_bytes", "topics")
+    __slots__ = ("_open", "items", "max_bytes", "topics")
 
     def __init__(self, topics: frozenset[str], max_bytes: int = MAX_OUTPUT_BYTES) -> None:
         self.topics = topics
         self.max_bytes = max_bytes
         self.items: list[Output] = []
+        self._open = True
+
+    def close(self) -> None:
+        """The call ended: its outputs were taken. A send from something it left running
+        (a task, a thread past its timeout) raises rather than vanish."""
+        self._open = False
 
     def add(self, topic: str, value: Any, key: Any, headers: Any, record: Any) -> None:
+        if not self._open:
+            raise RuntimeError("batch.send after the invoke ended (its outputs were taken "
+                               "when the handler returned): send before returning")  # fmt: skip
         if topic not in self.topics:
             allowed = ", ".join(sorted(self.topics))
             raise ValueError(f"batch.send: topic {topic!r} is not in outputs.topics ({allowed})")
