@@ -224,3 +224,45 @@ async def test_a_send_after_the_handler_returned_raises_instead_of_vanishing():
         await asyncio.gather(*tasks)
     assert late and all(isinstance(e, RuntimeError) for e in late), late
     assert b"late" not in [r.value for r in broker.topics["out"][0]]
+
+
+@pytest.mark.parametrize("concurrency", ["async", "thread"])
+async def test_timed_out_calls_give_their_max_concurrency_slot_back(concurrency):
+    """One slot, every first call of a batch past its timeout (a thread runs on, then
+    returns; a coroutine is cancelled): the retries get the slot, nothing stalls, and a
+    timed-out call's outputs never appear."""
+    import threading
+    import time
+
+    broker = _broker(12)
+    seen: set[bytes] = set()
+    lock = threading.Lock()
+
+    def body(batch):
+        first = batch.records[0].value
+        with lock:
+            again, _ = first in seen, seen.add(first)
+        for r in batch.records:
+            batch.send("out", b"ok" if again else b"timed-out", key=r.value)
+        return again
+
+    async def async_handler(batch):
+        if not body(batch):
+            await asyncio.sleep(5)
+
+    def thread_handler(batch):
+        if not body(batch):
+            time.sleep(0.4)
+
+    settings = {
+        "outputs": {"topics": ["out"]},
+        "handler": {"max_concurrency": 1, "timeout_s": 0.1, "concurrency": concurrency},
+        "batching": {"batch_size": 4},
+        "errors": {"retry_backoff_ms": [1, 2], "bisect_batch_on_function_error": False},
+    }
+    handler = async_handler if concurrency == "async" else thread_handler
+    async with running_worker(handler, broker, ["t"], settings):
+        await wait_until(lambda: fully_committed(broker, "test", ["t"]), 20)
+    out = broker.topics["out"][0]
+    assert sorted(r.key for r in out) == sorted(b"%d" % i for i in range(12))
+    assert {r.value for r in out} == {b"ok"}
