@@ -11,7 +11,15 @@ import os
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from worker.config_base import Section, SourceSettings
 from worker.outputs.config import OutputsConfig
@@ -221,24 +229,29 @@ class WorkerConfig(Section):
 
     @model_validator(mode="after")
     def _outputs_fit(self) -> WorkerConfig:
+        """Every problem of the outputs at once, one line each (not the first only)."""
         o, kafka = self.outputs, isinstance(self.source, KafkaSourceConfig)
-        if o.topics and self.handler.style != "native":
-            raise ValueError("outputs.topics: batch.send is for native handlers (a Lambda-style "
-                             "handler writes with its own clients)")  # fmt: skip
-        if o.topics and self.handler.concurrency == "process":
-            raise ValueError("outputs.topics: batch.send needs handler.concurrency = 'async' "
-                             "or 'thread'")  # fmt: skip
-        if o.exactly_once and not (kafka and o.topics):
-            raise ValueError("outputs.exactly_once: needs a Kafka source and outputs.topics")
-        if o.exactly_once and not self.source.commits_in_transactions:  # type: ignore[union-attr]
-            raise ValueError("outputs.exactly_once: needs source.client = 'aiokafka' (the "
-                             "librdkafka source cannot commit in a transaction yet)")  # fmt: skip
         memory = isinstance(self.source, MemorySourceConfig)  # the memory broker's topics
-        if o.topics and not (kafka or memory) and not o.bootstrap_servers:
-            raise ValueError("outputs.bootstrap_servers: needed when the source is not Kafka")
-        if kafka and set(o.topics) & set(self.source.topics):
-            raise ValueError("outputs.topics: must not be a source topic (its records would be "
-                             "consumed again)")  # fmt: skip
+        problems = [
+            (o.topics and self.handler.style != "native", "topics", "outputs.topics: batch.send "
+             "is for native handlers (a Lambda-style handler writes with its own clients)"),
+            (o.topics and self.handler.concurrency == "process", "topics", "outputs.topics: "
+             "batch.send needs handler.concurrency = 'async' or 'thread'"),
+            (o.exactly_once and not (kafka and o.topics), "exactly_once",
+             "outputs.exactly_once: needs a Kafka source and outputs.topics"),
+            (o.exactly_once and kafka and not self.source.commits_in_transactions,  # type: ignore[union-attr]
+             "exactly_once", "outputs.exactly_once: needs source.client = 'aiokafka' (the "
+             "librdkafka source cannot commit in a transaction yet)"),
+            (o.topics and not (kafka or memory) and not o.bootstrap_servers, "bootstrap_servers",
+             "outputs.bootstrap_servers: needed when the source is not Kafka"),
+            (kafka and set(o.topics) & set(self.source.topics), "topics", "outputs.topics: must "
+             "not be a source topic (its records would be consumed again)"),
+        ]  # fmt: skip
+        errors = [InitErrorDetails(type=PydanticCustomError("value_error", msg),
+                                   loc=("outputs", key), input=getattr(o, key))
+                  for bad, key, msg in problems if bad]  # fmt: skip
+        if errors:
+            raise ValidationError.from_exception_data("WorkerConfig", errors)
         return self
 
     @model_validator(mode="after")

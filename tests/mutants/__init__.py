@@ -164,6 +164,18 @@ MUTANTS: tuple[Mutant, ...] = (
         ),
     ),
     Mutant(
+        "checkpoint_at_a_lane_batchs_first",
+        "with key lanes, the ledger does not hold the checkpoint back for a lane's batch "
+        "that starts exactly at the low watermark: that record is committed while its "
+        "outputs wait with the rest of the batch (a crash then loses them)",
+        (
+            _node(
+                "unit/test_outputs_adversarial",
+                "test_a_lane_batch_starting_at_the_low_watermark_holds_the_checkpoint_before_it",
+            ),
+        ),
+    ),
+    Mutant(
         "first_failure_rest_committed",
         "out of retries on a partial response (Lambda's rule), the records after the first "
         "failed one are committed with it although no invocation succeeded for them: a "

@@ -37,7 +37,7 @@ from worker.handling.handler import (
 from worker.handling.overruns import Overruns
 from worker.handling.process_pool import CallTimedOut, ProcessPool
 from worker.observe.metrics import Metrics
-from worker.outputs.outbox import Outbox, Output
+from worker.outputs.outbox import MAX_OUTPUT_BYTES, Outbox, Output
 from worker.records import Batch
 
 log = logging.getLogger("worker.invoker")
@@ -93,8 +93,10 @@ class Invoker:
         metrics: Metrics | None = None,
         limit: CallLimit | None = None,
         outputs: frozenset[str] = frozenset(),
+        output_bytes: int = MAX_OUTPUT_BYTES,
     ) -> None:
         self._fn = fn
+        self._output_bytes = output_bytes
         #: `outputs.topics`: each call gets an outbox for them (empty: `send` is off).
         self._outputs = outputs
         #: `handler.max_concurrency`'s slots, shared by every lane (None: no cap).
@@ -138,10 +140,11 @@ class Invoker:
     async def invoke(self, batch: Batch) -> Outcome:
         if not self._outputs:
             return await self._invoke(batch)
-        outbox = Outbox(self._outputs)
+        outbox = Outbox(self._outputs, self._output_bytes)
         outcome = await self._invoke(
             Batch(batch.records, batch.source, batch.partition, batch.window, outbox)
         )
+        outbox.close()
         return replace(outcome, outputs=outbox.items)  # the failure policy keeps or discards
 
     async def _invoke(self, batch: Batch) -> Outcome:

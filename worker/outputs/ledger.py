@@ -14,25 +14,38 @@ from __future__ import annotations
 
 from worker.outputs.outbox import Output
 
+#: An output's memory beyond its bytes (the object, its list slot): an estimate.
+OUTPUT_OVERHEAD_BYTES = 200
+
+
+def output_bytes(o: Output) -> int:
+    return (len(o.value or b"") + len(o.key or b"") + OUTPUT_OVERHEAD_BYTES
+            + sum(len(k) + len(v) for k, v in o.headers))  # fmt: skip
+
 
 class OutputLedger:
-    __slots__ = ("_batches", "count")
+    __slots__ = ("_batches", "bytes", "count")
 
     def __init__(self) -> None:
-        #: last position -> (first position, outputs) of each batch with outputs.
-        self._batches: dict[int, tuple[int, list[Output]]] = {}
+        #: last position -> (first position, outputs, bytes) of each batch with outputs.
+        self._batches: dict[int, tuple[int, list[Output], int]] = {}
         self.count = 0
+        #: Their estimated memory: they wait in it for as long as the checkpoint does (an
+        #: output topic refusing writes), so the partition's buffer limits count them.
+        self.bytes = 0
 
     def add(self, first: int, last: int, outputs: list[Output]) -> None:
         if outputs:
-            self._batches[last] = (first, outputs)
+            size = sum(output_bytes(o) for o in outputs)
+            self._batches[last] = (first, outputs, size)
             self.count += len(outputs)
+            self.bytes += size
 
     def held_back(self, position: int) -> int | None:
         """`position`, or just before the earliest batch with outputs that a checkpoint
         there would cut through (covering its first record, not its last); None if that
         is before anything (the batch starts the partition's first fetch)."""
-        firsts = [first for last, (first, _) in self._batches.items()
+        firsts = [first for last, (first, _, _) in self._batches.items()
                   if last > position and first <= position]  # fmt: skip
         if not firsts:
             return position
@@ -47,4 +60,6 @@ class OutputLedger:
     def drop_upto(self, position: int) -> None:
         """They were acknowledged (or committed in a transaction): never send them again."""
         for last in [last for last in self._batches if last <= position]:
-            self.count -= len(self._batches.pop(last)[1])
+            _, outputs, size = self._batches.pop(last)
+            self.count -= len(outputs)
+            self.bytes -= size

@@ -8,6 +8,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+#: The largest output `send` takes (value, key and headers), `outputs.max_message_bytes`'s
+#: default: within Kafka's default `max.message.bytes` (1048588) and the producer's
+#: request limit. A larger one could never be produced, and would hold its partition's
+#: checkpoint for ever; refused at `send`, it fails its invoke (retried, dead-lettered).
+MAX_OUTPUT_BYTES = 1_000_000
+
 
 @dataclass(frozen=True, slots=True)
 class Output:
@@ -37,19 +43,34 @@ def _headers(headers: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> l
 
 
 class Outbox:
-    __slots__ = ("items", "topics")
+    __slots__ = ("_open", "items", "max_bytes", "topics")
 
-    def __init__(self, topics: frozenset[str]) -> None:
+    def __init__(self, topics: frozenset[str], max_bytes: int = MAX_OUTPUT_BYTES) -> None:
         self.topics = topics
+        self.max_bytes = max_bytes
         self.items: list[Output] = []
+        self._open = True
+
+    def close(self) -> None:
+        """The call ended: its outputs were taken. A send from something it left running
+        (a task, a thread past its timeout) raises rather than vanish."""
+        self._open = False
 
     def add(self, topic: str, value: Any, key: Any, headers: Any, record: Any) -> None:
+        if not self._open:
+            raise RuntimeError("batch.send after the invoke ended (its outputs were taken "
+                               "when the handler returned): send before returning")  # fmt: skip
         if topic not in self.topics:
             allowed = ", ".join(sorted(self.topics))
             raise ValueError(f"batch.send: topic {topic!r} is not in outputs.topics ({allowed})")
         position = None if record is None else record.position
         output = Output(topic, _as_bytes(value, "value"), _as_bytes(key, "key"),
                         _headers(headers), position)  # fmt: skip
+        size = (len(output.value or b"") + len(output.key or b"")
+                + sum(len(k) + len(v) for k, v in output.headers))  # fmt: skip
+        if size > self.max_bytes:
+            raise ValueError(f"batch.send: an output of {size} bytes is over "
+                             f"outputs.max_message_bytes ({self.max_bytes})")  # fmt: skip
         self.items.append(output)
 
 

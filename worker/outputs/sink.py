@@ -95,6 +95,8 @@ class AckedOutputs:
             "enable_idempotence": True,
             "linger_ms": self._config.linger_ms,
             "max_batch_size": BATCH_BYTES,
+            # An output as large as send takes, in a request of its own.
+            "max_request_size": max(1024**2, self._config.max_message_bytes + 64 * 1024),
             "request_timeout_ms": int(self._config.timeout_s * 1000),
         }
 

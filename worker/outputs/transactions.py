@@ -63,6 +63,9 @@ class TransactionalOutputs:
         self._errors = metrics.produce_errors.labels(source_name)
         self._producers: dict[Hashable, AIOKafkaProducer] = {}
         self._owned: set[Hashable] = set()
+        #: Partition -> checkpoint of a transaction whose commit raised or was cut off: the
+        #: broker may have committed it. Settled before the partition's next transaction.
+        self._in_doubt: dict[Hashable, int] = {}
 
     async def check_topics(self) -> None:
         await self._acked.check_topics()
@@ -85,6 +88,8 @@ class TransactionalOutputs:
     async def revoked(self, keys: Sequence[Hashable]) -> None:
         """After the partitions' last commit here: their producers go."""
         self._owned.difference_update(keys)
+        for k in keys:
+            self._in_doubt.pop(k, None)  # the next owner resumes from the checkpoint
         gone = [p for k in keys if (p := self._producers.pop(k, None)) is not None]
         await asyncio.gather(*(p.stop() for p in gone), return_exceptions=True)
 
@@ -127,11 +132,12 @@ class TransactionalOutputs:
         return failures
 
     async def _one(self, source: Source, p: Holder, position: int) -> None:
+        producer = await self._producer(p.key)  # a new one has settled an in-doubt commit
+        await self._settle(source, p)
         outputs = p.outputs_upto(position)
-        producer = await self._producer(p.key)
 
         async def commit(offsets: Mapping[Any, Any], group_id: str) -> None:
-            await self._transaction(producer, p.key, outputs, offsets, group_id)
+            await self._transaction(producer, (p.key, position), outputs, offsets, group_id)
 
         await source.commit_in_transaction({p.key: position}, commit)
         p.mark_outputs_sent(position)  # committed: a retried round must not send them again
@@ -139,15 +145,17 @@ class TransactionalOutputs:
     async def _transaction(
         self,
         producer: AIOKafkaProducer,
-        key: Hashable,
+        checkpoint: tuple[Hashable, int],
         outputs: Sequence[Output],
         offsets: Mapping[Any, Any],
         group_id: str,
     ) -> None:
+        key, ending = checkpoint[0], False
         try:
             await producer.begin_transaction()
             await produce(producer, outputs)
             await producer.send_offsets_to_transaction(offsets, group_id)
+            ending = True  # from here on, a failure may come after the broker committed
             await producer.commit_transaction()
         except ProducerFenced as exc:
             self._aborted.inc()
@@ -155,7 +163,10 @@ class TransactionalOutputs:
             raise OwnershipLost(f"fenced: another owner took it ({exc})", [key]) from exc
         except BaseException as exc:
             # Aborted by the broker once the producer is replaced (InitProducerId aborts
-            # what the old epoch left open); nothing of it is visible to read_committed.
+            # what the old epoch left open); nothing of it is visible to read_committed,
+            # unless it failed in its commit: then the next round asks (`_settle`).
+            if ending:
+                self._in_doubt[key] = checkpoint[1]
             self._aborted.inc()
             self._errors.inc()
             await self._drop(key)
@@ -164,6 +175,20 @@ class TransactionalOutputs:
             raise
         self._committed.inc()
         self._acked.count_sent(outputs)
+
+    async def _settle(self, source: Source, p: Holder) -> None:
+        """An in-doubt transaction of `p` that did commit (its checkpoint is the group's
+        now): its outputs are out, so they must not go in another transaction."""
+        doubt = self._in_doubt.get(p.key)
+        if doubt is None:
+            return
+        try:
+            committed = await source.committed_offset(p.key)
+        except KafkaError as exc:
+            raise OutputsFailed(f"outputs: reading the checkpoint: {described(exc)}") from exc
+        if committed is not None and committed > doubt:  # the next offset to read
+            p.mark_outputs_sent(doubt)
+        del self._in_doubt[p.key]
 
     async def _drop(self, key: Hashable) -> None:
         producer = self._producers.pop(key, None)

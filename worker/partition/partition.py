@@ -186,20 +186,21 @@ class Partition:
         return self._unfinished_records + self._uncommitted_records
 
     @property
-    def full(self) -> bool:
+    def full(self) -> bool:  # outputs too: they wait in memory for their checkpoint
         s = self._settings
         return (
             self._unfinished_records >= s.max_buffered_records
             or self._uncommitted_records >= s.max_buffered_records
-            or self.buffered_bytes >= s.max_buffered_bytes
+            or max(self.buffered_bytes, self._outputs.bytes) >= s.max_buffered_bytes
         )
 
     def below_low_water(self) -> bool:
-        half = self._settings.max_buffered_records // 2
+        s = self._settings
+        half = s.max_buffered_records // 2
         return (
             self._unfinished_records <= half
             and self._uncommitted_records <= half
-            and self.buffered_bytes <= self._settings.max_buffered_bytes // 2
+            and max(self.buffered_bytes, self._outputs.bytes) <= s.max_buffered_bytes // 2
         )
 
     # -- told by others ---------------------------------------------------------------

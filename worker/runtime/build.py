@@ -82,7 +82,8 @@ def make_invoker(
     if h.max_concurrency:
         limit = CallLimit(h.max_concurrency, metrics.outputs.slot_wait.labels(source.name))
     outputs = frozenset(config.outputs.topics) if h.style == "native" else frozenset()
-    return Invoker(fn, h, processes, metrics, limit, outputs), parse
+    max_bytes = config.outputs.max_message_bytes
+    return Invoker(fn, h, processes, metrics, limit, outputs, max_bytes), parse
 
 
 class StepChain:

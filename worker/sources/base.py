@@ -162,6 +162,10 @@ class Source(Protocol):
         """Kafka only (exactly once): read the checkpoints again and resume there; called
         while the partitions are being assigned, after the sink fenced earlier owners."""
 
+    async def committed_offset(self, partition: PartitionKey) -> int | None:
+        """Kafka only (exactly once): the group's checkpoint as the broker has it now (the
+        next offset to read), to settle a transaction whose commit was in doubt."""
+
     def keep_notes(self) -> None:
         """Keep each partition's note with its checkpoints from now on (see `remember`)."""
 

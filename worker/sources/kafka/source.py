@@ -219,6 +219,10 @@ class KafkaSource:
                 self._consumer.seek(tp, committed)
                 self._committed[tp] = committed
 
+    async def committed_offset(self, partition: TopicPartition) -> int | None:
+        """The group's checkpoint of `partition` as the broker has it now (next to read)."""
+        return await self._consumer.committed(partition)
+
     async def prepare(self, partitions: list[TopicPartition]) -> None:
         """Read committed offsets (for lag) and notes, and seek where the group has none."""
         await self._notes.load(partitions)
