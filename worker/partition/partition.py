@@ -53,10 +53,6 @@ class PartitionSettings:
     max_buffered_bytes: int
 
 
-def _ignore(partition: Partition, delta: int) -> None:
-    return None
-
-
 class Partition:
     def __init__(
         self,
@@ -87,7 +83,7 @@ class Partition:
         self._metrics = metrics
         self._on_progress = on_progress
         self._on_drained = on_drained
-        self._on_buffered = on_buffered or _ignore
+        self._on_buffered = on_buffered or (lambda partition, delta: None)
         self._overhead = traits.overhead_bytes
         #: Estimated memory of the buffered records, kept as they come and go.
         self._buffered_bytes = 0
