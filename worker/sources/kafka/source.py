@@ -88,6 +88,9 @@ class KafkaSource:
     def __init__(self, config: KafkaSourceConfig) -> None:
         self._config = config
         self._committed: dict[TopicPartition, int] = {}
+        #: Partitions whose last commit raised: it may have landed past `_committed`, so no
+        #: note is flushed at `_committed` (a commit behind the group's offset) until one lands.
+        self._in_doubt: set[TopicPartition] = set()
         #: Partitions the listener was told of; only their records are returned.
         self._announced: set[TopicPartition] = set()
         self._failure: SourceFailed | None = None
@@ -188,6 +191,7 @@ class KafkaSource:
         for tp in partitions:
             self._committed.pop(tp, None)
             self._announced.discard(tp)
+        self._in_doubt.difference_update(partitions)
         self._notes.forget(partitions)
 
     def fail(self, doing: str, partitions: Sequence[TopicPartition], exc: Exception) -> None:
@@ -306,6 +310,7 @@ class KafkaSource:
         offsets = {tp: next_to_read(pos) for tp, pos in positions.items() if tp in assigned}
         gone = [tp for tp in positions if tp not in assigned]
         if offsets:
+            self._in_doubt.update(offsets)  # until it is known to have landed
             try:
                 await commit(self._notes.with_notes(offsets), self._config.group_id)
                 self._notes.written(offsets)
@@ -314,6 +319,7 @@ class KafkaSource:
             except KafkaError as exc:
                 raise ConnectionError(f"kafka commit failed: {exc}") from exc
             self._committed.update(offsets)
+            self._in_doubt.difference_update(offsets)
         if gone:
             raise OwnershipLost(f"not assigned: {', '.join(map(self.label, gone))}", gone)
 
@@ -332,8 +338,9 @@ class KafkaSource:
         if not unwritten:
             return
         assigned = self._consumer.assignment()
+        doubt = self._in_doubt
         due = {tp: self._committed[tp] for tp in unwritten
-               if tp in assigned and tp in self._committed}  # fmt: skip
+               if tp in assigned and tp in self._committed and tp not in doubt}  # fmt: skip
         if due:
             await self.commit({tp: offset - 1 for tp, offset in due.items()})  # last done
 
