@@ -150,3 +150,39 @@ def test_combinations_that_cannot_work_are_one_config_error_each(source, says):
 def test_group_instance_id_expands_the_hostname(monkeypatch):
     monkeypatch.setenv("HOSTNAME", "worker-3")
     assert config(group_instance_id="${HOSTNAME}").group_instance_id == "worker-3"
+
+
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        ({"max_partition_fetch_bytes": 1_500_000_000}, "source.max_partition_fetch_bytes = "),
+        ({"fetch_min_bytes": 200_000_000}, "source.fetch_min_bytes = 200000000: at most"),
+        ({"fetch_max_bytes": 2**31 - 1}, "source.fetch_max_bytes = 2147483647: at most"),
+        (
+            {"max_poll_interval_ms": 5000, "rebalance_timeout_ms": 4000},
+            "source.max_poll_interval_ms = 5000: at least source.session_timeout_ms",
+        ),
+    ],
+)
+def test_values_librdkafka_refuses_are_config_errors_not_a_traceback_at_start(source, says):
+    """aiokafka takes these; librdkafka's `Consumer()` raised them at start (a traceback)."""
+    with pytest.raises(ValueError) as refused:
+        config(**source)
+    assert says in str(refused.value)
+    config(client="aiokafka", **source)  # the other client is not refused
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"fetch_max_bytes": 1024},  # below librdkafka's message.max.bytes default
+        {"fetch_max_bytes": 2_147_483_135, "max_partition_fetch_bytes": 1_000_000_000},
+        {"fetch_min_bytes": 100_000_000, "fetch_max_wait_ms": 0},
+        {"session_timeout_ms": 3_600_000, "max_poll_interval_ms": 3_600_000},
+    ],
+)
+def test_every_config_the_validator_accepts_builds_a_librdkafka_consumer(source):
+    from confluent_kafka import Consumer
+
+    conf = consumer_conf(config(bootstrap_servers=["127.0.0.1:9"], **source))
+    Consumer(conf).close()  # raised KafkaException (_INVALID_ARG) for these before

@@ -12,6 +12,13 @@ from worker.config_base import SourceSettings
 
 #: aiokafka writes fetch sizes as int32 on the wire.
 INT32_MAX = 2**31 - 1
+#: librdkafka's own bounds, narrower than aiokafka's: past them `Consumer()` refuses the
+#: config at start, so they are config errors here (key: librdkafka property, its maximum).
+LIBRDKAFKA_MAXIMA = {
+    "fetch_max_bytes": ("fetch.max.bytes", 2_147_483_135),
+    "max_partition_fetch_bytes": ("max.partition.fetch.bytes", 1_000_000_000),
+    "fetch_min_bytes": ("fetch.min.bytes", 100_000_000),
+}
 
 #: Every secret setting and its `*_file` twin (a mounted Kubernetes secret): never
 #: printed (`check-config` masks it) or logged.
@@ -182,11 +189,27 @@ class KafkaSourceConfig(SourceSettings):
 
     @model_validator(mode="after")
     def _librdkafka_supported(self) -> KafkaSourceConfig:
-        if self.client == "librdkafka" and self.sasl_mechanism == "OAUTHBEARER":
-            raise ValueError(
+        if self.client != "librdkafka":
+            return self
+        problems = [
+            f"source.{key} = {getattr(self, key)}: at most {limit} with source.client = "
+            f"'librdkafka' ({prop})"
+            for key, (prop, limit) in LIBRDKAFKA_MAXIMA.items()
+            if getattr(self, key) > limit
+        ]
+        if self.group_protocol == "classic" and self.max_poll_interval_ms < self.session_timeout_ms:
+            problems.append(
+                f"source.max_poll_interval_ms = {self.max_poll_interval_ms}: at least "
+                f"source.session_timeout_ms ({self.session_timeout_ms}) with source.client = "
+                "'librdkafka'"
+            )
+        if self.sasl_mechanism == "OAUTHBEARER":
+            problems.append(
                 "source.sasl_mechanism = 'OAUTHBEARER' is not supported with source.client = "
                 "'librdkafka' yet: use source.client = 'aiokafka'"
             )
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @model_validator(mode="after")

@@ -38,6 +38,7 @@ from worker.sources.base import (
     AssignmentListener,
     OwnershipLost,
     SourceFailed,
+    SourceStartError,
     next_to_read,
 )
 from worker.sources.kafka.config import KafkaSourceConfig
@@ -138,7 +139,10 @@ class LibrdkafkaSource:
             "logger": logging.getLogger("worker.source.kafka.librdkafka"),
             "error_cb": self._on_error,
         }
-        self._consumer = Consumer(conf)
+        try:
+            self._consumer = Consumer(conf)
+        except KafkaException as exc:  # a setting librdkafka refuses: one line, not a trace
+            raise SourceStartError(f"kafka: librdkafka refused the config: {exc}") from None
         bridge = RebalanceBridge(self, self._loop)
         self._consumer.subscribe(
             self._config.topics,
