@@ -43,6 +43,8 @@ class RebalanceOwner(Protocol):
         self, doing: str, partitions: Sequence[TopicPartition], exc: BaseException
     ) -> None: ...
 
+    def flow_settled(self) -> None: ...
+
 
 def ours(partitions: Sequence[RdTopicPartition]) -> list[TopicPartition]:
     return sorted(TopicPartition(tp.topic, tp.partition) for tp in partitions)
@@ -105,5 +107,10 @@ class RebalanceBridge:
                 consumer.incremental_unassign(partitions)
             else:
                 consumer.unassign()
+            # librdkafka keeps a partition's pause across unassign and assign, and the
+            # worker's next partition of it starts unpaused: it would never be resumed
+            # and never read again. A pause sent before the release is taken first.
+            self._owner.flow_settled()
+            consumer.resume(partitions)
         except Exception as exc:  # the consumer is closing: its assignment goes with it
             log.debug("event=unassign_failed error=%r", exc)
