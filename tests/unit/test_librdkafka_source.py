@@ -186,3 +186,81 @@ def test_every_config_the_validator_accepts_builds_a_librdkafka_consumer(source)
 
     conf = consumer_conf(config(bootstrap_servers=["127.0.0.1:9"], **source))
     Consumer(conf).close()  # raised KafkaException (_INVALID_ARG) for these before
+
+
+class CallbackConsumer(RecordingConsumer):
+    """Also records, in one list with the commits, what a rebalance callback tells it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Any, ...]] = []
+
+    def commit(self, offsets: list[RdTopicPartition], asynchronous: bool) -> list[Any]:
+        self.calls.append(("commit", *[(tp.partition, tp.offset) for tp in offsets]))
+        return super().commit(offsets, asynchronous)
+
+    def unassign(self) -> None:
+        self.calls.append(("unassign",))
+
+    def resume(self, partitions: list[RdTopicPartition]) -> None:
+        self.calls.append(("resume", *[tp.partition for tp in partitions]))
+
+
+class DrainingListener:
+    """As the worker's: a revoke drains and commits the handled positions; a loss only
+    abandons, while a commit of the committer's (here: made during it) may still come."""
+
+    def __init__(self, source: LibrdkafkaSource, handled: dict[TopicPartition, int]) -> None:
+        self.source, self.handled = source, handled
+        self.said: list[tuple[str, list[TopicPartition]]] = []
+        self.refused: list[set[TopicPartition]] = []
+
+    async def on_assigned(self, partitions: Any) -> None: ...
+
+    async def _commit(self, partitions: Any) -> None:
+        try:
+            await self.source.commit({tp: self.handled[tp] for tp in partitions})
+        except OwnershipLost as exc:
+            self.refused.append(set(exc.lost))
+
+    async def on_revoked(self, partitions: Any) -> None:
+        self.said.append(("revoked", list(partitions)))
+        await self._commit(partitions)
+
+    async def on_lost(self, partitions: Any) -> None:
+        self.said.append(("lost", list(partitions)))
+        await self._commit(partitions)
+
+
+async def bridged(handled: dict[TopicPartition, int]) -> tuple[Any, CallbackConsumer, Any]:
+    from worker.sources.kafka.librdkafka_rebalance import RebalanceBridge
+
+    source = LibrdkafkaSource(config())
+    consumer = CallbackConsumer()
+    source._consumer = consumer  # type: ignore[assignment]
+    source._loop = asyncio.get_running_loop()
+    listener = DrainingListener(source, handled)
+    source._listener = listener  # type: ignore[assignment]
+    await source.assigned([TP0, TP1], [0, 0])
+    return RebalanceBridge(source, source._loop), consumer, listener
+
+
+async def test_a_revoke_commits_the_handled_positions_before_it_releases_the_partitions():
+    """librdkafka's rebalance goes on once the callback unassigns: a release before the
+    drain's commit would let the next owner start from the old commit beside this one."""
+    bridge, consumer, listener = await bridged({TP0: 41, TP1: 7})
+    revoke = [RdTopicPartition("t", 0), RdTopicPartition("t", 1)]
+    # On another thread, as librdkafka calls it (inside consume(), on the poller thread).
+    await asyncio.get_running_loop().run_in_executor(None, bridge.on_revoke, consumer, revoke)
+    assert listener.said == [("revoked", [TP0, TP1])] and listener.refused == []
+    assert consumer.calls == [("commit", (0, 42), (1, 8)), ("unassign",), ("resume", 0, 1)]
+
+
+async def test_a_lost_partition_is_not_committed_even_by_a_commit_made_while_it_is_lost():
+    """Another member owns it already: a commit of it (a drain's, the committer's) would
+    move that member's offset. The listener hears `lost`, never `revoked`."""
+    bridge, consumer, listener = await bridged({TP1: 5})
+    lose = [RdTopicPartition("t", 1)]
+    await asyncio.get_running_loop().run_in_executor(None, bridge.on_lost, consumer, lose)
+    assert listener.said == [("lost", [TP1])] and listener.refused == [{TP1}]
+    assert [c for c in consumer.calls if c[0] == "commit"] == []
