@@ -123,3 +123,43 @@ async def test_a_partition_paused_then_revoked_and_assigned_again_is_read_again(
         await source.stop()
         for task in listener.tasks:
             task.cancel()
+
+
+async def test_lag_and_waiting_never_block_the_loop_while_the_poller_is_in_consume(kafka):
+    """confluent-kafka's `get_watermark_offsets(cached=True)` waits while another thread is
+    inside `consume()`: called from the loop (the watchdog's `waiting`, `lag`), it stalled
+    the loop for the poll, and deadlocked it for good when that `consume()` was in a
+    rebalance callback waiting for the loop (seen: a session lost in a broker outage, the
+    worker deaf to SIGTERM). The source reads them on the poller thread instead."""
+    topic, group = unique("marks"), unique("g")
+    await create_topic(kafka, topic, 1)
+    tp = TopicPartition(topic, 0)
+    await produce(kafka, topic, 3)
+    listener = Listener()
+    source = LibrdkafkaSource(source_config(kafka, topic, group))
+    await source.start(listener)
+    try:
+        await fetch_until(source, lambda got: len(got) >= 3)
+        entered, returned = threading.Event(), threading.Event()
+        poll = source._poll
+
+        def watched(timeout_s: float) -> Any:
+            entered.set()
+            try:
+                return poll(timeout_s)
+            finally:
+                returned.set()
+
+        source._poll = watched  # type: ignore[method-assign]
+        fetching = asyncio.ensure_future(source.fetch(2.0))  # nothing to read: waits 2 s
+        await asyncio.get_running_loop().run_in_executor(None, entered.wait)
+        for _ in range(10):  # the loop's calls, as the watchdog and the lag gauge make them
+            lag, waiting = source.lag(tp), source.waiting(tp)
+            assert not returned.is_set(), "lag/waiting waited for the poller's consume()"
+            await asyncio.sleep(0.05)
+        assert (lag, waiting) == (3, False)  # 3 past the commit (none), none past the fetch
+        await fetching
+    finally:
+        await source.stop()
+        for task in listener.tasks:
+            task.cancel()
