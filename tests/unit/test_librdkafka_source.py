@@ -264,3 +264,20 @@ async def test_a_lost_partition_is_not_committed_even_by_a_commit_made_while_it_
     await asyncio.get_running_loop().run_in_executor(None, bridge.on_lost, consumer, lose)
     assert listener.said == [("lost", [TP1])] and listener.refused == [{TP1}]
     assert [c for c in consumer.calls if c[0] == "commit"] == []
+
+
+def test_every_problem_of_the_client_combination_is_its_own_config_error_line(tmp_path):
+    """Three problems, three lines (exit 2): the first version reported only the first."""
+    from worker.config_load import ConfigError, load_config
+
+    path = tmp_path / "w.toml"
+    path.write_text(
+        '[source]\nclient = "librdkafka"\ntopics = ["t"]\ngroup_protocol = "consumer"\n'
+        "session_timeout_ms = 6000\nheartbeat_interval_ms = 1000\nfetch_min_bytes = 200000000\n"
+        '[handler]\ntarget = "json:dumps"\n'
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, [], {})
+    assert [line.split(" ")[0] for line in refused.value.problems] == [
+        "source.session_timeout_ms", "source.heartbeat_interval_ms", "source.fetch_min_bytes",
+    ]  # fmt: skip

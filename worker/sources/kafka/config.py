@@ -169,28 +169,29 @@ class KafkaSourceConfig(SourceSettings):
         return {**data, "group_instance_id": expanded}
 
     @model_validator(mode="after")
-    def _group_protocol_usable(self) -> KafkaSourceConfig:
-        """Combinations that cannot work are refused here, one line each."""
-        if self.group_protocol != "consumer":
-            return self
-        if self.client != "librdkafka":
-            raise ValueError(
+    def _client_can_do_it(self) -> KafkaSourceConfig:
+        """Combinations the chosen client cannot work with: every one found, one line each
+        (`describe_errors` splits the lines)."""
+        problems = []
+        if self.group_protocol == "consumer" and self.client != "librdkafka":
+            problems.append(
                 "source.group_protocol = 'consumer' needs source.client = 'librdkafka' "
                 "(aiokafka speaks only the classic protocol)"
             )
-        for key in ("session_timeout_ms", "heartbeat_interval_ms"):
-            if key in self.model_fields_set:
-                raise ValueError(
-                    f"source.{key} with source.group_protocol = 'consumer': the broker sets "
-                    f"it (group.consumer.{key.removesuffix('_ms').replace('_', '.')}.ms); "
-                    "remove it"
-                )
+        if self.group_protocol == "consumer":
+            problems += [
+                f"source.{key} with source.group_protocol = 'consumer': the broker sets "
+                f"it (group.consumer.{key.removesuffix('_ms').replace('_', '.')}.ms); remove it"
+                for key in ("session_timeout_ms", "heartbeat_interval_ms")
+                if key in self.model_fields_set
+            ]
+        if self.client == "librdkafka":
+            problems += self._librdkafka_refuses()
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
-    @model_validator(mode="after")
-    def _librdkafka_supported(self) -> KafkaSourceConfig:
-        if self.client != "librdkafka":
-            return self
+    def _librdkafka_refuses(self) -> list[str]:
         problems = [
             f"source.{key} = {getattr(self, key)}: at most {limit} with source.client = "
             f"'librdkafka' ({prop})"
@@ -208,9 +209,7 @@ class KafkaSourceConfig(SourceSettings):
                 "source.sasl_mechanism = 'OAUTHBEARER' is not supported with source.client = "
                 "'librdkafka' yet: use source.client = 'aiokafka'"
             )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+        return problems
 
     @model_validator(mode="after")
     def _needs_topics(self) -> KafkaSourceConfig:
