@@ -89,7 +89,7 @@ class Committer:
             except (ConnectionError, TimeoutError) as exc:
                 self._failed(exc, [p for p, _ in moved])
                 return False
-            if self._failing_since is not None:
+            if self._failing_since is not None and moved:  # a refusal of all is no recovery
                 log.info("event=commits_recovered after_s=%.1f",
                          time.monotonic() - self._failing_since)  # fmt: skip
                 self._failing_since = None
