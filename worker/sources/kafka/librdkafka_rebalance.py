@@ -43,8 +43,6 @@ class RebalanceOwner(Protocol):
         self, doing: str, partitions: Sequence[TopicPartition], exc: BaseException
     ) -> None: ...
 
-    def flow_settled(self) -> None: ...
-
 
 def ours(partitions: Sequence[RdTopicPartition]) -> list[TopicPartition]:
     return sorted(TopicPartition(tp.topic, tp.partition) for tp in partitions)
@@ -109,8 +107,8 @@ class RebalanceBridge:
                 consumer.unassign()
             # librdkafka keeps a partition's pause across unassign and assign, and the
             # worker's next partition of it starts unpaused: it would never be resumed
-            # and never read again. A pause sent before the release is taken first.
-            self._owner.flow_settled()
+            # and never read again. (Not waiting here for the flow thread: a pause()
+            # from another thread waits while this thread is inside consume().)
             consumer.resume(partitions)
         except Exception as exc:  # the consumer is closing: its assignment goes with it
             log.debug("event=unassign_failed error=%r", exc)

@@ -224,11 +224,6 @@ class LibrdkafkaSource:
             f"kafka: {doing} partitions {names} failed: {type(exc).__name__}: {exc}"
         )
 
-    def flow_settled(self) -> None:
-        """On the poller thread: the pauses and resumes sent so far have been taken (none
-        is sent for a partition once it is forgotten)."""
-        self._flow.submit(lambda: None).result()
-
     # -- delivering ------------------------------------------------------------------------
     async def fetch(self, timeout_s: float) -> Mapping[TopicPartition, Sequence[Any]]:
         if self._failure is not None:
