@@ -153,7 +153,7 @@ def describe_errors(exc: ValidationError, tree: dict[str, Any]) -> list[str]:
         elif err["type"] == "missing":
             lines.append(f"{key}: required")
         elif not loc or msg.startswith((f"{key}:", f"{key}.")):  # the message names its key
-            lines.append(msg)
+            lines.extend(msg.split("\n"))  # a validator that found several: one line each
         else:
             bound = err["type"] in ("greater_than_equal", "less_than_equal", "greater_than")
             lines.append(f"{key} = {value}: {msg}{_range(loc, tree) if bound else ''}")

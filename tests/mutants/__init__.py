@@ -327,6 +327,29 @@ MUTANTS += (
             ),
         ),
     ),
+    Mutant(
+        "librdkafka_release_before_drain",
+        "the librdkafka revoke callback unassigns before the listener drained and committed "
+        "the revoked partitions: the rebalance goes on, the next owner starts from the old "
+        "commit while this worker still runs their batches (two workers inside a partition)",
+        (
+            _node(
+                "unit/test_librdkafka_source",
+                "test_a_revoke_commits_the_handled_positions_before_it_releases_the_partitions",
+            ),
+        ),
+    ),
+    Mutant(
+        "librdkafka_lost_drained",
+        "the librdkafka lost callback is handled as a revoke: the lost partitions are "
+        "drained and committed, moving the offset of the member that owns them now",
+        (
+            _node(
+                "unit/test_librdkafka_source",
+                "test_a_lost_partition_is_not_committed_even_by_a_commit_made_while_it_is_lost",
+            ),
+        ),
+    ),
 )
 
 

@@ -162,3 +162,134 @@ def test_combinations_that_cannot_work_are_one_config_error_each(source, says):
 def test_group_instance_id_expands_the_hostname(monkeypatch):
     monkeypatch.setenv("HOSTNAME", "worker-3")
     assert config(group_instance_id="${HOSTNAME}").group_instance_id == "worker-3"
+
+
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        ({"max_partition_fetch_bytes": 1_500_000_000}, "source.max_partition_fetch_bytes = "),
+        ({"fetch_min_bytes": 200_000_000}, "source.fetch_min_bytes = 200000000: at most"),
+        ({"fetch_max_bytes": 2**31 - 1}, "source.fetch_max_bytes = 2147483647: at most"),
+        (
+            {"max_poll_interval_ms": 5000, "rebalance_timeout_ms": 4000},
+            "source.max_poll_interval_ms = 5000: at least source.session_timeout_ms",
+        ),
+    ],
+)
+def test_values_librdkafka_refuses_are_config_errors_not_a_traceback_at_start(source, says):
+    """aiokafka takes these; librdkafka's `Consumer()` raised them at start (a traceback)."""
+    with pytest.raises(ValueError) as refused:
+        config(**source)
+    assert says in str(refused.value)
+    config(client="aiokafka", **source)  # the other client is not refused
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"fetch_max_bytes": 1024},  # below librdkafka's message.max.bytes default
+        {"fetch_max_bytes": 2_147_483_135, "max_partition_fetch_bytes": 1_000_000_000},
+        {"fetch_min_bytes": 100_000_000, "fetch_max_wait_ms": 0},
+        {"session_timeout_ms": 3_600_000, "max_poll_interval_ms": 3_600_000},
+    ],
+)
+def test_every_config_the_validator_accepts_builds_a_librdkafka_consumer(source):
+    from confluent_kafka import Consumer
+
+    conf = consumer_conf(config(bootstrap_servers=["127.0.0.1:9"], **source))
+    Consumer(conf).close()  # raised KafkaException (_INVALID_ARG) for these before
+
+
+class CallbackConsumer(RecordingConsumer):
+    """Also records, in one list with the commits, what a rebalance callback tells it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Any, ...]] = []
+
+    def commit(self, offsets: list[RdTopicPartition], asynchronous: bool) -> list[Any]:
+        self.calls.append(("commit", *[(tp.partition, tp.offset) for tp in offsets]))
+        return super().commit(offsets, asynchronous)
+
+    def unassign(self) -> None:
+        self.calls.append(("unassign",))
+
+    def resume(self, partitions: list[RdTopicPartition]) -> None:
+        self.calls.append(("resume", *[tp.partition for tp in partitions]))
+
+
+class DrainingListener:
+    """As the worker's: a revoke drains and commits the handled positions; a loss only
+    abandons, while a commit of the committer's (here: made during it) may still come."""
+
+    def __init__(self, source: LibrdkafkaSource, handled: dict[TopicPartition, int]) -> None:
+        self.source, self.handled = source, handled
+        self.said: list[tuple[str, list[TopicPartition]]] = []
+        self.refused: list[set[TopicPartition]] = []
+
+    async def on_assigned(self, partitions: Any) -> None: ...
+
+    async def _commit(self, partitions: Any) -> None:
+        try:
+            await self.source.commit({tp: self.handled[tp] for tp in partitions})
+        except OwnershipLost as exc:
+            self.refused.append(set(exc.lost))
+
+    async def on_revoked(self, partitions: Any) -> None:
+        self.said.append(("revoked", list(partitions)))
+        await self._commit(partitions)
+
+    async def on_lost(self, partitions: Any) -> None:
+        self.said.append(("lost", list(partitions)))
+        await self._commit(partitions)
+
+
+async def bridged(handled: dict[TopicPartition, int]) -> tuple[Any, CallbackConsumer, Any]:
+    from worker.sources.kafka.librdkafka_rebalance import RebalanceBridge
+
+    source = LibrdkafkaSource(config())
+    consumer = CallbackConsumer()
+    source._consumer = consumer  # type: ignore[assignment]
+    source._loop = asyncio.get_running_loop()
+    listener = DrainingListener(source, handled)
+    source._listener = listener  # type: ignore[assignment]
+    await source.assigned([TP0, TP1], [0, 0])
+    return RebalanceBridge(source, source._loop), consumer, listener
+
+
+async def test_a_revoke_commits_the_handled_positions_before_it_releases_the_partitions():
+    """librdkafka's rebalance goes on once the callback unassigns: a release before the
+    drain's commit would let the next owner start from the old commit beside this one."""
+    bridge, consumer, listener = await bridged({TP0: 41, TP1: 7})
+    revoke = [RdTopicPartition("t", 0), RdTopicPartition("t", 1)]
+    # On another thread, as librdkafka calls it (inside consume(), on the poller thread).
+    await asyncio.get_running_loop().run_in_executor(None, bridge.on_revoke, consumer, revoke)
+    assert listener.said == [("revoked", [TP0, TP1])] and listener.refused == []
+    assert consumer.calls == [("commit", (0, 42), (1, 8)), ("unassign",), ("resume", 0, 1)]
+
+
+async def test_a_lost_partition_is_not_committed_even_by_a_commit_made_while_it_is_lost():
+    """Another member owns it already: a commit of it (a drain's, the committer's) would
+    move that member's offset. The listener hears `lost`, never `revoked`."""
+    bridge, consumer, listener = await bridged({TP1: 5})
+    lose = [RdTopicPartition("t", 1)]
+    await asyncio.get_running_loop().run_in_executor(None, bridge.on_lost, consumer, lose)
+    assert listener.said == [("lost", [TP1])] and listener.refused == [{TP1}]
+    assert [c for c in consumer.calls if c[0] == "commit"] == []
+
+
+def test_every_problem_of_the_client_combination_is_its_own_config_error_line(tmp_path):
+    """Three problems, three lines (exit 2): the first version reported only the first."""
+    from worker.config_load import ConfigError, load_config
+
+    path = tmp_path / "w.toml"
+    path.write_text(
+        '[source]\nclient = "librdkafka"\ntopics = ["t"]\ngroup_protocol = "consumer"\n'
+        "session_timeout_ms = 6000\nheartbeat_interval_ms = 1000\nfetch_min_bytes = 200000000\n"
+        '[handler]\ntarget = "json:dumps"\n'
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, [], {})
+    assert [line.split(" ")[0] for line in refused.value.problems] == [
+        "source.session_timeout_ms", "source.heartbeat_interval_ms", "source.fetch_min_bytes",
+    ]  # fmt: skip

@@ -115,7 +115,8 @@ class Committer:
                 )  # fmt: skip
             if broken:  # some partitions' checkpoints failed (a transaction): tried again
                 self._failed(next(iter(broken.values())), [p for p, _ in moved if p.key in broken])
-            elif self._failing_since is not None:
+            elif self._failing_since is not None and len(failures) < len(moved):
+                # (a refusal of every partition is no recovery: nothing was committed)
                 log.info("event=commits_recovered after_s=%.1f",
                          time.monotonic() - self._failing_since)  # fmt: skip
                 self._failing_since = None

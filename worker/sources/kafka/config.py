@@ -12,6 +12,13 @@ from worker.config_base import SourceSettings
 
 #: aiokafka writes fetch sizes as int32 on the wire.
 INT32_MAX = 2**31 - 1
+#: librdkafka's own bounds, narrower than aiokafka's: past them `Consumer()` refuses the
+#: config at start, so they are config errors here (key: librdkafka property, its maximum).
+LIBRDKAFKA_MAXIMA = {
+    "fetch_max_bytes": ("fetch.max.bytes", 2_147_483_135),
+    "max_partition_fetch_bytes": ("max.partition.fetch.bytes", 1_000_000_000),
+    "fetch_min_bytes": ("fetch.min.bytes", 100_000_000),
+}
 
 #: Every secret setting and its `*_file` twin (a mounted Kubernetes secret): never
 #: printed (`check-config` masks it) or logged.
@@ -173,32 +180,47 @@ class KafkaSourceConfig(SourceSettings):
         return {**data, "group_instance_id": expanded}
 
     @model_validator(mode="after")
-    def _group_protocol_usable(self) -> KafkaSourceConfig:
-        """Combinations that cannot work are refused here, one line each."""
-        if self.group_protocol != "consumer":
-            return self
-        if self.client != "librdkafka":
-            raise ValueError(
+    def _client_can_do_it(self) -> KafkaSourceConfig:
+        """Combinations the chosen client cannot work with: every one found, one line each
+        (`describe_errors` splits the lines)."""
+        problems = []
+        if self.group_protocol == "consumer" and self.client != "librdkafka":
+            problems.append(
                 "source.group_protocol = 'consumer' needs source.client = 'librdkafka' "
                 "(aiokafka speaks only the classic protocol)"
             )
-        for key in ("session_timeout_ms", "heartbeat_interval_ms"):
-            if key in self.model_fields_set:
-                raise ValueError(
-                    f"source.{key} with source.group_protocol = 'consumer': the broker sets "
-                    f"it (group.consumer.{key.removesuffix('_ms').replace('_', '.')}.ms); "
-                    "remove it"
-                )
+        if self.group_protocol == "consumer":
+            problems += [
+                f"source.{key} with source.group_protocol = 'consumer': the broker sets "
+                f"it (group.consumer.{key.removesuffix('_ms').replace('_', '.')}.ms); remove it"
+                for key in ("session_timeout_ms", "heartbeat_interval_ms")
+                if key in self.model_fields_set
+            ]
+        if self.client == "librdkafka":
+            problems += self._librdkafka_refuses()
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
-    @model_validator(mode="after")
-    def _librdkafka_supported(self) -> KafkaSourceConfig:
-        if self.client == "librdkafka" and self.sasl_mechanism == "OAUTHBEARER":
-            raise ValueError(
+    def _librdkafka_refuses(self) -> list[str]:
+        problems = [
+            f"source.{key} = {getattr(self, key)}: at most {limit} with source.client = "
+            f"'librdkafka' ({prop})"
+            for key, (prop, limit) in LIBRDKAFKA_MAXIMA.items()
+            if getattr(self, key) > limit
+        ]
+        if self.group_protocol == "classic" and self.max_poll_interval_ms < self.session_timeout_ms:
+            problems.append(
+                f"source.max_poll_interval_ms = {self.max_poll_interval_ms}: at least "
+                f"source.session_timeout_ms ({self.session_timeout_ms}) with source.client = "
+                "'librdkafka'"
+            )
+        if self.sasl_mechanism == "OAUTHBEARER":
+            problems.append(
                 "source.sasl_mechanism = 'OAUTHBEARER' is not supported with source.client = "
                 "'librdkafka' yet: use source.client = 'aiokafka'"
             )
-        return self
+        return problems
 
     @model_validator(mode="after")
     def _needs_topics(self) -> KafkaSourceConfig:

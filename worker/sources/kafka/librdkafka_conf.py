@@ -25,6 +25,8 @@ from worker.sources.kafka.config import KafkaSourceConfig
 
 #: See the module's docstring: librdkafka's 1000 ms default stalls a fast consumer.
 FETCH_QUEUE_BACKOFF_MS = 10
+#: librdkafka's default `message.max.bytes`.
+MESSAGE_MAX_BYTES = 1_000_000
 #: The pre-fetch queue (librdkafka: 64 MiB): 8 MiB keeps it, with the one fetch it may
 #: overshoot by, inside the default memory budget's prefetch share (16 MiB).
 QUEUE_MAX_KBYTES = 8_192
@@ -77,6 +79,9 @@ def consumer_conf(config: KafkaSourceConfig) -> dict[str, Any]:
         "auto.offset.reset": reset,
         "max.poll.interval.ms": config.max_poll_interval_ms,
         "fetch.max.bytes": config.fetch_max_bytes,
+        # librdkafka refuses a fetch.max.bytes below message.max.bytes (1 MB, a request
+        # size: a consumer's requests are small), so a small fetch cap lowers it.
+        "message.max.bytes": min(MESSAGE_MAX_BYTES, config.fetch_max_bytes),
         "max.partition.fetch.bytes": config.max_partition_fetch_bytes,
         "fetch.min.bytes": config.fetch_min_bytes,
         "fetch.wait.max.ms": config.fetch_max_wait_ms,

@@ -123,5 +123,10 @@ class RebalanceBridge:
                 consumer.incremental_unassign(partitions)
             else:
                 consumer.unassign()
+            # librdkafka keeps a partition's pause across unassign and assign, and the
+            # worker's next partition of it starts unpaused: it would never be resumed
+            # and never read again. (Not waiting here for the flow thread: a pause()
+            # from another thread waits while this thread is inside consume().)
+            consumer.resume(partitions)
         except Exception as exc:  # the consumer is closing: its assignment goes with it
             log.debug("event=unassign_failed error=%r", exc)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -38,6 +39,7 @@ from worker.sources.base import (
     AssignmentListener,
     OwnershipLost,
     SourceFailed,
+    SourceStartError,
     next_to_read,
 )
 from worker.sources.kafka.config import KafkaSourceConfig
@@ -62,6 +64,8 @@ OWNERSHIP_ERRORS = frozenset({
 })  # fmt: skip
 #: Reading committed offsets and watermarks for a new assignment (poller thread).
 ASSIGN_CALL_TIMEOUT_S = 10.0
+#: The ends and positions of partitions no fetch returned records of: read this often.
+MARKS_EVERY_S = 1.0
 
 
 def _rd(tp: TopicPartition, offset: int = -1001, metadata: str | None = None) -> RdTopicPartition:
@@ -91,6 +95,10 @@ class LibrdkafkaSource:
         #: take a pause, and the loop must never wait on the client.
         self._flow = ThreadPoolExecutor(1, thread_name_prefix="librdkafka-flow")
         self._committed: dict[TopicPartition, int] = {}
+        #: (high watermark, fetch position) by partition, read on the poller thread after
+        #: each consume(): the loop never asks the client (see `_read_marks`).
+        self._marks: dict[TopicPartition, tuple[int, int]] = {}
+        self._marks_read = 0.0  # poller thread only
         #: Assigned to the client and told to the listener: only these are committed,
         #: and only their records are returned.
         self._announced: set[TopicPartition] = set()
@@ -138,7 +146,10 @@ class LibrdkafkaSource:
             "logger": logging.getLogger("worker.source.kafka.librdkafka"),
             "error_cb": self._on_error,
         }
-        self._consumer = Consumer(conf)
+        try:
+            self._consumer = Consumer(conf)
+        except KafkaException as exc:  # a setting librdkafka refuses: one line, not a trace
+            raise SourceStartError(f"kafka: librdkafka refused the config: {exc}") from None
         bridge = RebalanceBridge(self, self._loop)
         self._consumer.subscribe(
             self._config.topics,
@@ -203,6 +214,7 @@ class LibrdkafkaSource:
     def _forget(self, partitions: Sequence[TopicPartition]) -> None:
         for tp in partitions:
             self._committed.pop(tp, None)
+            self._marks.pop(tp, None)
             self._announced.discard(tp)
         self._notes.forget(partitions)
 
@@ -217,7 +229,10 @@ class LibrdkafkaSource:
         if self._failure is not None:
             raise self._failure
         assert self._loop is not None
-        chunks, errors = await self._loop.run_in_executor(self._poller, self._poll, timeout_s)
+        chunks, errors, marks = await self._loop.run_in_executor(
+            self._poller, self._poll, timeout_s
+        )
+        self._marks.update((tp, m) for tp, m in marks.items() if tp in self._announced)
         for error in errors:
             if error.fatal():
                 raise SourceFailed(f"kafka: fatal client error: {error}")
@@ -229,10 +244,34 @@ class LibrdkafkaSource:
             chunks.pop(tp)  # not ours (any more): the next owner reads it from the commit
         return chunks
 
-    def _poll(self, timeout_s: float) -> tuple[dict[TopicPartition, list[Any]], list[Any]]:
+    def _poll(self, timeout_s: float) -> tuple[dict[TopicPartition, list[Any]], list[Any], Any]:
         """On the poller thread: one `consume()`, its messages as records by partition."""
         assert self._consumer is not None
-        return by_partition(self._consumer.consume(self._config.fetch_max_records, timeout_s))
+        chunks, errors = by_partition(
+            self._consumer.consume(self._config.fetch_max_records, timeout_s)
+        )
+        return chunks, errors, self._read_marks(chunks)
+
+    def _read_marks(self, chunks: Mapping[TopicPartition, Any]) -> dict[Any, tuple[int, int]]:
+        """On the poller thread: the cached high watermark and the fetch position of the
+        partitions just fetched (of all announced ones every `MARKS_EVERY_S`). Never on
+        the loop: `get_watermark_offsets` waits while another thread is inside consume(),
+        and a rebalance callback there waits for the loop (a deadlock, seen)."""
+        assert self._consumer is not None
+        now = time.monotonic()
+        every = now - self._marks_read >= MARKS_EVERY_S
+        self._marks_read = now if every else self._marks_read
+        tps = list(self._announced) if every else [tp for tp in chunks if tp in self._announced]
+        marks: dict[Any, tuple[int, int]] = {}
+        try:
+            positions = self._consumer.position([_rd(tp) for tp in tps]) if tps else []
+            for tp, at in zip(tps, positions, strict=True):
+                high = self._consumer.get_watermark_offsets(_rd(tp), cached=True)
+                if high is not None and high[1] >= 0:
+                    marks[tp] = (high[1], at.offset)
+        except (KafkaException, RuntimeError):
+            pass  # not assigned any more: the next read has them
+        return marks
 
     def fit_prefetch(self, share_bytes: int, partitions: int) -> int:
         """librdkafka's pre-fetch queue is sized when the consumer is made (one queue for
@@ -309,14 +348,9 @@ class LibrdkafkaSource:
         return f"{partition.topic}-{partition.partition}"
 
     def _end(self, partition: TopicPartition) -> int | None:
-        """The high watermark of the last fetch response (cached: no request)."""
-        if self._consumer is None or self.closing or partition not in self._announced:
-            return None  # closing: a call beside `close()` may wait on its teardown
-        try:
-            marks = self._consumer.get_watermark_offsets(_rd(partition), cached=True)
-        except (KafkaException, RuntimeError):
-            return None
-        return marks[1] if marks is not None and marks[1] >= 0 else None
+        """The high watermark of the last fetch response (read on the poller thread)."""
+        mark = self._marks.get(partition) if partition in self._announced else None
+        return mark[0] if mark is not None else None
 
     def lag(self, partition: TopicPartition) -> int | None:
         end, done = self._end(partition), self._committed.get(partition)
@@ -326,13 +360,10 @@ class LibrdkafkaSource:
 
     def waiting(self, partition: TopicPartition) -> bool:
         """Records past the fetch position (not the commit: see `KafkaSource.waiting`)."""
-        end = self._end(partition)
-        if end is None or self._consumer is None or self.closing:
+        mark = self._marks.get(partition) if partition in self._announced else None
+        if mark is None:
             return False
-        try:
-            position = self._consumer.position([_rd(partition)])[0].offset
-        except (KafkaException, RuntimeError):
-            return bool(self.lag(partition))
+        end, position = mark
         return end > position if position >= 0 else bool(self.lag(partition))
 
     # -- stopping --------------------------------------------------------------------------
