@@ -91,6 +91,13 @@ def test_exactly_once_outputs_survive_two_kill_9s(kafka: str, tmp_path: Path):
     run_killed_twice(kafka, tmp_path, 20_000, lanes=1)
 
 
+def test_exactly_once_outputs_survive_two_kill_9s_with_four_key_lanes_bounded(
+    kafka: str, tmp_path: Path
+):
+    """CI's bounded version of the next test: the same kills, 4,000 inputs."""
+    run_killed_twice(kafka, tmp_path, 4_000, lanes=4)
+
+
 @pytest.mark.long
 @pytest.mark.skipif(not os.environ.get("STREAMWORKER_LONG"), reason="long: STREAMWORKER_LONG=1")
 def test_exactly_once_outputs_survive_two_kill_9s_with_four_key_lanes(kafka: str, tmp_path: Path):
