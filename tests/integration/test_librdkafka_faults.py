@@ -9,6 +9,7 @@ the real broker) and see what the client then fetches.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -166,6 +167,10 @@ async def test_lag_and_waiting_never_block_the_loop_while_the_poller_is_in_consu
             task.cancel()
 
 
+# Not in CI: the commit left blocked on its call thread outlives the test, and the
+# session's event loop then waits for it at teardown, for ever (seen in a CI run).
+@pytest.mark.long
+@pytest.mark.skipif(not os.environ.get("STREAMWORKER_LONG"), reason="long: STREAMWORKER_LONG=1")
 @pytest.mark.xfail(
     strict=True,
     reason="open defect: the commit runs on the call thread and waits for the poller's "
