@@ -32,7 +32,6 @@ from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as RdTopicPartition
-from prometheus_client import Gauge
 
 from worker.observe.metrics import Metrics
 from worker.sources.base import (
@@ -48,7 +47,7 @@ from worker.sources.kafka.librdkafka_rebalance import RebalanceBridge
 from worker.sources.kafka.librdkafka_records import by_partition
 from worker.sources.kafka.notes import CommitNotes
 from worker.sources.kafka.preflight import check_source
-from worker.sources.kafka.reach import BrokerProbe, Reachability
+from worker.sources.kafka.reach import BrokerProbe, Reachability, attach_gauges
 from worker.sources.kafka.record import TRAITS
 from worker.sources.kafka.security import client_kwargs
 from worker.sources.kafka.source import REVOKE_EXIT_MARGIN_S
@@ -121,19 +120,7 @@ class LibrdkafkaSource:
         return (timeout_ms - c.heartbeat_interval_ms) / 1000 - REVOKE_EXIT_MARGIN_S
 
     def attach(self, metrics: Metrics) -> None:
-        away = Gauge(
-            "worker_brokers_unreachable",
-            "Kafka brokers that did not answer the worker's last probe (every 2 s).",
-            ("source",),
-            registry=metrics.registry,
-        ).labels(self.name)
-        self._reach = Reachability(on_change=away.set)
-        Gauge(
-            "worker_kafka_consumer_group_info",
-            "Always 1: the consumer group this worker belongs to, as a label.",
-            ("source", "consumergroup"),
-            registry=metrics.registry,
-        ).labels(self.name, self._config.group_id).set(1)
+        self._reach = attach_gauges(metrics.registry, self.name, self._config.group_id)
 
     async def start(self, listener: AssignmentListener) -> None:
         # The one preflight: the broker answers, the credentials and TLS are accepted and

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.admin import ApiVersionRequest
+from prometheus_client import CollectorRegistry, Gauge
 
 log = logging.getLogger("worker.source.kafka")
 
@@ -143,3 +144,23 @@ class BrokerProbe:
         except (TimeoutError, KafkaError, OSError):
             return False
         return True
+
+
+def attach_gauges(registry: CollectorRegistry, source: str, group_id: str) -> Reachability:
+    """The Kafka source's own gauges, whichever client runs: brokers unreachable (the
+    returned `Reachability` keeps it), and the group's name as a label, for the recording
+    rules that turn worker_offset_lag_records into kafka_consumergroup_lag (config/
+    recording.yml)."""
+    away = Gauge(
+        "worker_brokers_unreachable",
+        "Kafka brokers that did not answer the worker's last probe (every 2 s).",
+        ("source",),
+        registry=registry,
+    ).labels(source)
+    Gauge(
+        "worker_kafka_consumer_group_info",
+        "Always 1: the consumer group this worker belongs to, as a label.",
+        ("source", "consumergroup"),
+        registry=registry,
+    ).labels(source, group_id).set(1)
+    return Reachability(on_change=away.set)

@@ -16,7 +16,6 @@ from aiokafka.errors import (
     RebalanceInProgressError,
     UnknownTopicOrPartitionError,
 )
-from prometheus_client import Gauge
 
 from worker.observe.metrics import Metrics
 from worker.sources.base import (
@@ -30,7 +29,7 @@ from worker.sources.kafka.config import KafkaSourceConfig
 from worker.sources.kafka.fetch_limits import apply_limits, fetch_limits
 from worker.sources.kafka.notes import CommitNotes
 from worker.sources.kafka.preflight import check_source
-from worker.sources.kafka.reach import BrokerProbe, Reachability
+from worker.sources.kafka.reach import BrokerProbe, Reachability, attach_gauges
 from worker.sources.kafka.record import TRAITS
 from worker.sources.kafka.security import (
     auth_failure_message,
@@ -129,21 +128,7 @@ class KafkaSource:
         return (c.rebalance_timeout_ms - c.heartbeat_interval_ms) / 1000 - REVOKE_EXIT_MARGIN_S
 
     def attach(self, metrics: Metrics) -> None:
-        away = Gauge(
-            "worker_brokers_unreachable",
-            "Kafka brokers that did not answer the worker's last probe (every 2 s).",
-            ("source",),
-            registry=metrics.registry,
-        ).labels(self.name)
-        self._reach = Reachability(on_change=away.set)
-        # The group's name, for the recording rules that turn worker_offset_lag_records into
-        # kafka_consumergroup_lag{consumergroup, topic, partition} (config/recording.yml).
-        Gauge(
-            "worker_kafka_consumer_group_info",
-            "Always 1: the consumer group this worker belongs to, as a label.",
-            ("source", "consumergroup"),
-            registry=metrics.registry,
-        ).labels(self.name, self._config.group_id).set(1)
+        self._reach = attach_gauges(metrics.registry, self.name, self._config.group_id)
 
     async def start(self, listener: AssignmentListener) -> None:
         await check_source(self._config)  # else aiokafka waits on a missing topic for ever
