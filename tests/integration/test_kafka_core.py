@@ -7,7 +7,6 @@ Crashes (kill -9) and shutdown (SIGTERM) are aimed at batches inside the handler
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
@@ -189,12 +188,8 @@ async def test_a_failing_assignment_callback_stops_the_worker_instead_of_owning_
 
 
 # aiokafka takes the setting as it is (`group_instance_id`); the test runs on librdkafka
-# only, to keep CI short (it passed on both when written). Not in CI: about 2 runs in 12
-# on a loaded machine, librdkafka's commit during the rebalance goes unanswered past 10 s
-# and the revoke waits 20-60 s (a known, undiagnosed stall of the experimental client;
-# no record is lost, some are handled twice).
-@pytest.mark.long
-@pytest.mark.skipif(not os.environ.get("STREAMWORKER_LONG"), reason="long: STREAMWORKER_LONG=1")
+# only, to keep CI short (it passed on both when written). It was long while librdkafka's
+# revoke commit stalled (about 2 runs in 12): fixed by running commits on the poller thread.
 @pytest.mark.parametrize("kafka_client", ["librdkafka"], indirect=True)
 def test_a_static_member_restarted_within_the_session_gets_its_partitions_back_quietly(
     kafka: str, kafka_client: str, tmp_path: Path

@@ -9,7 +9,6 @@ the real broker) and see what the client then fetches.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -167,21 +166,12 @@ async def test_lag_and_waiting_never_block_the_loop_while_the_poller_is_in_consu
             task.cancel()
 
 
-# Not in CI: the commit left blocked on its call thread outlives the test, and the
-# session's event loop then waits for it at teardown, for ever (seen in a CI run).
-@pytest.mark.long
-@pytest.mark.skipif(not os.environ.get("STREAMWORKER_LONG"), reason="long: STREAMWORKER_LONG=1")
-@pytest.mark.xfail(
-    strict=True,
-    reason="open defect: the commit runs on the call thread and waits for the poller's "
-    "consume(), which waits in the revoke callback; fix: run commits on the poller thread "
-    "while it is inside a callback",
-)
 async def test_the_revokes_commit_goes_through_while_the_poller_is_in_the_callback(kafka):
     """The revoke's drain commits the handled positions while the poller thread waits in
     librdkafka's revoke callback; a commit from another thread waits while that thread is
     inside consume(): it timed out, the revoke committed nothing (seen: 2 x 10 s holds,
-    `final_commit_failed reason=revoked`). Here the listener commits inside the revoke."""
+    `final_commit_failed reason=revoked`). Here the listener commits inside the revoke;
+    the commit now runs on the poller thread (`librdkafka_calls`)."""
     topic, group = unique("rvk"), unique("g")
     await create_topic(kafka, topic, 1)
     tp = TopicPartition(topic, 0)

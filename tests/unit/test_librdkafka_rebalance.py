@@ -7,12 +7,16 @@ order of calls, the callbacks run on a real second thread as librdkafka runs the
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 from confluent_kafka import TopicPartition as RdTopicPartition
 
+from worker.sources.kafka.librdkafka_calls import ConsumerClosed, PollerCalls
 from worker.sources.kafka.librdkafka_rebalance import RebalanceBridge
 
 TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
@@ -63,6 +67,10 @@ class Consumer:
         self.events.append("client unassign")
 
 
+def bridged(owner: Any) -> RebalanceBridge:
+    return RebalanceBridge(owner, asyncio.get_running_loop(), PollerCalls(ThreadPoolExecutor(1)))
+
+
 async def on_thread(callback: Any, *args: Any) -> None:
     """As librdkafka calls it: on another thread, while the loop keeps running."""
     await asyncio.get_running_loop().run_in_executor(None, callback, *args)
@@ -70,21 +78,21 @@ async def on_thread(callback: Any, *args: Any) -> None:
 
 async def test_an_assignment_reaches_the_listener_before_the_client_assigns_it():
     events: list[str] = []
-    bridge = RebalanceBridge(Owner(events), asyncio.get_running_loop())
+    bridge = bridged(Owner(events))
     await on_thread(bridge.on_assign, Consumer(events), RD)
     assert events == ["assigned 2", "client assign [5, 5]"]
 
 
 async def test_a_revoke_waits_for_the_listener_then_unassigns():
     events: list[str] = []
-    bridge = RebalanceBridge(Owner(events), asyncio.get_running_loop())
+    bridge = bridged(Owner(events))
     await on_thread(bridge.on_revoke, Consumer(events), RD)
     assert events == ["revoked 2", "client unassign"]
 
 
 async def test_lost_partitions_go_to_on_lost_and_are_unassigned():
     events: list[str] = []
-    bridge = RebalanceBridge(Owner(events), asyncio.get_running_loop())
+    bridge = bridged(Owner(events))
     await on_thread(bridge.on_lost, Consumer(events), RD)
     assert events == ["lost 2", "client unassign"]
 
@@ -92,7 +100,7 @@ async def test_lost_partitions_go_to_on_lost_and_are_unassigned():
 async def test_a_failing_assignment_is_never_assigned_and_the_failure_is_kept():
     events: list[str] = []
     owner = Owner(events, fail_on="assigned")
-    bridge = RebalanceBridge(owner, asyncio.get_running_loop())
+    bridge = bridged(owner)
     await on_thread(bridge.on_assign, Consumer(events), RD)
     assert events == [] and owner.failed == ["taking: assigned failed"]
 
@@ -100,7 +108,7 @@ async def test_a_failing_assignment_is_never_assigned_and_the_failure_is_kept():
 async def test_a_failing_revoke_still_lets_the_partitions_go_and_is_kept():
     events: list[str] = []
     owner = Owner(events, fail_on="revoked")
-    bridge = RebalanceBridge(owner, asyncio.get_running_loop())
+    bridge = bridged(owner)
     await on_thread(bridge.on_revoke, Consumer(events), RD)
     assert events == ["client unassign"] and owner.failed == ["revoking: revoked failed"]
 
@@ -109,6 +117,48 @@ async def test_closing_revokes_without_the_listener_it_was_drained_before():
     events: list[str] = []
     owner = Owner(events)
     owner.closing = True
-    bridge = RebalanceBridge(owner, asyncio.get_running_loop())
+    bridge = bridged(owner)
     await on_thread(bridge.on_revoke, Consumer(events), RD)
     assert events == ["client unassign"]
+
+
+async def test_a_consumer_call_asked_for_during_a_callback_runs_on_the_callbacks_thread():
+    """The revoke's drain commits while the poller thread waits in the callback: the
+    commit must run there, before the client unassigns (from another thread it stalls)."""
+    events: list[str] = []
+    threads: dict[str, int] = {}
+    calls = PollerCalls(ThreadPoolExecutor(1))
+
+    class Committing(Owner):
+        async def revoked(self, partitions: list[TopicPartition]) -> None:
+            def commit() -> None:
+                threads["commit"] = threading.get_ident()
+                events.append("commit")
+
+            await asyncio.wrap_future(calls.submit(commit))
+            await super().revoked(partitions)
+
+    class Recording(Consumer):
+        def unassign(self) -> None:
+            threads["unassign"] = threading.get_ident()
+            super().unassign()
+
+    bridge = RebalanceBridge(Committing(events), asyncio.get_running_loop(), calls)
+    await on_thread(bridge.on_revoke, Recording(events), RD)
+    assert events == ["commit", "revoked 2", "client unassign"]
+    assert threads["commit"] == threads["unassign"]
+
+
+async def test_consumer_calls_run_in_order_on_the_poller_and_fail_once_it_is_closed():
+    poller = ThreadPoolExecutor(1)
+    calls = PollerCalls(poller)
+    seen: list[tuple[int, int]] = []
+    futures = [calls.submit(lambda i=i: seen.append((i, threading.get_ident()))) for i in range(5)]
+    await asyncio.gather(*map(asyncio.wrap_future, futures))
+    assert [i for i, _ in seen] == [0, 1, 2, 3, 4] and len({t for _, t in seen}) == 1
+    assert seen[0][1] != threading.get_ident()
+    poller.shutdown(wait=True)
+    late = calls.submit(lambda: seen.append((9, 0)))
+    with pytest.raises(ConsumerClosed):
+        await asyncio.wrap_future(late)
+    assert len(seen) == 5

@@ -9,6 +9,7 @@ the source hands it.
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -206,13 +207,17 @@ class CallbackConsumer(RecordingConsumer):
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[tuple[Any, ...]] = []
+        #: The thread of each commit and unassign, in order.
+        self.threads: list[int] = []
 
     def commit(self, offsets: list[RdTopicPartition], asynchronous: bool) -> list[Any]:
         self.calls.append(("commit", *[(tp.partition, tp.offset) for tp in offsets]))
+        self.threads.append(threading.get_ident())
         return super().commit(offsets, asynchronous)
 
     def unassign(self) -> None:
         self.calls.append(("unassign",))
+        self.threads.append(threading.get_ident())
 
     def resume(self, partitions: list[RdTopicPartition]) -> None:
         self.calls.append(("resume", *[tp.partition for tp in partitions]))
@@ -254,7 +259,13 @@ async def bridged(handled: dict[TopicPartition, int]) -> tuple[Any, CallbackCons
     listener = DrainingListener(source, handled)
     source._listener = listener  # type: ignore[assignment]
     await source.assigned([TP0, TP1], [0, 0])
-    return RebalanceBridge(source, source._loop), consumer, listener
+    return RebalanceBridge(source, source._loop, source._calls), consumer, listener
+
+
+async def on_poller(bridge: Any, callback: Any, *args: Any) -> None:
+    """As librdkafka calls a rebalance callback: inside consume(), on the poller thread."""
+    poller = bridge._owner._poller
+    await asyncio.get_running_loop().run_in_executor(poller, callback, *args)
 
 
 async def test_a_revoke_commits_the_handled_positions_before_it_releases_the_partitions():
@@ -262,10 +273,12 @@ async def test_a_revoke_commits_the_handled_positions_before_it_releases_the_par
     drain's commit would let the next owner start from the old commit beside this one."""
     bridge, consumer, listener = await bridged({TP0: 41, TP1: 7})
     revoke = [RdTopicPartition("t", 0), RdTopicPartition("t", 1)]
-    # On another thread, as librdkafka calls it (inside consume(), on the poller thread).
-    await asyncio.get_running_loop().run_in_executor(None, bridge.on_revoke, consumer, revoke)
+    await on_poller(bridge, bridge.on_revoke, consumer, revoke)
     assert listener.said == [("revoked", [TP0, TP1])] and listener.refused == []
     assert consumer.calls == [("commit", (0, 42), (1, 8)), ("unassign",), ("resume", 0, 1)]
+    # On the callback's own thread: a commit from another thread stalls until the poller
+    # thread stops consuming (the real broker's test: test_librdkafka_faults).
+    assert len(set(consumer.threads)) == 1
 
 
 async def test_a_lost_partition_is_not_committed_even_by_a_commit_made_while_it_is_lost():
@@ -273,7 +286,7 @@ async def test_a_lost_partition_is_not_committed_even_by_a_commit_made_while_it_
     move that member's offset. The listener hears `lost`, never `revoked`."""
     bridge, consumer, listener = await bridged({TP1: 5})
     lose = [RdTopicPartition("t", 1)]
-    await asyncio.get_running_loop().run_in_executor(None, bridge.on_lost, consumer, lose)
+    await on_poller(bridge, bridge.on_lost, consumer, lose)
     assert listener.said == [("lost", [TP1])] and listener.refused == [{TP1}]
     assert [c for c in consumer.calls if c[0] == "commit"] == []
 

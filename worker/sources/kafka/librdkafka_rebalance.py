@@ -4,7 +4,8 @@ librdkafka runs `on_assign`, `on_revoke` and `on_lost` inside `consume()`, on th
 thread that called it (the source's poller thread), and the rebalance goes on only
 when the callback returns. Each callback hands its work to the loop and blocks until
 the listener is done: the revoked partitions are drained and committed while this
-member still owns them (the commit runs on another thread, this one is waiting), and
+member still owns them (the commit is queued to this thread, which runs it while it
+waits: `librdkafka_calls`), and
 new partitions are assigned to the client, so their records flow, only once the
 listener has them. A callback never raises into librdkafka: a failure is kept, the
 next `fetch` raises it, and the worker stops (the partitions of a failed assignment
@@ -14,7 +15,6 @@ are never assigned, so nothing of theirs is read).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
@@ -22,6 +22,8 @@ from typing import Any, Protocol
 from aiokafka import TopicPartition
 from confluent_kafka import Consumer
 from confluent_kafka import TopicPartition as RdTopicPartition
+
+from worker.sources.kafka.librdkafka_calls import PollerCalls
 
 log = logging.getLogger("worker.source.kafka")
 
@@ -53,25 +55,24 @@ def ours(partitions: Sequence[RdTopicPartition]) -> list[TopicPartition]:
 
 
 class RebalanceBridge:
-    def __init__(self, owner: RebalanceOwner, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, owner: RebalanceOwner, loop: asyncio.AbstractEventLoop, calls: PollerCalls
+    ) -> None:
         self._owner = owner
         self._loop = loop
+        self._calls = calls
 
     def _on_loop(self, coro: Coroutine[Any, Any, None], doing: str) -> None:
         """Run `coro` on the loop and wait for it here, on the poller thread, for as long
-        as it takes (the listener bounds its own drain); a long wait is logged every
-        `WAIT_LOG_S`, so a stalled rebalance names where it waits."""
+        as it takes (the listener bounds its own drain), running the consumer calls it
+        asks for meanwhile (its commits); a long wait is logged every `WAIT_LOG_S`, so a
+        stalled rebalance names where it waits."""
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         waited = 0.0
-        while True:
-            try:
-                future.result(timeout=WAIT_LOG_S)
-                return
-            except concurrent.futures.TimeoutError:
-                waited += WAIT_LOG_S
-                log.warning(
-                    "event=rebalance_callback_waiting doing=%s waited_s=%.0f", doing, waited
-                )
+        while not self._calls.serve_until(future, WAIT_LOG_S):
+            waited += WAIT_LOG_S
+            log.warning("event=rebalance_callback_waiting doing=%s waited_s=%.0f", doing, waited)
+        future.result()
 
     def _guarded(self, doing: str, keys: list[TopicPartition], step: Callable[[], None]) -> bool:
         try:
@@ -125,8 +126,7 @@ class RebalanceBridge:
                 consumer.unassign()
             # librdkafka keeps a partition's pause across unassign and assign, and the
             # worker's next partition of it starts unpaused: it would never be resumed
-            # and never read again. (Not waiting here for the flow thread: a pause()
-            # from another thread waits while this thread is inside consume().)
+            # and never read again.
             consumer.resume(partitions)
         except Exception as exc:  # the consumer is closing: its assignment goes with it
             log.debug("event=unassign_failed error=%r", exc)

@@ -1,13 +1,13 @@
 """Kafka source on librdkafka (confluent-kafka): the same contract and semantics as the
 aiokafka source, on a faster client that also speaks the KIP-848 group protocol.
 
-Threads: librdkafka's `Consumer` is blocking. One poller thread runs every `consume()`
-(and so every rebalance callback, see `librdkafka_rebalance`) and the final `close()`;
-a second runs the commits, which a revoke callback waits for while it blocks the poller
-thread; a third runs pause and resume in order. The loop itself only reads local state
-(`position`, the cached watermarks). `consume()` runs only while `fetch` awaits it,
-never ahead: the records it returns reach the pipeline before the next rebalance can
-start, as with aiokafka.
+Threads: librdkafka's `Consumer` is blocking, and only one thread, the poller, ever
+calls it: every `consume()` (and so every rebalance callback, see
+`librdkafka_rebalance`), the commits, pause and resume (queued, `librdkafka_calls`:
+a commit from another thread stalls during a rebalance) and the final `close()`. The
+loop itself only reads local state (`position`, the cached watermarks). `consume()`
+runs only while `fetch` awaits it, never ahead: the records it returns reach the
+pipeline before the next rebalance can start, as with aiokafka.
 
 Why not `confluent_kafka.aio.AIOConsumer`: it serialises every call behind the one in
 flight, and lets a call through during a callback only as a re-entrant call of that
@@ -42,6 +42,7 @@ from worker.sources.base import (
     next_to_read,
 )
 from worker.sources.kafka.config import KafkaSourceConfig
+from worker.sources.kafka.librdkafka_calls import PollerCalls
 from worker.sources.kafka.librdkafka_conf import consumer_conf, queue_kbytes
 from worker.sources.kafka.librdkafka_rebalance import RebalanceBridge
 from worker.sources.kafka.librdkafka_records import by_partition
@@ -89,10 +90,9 @@ class LibrdkafkaSource:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: AssignmentListener | None = None
         self._poller = ThreadPoolExecutor(1, thread_name_prefix="librdkafka-poll")
-        self._calls = ThreadPoolExecutor(1, thread_name_prefix="librdkafka-call")
-        #: pause/resume, in order, off the loop: librdkafka waits for its own thread to
-        #: take a pause, and the loop must never wait on the client.
-        self._flow = ThreadPoolExecutor(1, thread_name_prefix="librdkafka-flow")
+        #: Commits, pause and resume, in order, on the poller thread; the loop never
+        #: waits on the client for a pause.
+        self._calls = PollerCalls(self._poller)
         self._committed: dict[TopicPartition, int] = {}
         #: (high watermark, fetch position) by partition, read on the poller thread after
         #: each consume(): the loop never asks the client (see `_read_marks`).
@@ -137,7 +137,7 @@ class LibrdkafkaSource:
             self._consumer = Consumer(conf)
         except KafkaException as exc:  # a setting librdkafka refuses: one line, not a trace
             raise SourceStartError(f"kafka: librdkafka refused the config: {exc}") from None
-        bridge = RebalanceBridge(self, self._loop)
+        bridge = RebalanceBridge(self, self._loop, self._calls)
         self._consumer.subscribe(
             self._config.topics,
             on_assign=bridge.on_assign,
@@ -271,11 +271,11 @@ class LibrdkafkaSource:
 
     def pause(self, partition: TopicPartition) -> None:
         if self._consumer is not None and not self.closing and partition in self._announced:
-            self._flow.submit(self._consumer.pause, [_rd(partition)]).add_done_callback(_said)
+            self._calls.submit(self._consumer.pause, [_rd(partition)]).add_done_callback(_said)
 
     def resume(self, partition: TopicPartition) -> None:
         if self._consumer is not None and not self.closing and partition in self._announced:
-            self._flow.submit(self._consumer.resume, [_rd(partition)]).add_done_callback(_said)
+            self._calls.submit(self._consumer.resume, [_rd(partition)]).add_done_callback(_said)
 
     # -- committing ------------------------------------------------------------------------
     async def commit(self, positions: Mapping[TopicPartition, int]) -> None:
@@ -284,15 +284,14 @@ class LibrdkafkaSource:
         offsets = {tp: next_to_read(pos) for tp, pos in positions.items() if tp in owned}
         gone = [tp for tp in positions if tp not in owned]
         if offsets:
-            assert self._loop is not None
-            await self._loop.run_in_executor(self._calls, self._commit_now, offsets, positions)
+            await asyncio.wrap_future(self._calls.submit(self._commit_now, offsets, positions))
             self._notes.written(offsets)
             self._committed.update(offsets)
         if gone:
             raise OwnershipLost(f"not assigned: {', '.join(map(self.label, gone))}", gone)
 
     def _commit_now(self, offsets: dict[TopicPartition, int], asked: Mapping[Any, int]) -> None:
-        """On the call thread: a synchronous commit; refusals mapped like aiokafka's."""
+        """On the poller thread: a synchronous commit; refusals mapped like aiokafka's."""
         assert self._consumer is not None
         with_notes = self._notes.with_notes(offsets)
         batch = [
@@ -365,6 +364,6 @@ class LibrdkafkaSource:
                 self.closing = True
                 await self._loop.run_in_executor(self._poller, self._consumer.close)
         finally:
-            for pool in (self._poller, self._calls, self._flow):
-                pool.shutdown(wait=False)
+            self._poller.shutdown(wait=False)
+            self._calls.close()
             await self._notes.close()

@@ -1,0 +1,102 @@
+"""The consumer calls other than `consume()` (commits, pause, resume), run on the poller
+thread: the one thread that ever touches librdkafka's consumer.
+
+Why one thread: a synchronous commit made from another thread while the poller thread
+is inside `consume()` during a rebalance does not return until that thread stops
+consuming (measured on the real broker: a commit started 20 ms before a revoke callback
+returned 24 s later, when the poller stopped; every commit made from another thread
+during the callback timed out). The worker's revoke commits its drained positions
+while the poller thread blocks in the revoke callback, so those commits must run on
+that very thread, as librdkafka's own examples commit inside the callback.
+
+So every such call is queued here and served on the poller thread: between two
+`consume()`s (each call also queues a `serve` on the poller's executor, so it runs even
+when nothing fetches, as at shutdown), and while a rebalance callback waits for the
+event loop (`serve_until`). A commit waits at most one `consume()` timeout (the
+worker's fetch timeout, 0.2 s) for its turn.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any
+
+_Call = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...]]
+
+
+class ConsumerClosed(RuntimeError):
+    """A call queued after the consumer closed: nothing was sent."""
+
+
+class PollerCalls:
+    def __init__(self, poller: Executor) -> None:
+        self._poller = poller
+        #: The calls not yet run, in the order they were asked for; `None` only wakes a
+        #: callback's `serve_until`.
+        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._closed = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """From any thread: `fn(*args)` on the poller thread, at its next turn."""
+        future: Future[Any] = Future()
+        if self._closed:
+            future.set_exception(ConsumerClosed("the librdkafka consumer is closed"))
+            return future
+        self._queue.put((future, fn, args))
+        try:
+            self._poller.submit(self.serve)
+        except RuntimeError:  # the executor is shut down: `close` fails what is left
+            self.close()
+        return future
+
+    def serve(self) -> None:
+        """On the poller thread: run every call queued now, in order."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                _run(item)
+
+    def serve_until(self, done: Future[Any], timeout_s: float) -> bool:
+        """On the poller thread, inside a rebalance callback: run calls as they come
+        until `done` is (True), or for `timeout_s` (False)."""
+        done.add_done_callback(lambda _: self._queue.put(None))
+        deadline = time.monotonic() + timeout_s
+        while not done.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                item = self._queue.get(timeout=left)
+            except queue.Empty:
+                continue
+            if item is not None:
+                _run(item)
+        self.serve()  # what the finished step queued last (a commit it did not await)
+        return True
+
+    def close(self) -> None:
+        """After the consumer closed: fail what is still queued (and all later calls)."""
+        self._closed = True
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None and item[0].set_running_or_notify_cancel():
+                item[0].set_exception(ConsumerClosed("the librdkafka consumer closed first"))
+
+
+def _run(item: _Call) -> None:
+    future, fn, args = item
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(fn(*args))
+    except BaseException as exc:  # handed to whoever waits for the call
+        future.set_exception(exc)
