@@ -328,6 +328,22 @@ MUTANTS += (
         ),
     ),
     Mutant(
+        "librdkafka_commit_off_poller",
+        "the librdkafka source commits from a thread other than the poller: a revoke's "
+        "commit stalls while the poller waits in the revoke callback, the drained "
+        "positions are never committed and the next owner redoes them",
+        (
+            _node(
+                "unit/test_librdkafka_source",
+                "test_a_revoke_commits_the_handled_positions_before_it_releases_the_partitions",
+            ),
+            _node(
+                "integration/test_librdkafka_faults",
+                "test_the_revokes_commit_goes_through_while_the_poller_is_in_the_callback",
+            ),
+        ),
+    ),
+    Mutant(
         "librdkafka_release_before_drain",
         "the librdkafka revoke callback unassigns before the listener drained and committed "
         "the revoked partitions: the rebalance goes on, the next owner starts from the old "
