@@ -62,6 +62,12 @@ class KafkaSourceConfig(SourceSettings):
     fetch_min_bytes: Annotated[int, Field(ge=1, le=INT32_MAX)] = 1
     fetch_max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 500
     check_crcs: bool = True
+    #: Which records of transactional producers are delivered: "read_committed" (the
+    #: default) never hands a handler a record of an aborted or still open transaction
+    #: (the read stops at the last stable offset until it ends); "read_uncommitted" hands
+    #: over everything written, aborted records too (aiokafka's own default, not ours:
+    #: an aborted write is one the producer took back).
+    isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_plain_username: str | None = None

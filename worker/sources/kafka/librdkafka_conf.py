@@ -86,6 +86,7 @@ def consumer_conf(config: KafkaSourceConfig) -> dict[str, Any]:
         "fetch.min.bytes": config.fetch_min_bytes,
         "fetch.wait.max.ms": config.fetch_max_wait_ms,
         "check.crcs": config.check_crcs,
+        "isolation.level": config.isolation_level,
         "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
         "queued.max.messages.kbytes": queue_kbytes(config),
         # A partition's end is not an event the worker acts on.

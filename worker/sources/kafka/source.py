@@ -112,6 +112,7 @@ class KafkaSource:
             fetch_min_bytes=config.fetch_min_bytes,
             fetch_max_wait_ms=config.fetch_max_wait_ms,
             check_crcs=config.check_crcs,
+            isolation_level=config.isolation_level,
         )
 
     @property
@@ -350,10 +351,19 @@ class KafkaSource:
         """
         if partition not in self._consumer.assignment():
             return False
-        end, position = self._consumer.highwater(partition), self._fetch_position(partition)
+        end, position = self._readable_end(partition), self._fetch_position(partition)
         if end is None or position is None:
             return bool(self.lag(partition))
         return end > position
+
+    def _readable_end(self, partition: TopicPartition) -> int | None:
+        """Where reading stops now: read_committed stops at the last stable offset (an
+        open transaction's records are not readable yet: no stall while it stays open)."""
+        if self._config.isolation_level == "read_committed":
+            stable = self._consumer.last_stable_offset(partition)
+            if stable is not None:
+                return stable
+        return self._consumer.highwater(partition)
 
     def _fetch_position(self, partition: TopicPartition) -> int | None:
         """aiokafka's own next fetch offset (`position()` is the async form, which waits)."""
