@@ -328,6 +328,17 @@ MUTANTS += (
         ),
     ),
     Mutant(
+        "aborted_records_delivered",
+        "the aiokafka source leaves the isolation level at aiokafka's default "
+        "(read_uncommitted): records of aborted transactions reach the handler",
+        (
+            _node(
+                "integration/test_kafka_isolation",
+                "test_records_of_an_aborted_transaction_are_never_handled[aiokafka]",
+            ),
+        ),
+    ),
+    Mutant(
         "librdkafka_commit_off_poller",
         "the librdkafka source commits from a thread other than the poller: a revoke's "
         "commit stalls while the poller waits in the revoke callback, the drained "

@@ -123,6 +123,12 @@ def test_the_client_never_commits_or_stores_offsets_itself_and_does_not_stall():
     assert "session.timeout.ms" not in kip848 and "partition.assignment.strategy" not in kip848
 
 
+def test_aborted_transactions_are_not_read_unless_asked_for():
+    assert consumer_conf(config())["isolation.level"] == "read_committed"
+    uncommitted = config(isolation_level="read_uncommitted")
+    assert consumer_conf(uncommitted)["isolation.level"] == "read_uncommitted"
+
+
 def test_tls_and_sasl_settings_map_to_librdkafkas_names(tmp_path):
     conf = consumer_conf(
         config(
