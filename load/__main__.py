@@ -48,9 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="LABEL=DIR",
-        help="sweep: also run the worker from this tree (e.g. an older commit)",
+        help="sweep, throughput: also run the worker from this tree (e.g. an older commit)",
     )
     bn.add_argument("--bootstrap", help="sweep: use this running broker (topics kept)")
+    bn.add_argument("--rows", action="append", metavar="TEXT",
+                    help="throughput: only the rows whose name contains TEXT (repeatable), "
+                         "and their baselines (load/bench_select.py)")  # fmt: skip
     bn.add_argument("--shards", type=int, nargs="+", default=[4],
                     help="kinesis: shard counts to run (each its own stream)")  # fmt: skip
     mm = sub.add_parser("memory", help="RSS under a backlog at 8, 64 and 256 partitions")
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         from load.bench import main as bench
 
         return bench(args.records, args.rounds, args.backlog, args.quick, args.only,
-                     tuple(args.shards))  # fmt: skip
+                     tuple(args.shards), args.rows, args.build)  # fmt: skip
     if args.cmd == "memory":
         from load.memory_bench import main as memory
 

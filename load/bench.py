@@ -59,6 +59,8 @@ class Contender:
     baseline: str
     #: worker: --set items; raw: "gc"; rdkafka: sync|thread|aio [gc]; peers: the backoff
     options: tuple[str, ...] = ()
+    #: worker: run from this source tree instead of this one (`--build`, bench_select.py)
+    build: Path | None = None
 
 
 THROUGHPUT = [
@@ -156,12 +158,14 @@ def run_contender(c: Contender, env: Env, topic: str, count: int) -> dict:
         cmd += [c.work, str(out), *c.options]
     elif c.kind == "worker":
         cmd = worker_cmd(env.bootstrap, topic, c.work, *c.options)
+        if c.build is not None:  # its worker package first; load.bench_handlers from here
+            penv["PYTHONPATH"] = os.pathsep.join([str(c.build), str(ROOT)])
     else:
         python = PEER_VENVS[c.kind][0] / "bin" / "python"
         script = ROOT / "load" / "peers" / f"{c.kind}_bench.py"
         cmd = [str(python), str(script), env.bootstrap, topic, str(count), c.work, c.options[0]]
         cmd.append(str(out))
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=penv, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=c.build or ROOT, env=penv, stdout=subprocess.DEVNULL)
     try:
         return _wait_result(out, proc, timeout_s=900)
     finally:
@@ -202,12 +206,16 @@ def fill(env: Env, topic: str, partitions: int, count: int, **kw: object) -> Non
 
 
 # -- scenarios -------------------------------------------------------------------------------
-def throughput(env: Env, records: int, rounds: int, peer_records: int) -> None:
+def throughput(env: Env, records: int, rounds: int, peer_records: int,
+               rows: list[str] | None = None, builds: list[str] | None = None) -> None:  # fmt: skip
+    from load.bench_select import add_builds, keep_rows
+
     print("throughput", flush=True)
     fill(env, "bench", 8, records)
     peers = ensure_peers()
     ours = ("raw", "rdkafka", "worker")
     contenders = [c for c in THROUGHPUT if c.kind in ours or c.kind in peers]
+    contenders = add_builds(keep_rows(contenders, rows), builds or [])
     rates: dict[str, list[float]] = {c.name: [] for c in contenders}
     cpus: dict[str, list[float]] = {c.name: [] for c in contenders}
     for r in range(rounds):
@@ -550,7 +558,8 @@ def chart(result: dict, path: Path) -> bool:
 
 
 def main(records: int, rounds: int, backlog: int, quick: bool, only: list[str] | None,
-         shards: tuple[int, ...] = (4,)) -> int:  # fmt: skip
+         shards: tuple[int, ...] = (4,), rows: list[str] | None = None,
+         builds: list[str] | None = None) -> int:  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="streamworker-bench-"))
     broker = kafka_broker.start(tmp / "kafka")
     env = Env(broker.bootstrap, tmp)
@@ -558,7 +567,7 @@ def main(records: int, rounds: int, backlog: int, quick: bool, only: list[str] |
     wanted = set(only or ["throughput", "fetch", "parallel", "cpu", "latency", "memory", "kinesis"])
     try:
         if "throughput" in wanted:
-            throughput(env, records, rounds, peer_records)
+            throughput(env, records, rounds, peer_records, rows, builds)
         if "fetch" in wanted:
             fetch_tuning(env, records)
         if "parallel" in wanted:

@@ -1,8 +1,9 @@
 """What a handler receives: a `Batch` of records from one partition or shard.
 
-Records are the source's own objects (aiokafka's `ConsumerRecord` for Kafka),
-given the few extra attributes of our API at class level, so that handing a
-batch to a handler costs nothing per record. `Record` states that API; every
+Records are the source's own objects (aiokafka's `ConsumerRecord` for Kafka;
+on librdkafka a `LibrdkafkaRecord` over the client's message, with the same
+fields), given the few extra attributes of our API at class level, so that
+handing a batch to a handler costs nothing per record. `Record` states that API; every
 source's record type meets it, and the core is typed against it.
 """
 

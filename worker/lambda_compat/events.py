@@ -16,8 +16,8 @@ handler runs (its thread), not on the event loop.
 from __future__ import annotations
 
 import binascii
-from collections.abc import Sequence
-from itertools import groupby
+from collections.abc import Iterable, Sequence
+from itertools import groupby, repeat
 from operator import attrgetter
 from typing import Any
 
@@ -34,29 +34,46 @@ def timestamp_type(r: Any) -> str:
     return _TIMESTAMP_TYPES.get(getattr(r, "timestamp_type", 0), "CREATE_TIME")
 
 
-def _kafka_records(topic: str, partition: int, records: Sequence[Any]) -> list[dict[str, Any]]:
-    """One partition's records in one pass: the per-record work is a dict, two C-level
-    base64 calls and the headers; what is the same for every record is looked up once."""
+_OFFSET, _TIMESTAMP_MS = attrgetter("offset"), attrgetter("timestamp_ms")
+_KIND, _KEY, _VALUE = attrgetter("timestamp_type"), attrgetter("key"), attrgetter("value")
+_HEADERS = attrgetter("headers")
+
+
+def _columns(records: Sequence[Any]) -> tuple[Iterable[Any], ...]:
+    """Offsets, timestamps, timestamp types, keys (a list), values (a list) and headers of
+    one run's records: the record type's own `kafka_columns` when it has one (librdkafka's
+    reads its messages at C level), else attribute by attribute, also at C level."""
+    own = getattr(type(records[0]), "kafka_columns", None)
+    if own is not None:
+        return own(records)  # type: ignore[no-any-return]
+    kinds = map(_KIND, records) if hasattr(records[0], "timestamp_type") else [0] * len(records)
+    return (map(_OFFSET, records), map(_TIMESTAMP_MS, records), kinds, list(map(_KEY, records)),
+            list(map(_VALUE, records)), map(_HEADERS, records))  # fmt: skip
+
+
+def _base64(column: list[bytes | None]) -> list[str | None]:
+    """Each item as base64 text, None kept. (Measured: encoding each item beats encoding
+    them joined and splitting the text, which copies every item twice more.)"""
     encode = binascii.b2a_base64
-    types = _TIMESTAMP_TYPES
+    return [None if v is None else encode(v, newline=False).decode("ascii") for v in column]
+
+
+def _kafka_records(topic: str, partition: int, records: Sequence[Any]) -> list[dict[str, Any]]:
+    """One partition's records in one pass: the fields come in columns, keys and values
+    base64-encoded a column at a time (`_base64`); per record a dict and the headers."""
+    offsets, stamps, kinds, keys, values, headers = _columns(records)
+    names = map(_TIMESTAMP_TYPES.get, kinds, repeat("CREATE_TIME"))
     out = []
     append = out.append
-    for r in records:
-        record: dict[str, Any] = {
-            "topic": topic,
-            "partition": partition,
-            "offset": r.offset,
-            "timestamp": r.timestamp_ms,
-            "timestampType": types.get(getattr(r, "timestamp_type", 0), "CREATE_TIME"),
-        }
-        key = r.key
-        if key is not None:
-            record["key"] = encode(key, newline=False).decode("ascii")
-        value = r.value
-        record["value"] = None if value is None else encode(value, newline=False).decode("ascii")
-        headers = r.headers
-        record["headers"] = [{n: list(v or b"")} for n, v in headers] if headers else []
-        append(record)
+    rows = zip(offsets, stamps, names, _base64(keys), _base64(values), headers, strict=True)
+    for offset, ts, name, key, value, hs in rows:
+        h = [{n: list(v or b"")} for n, v in hs] if hs else []
+        if key is None:
+            append({"topic": topic, "partition": partition, "offset": offset, "timestamp": ts,
+                    "timestampType": name, "value": value, "headers": h})  # fmt: skip
+        else:
+            append({"topic": topic, "partition": partition, "offset": offset, "timestamp": ts,
+                    "timestampType": name, "key": key, "value": value, "headers": h})  # fmt: skip
     return out
 
 

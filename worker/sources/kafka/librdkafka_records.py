@@ -1,56 +1,187 @@
-"""librdkafka's messages as the records the rest of the worker knows (aiokafka's type).
+"""librdkafka's messages as records of our API, without copying them field by field.
 
 confluent-kafka's `Message` is a C type whose fields are methods (`value()`), so it
-cannot take our record API's attributes. Each message becomes an aiokafka
-`ConsumerRecord`, which already carries them (`record.py`), in one pass over what
-`consume()` returned, on the poller thread: so the pipeline, the Lambda event builder,
-the dead-letter destinations and the handler-process packing are the same for both
-clients, and a handler cannot tell which one read its records.
+cannot take our record API's attributes, and a handler expects them. Copying each
+message into an aiokafka `ConsumerRecord` (eleven fields and a `__dict__` per record)
+cost about 0.5 us a record on the poller thread, most of what the worker added to a raw
+`consume()` loop. A `LibrdkafkaRecord` instead keeps the message and reads it when
+asked: creating one stores three slots, the value and its size (what the pipeline and
+most handlers read of every record) among them; every other field is a property over
+the message. The message owns copies of everything (librdkafka's own message is freed
+inside `consume()`), so a record outlives the consumer safely.
+
+What reads every record of a batch gets it in columns at C level instead: the Lambda
+event builder (`kafka_rows`) and the handler-process packing (`pack`, shared with the
+aiokafka records, so a handler process unpacks either into `ConsumerRecord`s). Pickled
+alone, a record becomes a `ConsumerRecord` with the same fields.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import groupby, repeat
+from operator import attrgetter, is_not, itemgetter
 from typing import Any
 
+import orjson
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
+from confluent_kafka import Message
 
-import worker.sources.kafka.record  # noqa: F401  (installs the record API on ConsumerRecord)
+from worker.sources.base import RecordTraits, next_to_read
+from worker.sources.kafka import record as kafka_record
 
 #: librdkafka's timestamp types (0 not available, 1 create, 2 log append) by aiokafka's
 #: numbering (0 create, 1 log append).
 _TIMESTAMP_TYPES = (0, 0, 1)
+#: Per message, at C level: the unbound methods, mapped over a run of messages.
+_ERROR, _TOPIC, _PARTITION = Message.error, Message.topic, Message.partition
+_OFFSET, _TIMESTAMP, _KEY = Message.offset, Message.timestamp, Message.key
+_HEADERS = Message.headers
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
+
+
+class LibrdkafkaRecord:
+    """One consumed message with the record API of `worker.records.Record` and the
+    fields of aiokafka's `ConsumerRecord` (a handler cannot tell the clients apart)."""
+
+    __slots__ = ("_message", "serialized_value_size", "value")
+
+    checksum = None
+    sequence_number = None
+    shard_id = None
+
+    def __init__(self, message: Message) -> None:
+        self._message = message
+        value = self.value = message.value()
+        self.serialized_value_size = -1 if value is None else len(value)
+
+    @property
+    def topic(self) -> str:
+        return self._message.topic()  # type: ignore[return-value]
+
+    @property
+    def partition(self) -> int:
+        return self._message.partition()  # type: ignore[return-value]
+
+    @property
+    def offset(self) -> int:
+        return self._message.offset()  # type: ignore[return-value]
+
+    position = offset
+
+    @property
+    def key(self) -> bytes | None:
+        return self._message.key()  # type: ignore[return-value]
+
+    @property
+    def timestamp(self) -> int:
+        """Epoch milliseconds (-1 when the broker gave none)."""
+        return self._message.timestamp()[1]
+
+    timestamp_ms = timestamp
+
+    @property
+    def timestamp_type(self) -> int:
+        return _TIMESTAMP_TYPES[self._message.timestamp()[0]]
+
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes | None]]:
+        return self._message.headers() or ()  # type: ignore[return-value]
+
+    @property
+    def serialized_key_size(self) -> int:
+        key = self._message.key()
+        return -1 if key is None else len(key)
+
+    def json(self) -> Any:
+        """The value decoded as JSON (orjson); raises orjson.JSONDecodeError on bad input."""
+        return orjson.loads(self.value)  # type: ignore[arg-type]
+
+    def fields(self) -> tuple[Any, ...]:
+        """`ConsumerRecord`'s fields, in its order."""
+        kind, ts = self._message.timestamp()
+        return (self.topic, self.partition, self.offset, ts, _TIMESTAMP_TYPES[kind], self.key,
+                self.value, None, self.serialized_key_size, self.serialized_value_size,
+                self.headers)  # fmt: skip
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (_consumer_record, self.fields())
+
+    def __repr__(self) -> str:
+        names = ("topic", "partition", "offset", "timestamp", "timestamp_type", "key", "value")
+        shown = ", ".join(f"{n}={v!r}" for n, v in zip(names, self.fields(), strict=False))
+        return f"LibrdkafkaRecord({shown})"
+
+    @staticmethod
+    def kafka_columns(records: Sequence[LibrdkafkaRecord]) -> tuple[Iterable[Any], ...]:
+        """Offsets, timestamps (ms), timestamp types, keys, values and headers (None for
+        none) of `records`, read column by column at C level: the Lambda event builder's
+        input (`lambda_compat.events`), without a property call per field and record."""
+        messages = list(map(_MESSAGE, records))
+        stamps = list(map(_TIMESTAMP, messages))
+        kinds = map(_TIMESTAMP_TYPES.__getitem__, map(_FIRST, stamps))
+        return (map(_OFFSET, messages), map(_SECOND, stamps), kinds,
+                list(map(_KEY, messages)), list(map(_VALUE, records)),
+                map(_HEADERS, messages))  # fmt: skip
+
+
+_MESSAGE, _VALUE = attrgetter("_message"), attrgetter("value")
+
+
+def _consumer_record(*fields: Any) -> ConsumerRecord:
+    """An unpickled record: aiokafka's type with the record API (installed by importing
+    `record`, which this module does), the same fields."""
+    return ConsumerRecord(*fields)
 
 
 def by_partition(
-    messages: Sequence[Any],
-) -> tuple[dict[TopicPartition, list[ConsumerRecord]], list[Any]]:
+    messages: Sequence[Message], topic: str | None = None
+) -> tuple[dict[TopicPartition, list[LibrdkafkaRecord]], list[Any]]:
     """The records of `messages` grouped by partition in their order, and the errors
-    (the messages that carry one, as librdkafka's `KafkaError`s)."""
-    chunks: dict[TopicPartition, list[ConsumerRecord]] = {}
-    errors = []
-    current_key: tuple[str, int] | None = None
-    append = [].append
-    types = _TIMESTAMP_TYPES
-    record = ConsumerRecord
-    for m in messages:
-        error = m.error()
-        if error is not None:
-            errors.append(error)
-            continue
-        topic, partition = m.topic(), m.partition()
-        if (topic, partition) != current_key:
-            current_key = (topic, partition)
-            current = chunks.setdefault(TopicPartition(topic, partition), [])
-            append = current.append
-        kind, ts = m.timestamp()
-        key, value = m.key(), m.value()
-        append(
-            record(
-                topic, partition, m.offset(), ts, types[kind], key, value, None,
-                -1 if key is None else len(key), -1 if value is None else len(value),
-                m.headers() or (),
-            )
-        )  # fmt: skip
+    (the messages that carry one, as librdkafka's `KafkaError`s). `topic`: the one topic
+    subscribed, so that runs are told apart by partition alone.
+
+    Per message the work is C-level maps (error, partition) and one record; the Python
+    loop runs once per run of one partition (librdkafka returns a fetch's records of a
+    partition together: a few runs per call)."""
+    chunks: dict[TopicPartition, list[LibrdkafkaRecord]] = {}
+    errors = list(map(_ERROR, messages))
+    # By identity: a KafkaError compared with None by == leaves a Python error set (seen).
+    if not any(map(is_not, errors, repeat(None))):
+        errors = []
+    else:  # rare: an error travels as a message; it is not a record
+        messages = [m for m, e in zip(messages, errors, strict=True) if e is None]
+        errors = [e for e in errors if e is not None]
+    partitions = list(map(_PARTITION, messages))
+    runs: Iterable[Any] = (
+        partitions if topic else zip(map(_TOPIC, messages), partitions, strict=True)
+    )
+    start = 0
+    for key, run in groupby(runs):
+        end = start + len(list(run))
+        tp = TopicPartition(topic, key) if topic else TopicPartition(*key)
+        records = list(map(LibrdkafkaRecord, messages[start:end]))
+        known = chunks.get(tp)
+        if known is None:
+            chunks[tp] = records
+        else:
+            known.extend(records)
+        start = end
     return chunks, errors
+
+
+#: Memory a buffered record costs beyond its value bytes, measured with tracemalloc: the
+#: message with its own topic string and key and value bytes objects (274 B) and the
+#: record (56 B).
+OVERHEAD_BYTES = 330
+
+TRAITS = RecordTraits(
+    size=attrgetter("serialized_value_size"),
+    timestamp_ms=attrgetter("timestamp_ms"),
+    overhead_bytes=OVERHEAD_BYTES,
+    pack=kafka_record.pack,
+    unpack=kafka_record.unpack,
+    shown_checkpoint=next_to_read,
+    messaging_system="kafka",
+)

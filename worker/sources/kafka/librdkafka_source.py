@@ -45,11 +45,10 @@ from worker.sources.kafka.config import KafkaSourceConfig
 from worker.sources.kafka.librdkafka_calls import PollerCalls
 from worker.sources.kafka.librdkafka_conf import consumer_conf, queue_kbytes
 from worker.sources.kafka.librdkafka_rebalance import RebalanceBridge
-from worker.sources.kafka.librdkafka_records import by_partition
+from worker.sources.kafka.librdkafka_records import TRAITS, by_partition
 from worker.sources.kafka.notes import CommitNotes
 from worker.sources.kafka.preflight import check_source
 from worker.sources.kafka.reach import BrokerProbe, Reachability, attach_gauges
-from worker.sources.kafka.record import TRAITS
 from worker.sources.kafka.security import client_kwargs
 from worker.sources.kafka.source import REVOKE_EXIT_MARGIN_S
 
@@ -93,6 +92,10 @@ class LibrdkafkaSource:
         #: Commits, pause and resume, in order, on the poller thread; the loop never
         #: waits on the client for a pause.
         self._calls = PollerCalls(self._poller)
+        #: The one topic subscribed (not a "^" pattern), if one: records are then grouped
+        #: by partition alone.
+        one = len(config.topics) == 1 and not config.topics[0].startswith("^")
+        self._topic = config.topics[0] if one else None
         self._committed: dict[TopicPartition, int] = {}
         #: (high watermark, fetch position) by partition, read on the poller thread after
         #: each consume(): the loop never asks the client (see `_read_marks`).
@@ -235,7 +238,7 @@ class LibrdkafkaSource:
         """On the poller thread: one `consume()`, its messages as records by partition."""
         assert self._consumer is not None
         chunks, errors = by_partition(
-            self._consumer.consume(self._config.fetch_max_records, timeout_s)
+            self._consumer.consume(self._config.fetch_max_records, timeout_s), self._topic
         )
         return chunks, errors, self._read_marks(chunks)
 
