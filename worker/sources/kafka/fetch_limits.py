@@ -15,6 +15,24 @@ first data of a fetch, and sends an empty answer, not a cut one, for a partition
 down, which is fetched again later. So a record larger than a partition's part still
 gets through (tested on the real broker).
 
+Many partitions: one response a broker. An even split starves each partition: at the
+default budget 256 partitions get 64 KiB each, fewer records a fetch than one batch of
+500, so batches wait for a second fetch (or their window) and every fetch is paid per
+partition. But a response is bounded in total (`fetch_max_bytes`), and aiokafka sends a
+broker no new request while results of an earlier one wait and are younger than its
+`prefetch_backoff` (otherwise it sends one after 100 ms, for the partitions with nothing
+waiting). With that backoff set beyond reach (`HOLD_S`), the client holds at most one
+response a broker, fetched or on the way, however large each partition's part: so past
+`SPREAD` partitions a broker the share is split between the brokers, not the partitions,
+and a partition may take up to `1 / SPREAD` of a response (within the configured limit),
+so each response still carries at least `SPREAD` partitions' data and no deep backlog
+takes a whole one. The worker calls `getmany` for every partition in a loop that never
+waits on anything else, and a paused or moved partition's waiting results are dropped at
+the next call, so waiting results never hold a broker back for long. Measured (sweep,
+256 partitions, batch 500, window 500 ms): see load/results/sweep-256.md. With few
+partitions the even split is kept, with aiokafka's own backoff: a next request may then
+overlap the end of the last response's consumption, as before.
+
 The fetcher's attributes are aiokafka internals: the aiokafka version is pinned in
 `pyproject.toml`, and `tests/unit/test_fetch_limits.py` fails if they disappear.
 """
@@ -28,8 +46,16 @@ from worker.sources.kafka.config import KafkaSourceConfig
 
 #: The smallest partition limit worth a fetch (the config's own minimum).
 MIN_PARTITION_FETCH_BYTES = 1024
-#: The attributes of aiokafka's `Fetcher` read for every fetch request.
-FETCHER_ATTRIBUTES = ("_max_partition_fetch_bytes", "_fetch_max_bytes")
+#: The attributes of aiokafka's `Fetcher` read for every fetch request (the limits) or
+#: every result (the backoff).
+FETCHER_ATTRIBUTES = ("_max_partition_fetch_bytes", "_fetch_max_bytes", "_prefetch_backoff")
+#: A response carries at least this many partitions' data in the one-response mode.
+SPREAD = 8
+#: aiokafka's `Fetcher(prefetch_backoff=...)` default, kept while the split is even.
+CLIENT_PREFETCH_BACKOFF_S = 0.1
+#: The backoff in the one-response mode: results wait for `getmany`, never for a timer
+#: (the worker calls it every 0.2 s at most; an hour is "never" without overflowing one).
+HOLD_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,15 +65,40 @@ class FetchLimits:
     #: The most the client may hold fetched ahead (beyond one batch per partition that is
     #: larger than the partition limit by itself).
     prefetch_bytes: int
+    #: One response a broker at a time (`HOLD_S`): what bounds `prefetch_bytes` then.
+    one_response: bool = False
 
 
-def fetch_limits(config: KafkaSourceConfig, share_bytes: int, partitions: int) -> FetchLimits:
-    """Split `share_bytes` evenly among `partitions`, within the configured limits."""
+def fetch_limits(
+    config: KafkaSourceConfig, share_bytes: int, partitions: int, brokers: int | None = None
+) -> FetchLimits:
+    """Split `share_bytes` evenly among `partitions`, within the configured limits; or,
+    with the `brokers` known and a partition's part larger that way, among the brokers
+    with one response a broker at a time (see the module's docstring)."""
     partitions = max(partitions, 1)
-    per = max(share_bytes // partitions, MIN_PARTITION_FETCH_BYTES)
-    per = min(per, config.max_partition_fetch_bytes)
-    request = min(config.fetch_max_bytes, max(per, share_bytes))
-    return FetchLimits(per, request, per * partitions)
+    even = max(share_bytes // partitions, MIN_PARTITION_FETCH_BYTES)
+    even = min(even, config.max_partition_fetch_bytes)
+    if brokers:
+        request = min(
+            config.fetch_max_bytes, max(share_bytes // brokers, MIN_PARTITION_FETCH_BYTES)
+        )
+        per = min(
+            config.max_partition_fetch_bytes, max(request // SPREAD, MIN_PARTITION_FETCH_BYTES)
+        )
+        if per > even:
+            return FetchLimits(per, request, min(per * partitions, request * brokers), True)
+    request = min(config.fetch_max_bytes, max(even, share_bytes))
+    return FetchLimits(even, request, even * partitions)
+
+
+def broker_count(consumer: Any) -> int | None:
+    """The brokers in a started consumer's metadata (every partition's leader, and every
+    replica it may read from, is one); None when it cannot tell (the even split then)."""
+    cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
+    try:
+        return len(cluster.brokers()) or None  # type: ignore[union-attr]
+    except AttributeError:
+        return None
 
 
 def apply_limits(consumer: Any, limits: FetchLimits) -> None:
@@ -61,3 +112,4 @@ def apply_limits(consumer: Any, limits: FetchLimits) -> None:
         )
     fetcher._max_partition_fetch_bytes = limits.partition_bytes
     fetcher._fetch_max_bytes = limits.request_bytes
+    fetcher._prefetch_backoff = HOLD_S if limits.one_response else CLIENT_PREFETCH_BACKOFF_S

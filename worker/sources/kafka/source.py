@@ -26,7 +26,7 @@ from worker.sources.base import (
     next_to_read,
 )
 from worker.sources.kafka.config import KafkaSourceConfig
-from worker.sources.kafka.fetch_limits import apply_limits, fetch_limits
+from worker.sources.kafka.fetch_limits import apply_limits, broker_count, fetch_limits
 from worker.sources.kafka.notes import CommitNotes
 from worker.sources.kafka.preflight import check_source
 from worker.sources.kafka.reach import BrokerProbe, Reachability, attach_gauges
@@ -263,10 +263,12 @@ class KafkaSource:
     def fit_prefetch(self, share_bytes: int, partitions: int) -> int:
         """Fetch limits from the share, written to the running consumer (see
         `fetch_limits`); a paused partition is not fetched, so `pause` stops its prefetch."""
-        limits = fetch_limits(self._config, share_bytes, partitions)
+        brokers = broker_count(self._consumer)
+        limits = fetch_limits(self._config, share_bytes, partitions, brokers)
         apply_limits(self._consumer, limits)
-        log.info("event=fetch_limits partitions=%d partition_bytes=%d request_bytes=%d",
-                 partitions, limits.partition_bytes, limits.request_bytes)  # fmt: skip
+        log.info("event=fetch_limits partitions=%d partition_bytes=%d request_bytes=%d "
+                 "brokers=%s one_response=%s", partitions, limits.partition_bytes,
+                 limits.request_bytes, brokers, limits.one_response)  # fmt: skip
         return limits.prefetch_bytes
 
     def pause(self, partition: TopicPartition) -> None:
