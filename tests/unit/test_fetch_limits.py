@@ -22,6 +22,7 @@ from worker.sources.kafka.fetch_limits import (
     FETCHER_ATTRIBUTES,
     HOLD_S,
     SPREAD,
+    PauseAwareLimits,
     apply_limits,
     broker_count,
     fetch_limits,
@@ -144,6 +145,55 @@ def test_what_the_client_may_hold_never_exceeds_the_share_in_either_mode():
                 assert limits.request_bytes <= config.fetch_max_bytes
                 if limits.one_response:  # the bound rests on one response a broker
                     assert limits.prefetch_bytes <= limits.request_bytes * (brokers or 0)
+
+
+class PausingConsumer:
+    """Just enough of a started aiokafka consumer: its fetcher and assignment."""
+
+    def __init__(self) -> None:
+        self._fetcher = SimpleNamespace(
+            _max_partition_fetch_bytes=0, _fetch_max_bytes=0, _prefetch_backoff=0.1
+        )
+
+    def assignment(self) -> set[str]:
+        return {"a", "b", "c"}
+
+
+def test_while_any_partition_is_paused_a_partition_fetches_only_its_even_part():
+    """Held back by the budget, a resumed partition takes 64 KiB again, not 2 MiB: the
+    rest of a response for paused partitions would only be dropped and fetched again.
+    From the first pause to the last resume; the request and the bound do not change."""
+    share = int(BUDGET * PREFETCH_SHARE)
+    consumer, tracker = PausingConsumer(), PauseAwareLimits()
+    limits = fetch_limits(kafka_config(), share, 256, 1)
+    tracker.fit(consumer, limits)
+    fetcher = consumer._fetcher
+    seen = [fetcher._max_partition_fetch_bytes]
+    for step, partition in [("pause", "a"), ("pause", "b"), ("resume", "a"),
+                            ("resume", "c"), ("resume", "b"), ("resume", "b")]:  # fmt: skip
+        (tracker.paused if step == "pause" else tracker.resumed)(consumer, partition)
+        seen.append(fetcher._max_partition_fetch_bytes)
+    roomy, even = 2 * MiB, share // 256
+    assert seen == [roomy, even, even, even, even, roomy, roomy]
+    assert (fetcher._fetch_max_bytes, fetcher._prefetch_backoff) == (16 * MiB, HOLD_S)
+    assert limits.held_back_bytes == even and limits.prefetch_bytes == share
+
+    tracker.paused(consumer, "a")
+    tracker.paused(consumer, "x")  # then given away: a revoke resumes none
+    again = PausingConsumer()
+    tracker.fit(again, limits)  # a new assignment while "a" is still paused
+    assert again._fetcher._max_partition_fetch_bytes == even
+    tracker.resumed(again, "a")
+    assert again._fetcher._max_partition_fetch_bytes == roomy  # "x" forgotten
+
+
+def test_with_the_even_split_a_pause_changes_no_limit():
+    consumer, tracker = PausingConsumer(), PauseAwareLimits()
+    tracker.fit(consumer, fetch_limits(kafka_config(), int(BUDGET * PREFETCH_SHARE), 8, 1))
+    tracker.paused(consumer, "a")
+    assert consumer._fetcher._max_partition_fetch_bytes == 2 * MiB
+    tracker.resumed(consumer, "a")
+    assert consumer._fetcher._max_partition_fetch_bytes == 2 * MiB
 
 
 def test_the_broker_count_comes_from_the_started_consumers_metadata():
