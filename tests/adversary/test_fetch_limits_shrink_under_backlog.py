@@ -1,6 +1,8 @@
 """The fetch limits change under a backlog on the real broker: a second worker joins and
-leaves a 64-partition group at the smallest budget (limits 5 KiB a partition, 10 KiB,
-then 5 KiB again) while gzip batches far larger than a partition's limit, and one record
+leaves a 64-partition group at the smallest budget (split evenly, as when the broker
+count is unknown: limits 5 KiB a partition, 10 KiB, then 5 KiB again; split by broker,
+one response at a time: 43 KiB throughout, results waiting for `getmany` across the
+rebalances) while gzip batches far larger than a partition's limit, and one record
 larger than a whole fetch, wait. Every record handled exactly once, in partition order,
 and committed; the big one whole.
 
@@ -23,6 +25,14 @@ from tests.integration.test_kafka_failures import config
 from worker.runtime.backpressure import PREFETCH_SHARE
 from worker.runtime.worker import Worker
 from worker.sources.base import AssignmentListener
+from worker.sources.kafka import source as kafka_source
+from worker.sources.kafka.fetch_limits import (
+    CLIENT_PREFETCH_BACKOFF_S,
+    HOLD_S,
+    SPREAD,
+    fetch_limits,
+    partition_limit,
+)
 from worker.sources.kafka.source import KafkaSource
 
 pytestmark = pytest.mark.kafka
@@ -75,7 +85,17 @@ async def backlog(kafka: str, topic: str) -> dict[int, int]:
     return await end_offsets(kafka, topic, PARTITIONS)
 
 
-async def test_limits_changing_mid_backlog_lose_skip_and_reorder_nothing(kafka: str):
+def split(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ "even": the broker count unknown, so the share is split between the partitions."""
+    if mode == "even":
+        monkeypatch.setattr(kafka_source, "broker_count", lambda consumer: None)
+
+
+@pytest.mark.parametrize("mode", ["even", "by_broker"])
+async def test_limits_changing_mid_backlog_lose_skip_and_reorder_nothing(
+    kafka: str, mode: str, monkeypatch: pytest.MonkeyPatch
+):
+    split(mode, monkeypatch)
     topic, group = unique("shrink"), unique("g")
     ends = await backlog(kafka, topic)
     handled: dict[int, list[int]] = defaultdict(list)
@@ -121,7 +141,15 @@ async def test_limits_changing_mid_backlog_lose_skip_and_reorder_nothing(kafka: 
                 break
             await asyncio.sleep(0.1)  # the broker's committed offsets: nothing to await
         fetcher = a.source._consumer._fetcher
-        assert fetcher._max_partition_fetch_bytes == int(BUDGET * PREFETCH_SHARE) // PARTITIONS
+        brokers = kafka_source.broker_count(a.source._consumer)
+        limits = fetch_limits(cfg.source, int(BUDGET * PREFETCH_SHARE), PARTITIONS, brokers)
+        assert limits.one_response == (mode == "by_broker")
+        if mode == "even":
+            assert limits.partition_bytes == int(BUDGET * PREFETCH_SHARE) // PARTITIONS
+        held_back = bool(a.source._consumer.paused())  # the even part while any is paused
+        assert fetcher._max_partition_fetch_bytes == partition_limit(limits, held_back)
+        held = HOLD_S if limits.one_response else CLIENT_PREFETCH_BACKOFF_S
+        assert fetcher._prefetch_backoff == held
     finally:
         for w in (a, b):
             if w is not None:
@@ -137,11 +165,14 @@ async def test_limits_changing_mid_backlog_lose_skip_and_reorder_nothing(kafka: 
     assert sizes[(BIG_PARTITION, PER_PARTITION)] == BIG
 
 
+@pytest.mark.parametrize("mode", ["even", "by_broker"])
 async def test_past_the_fetch_floor_the_real_prefetch_is_counted_and_every_record_flows(
-    kafka: str,
+    kafka: str, mode: str, monkeypatch: pytest.MonkeyPatch
 ):
-    """400 partitions at the smallest budget: a third split 400 ways is under the 1 KiB
-    floor, so the client may hold 400 KiB, more than its third (341 KiB)."""
+    """400 partitions at the smallest budget: split evenly, a third split 400 ways is under
+    the 1 KiB floor, so the client may hold 400 KiB, more than its third (341 KiB). Split
+    by broker there is no floor to pass: 43 KiB a partition, one 341 KiB response."""
+    split(mode, monkeypatch)
     partitions, topic, group = 400, unique("floor"), unique("g")
     await create_topic(kafka, topic, partitions)
     producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all", linger_ms=20)
@@ -172,9 +203,20 @@ async def test_past_the_fetch_floor_the_real_prefetch_is_counted_and_every_recor
             if await committed_offsets(kafka, group, topic) == ends:
                 break
             await asyncio.sleep(0.1)  # the broker's committed offsets: nothing to await
-        assert w.source._consumer._fetcher._max_partition_fetch_bytes == 1024
+        fetcher = w.source._consumer._fetcher
         shown = w.metrics.memory_bytes.labels("kafka", "client_prefetch")._value.get()
-        assert shown == 1024 * partitions > int(BUDGET * PREFETCH_SHARE)
+        share = int(BUDGET * PREFETCH_SHARE)
+        if mode == "even":
+            assert fetcher._max_partition_fetch_bytes == 1024
+            assert shown == 1024 * partitions > share
+        else:
+            brokers = kafka_source.broker_count(w.source._consumer)
+            assert brokers is not None
+            held_back = bool(w.source._consumer.paused())
+            assert fetcher._max_partition_fetch_bytes == (
+                1024 if held_back else share // brokers // SPREAD  # even: the floor
+            )
+            assert shown == brokers * (share // brokers) <= share
     finally:
         w.request_exit()
         assert await task == 0

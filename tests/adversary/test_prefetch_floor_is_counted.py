@@ -25,7 +25,9 @@ class FloorBoundKafka:
 
     def __init__(self) -> None:
         self.config = KafkaSourceConfig(topics=["t"], group_id="g")
-        self.fetcher = SimpleNamespace(_max_partition_fetch_bytes=0, _fetch_max_bytes=0)
+        self.fetcher = SimpleNamespace(
+            _max_partition_fetch_bytes=0, _fetch_max_bytes=0, _prefetch_backoff=0.1
+        )
 
     def fit_prefetch(self, share_bytes: int, partitions: int) -> int:
         limits = fetch_limits(self.config, share_bytes, partitions)

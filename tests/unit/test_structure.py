@@ -57,6 +57,7 @@ FOREIGN_WRITES_ALLOWED = {
     # aiokafka's fetcher has no setter for its fetch limits (pinned, test_fetch_limits.py)
     ("worker/sources/kafka/fetch_limits.py", "fetcher._max_partition_fetch_bytes"),
     ("worker/sources/kafka/fetch_limits.py", "fetcher._fetch_max_bytes"),
+    ("worker/sources/kafka/fetch_limits.py", "fetcher._prefetch_backoff"),
     # stdlib SSL contexts configured where they are made, before any use
     ("worker/sources/kafka/tls_context.py", "context.check_hostname"),
     ("worker/sources/kafka/tls_reasons.py", "context.check_hostname"),

@@ -26,7 +26,7 @@ from worker.sources.base import (
     next_to_read,
 )
 from worker.sources.kafka.config import KafkaSourceConfig
-from worker.sources.kafka.fetch_limits import apply_limits, fetch_limits
+from worker.sources.kafka.fetch_limits import PauseAwareLimits, broker_count, fetch_limits
 from worker.sources.kafka.notes import CommitNotes
 from worker.sources.kafka.preflight import check_source
 from worker.sources.kafka.reach import BrokerProbe, Reachability, attach_gauges
@@ -94,6 +94,7 @@ class KafkaSource:
         self._announced: set[TopicPartition] = set()
         self._failure: SourceFailed | None = None
         self._reach = Reachability()
+        self._limits = PauseAwareLimits()
         self._notes = CommitNotes(client_kwargs(config), config.group_id)
         reset = "latest" if config.starting_position == "latest" else "earliest"
         self._consumer = AIOKafkaConsumer(
@@ -197,6 +198,8 @@ class KafkaSource:
         self._announced.update(partitions)
         if partitions:
             self._consumer.resume(*partitions)
+        for tp in partitions:  # a budget's pause that survived a re-assignment ends here
+            self._limits.resumed(self._consumer, tp)
 
     async def resume_from_committed(self, partitions: Sequence[TopicPartition]) -> None:
         """Read the committed offsets again and seek there (exactly once, after the
@@ -264,18 +267,22 @@ class KafkaSource:
     def fit_prefetch(self, share_bytes: int, partitions: int) -> int:
         """Fetch limits from the share, written to the running consumer (see
         `fetch_limits`); a paused partition is not fetched, so `pause` stops its prefetch."""
-        limits = fetch_limits(self._config, share_bytes, partitions)
-        apply_limits(self._consumer, limits)
-        log.info("event=fetch_limits partitions=%d partition_bytes=%d request_bytes=%d",
-                 partitions, limits.partition_bytes, limits.request_bytes)  # fmt: skip
+        brokers = broker_count(self._consumer)
+        limits = fetch_limits(self._config, share_bytes, partitions, brokers)
+        self._limits.fit(self._consumer, limits)
+        log.info("event=fetch_limits partitions=%d partition_bytes=%d request_bytes=%d "
+                 "brokers=%s one_response=%s", partitions, limits.partition_bytes,
+                 limits.request_bytes, brokers, limits.one_response)  # fmt: skip
         return limits.prefetch_bytes
 
     def pause(self, partition: TopicPartition) -> None:
         self._consumer.pause(partition)
+        self._limits.paused(self._consumer, partition)
 
     def resume(self, partition: TopicPartition) -> None:
         if partition in self._consumer.assignment():
             self._consumer.resume(partition)
+        self._limits.resumed(self._consumer, partition)
 
     async def commit(self, positions: Mapping[TopicPartition, int]) -> None:
         """Commit what is still assigned; name the rest lost (aiokafka would refuse the
