@@ -333,6 +333,10 @@ MUTANTS += (
         "(read_uncommitted): records of aborted transactions reach the handler",
         (
             _node(
+                "unit/test_kafka_isolation_level",
+                "test_the_aiokafka_consumer_reads_at_the_configured_level[None]",
+            ),
+            _node(
                 "integration/test_kafka_isolation",
                 "test_records_of_an_aborted_transaction_are_never_handled[aiokafka]",
             ),
