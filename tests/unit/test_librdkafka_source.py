@@ -325,7 +325,7 @@ class HeldConsumer(RecordingConsumer):
 
     def consume(self, count: int, timeout: float) -> list[Any]:
         self.consumes += 1
-        self.release.wait(10)
+        self.release.wait(5)
         return [Message(topic="t", partition=0, offset=3, value=b"v", timestamp=(1, 1))]
 
 
