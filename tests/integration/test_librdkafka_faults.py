@@ -212,3 +212,63 @@ async def test_the_revokes_commit_goes_through_while_the_poller_is_in_the_callba
         await source.stop()
         for task in listener.tasks:
             task.cancel()
+
+
+async def test_stop_while_a_revoke_waits_commits_the_drain_then_closes(kafka):
+    """A SIGTERM while librdkafka's revoke callback waits for the drain: the main loop now
+    ends (its fetch returns while the poll is pending) and `stop()` runs beside the
+    revoke. Its `close()` must wait for that `consume()` to return, and the drain's
+    commit, made after `stop()` began, must still reach the broker: the next owner
+    starts after what was handled."""
+    topic, group = unique("rvkstop"), unique("g")
+    await create_topic(kafka, topic, 1)
+    tp = TopicPartition(topic, 0)
+    await produce(kafka, topic, 5)
+    source = LibrdkafkaSource(source_config(kafka, topic, group))
+    waiting, go = asyncio.Event(), asyncio.Event()
+    committed: list[int] = []
+
+    class Holding(Listener):
+        async def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
+            waiting.set()
+            await go.wait()  # the drain: batches still in the handler
+            await asyncio.wait_for(source.commit({tp: 4}), 8)
+            committed.append(4)
+            await super().on_revoked(partitions)
+
+    listener = Holding()
+    await source.start(listener)
+    other, joined, polling, stopping = None, threading.Event(), None, None
+    try:
+        await fetch_until(source, lambda got: len(got) >= 5)
+        other = confluent_kafka.Consumer({
+            "bootstrap.servers": kafka, "group.id": group, "session.timeout.ms": 6000,
+            "partition.assignment.strategy": "range,roundrobin",
+        })  # fmt: skip
+        other.subscribe([topic])
+        took = threading.Event()
+        polling = asyncio.get_running_loop().run_in_executor(None, member, other, took, joined)
+        await asyncio.wait_for(fetch_until(source, lambda _: waiting.is_set()), 20)
+        assert waiting.is_set(), "no revoke"
+        stopping = asyncio.ensure_future(source.stop())
+        await asyncio.sleep(0)  # stop() has begun: closing, its close() queued
+        assert source.closing and not stopping.done()
+        go.set()
+        await asyncio.wait_for(stopping, 20)
+        assert committed == [4], f"the revoke's commit failed: {source._failure}"
+        await asyncio.get_running_loop().run_in_executor(None, took.wait, 20)
+        joined.set()  # its consume() returns first: a call beside it would wait for it
+        await polling
+        found = other.committed([confluent_kafka.TopicPartition(topic, 0)], timeout=10)
+        assert found[0].offset == 5
+    finally:
+        go.set()
+        joined.set()
+        if polling is not None:
+            await polling
+        if other is not None:
+            other.close()
+        if stopping is None:
+            await source.stop()
+        for task in listener.tasks:
+            task.cancel()

@@ -328,6 +328,22 @@ MUTANTS += (
         ),
     ),
     Mutant(
+        "librdkafka_fetch_waits_for_poller",
+        "the librdkafka source's fetch waits for the poller however long a commit holds "
+        "it (one waits for a coordinator in an outage): a SIGTERM then never starts the "
+        "shutdown before the backstop kills the worker, nothing drained",
+        (
+            _node(
+                "unit/test_librdkafka_source",
+                "test_a_fetch_returns_in_time_while_the_poller_is_held_and_the_poll_is_not_lost",
+            ),
+            _node(
+                "integration/test_librdkafka_outage",
+                "test_a_fetch_returns_while_a_commit_waits_for_the_coordinator",
+            ),
+        ),
+    ),
+    Mutant(
         "aborted_records_delivered",
         "the aiokafka source leaves the isolation level at aiokafka's default "
         "(read_uncommitted): records of aborted transactions reach the handler",

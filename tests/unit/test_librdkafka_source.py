@@ -312,3 +312,34 @@ def test_every_problem_of_the_client_combination_is_its_own_config_error_line(tm
     assert [line.split(" ")[0] for line in refused.value.problems] == [
         "source.session_timeout_ms", "source.heartbeat_interval_ms", "source.fetch_min_bytes",
     ]  # fmt: skip
+
+
+class HeldConsumer(RecordingConsumer):
+    """`consume()` waits until the test lets it return (the poller held, as by a commit
+    waiting for a coordinator or a rebalance callback); counts how often it is called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.consumes = 0
+
+    def consume(self, count: int, timeout: float) -> list[Any]:
+        self.consumes += 1
+        self.release.wait(5)
+        return [Message(topic="t", partition=0, offset=3, value=b"v", timestamp=(1, 1))]
+
+
+async def test_a_fetch_returns_in_time_while_the_poller_is_held_and_the_poll_is_not_lost():
+    """The main loop sees a SIGTERM only between fetches: a fetch waiting for a held poller
+    kept the worker from even starting its shutdown. It returns nothing instead; its poll
+    stays pending (no second `consume()`: none runs ahead of the pipeline) and the next
+    fetch returns its records."""
+    source, _ = await started_source()
+    consumer = HeldConsumer()
+    source._consumer = consumer  # type: ignore[assignment]
+    assert await source.fetch(0.01) == {}
+    assert await source.fetch(0.01) == {}
+    assert consumer.consumes == 1
+    consumer.release.set()
+    chunks = await asyncio.wait_for(source.fetch(0.01), 5)
+    assert [r.offset for r in chunks[TP0]] == [3] and consumer.consumes == 1

@@ -65,6 +65,10 @@ OWNERSHIP_ERRORS = frozenset({
 ASSIGN_CALL_TIMEOUT_S = 10.0
 #: The ends and positions of partitions no fetch returned records of: read this often.
 MARKS_EVERY_S = 1.0
+#: A fetch waits this long past its timeout for the poller, then returns nothing and
+#: leaves the poll pending for the next fetch: the poller may be held by a commit (one
+#: waits up to `session.timeout.ms` for a coordinator in an outage) or a rebalance.
+POLL_GRACE_S = 0.5
 
 
 def _rd(tp: TopicPartition, offset: int = -1001, metadata: str | None = None) -> RdTopicPartition:
@@ -111,6 +115,8 @@ class LibrdkafkaSource:
         self.incremental = config.group_protocol == "consumer"
         #: Set before `close()`: its revoke must not reach the listener (drained already).
         self.closing = False
+        #: The one `_poll` asked for and not yet handed to a fetch (see `fetch`).
+        self._polling: asyncio.Future[Any] | None = None
 
     @property
     def revoke_hold_s(self) -> float:
@@ -219,9 +225,20 @@ class LibrdkafkaSource:
         if self._failure is not None:
             raise self._failure
         assert self._loop is not None
-        chunks, errors, marks = await self._loop.run_in_executor(
-            self._poller, self._poll, timeout_s
-        )
+        # Within about `timeout_s`, as aiokafka's: the main loop sees a SIGTERM only
+        # between fetches, and the poller can be held far longer (a commit waiting for
+        # the coordinator in an outage: the shutdown did not even start before the
+        # backstop ended the worker). The pending poll is collected by the next fetch,
+        # so `consume()` still never runs ahead of the pipeline.
+        if self._polling is None:
+            self._polling = self._loop.run_in_executor(self._poller, self._poll, timeout_s)
+        polling = self._polling
+        if not polling.done():
+            await asyncio.wait((polling,), timeout=timeout_s + POLL_GRACE_S)
+            if not polling.done():
+                return {}
+        self._polling = None
+        chunks, errors, marks = polling.result()
         self._marks.update((tp, m) for tp, m in marks.items() if tp in self._announced)
         for error in errors:
             if error.fatal():
