@@ -74,6 +74,19 @@ def member(consumer: Any, took: threading.Event, done: threading.Event) -> None:
             took.set()
 
 
+def join(
+    bootstrap: str, group: str, topic: str, took: threading.Event, done: threading.Event
+) -> tuple[Any, asyncio.Future[None]]:
+    """A second member joins the group (a real rebalance of the real broker) and polls on a
+    thread (`member`) until `done`."""
+    other = confluent_kafka.Consumer({
+        "bootstrap.servers": bootstrap, "group.id": group, "session.timeout.ms": 6000,
+        "partition.assignment.strategy": "range,roundrobin",
+    })  # fmt: skip
+    other.subscribe([topic])
+    return other, asyncio.get_running_loop().run_in_executor(None, member, other, took, done)
+
+
 async def produce(bootstrap: str, topic: str, count: int) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
@@ -99,13 +112,8 @@ async def test_a_partition_paused_then_revoked_and_assigned_again_is_read_again(
     try:
         await fetch_until(source, lambda _: ("assigned", [tp]) in listener.said)
         source.pause(tp)  # the memory budget's backpressure does this
-        other = confluent_kafka.Consumer({
-            "bootstrap.servers": kafka, "group.id": group, "session.timeout.ms": 6000,
-            "partition.assignment.strategy": "range,roundrobin",
-        })  # fmt: skip
-        other.subscribe([topic])
         took, joined = threading.Event(), threading.Event()
-        polling = asyncio.get_running_loop().run_in_executor(None, member, other, took, joined)
+        other, polling = join(kafka, group, topic, took, joined)
         revoked = ("revoked", [tp])
         await fetch_until(source, lambda _: revoked in listener.said and took.is_set())
         joined.set()
@@ -190,13 +198,8 @@ async def test_the_revokes_commit_goes_through_while_the_poller_is_in_the_callba
     other, joined, polling = None, threading.Event(), None
     try:
         await fetch_until(source, lambda got: len(got) >= 5)
-        other = confluent_kafka.Consumer({
-            "bootstrap.servers": kafka, "group.id": group, "session.timeout.ms": 6000,
-            "partition.assignment.strategy": "range,roundrobin",
-        })  # fmt: skip
-        other.subscribe([topic])
         took = threading.Event()
-        polling = asyncio.get_running_loop().run_in_executor(None, member, other, took, joined)
+        other, polling = join(kafka, group, topic, took, joined)
         await fetch_until(source, lambda _: ("revoked", [tp]) in listener.said)
         joined.set()
         await polling
@@ -241,13 +244,8 @@ async def test_stop_while_a_revoke_waits_commits_the_drain_then_closes(kafka):
     other, joined, polling, stopping = None, threading.Event(), None, None
     try:
         await fetch_until(source, lambda got: len(got) >= 5)
-        other = confluent_kafka.Consumer({
-            "bootstrap.servers": kafka, "group.id": group, "session.timeout.ms": 6000,
-            "partition.assignment.strategy": "range,roundrobin",
-        })  # fmt: skip
-        other.subscribe([topic])
         took = threading.Event()
-        polling = asyncio.get_running_loop().run_in_executor(None, member, other, took, joined)
+        other, polling = join(kafka, group, topic, took, joined)
         await asyncio.wait_for(fetch_until(source, lambda _: waiting.is_set()), 20)
         assert waiting.is_set(), "no revoke"
         stopping = asyncio.ensure_future(source.stop())
