@@ -33,3 +33,15 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield broker.bootstrap
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[kafka_broker.Cluster]:
+    """A one-node broker of the test's own, to stop and start (outage tests): the session's
+    `kafka` must stay up for the other tests."""
+    cluster = kafka_broker.start_cluster(tmp_path / "kafka", nodes=1)
+    try:
+        asyncio.run(wait_for_group_coordinator(cluster.bootstrap))
+        yield cluster
+    finally:
+        cluster.stop()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,16 +29,6 @@ from tests.integration.kafka_helpers import (
 pytestmark = pytest.mark.kafka
 PARTITIONS = 2
 SHUTDOWN_S = 5
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[kafka_broker.Cluster]:
-    cluster = kafka_broker.start_cluster(tmp_path / "kafka", nodes=1)
-    try:
-        asyncio.run(wait_for_group_coordinator(cluster.bootstrap))
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def test_sigterm_during_an_outage_exits_0_within_the_budget_and_a_restart_loses_nothing(

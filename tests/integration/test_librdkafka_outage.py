@@ -8,30 +8,18 @@ broker's absence); the source is driven directly, as in test_librdkafka_faults.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from aiokafka import TopicPartition
 
 from scripts import kafka_broker
-from tests.integration.kafka_helpers import create_topic, unique, wait_for_group_coordinator
+from tests.integration.kafka_helpers import create_topic, unique
 from tests.integration.test_librdkafka_faults import Listener, fetch_until, produce, source_config
 
 pytest.importorskip("confluent_kafka")
 pytestmark = pytest.mark.kafka
 
 from worker.sources.kafka.librdkafka_source import LibrdkafkaSource  # noqa: E402
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[kafka_broker.Cluster]:
-    cluster = kafka_broker.start_cluster(tmp_path / "kafka", nodes=1)
-    try:
-        asyncio.run(wait_for_group_coordinator(cluster.bootstrap))
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def test_a_fetch_returns_while_a_commit_waits_for_the_coordinator(
