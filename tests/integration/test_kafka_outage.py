@@ -32,11 +32,12 @@ SHUTDOWN_S = 5
 
 
 def test_sigterm_during_an_outage_exits_0_within_the_budget_and_a_restart_loses_nothing(
-    broker: kafka_broker.Cluster, tmp_path: Path
+    broker: kafka_broker.Cluster, kafka_client: str, tmp_path: Path
 ):
     """The first version waited for the coordinator in the final commit and the client's
     close: SIGTERM during an outage ended the worker after a minute or never, and
-    aiokafka's CancelledError could end it with a traceback and exit 1."""
+    aiokafka's CancelledError could end it with a traceback and exit 1. On librdkafka
+    the close began after the budget: the drain and final commit now leave it time."""
     bootstrap, topic, group = broker.bootstrap, unique("outage"), unique("g")
 
     async def setup() -> dict[int, int]:
@@ -68,6 +69,7 @@ def test_sigterm_during_an_outage_exits_0_within_the_budget_and_a_restart_loses_
     assert took <= SHUTDOWN_S + 2, f"took {took:.1f}s"
     assert "Traceback" not in log
     assert "event=shutdown_complete" in log
+    assert "event=shutdown_deadline_exceeded" not in log  # the close had its time too
     assert "event=final_commit_failed" in log  # naming what the next owner redoes
     assert log.count("event=commit_failed") == 1
 
@@ -139,7 +141,7 @@ def test_an_outage_is_logged_once_counted_and_its_end_logged_with_its_duration(
 
 
 def test_the_watchdog_exit_takes_under_2s_while_the_coordinator_is_unreachable(
-    broker: kafka_broker.Cluster, tmp_path: Path
+    broker: kafka_broker.Cluster, kafka_client: str, tmp_path: Path
 ):
     """The first version only set a flag when the watchdog tripped, then waited in the
     shutdown for a coordinator that was gone: exit came a minute later."""

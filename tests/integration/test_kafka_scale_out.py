@@ -66,7 +66,7 @@ def settled(workers: list[WorkerProcess]) -> bool:
 
 
 def test_a_partition_that_moves_leaves_no_series_behind_and_an_idle_pod_is_ready(
-    kafka: str, tmp_path: Path
+    kafka: str, kafka_client: str, tmp_path: Path
 ):
     topic, ends = keyed_topic(kafka, RECORDS, PARTITIONS)
     group = unique("scale-out")

@@ -30,7 +30,9 @@ def ready(port: int) -> bool:
         return False
 
 
-def test_a_wedged_handler_stalls_commits_and_the_worker_gives_up(kafka: str, tmp_path: Path):
+def test_a_wedged_handler_stalls_commits_and_the_worker_gives_up(
+    kafka: str, kafka_client: str, tmp_path: Path
+):
     topic, group = unique("tel"), unique("g")
     asyncio.run(create_topic(kafka, topic, 1))
     asyncio.run(produce_keyed(kafka, topic, 500))
@@ -56,7 +58,9 @@ def test_a_wedged_handler_stalls_commits_and_the_worker_gives_up(kafka: str, tmp
     assert "event=commits_stalled" in log and "stacks=" in log and "thread handler" in log
 
 
-def test_a_normal_rebalance_does_not_trip_the_watchdog(kafka: str, tmp_path: Path):
+def test_a_normal_rebalance_does_not_trip_the_watchdog(
+    kafka: str, kafka_client: str, tmp_path: Path
+):
     topic, group = unique("tel"), unique("g")
     asyncio.run(create_topic(kafka, topic, 4))
     config = write_config(

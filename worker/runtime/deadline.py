@@ -33,6 +33,15 @@ class Deadline:
     def left(self) -> float:
         return max(self.at - self._clock(), 0.0)
 
+    def keeping(self, reserve_s: float) -> Deadline:
+        """This deadline less `reserve_s`, but never less than half of what is left: the
+        steps after the one given it keep that time. In a broker outage the final commit
+        waits out whatever it is given, and the client's close still has to run after
+        it (seen on librdkafka: the close began after the budget, and the backstop ended
+        the worker before `shutdown_complete`)."""
+        left = self.left()
+        return Deadline(left - min(reserve_s, left / 2), self._clock)
+
 
 async def bounded(step: Awaitable[object], timeout_s: float, what: str) -> bool:
     """Await `step` within `timeout_s` (at least MIN_STEP_S); False if it did not finish.

@@ -49,6 +49,9 @@ POLL_ERROR_BACKOFF_S = 1.0
 EXIT_SOURCE_FAILED = 1
 #: After the watchdog tripped, a batch in flight is wedged: do not wait for it.
 STALLED_SHUTDOWN_S = 1.0
+#: Of the shutdown budget, what the drain and final commit leave for closing the source,
+#: the destination and the endpoints (at most half the budget).
+CLOSE_RESERVE_S = 1.0
 
 
 async def feed(chunks: Mapping[Hashable, Sequence[Any]], source: Source, owned: Assignments,
@@ -179,7 +182,7 @@ class Worker:
         deadline = Deadline(self.shutdown_budget_s())
         if self._started:  # before releasing: a lease taken now would only be given up
             await bounded(self.source.stop_taking(), deadline.left(), "stop_taking")
-        await self.assignments.release_all(deadline)
+        await self.assignments.release_all(deadline.keeping(CLOSE_RESERVE_S))
         await self.tasks.cancel_all()
         if self._started and self.assignments.stuck:  # give nothing away beside the call
             log.warning("event=source_not_stopped reason=revoke_hold_exceeded")
