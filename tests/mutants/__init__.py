@@ -344,6 +344,18 @@ MUTANTS += (
         ),
     ),
     Mutant(
+        "shutdown_leaves_no_time_to_close",
+        "the shutdown gives the drain and final commit the whole budget: in a broker "
+        "outage the final commit waits it all out, the client's close starts after the "
+        "budget and the backstop ends the worker before the shutdown completes",
+        (
+            _node(
+                "unit/test_shutdown_budget",
+                "test_the_source_is_stopped_with_the_reserve_left_while_the_final_commit_hangs",
+            ),
+        ),
+    ),
+    Mutant(
         "aborted_records_delivered",
         "the aiokafka source leaves the isolation level at aiokafka's default "
         "(read_uncommitted): records of aborted transactions reach the handler",
