@@ -19,8 +19,8 @@ alone, a record becomes a `ConsumerRecord` with the same fields.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from itertools import groupby, repeat
-from operator import attrgetter, is_not, itemgetter
+from itertools import groupby
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import orjson
@@ -146,11 +146,11 @@ def by_partition(
     loop runs once per run of one partition (librdkafka returns a fetch's records of a
     partition together: a few runs per call)."""
     chunks: dict[TopicPartition, list[LibrdkafkaRecord]] = {}
-    errors = list(map(_ERROR, messages))
-    # By identity: a KafkaError compared with None by == leaves a Python error set (seen).
-    if not any(map(is_not, errors, repeat(None))):
-        errors = []
-    else:  # rare: an error travels as a message; it is not a record
+    errors: list[Any] = []
+    # By truth, never by ==: a KafkaError compared with None leaves a Python error set
+    # (seen), and a KafkaError is always true.
+    if any(map(_ERROR, messages)):  # rare: an error travels as a message; not a record
+        errors = list(map(_ERROR, messages))
         messages = [m for m, e in zip(messages, errors, strict=True) if e is None]
         errors = [e for e in errors if e is not None]
     partitions = list(map(_PARTITION, messages))
