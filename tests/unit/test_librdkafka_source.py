@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as RdTopicPartition
 
 from worker.config import WorkerConfig
@@ -343,3 +343,26 @@ async def test_a_fetch_returns_in_time_while_the_poller_is_held_and_the_poll_is_
     consumer.release.set()
     chunks = await asyncio.wait_for(source.fetch(0.01), 5)
     assert [r.offset for r in chunks[TP0]] == [3] and consumer.consumes == 1
+
+
+class FailingHeldConsumer(HeldConsumer):
+    def close(self) -> None: ...
+
+    def consume(self, count: int, timeout: float) -> list[Any]:
+        super().consume(count, timeout)
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+
+async def test_a_poll_left_pending_at_stop_is_dropped_and_its_error_logged(caplog):
+    """A bounded fetch may leave a poll pending when the worker stops: its records were
+    never handed over (so nothing past them is committed) and go with the consumer; an
+    error it raised is logged instead of asyncio's "never retrieved" warning."""
+    source, _ = await started_source()
+    consumer = FailingHeldConsumer()
+    source._consumer = consumer  # type: ignore[assignment]
+    assert await source.fetch(0.01) == {}
+    stopping = asyncio.ensure_future(source.stop())
+    consumer.release.set()
+    await asyncio.wait_for(stopping, 5)
+    await asyncio.sleep(0)  # the done callback's turn
+    assert "event=poll_failed_at_stop" in caplog.text

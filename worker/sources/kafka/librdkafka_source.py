@@ -83,6 +83,13 @@ def _said(done: Future[None]) -> None:
         log.debug("event=pause_resume_failed error=%r", str(done.exception()))
 
 
+def _left_at_stop(done: asyncio.Future[Any]) -> None:
+    """A poll pending at `stop` (a bounded fetch gave up on it): its records, never handed
+    over, go with the consumer; an error it raised is logged, not left unretrieved."""
+    if not done.cancelled() and done.exception() is not None:
+        log.warning("event=poll_failed_at_stop error=%r", str(done.exception()))
+
+
 class LibrdkafkaSource:
     name = "kafka"
     traits = TRAITS
@@ -384,6 +391,9 @@ class LibrdkafkaSource:
                 self.closing = True
                 await self._loop.run_in_executor(self._poller, self._consumer.close)
         finally:
+            if self._polling is not None:  # a poll a bounded fetch left: nothing handed over
+                self._polling.add_done_callback(_left_at_stop)
+                self._polling = None
             self._poller.shutdown(wait=False)
             self._calls.close()
             await self._notes.close()
