@@ -70,7 +70,10 @@ def test_sigterm_during_an_outage_exits_0_within_the_budget_and_a_restart_loses_
     assert "Traceback" not in log
     assert "event=shutdown_complete" in log
     assert "event=shutdown_deadline_exceeded" not in log  # the close had its time too
-    assert "event=final_commit_failed" in log  # naming what the next owner redoes
+    # The final commit failed, naming what the next owner redoes; or the partitions were
+    # lost first (librdkafka: its session ends at the 6 s its first commit waits), and
+    # nothing was committed for them.
+    assert "event=final_commit_failed" in log or "event=lost " in log
     assert log.count("event=commit_failed") == 1
 
     # Broker back, a new worker: everything handled at least once, nothing lost.
