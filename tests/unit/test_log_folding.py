@@ -56,3 +56,27 @@ def test_flush_says_the_counts_still_held(caplog: pytest.LogCaptureFixture):
         fold.flush()  # nothing held any more: says nothing
     folded = [r.getMessage() for r in caplog.records if "log_lines_folded" in r.getMessage()]
     assert len(folded) == 1 and "count=4" in folded[0]
+
+
+def test_librdkafka_lines_fold_by_their_text_without_numbers(caplog: pytest.LogCaptureFixture):
+    """confluent-kafka logs every librdkafka line with one template, "%s [%s] %s": by the
+    template alone, one line of each level would have hidden all others for a minute
+    (a session timeout behind a refused connection); by nothing, an outage logged 30
+    lines a second."""
+    clock = Clock()
+    fold = FoldRepeats(window_s=60, clock=clock)
+    refused = "[thrd:127.0.0.1:%d/bootstrap]: Connect to ipv4#127.0.0.1:%d failed: refused"
+
+    def line(facility: str, text: str, level: int = logging.ERROR) -> bool:
+        return fold.filter(_record("librdkafka", "%s [%s] %s", facility, "rdkafka#consumer-1",
+                                   text, level=level))  # fmt: skip
+
+    shown = [line("FAIL", refused % (port, port)) for port in range(9092, 9122)]
+    assert shown == [True] + [False] * 29
+    assert line("FAIL", "[thrd:GroupCoordinator]: Disconnected (after 1186ms in state UP)")
+    assert line("SESSTMOUT", "Consumer group session timed out", level=logging.WARNING)
+    clock.now += 61
+    with caplog.at_level(logging.INFO, logger="worker"):
+        assert line("FAIL", refused % (1, 1))
+    (folded,) = [r.getMessage() for r in caplog.records if "log_lines_folded" in r.getMessage()]
+    assert "count=29" in folded and "logger=librdkafka" in folded and "refused" in folded

@@ -146,7 +146,7 @@ class LibrdkafkaSource:
         self._listener = listener
         conf = {
             **consumer_conf(self._config),
-            "logger": logging.getLogger("worker.source.kafka.librdkafka"),
+            "logger": logging.getLogger("librdkafka"),  # a client's lines: folded (logs.py)
             "error_cb": self._on_error,
         }
         try:
