@@ -57,3 +57,23 @@ async def never() -> tuple[str, float]:
 
     await asyncio.Event().wait()
     raise AssertionError("unreachable")
+
+
+#: Calls of the `works_once` hooks in this process.
+_calls = {"sync": 0, "async": 0}
+
+
+def works_once() -> tuple[str, float]:
+    """A token at the first call (the start's preflight), then a token service that is down."""
+    _calls["sync"] += 1
+    if _calls["sync"] > 1:
+        raise RuntimeError("token service unavailable after the first token")
+    return short_lived()
+
+
+async def works_once_async() -> tuple[str, float]:
+    """As `works_once`, an `async` hook."""
+    _calls["async"] += 1
+    if _calls["async"] > 1:
+        raise RuntimeError("token service unavailable after the first token")
+    return short_lived()
