@@ -38,14 +38,9 @@ import time
 from typing import Any
 
 from worker.sources.base import SourceStartError
+from worker.sources.kafka import oauth
 from worker.sources.kafka.config import KafkaSourceConfig
-from worker.sources.kafka.oauth import (
-    TOKEN_TIMEOUT_S,
-    TokenHook,
-    TokenHookFailed,
-    fetch_token,
-    load_hook,
-)
+from worker.sources.kafka.oauth import TokenHook, TokenHookFailed, fetch_token, load_hook
 
 log = logging.getLogger("worker.source.kafka")
 
@@ -62,7 +57,8 @@ class TokenCallback:
         self.name = name
         self._loop = loop
         self._primed: tuple[str, float] | None = None
-        #: The last failure, for the start's line if `Consumer()` gives up on a token.
+        #: The last call's failure (None once one succeeds): the start's line if
+        #: `Consumer()` gives up waiting for a token.
         self.failure: TokenHookFailed | None = None
         self.calls = 0
 
@@ -78,13 +74,13 @@ class TokenCallback:
         self.calls += 1
         primed, self._primed = self._primed, None
         try:
-            if primed is not None:
-                return _unexpired(primed, self.name)
-            return _unexpired(self._fetch(), self.name)
+            token = _unexpired(primed if primed is not None else self._fetch(), self.name)
         except TokenHookFailed as exc:
             self.failure = exc
             log.warning("event=oauth_token_failed client=librdkafka error=%r", str(exc))
             raise
+        self.failure = None
+        return token
 
     def _fetch(self) -> tuple[str, float]:
         named = f"source.sasl_oauth_token_provider = {self.name!r}"
@@ -98,13 +94,14 @@ class TokenCallback:
         except RuntimeError:  # the loop closed meanwhile
             asked.close()
             raise TokenHookFailed(f"{named}: no event loop to run the async hook on") from None
+        waited_s = oauth.TOKEN_TIMEOUT_S + LOOP_MARGIN_S
         try:
-            return future.result(TOKEN_TIMEOUT_S + LOOP_MARGIN_S)
+            return future.result(waited_s)
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise TokenHookFailed(
-                f"{named} did not return a token within {TOKEN_TIMEOUT_S + LOOP_MARGIN_S:g} s "
-                "(the event loop did not run it)"
+                f"{named} did not return a token within {waited_s:g} s (the event loop did "
+                "not run it)"
             ) from None
         except concurrent.futures.CancelledError:
             raise TokenHookFailed(f"{named}: the event loop stopped before it answered") from None
