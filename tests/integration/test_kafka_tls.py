@@ -332,24 +332,7 @@ def test_oauthbearer_tokens_that_expire_mid_run_are_refreshed_and_nothing_is_los
     async def handler(batch) -> None:
         seen.extend(r.value for r in batch.records)
 
-    # librdkafka's own consumer asks its `oauth_cb` (the worker's other clients, the
-    # preflight, the broker probe, are aiokafka's and ask the hook too): its calls
-    # counted, and each token it got.
-    from worker.sources.kafka.librdkafka_oauth import TokenCallback
-
-    asked: list[tuple[float, bool]] = []
-    answer = TokenCallback.__call__
-
-    def counted(self: TokenCallback, oauthbearer_config: str | None) -> tuple[str, float]:
-        try:
-            token = answer(self, oauthbearer_config)
-        except Exception:
-            asked.append((time.time(), False))
-            raise
-        asked.append((time.time(), True))
-        return token
-
-    monkeypatch.setattr(TokenCallback, "__call__", counted)
+    asked = oauth_tokens.watch_librdkafka(monkeypatch)  # librdkafka's own oauth_cb calls
 
     def refreshed_after_expiry() -> bool:
         if kafka_client == "librdkafka":
