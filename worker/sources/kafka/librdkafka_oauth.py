@@ -84,9 +84,11 @@ class TokenCallback:
 
     def _fetch(self) -> tuple[str, float]:
         named = f"source.sasl_oauth_token_provider = {self.name!r}"
+        if _runs_on(self._loop):  # librdkafka calls from its own thread: never here
+            raise TokenHookFailed(f"{named}: asked on the event loop's thread, which it blocks")
         if not inspect.iscoroutinefunction(self._hook):
             return asyncio.run(fetch_token(self._hook, self.name))
-        if self._loop.is_closed() or _runs_on(self._loop):
+        if self._loop.is_closed():
             raise TokenHookFailed(f"{named}: no event loop to run the async hook on")
         asked = fetch_token(self._hook, self.name)
         try:
