@@ -57,3 +57,57 @@ async def never() -> tuple[str, float]:
 
     await asyncio.Event().wait()
     raise AssertionError("unreachable")
+
+
+#: Calls of the `works_once` hooks in this process.
+_calls = {"sync": 0, "async": 0}
+
+
+def works_once() -> tuple[str, float]:
+    """A token at the first call (the start's preflight), then a token service that is down."""
+    _calls["sync"] += 1
+    if _calls["sync"] > 1:
+        raise RuntimeError("token service unavailable after the first token")
+    return short_lived()
+
+
+async def works_once_async() -> tuple[str, float]:
+    """As `works_once`, an `async` hook."""
+    _calls["async"] += 1
+    if _calls["async"] > 1:
+        raise RuntimeError("token service unavailable after the first token")
+    return short_lived()
+
+
+#: `flaky`'s token service: down while `down` is set; the calls it refused.
+outage = {"down": False, "refused": 0}
+
+
+def flaky() -> tuple[str, float]:
+    """`short_lived`, except while the test holds its token service down."""
+    if outage["down"]:
+        outage["refused"] += 1
+        raise RuntimeError("token service unavailable (the test's outage)")
+    return short_lived()
+
+
+def watch_librdkafka(monkeypatch) -> list[tuple[float, bool]]:
+    """Each call librdkafka makes of the source's `oauth_cb` in this process: when, and
+    whether it got a token (the worker's aiokafka clients ask the hook too, so the
+    hook's own calls do not show librdkafka's)."""
+    from worker.sources.kafka.librdkafka_oauth import TokenCallback
+
+    asked: list[tuple[float, bool]] = []
+    answer = TokenCallback.__call__
+
+    def counted(self: TokenCallback, oauthbearer_config: str | None) -> tuple[str, float]:
+        try:
+            token = answer(self, oauthbearer_config)
+        except Exception:
+            asked.append((time.time(), False))
+            raise
+        asked.append((time.time(), True))
+        return token
+
+    monkeypatch.setattr(TokenCallback, "__call__", counted)
+    return asked

@@ -306,18 +306,20 @@ def test_no_secret_shows_in_the_log_or_any_cli_output_of_a_run(tls_kafka: TlsBro
 
 
 def test_oauthbearer_tokens_that_expire_mid_run_are_refreshed_and_nothing_is_lost(
-    tls_kafka: TlsBroker,
+    tls_kafka: TlsBroker, kafka_client: str, monkeypatch: pytest.MonkeyPatch
 ):
     """Tokens of 3 s against the broker's OAUTHBEARER listener, which ends a connection
     when its token expires (`connections.max.reauth.ms`): the worker brings new tokens
-    to new connections, handles every record once and commits to the end."""
+    to new connections (aiokafka), or librdkafka asks its `oauth_cb` again at 80% of a
+    token's life and re-authenticates, and either way every record is handled once and
+    committed to the end."""
     from tests.integration import oauth_tokens
     from worker.sources.kafka.config import KafkaSourceConfig
 
     topic, group = unique("oauth"), unique("g")
     hook = "tests.integration.oauth_tokens:short_lived"
     source = {"bootstrap_servers": [tls_kafka.address("OAUTH")], "topics": [topic],
-              "group_id": group, "security_protocol": "SASL_PLAINTEXT",
+              "group_id": group, "security_protocol": "SASL_PLAINTEXT", "client": kafka_client,
               "sasl_mechanism": "OAUTHBEARER", "sasl_oauth_token_provider": hook}  # fmt: skip
     cfg = WorkerConfig.model_validate(
         {"source": source, "batching": {"maximum_batching_window_ms": 10},
@@ -330,7 +332,11 @@ def test_oauthbearer_tokens_that_expire_mid_run_are_refreshed_and_nothing_is_los
     async def handler(batch) -> None:
         seen.extend(r.value for r in batch.records)
 
+    asked = oauth_tokens.watch_librdkafka(monkeypatch)  # librdkafka's own oauth_cb calls
+
     def refreshed_after_expiry() -> bool:
+        if kafka_client == "librdkafka":
+            return bool(asked) and asked[-1][0] > asked[0][0] + oauth_tokens.LIFETIME_S
         issued = oauth_tokens.issued
         return bool(issued) and issued[-1] > issued[0] + oauth_tokens.LIFETIME_S
 
@@ -365,12 +371,13 @@ def test_oauthbearer_tokens_that_expire_mid_run_are_refreshed_and_nothing_is_los
             worker.request_exit()
             assert await task == 0
         assert sorted(seen, key=int) == [b"%d" % i for i in range(sent)]  # each once
+        assert all(ok for _, ok in asked), asked  # every token librdkafka asked for came
 
     asyncio.run(run())
 
 
 def test_an_expired_oauthbearer_token_is_one_line_naming_the_provider(
-    tls_kafka: TlsBroker, tmp_path: Path
+    tls_kafka: TlsBroker, kafka_client: str, tmp_path: Path
 ):
     source = {"bootstrap_servers": [tls_kafka.address("OAUTH")], "security_protocol":
               "SASL_PLAINTEXT", "sasl_mechanism": "OAUTHBEARER",

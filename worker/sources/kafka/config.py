@@ -221,11 +221,6 @@ class KafkaSourceConfig(SourceSettings):
                 f"source.session_timeout_ms ({self.session_timeout_ms}) with source.client = "
                 "'librdkafka'"
             )
-        if self.sasl_mechanism == "OAUTHBEARER":
-            problems.append(
-                "source.sasl_mechanism = 'OAUTHBEARER' is not supported with source.client = "
-                "'librdkafka' yet: use source.client = 'aiokafka'"
-            )
         return problems
 
     @model_validator(mode="after")

@@ -38,12 +38,16 @@ def queue_kbytes(config: KafkaSourceConfig) -> int:
 
 
 def security_conf(config: KafkaSourceConfig) -> dict[str, Any]:
-    """Connection and security properties: SASL PLAIN/SCRAM and TLS (server and mTLS)."""
+    """Connection and security properties: SASL PLAIN/SCRAM/OAUTHBEARER and TLS (server, mTLS)."""
     conf: dict[str, Any] = {
         "bootstrap.servers": ",".join(config.bootstrap_servers),
         "security.protocol": config.security_protocol.lower(),
     }
-    if config.security_protocol.startswith("SASL"):
+    if config.security_protocol.startswith("SASL") and config.sasl_mechanism == "OAUTHBEARER":
+        # The token comes from the hook, through the `oauth_cb` the source adds
+        # (`librdkafka_oauth`: it needs the running loop).
+        conf["sasl.mechanism"] = "OAUTHBEARER"
+    elif config.security_protocol.startswith("SASL"):
         assert config.sasl_plain_password is not None  # the config validator made sure
         conf.update({
             "sasl.mechanism": config.sasl_mechanism,

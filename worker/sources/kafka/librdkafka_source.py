@@ -7,7 +7,8 @@ calls it: every `consume()` (and so every rebalance callback, see
 a commit from another thread stalls during a rebalance) and the final `close()`. The
 loop itself only reads local state (`position`, the cached watermarks). `consume()`
 runs only while `fetch` awaits it, never ahead: the records it returns reach the
-pipeline before the next rebalance can start, as with aiokafka.
+pipeline before the next rebalance can start, as with aiokafka. OAUTHBEARER's `oauth_cb`
+runs on librdkafka's own background thread (`librdkafka_oauth`).
 
 Why not `confluent_kafka.aio.AIOConsumer`: it serialises every call behind the one in
 flight, and lets a call through during a callback only as a re-entrant call of that
@@ -38,12 +39,12 @@ from worker.sources.base import (
     AssignmentListener,
     OwnershipLost,
     SourceFailed,
-    SourceStartError,
     next_to_read,
 )
 from worker.sources.kafka.config import KafkaSourceConfig
 from worker.sources.kafka.librdkafka_calls import PollerCalls
 from worker.sources.kafka.librdkafka_conf import consumer_conf, queue_kbytes
+from worker.sources.kafka.librdkafka_oauth import start_failure, with_tokens
 from worker.sources.kafka.librdkafka_rebalance import RebalanceBridge
 from worker.sources.kafka.librdkafka_records import TRAITS, by_partition
 from worker.sources.kafka.notes import CommitNotes
@@ -149,10 +150,11 @@ class LibrdkafkaSource:
             "logger": logging.getLogger("librdkafka"),  # a client's lines: folded (logs.py)
             "error_cb": self._on_error,
         }
-        try:
-            self._consumer = Consumer(conf)
-        except KafkaException as exc:  # a setting librdkafka refuses: one line, not a trace
-            raise SourceStartError(f"kafka: librdkafka refused the config: {exc}") from None
+        conf = await with_tokens(conf, self._config)  # OAUTHBEARER: the first token, now
+        try:  # on the poller: with OAUTHBEARER, Consumer() waits for the hook's token
+            self._consumer = await self._loop.run_in_executor(self._poller, Consumer, conf)
+        except KafkaException as exc:  # a setting refused, or no token: one line, not a trace
+            raise start_failure(conf, exc) from None
         bridge = RebalanceBridge(self, self._loop, self._calls)
         self._consumer.subscribe(
             self._config.topics,

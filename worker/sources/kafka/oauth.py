@@ -138,37 +138,45 @@ class RefreshingTokenProvider(AbstractTokenProvider):
         return self._token
 
     async def _fetch(self) -> None:
-        named = f"source.sasl_oauth_token_provider = {self.name!r}"
-        try:
-            async with asyncio.timeout(TOKEN_TIMEOUT_S):
-                result = await self._call()
-        except TimeoutError:
-            raise TokenHookFailed(
-                f"{named} did not return a token within {TOKEN_TIMEOUT_S:g} s"
-            ) from None
-        except Exception as exc:  # the user's hook: whatever it raises
-            said = str(exc)[:_HOOK_MESSAGE_CHARS]
-            raise TokenHookFailed(f"{named} raised {type(exc).__name__}: {said}") from None
-        try:
-            token, expires_at = _checked(result, self.name)
-        except TypeError as exc:
-            raise TokenHookFailed(str(exc)) from None
+        token, expires_at = await fetch_token(self._hook, self.name)
         now = self._clock()
         self._token = token
         self._refresh_after = now + max(expires_at - now, 0.0) * REFRESH_AT
         self.fetched += 1
 
-    async def _call(self) -> Any:
-        if inspect.iscoroutinefunction(self._hook):
-            result = await self._hook()
-        else:
-            result = await _in_daemon_thread(self._hook)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
-
     def __repr__(self) -> str:  # never the token
         return f"RefreshingTokenProvider({self.name!r})"
+
+
+async def fetch_token(hook: TokenHook, name: str) -> tuple[str, float]:
+    """One call of the hook: `(token, expires_at)`, or a `TokenHookFailed` naming the
+    provider (it raised, returned something else, or took over `TOKEN_TIMEOUT_S`).
+    Both clients' one way to ask: aiokafka's provider, librdkafka's `oauth_cb`."""
+    named = f"source.sasl_oauth_token_provider = {name!r}"
+    try:
+        async with asyncio.timeout(TOKEN_TIMEOUT_S):
+            result = await _call(hook)
+    except TimeoutError:
+        raise TokenHookFailed(
+            f"{named} did not return a token within {TOKEN_TIMEOUT_S:g} s"
+        ) from None
+    except Exception as exc:  # the user's hook: whatever it raises
+        said = str(exc)[:_HOOK_MESSAGE_CHARS]
+        raise TokenHookFailed(f"{named} raised {type(exc).__name__}: {said}") from None
+    try:
+        return _checked(result, name)
+    except TypeError as exc:
+        raise TokenHookFailed(str(exc)) from None
+
+
+async def _call(hook: TokenHook) -> Any:
+    if inspect.iscoroutinefunction(hook):
+        result = await hook()
+    else:
+        result = await _in_daemon_thread(hook)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
 
 
 async def _in_daemon_thread(hook: TokenHook) -> Any:
