@@ -18,11 +18,14 @@ worker's fetch timeout, 0.2 s) for its turn.
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
+
+log = logging.getLogger("worker.source.kafka")
 
 _Call = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...]]
 
@@ -100,3 +103,16 @@ def _run(item: _Call) -> None:
         future.set_result(fn(*args))
     except BaseException as exc:  # handed to whoever waits for the call
         future.set_exception(exc)
+
+
+def said(done: Future[Any]) -> None:
+    """A pause or resume the client refused (a partition revoked meanwhile): logged."""
+    if not done.cancelled() and done.exception() is not None:
+        log.debug("event=pause_resume_failed error=%r", str(done.exception()))
+
+
+def left_at_stop(done: Any) -> None:
+    """A poll pending at `stop` (a bounded fetch gave up on it): its records, never handed
+    over, go with the consumer; an error it raised is logged, not left unretrieved."""
+    if not done.cancelled() and done.exception() is not None:
+        log.warning("event=poll_failed_at_stop error=%r", str(done.exception()))

@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -42,7 +42,7 @@ from worker.sources.base import (
     next_to_read,
 )
 from worker.sources.kafka.config import KafkaSourceConfig
-from worker.sources.kafka.librdkafka_calls import PollerCalls
+from worker.sources.kafka.librdkafka_calls import PollerCalls, left_at_stop, said
 from worker.sources.kafka.librdkafka_conf import consumer_conf, queue_kbytes
 from worker.sources.kafka.librdkafka_oauth import start_failure, with_tokens
 from worker.sources.kafka.librdkafka_rebalance import RebalanceBridge
@@ -76,19 +76,6 @@ def _rd(tp: TopicPartition, offset: int = -1001, metadata: str | None = None) ->
     if metadata is None:
         return RdTopicPartition(tp.topic, tp.partition, offset)
     return RdTopicPartition(tp.topic, tp.partition, offset, metadata=metadata)
-
-
-def _said(done: Future[None]) -> None:
-    """A pause or resume the client refused (a partition revoked meanwhile): logged."""
-    if not done.cancelled() and done.exception() is not None:
-        log.debug("event=pause_resume_failed error=%r", str(done.exception()))
-
-
-def _left_at_stop(done: asyncio.Future[Any]) -> None:
-    """A poll pending at `stop` (a bounded fetch gave up on it): its records, never handed
-    over, go with the consumer; an error it raised is logged, not left unretrieved."""
-    if not done.cancelled() and done.exception() is not None:
-        log.warning("event=poll_failed_at_stop error=%r", str(done.exception()))
 
 
 class LibrdkafkaSource:
@@ -300,11 +287,11 @@ class LibrdkafkaSource:
 
     def pause(self, partition: TopicPartition) -> None:
         if self._consumer is not None and not self.closing and partition in self._announced:
-            self._calls.submit(self._consumer.pause, [_rd(partition)]).add_done_callback(_said)
+            self._calls.submit(self._consumer.pause, [_rd(partition)]).add_done_callback(said)
 
     def resume(self, partition: TopicPartition) -> None:
         if self._consumer is not None and not self.closing and partition in self._announced:
-            self._calls.submit(self._consumer.resume, [_rd(partition)]).add_done_callback(_said)
+            self._calls.submit(self._consumer.resume, [_rd(partition)]).add_done_callback(said)
 
     # -- committing ------------------------------------------------------------------------
     async def commit(self, positions: Mapping[TopicPartition, int]) -> None:
@@ -394,7 +381,7 @@ class LibrdkafkaSource:
                 await self._loop.run_in_executor(self._poller, self._consumer.close)
         finally:
             if self._polling is not None:  # a poll a bounded fetch left: nothing handed over
-                self._polling.add_done_callback(_left_at_stop)
+                self._polling.add_done_callback(left_at_stop)
                 self._polling = None
             self._poller.shutdown(wait=False)
             self._calls.close()
