@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from typing import Any
 
 #: Each token's life: shorter than the test runs, so tokens expire mid-run.
 LIFETIME_S = 3.0
@@ -111,3 +112,21 @@ def watch_librdkafka(monkeypatch) -> list[tuple[float, bool]]:
 
     monkeypatch.setattr(TokenCallback, "__call__", counted)
     return asked
+
+
+def oauth_configs(address: str, bootstrap: str, topic: str, group: str, client: str,
+                  hook: str) -> tuple[Any, Any]:  # fmt: skip
+    """The worker's config on the broker's OAUTHBEARER listener (`address`) with `hook`,
+    and a plain source config of the same group on `bootstrap` (to produce, read lag)."""
+    from worker.config import WorkerConfig
+    from worker.sources.kafka.config import KafkaSourceConfig
+
+    source = {"bootstrap_servers": [address], "topics": [topic], "group_id": group,
+              "security_protocol": "SASL_PLAINTEXT", "client": client,
+              "sasl_mechanism": "OAUTHBEARER", "sasl_oauth_token_provider": hook}  # fmt: skip
+    cfg = WorkerConfig.model_validate(
+        {"source": source, "batching": {"maximum_batching_window_ms": 10},
+         "metrics": {"enabled": False}}
+    )  # fmt: skip
+    plain = KafkaSourceConfig(bootstrap_servers=[bootstrap], topics=[topic], group_id=group)
+    return cfg, plain

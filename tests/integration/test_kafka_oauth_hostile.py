@@ -82,22 +82,14 @@ def test_a_token_service_down_mid_run_loses_nothing_and_the_worker_still_stops(
     from aiokafka import AIOKafkaProducer
 
     from tests.integration import oauth_tokens
-    from worker.config import WorkerConfig
     from worker.runtime.worker import Worker
-    from worker.sources.kafka.config import KafkaSourceConfig
     from worker.sources.kafka.lag import group_lag
 
     topic, group = unique("oauth-down"), unique("g")
-    source = {"bootstrap_servers": [tls_kafka.address("OAUTH")], "topics": [topic],
-              "group_id": group, "security_protocol": "SASL_PLAINTEXT", "client": kafka_client,
-              "sasl_mechanism": "OAUTHBEARER",
-              "sasl_oauth_token_provider": "tests.integration.oauth_tokens:flaky"}  # fmt: skip
-    cfg = WorkerConfig.model_validate(
-        {"source": source, "batching": {"maximum_batching_window_ms": 10},
-         "metrics": {"enabled": False}}
+    cfg, plain = oauth_tokens.oauth_configs(
+        tls_kafka.address("OAUTH"), tls_kafka.broker.bootstrap, topic, group, kafka_client,
+        "tests.integration.oauth_tokens:flaky",
     )  # fmt: skip
-    plain = KafkaSourceConfig(bootstrap_servers=[tls_kafka.broker.bootstrap], topics=[topic],
-                              group_id=group)  # fmt: skip
     asked = oauth_tokens.watch_librdkafka(monkeypatch)
     seen: set[bytes] = set()
 

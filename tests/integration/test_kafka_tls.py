@@ -314,19 +314,12 @@ def test_oauthbearer_tokens_that_expire_mid_run_are_refreshed_and_nothing_is_los
     token's life and re-authenticates, and either way every record is handled once and
     committed to the end."""
     from tests.integration import oauth_tokens
-    from worker.sources.kafka.config import KafkaSourceConfig
 
     topic, group = unique("oauth"), unique("g")
     hook = "tests.integration.oauth_tokens:short_lived"
-    source = {"bootstrap_servers": [tls_kafka.address("OAUTH")], "topics": [topic],
-              "group_id": group, "security_protocol": "SASL_PLAINTEXT", "client": kafka_client,
-              "sasl_mechanism": "OAUTHBEARER", "sasl_oauth_token_provider": hook}  # fmt: skip
-    cfg = WorkerConfig.model_validate(
-        {"source": source, "batching": {"maximum_batching_window_ms": 10},
-         "metrics": {"enabled": False}}
-    )  # fmt: skip
-    plain = KafkaSourceConfig(bootstrap_servers=[tls_kafka.broker.bootstrap], topics=[topic],
-                              group_id=group)  # fmt: skip
+    cfg, plain = oauth_tokens.oauth_configs(
+        tls_kafka.address("OAUTH"), tls_kafka.broker.bootstrap, topic, group, kafka_client, hook
+    )
     seen: list[bytes] = []
 
     async def handler(batch) -> None:
