@@ -1,0 +1,141 @@
+"""A topic written by a transactional producer is committed through to its end (lag 0), on
+both Kafka clients, on the real broker; a plain topic's commits are what they were.
+
+Each transaction ends in a commit (or abort) marker, a control record that consumers
+never receive. Before the worker committed the client's fetch position past markers, the
+group's offset stayed at the last data record + 1, one short of the end for ever: the
+consumer-group lag was 1 (KEDA never scaled to zero) and `worker lag --wait` never
+returned. Failed before the change, on both clients (committed 24 of 25, 20 of 21).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from tests.integration.kafka_helpers import (
+    ROOT,
+    WorkerProcess,
+    committed,
+    create_topic,
+    end_offsets,
+    eventually,
+    read_handled,
+    unique,
+    write_config,
+)
+
+pytestmark = pytest.mark.kafka
+
+PARTITIONS = 2
+
+
+async def write_transactions(
+    bootstrap: str, topic: str, plan: list[str], create: bool = True
+) -> set[tuple[int, int]]:
+    """One transaction per entry of `plan` ("commit" or "abort"), four records to each
+    partition: the (partition, offset) of the records a read_committed reader gets."""
+    if create:
+        await create_topic(bootstrap, topic, PARTITIONS)
+    txn = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=unique("tx"))
+    await txn.start()
+    readable: set[tuple[int, int]] = set()
+    try:
+        for n, kind in enumerate(plan):
+            await txn.begin_transaction()
+            sent = [
+                await txn.send(topic, f"{kind}-{n}-{i}".encode(), partition=i % PARTITIONS)
+                for i in range(4 * PARTITIONS)
+            ]
+            metas = await asyncio.gather(*sent)
+            if kind == "abort":
+                await txn.abort_transaction()
+                continue
+            await txn.commit_transaction()
+            readable |= {(m.partition, m.offset) for m in metas}
+    finally:
+        await txn.stop()
+    return readable
+
+
+def handled_pairs(record_dir: Path) -> Counter[tuple[int, int]]:
+    return Counter((p, o) for p, offsets in read_handled(record_dir).items() for o in offsets)
+
+
+def caught_up(bootstrap: str, group: str, topic: str) -> bool:
+    ends = asyncio.run(end_offsets(bootstrap, topic, PARTITIONS))
+    return committed(bootstrap, group, topic) == ends
+
+
+def lag_wait(config: Path, seconds: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", "lag", "--config", str(config), "--wait", str(seconds)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    )
+
+
+def test_a_transactional_topic_is_committed_to_its_end_and_every_record_handled_once(
+    kafka: str, kafka_client: str, tmp_path: Path
+):
+    topic, group = unique("txn-end"), unique("g")
+    readable = asyncio.run(write_transactions(kafka, topic, ["commit", "abort", "commit"]))
+    config = write_config(tmp_path / "w.toml", kafka, topic, group)
+    worker = WorkerProcess(config, tmp_path)
+    try:
+        eventually(lambda: readable <= set(handled_pairs(tmp_path)), what="all handled")
+        # The markers after the last records are passed too: lag 0 on every partition.
+        eventually(lambda: caught_up(kafka, group, topic), timeout_s=30, what="lag 0")
+        done = lag_wait(config, 20)
+        assert done.returncode == 0, done.stdout + done.stderr
+        # A transaction written while the worker is idle (its marker arrives after its
+        # records were fetched, with read_uncommitted; here with them): also to the end.
+        readable |= asyncio.run(write_transactions(kafka, topic, ["commit"], create=False))
+        eventually(lambda: readable <= set(handled_pairs(tmp_path)), what="later handled")
+        eventually(lambda: caught_up(kafka, group, topic), timeout_s=30, what="lag 0 again")
+        worker.terminate()
+        assert worker.wait() == 0
+        handled = handled_pairs(tmp_path)
+        assert set(handled) == readable, "an aborted record was handled, or one was missed"
+        assert max(handled.values()) == 1, "a record was handled twice"
+    finally:
+        worker.stop()
+
+
+def test_a_plain_topic_is_committed_exactly_past_its_last_record(
+    kafka: str, kafka_client: str, tmp_path: Path
+):
+    """No markers, nothing to pass: the committed offset is the last record + 1, the end."""
+    topic, group = unique("plain-end"), unique("g")
+
+    async def write() -> dict[int, int]:
+        await create_topic(kafka, topic, PARTITIONS)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all")
+        await producer.start()
+        try:
+            for i in range(30):
+                await producer.send_and_wait(topic, b"plain", partition=i % PARTITIONS)
+        finally:
+            await producer.stop()
+        return await end_offsets(kafka, topic, PARTITIONS)
+
+    ends = asyncio.run(write())
+    worker = WorkerProcess(write_config(tmp_path / "w.toml", kafka, topic, group), tmp_path)
+    try:
+        eventually(lambda: committed(kafka, group, topic) == ends, what="committed to the end")
+        handled = handled_pairs(tmp_path)
+        assert {p: max(o for q, o in handled if q == p) + 1 for p, _ in handled} == ends
+        assert max(handled.values()) == 1
+        worker.terminate()
+        assert worker.wait() == 0
+        assert committed(kafka, group, topic) == ends, "the final commit moved it"
+    finally:
+        worker.stop()
