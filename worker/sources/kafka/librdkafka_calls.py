@@ -18,6 +18,7 @@ worker's fetch timeout, 0.2 s) for its turn.
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 from collections.abc import Callable
@@ -25,6 +26,14 @@ from concurrent.futures import Executor, Future
 from typing import Any
 
 _Call = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...]]
+
+log = logging.getLogger("worker.source.kafka")
+
+
+def said(done: Future[None]) -> None:
+    """A pause or resume the client refused (a partition revoked meanwhile): logged."""
+    if not done.cancelled() and done.exception() is not None:
+        log.debug("event=pause_resume_failed error=%r", str(done.exception()))
 
 
 class ConsumerClosed(RuntimeError):

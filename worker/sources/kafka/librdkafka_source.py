@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -42,10 +42,11 @@ from worker.sources.base import (
     next_to_read,
 )
 from worker.sources.kafka.config import KafkaSourceConfig
-from worker.sources.kafka.librdkafka_calls import PollerCalls
+from worker.sources.kafka.librdkafka_calls import PollerCalls, said
 from worker.sources.kafka.librdkafka_conf import consumer_conf, queue_kbytes
 from worker.sources.kafka.librdkafka_rebalance import RebalanceBridge
 from worker.sources.kafka.librdkafka_records import TRAITS, by_partition
+from worker.sources.kafka.markers import past_markers
 from worker.sources.kafka.notes import CommitNotes
 from worker.sources.kafka.preflight import check_source
 from worker.sources.kafka.reach import BrokerProbe, Reachability, attach_gauges
@@ -77,12 +78,6 @@ def _rd(tp: TopicPartition, offset: int = -1001, metadata: str | None = None) ->
     return RdTopicPartition(tp.topic, tp.partition, offset, metadata=metadata)
 
 
-def _said(done: Future[None]) -> None:
-    """A pause or resume the client refused (a partition revoked meanwhile): logged."""
-    if not done.cancelled() and done.exception() is not None:
-        log.debug("event=pause_resume_failed error=%r", str(done.exception()))
-
-
 class LibrdkafkaSource:
     name = "kafka"
     traits = TRAITS
@@ -105,6 +100,8 @@ class LibrdkafkaSource:
         #: each consume(): the loop never asks the client (see `_read_marks`).
         self._marks: dict[TopicPartition, tuple[int, int]] = {}
         self._marks_read = 0.0  # poller thread only
+        #: Positions not trusted since a fetch had errors, until records (see `markers`).
+        self._suspect: set[TopicPartition] = set()
         #: Assigned to the client and told to the listener: only these are committed,
         #: and only their records are returned.
         self._announced: set[TopicPartition] = set()
@@ -212,6 +209,7 @@ class LibrdkafkaSource:
             self._committed.pop(tp, None)
             self._marks.pop(tp, None)
             self._announced.discard(tp)
+            self._suspect.discard(tp)
         self._notes.forget(partitions)
 
     def fail(self, doing: str, partitions: Sequence[TopicPartition], exc: BaseException) -> None:
@@ -240,6 +238,8 @@ class LibrdkafkaSource:
         self._polling = None
         chunks, errors, marks = polling.result()
         self._marks.update((tp, m) for tp, m in marks.items() if tp in self._announced)
+        if errors:
+            self._suspect = set(self._announced)
         for error in errors:
             if error.fatal():
                 raise SourceFailed(f"kafka: fatal client error: {error}")
@@ -249,6 +249,8 @@ class LibrdkafkaSource:
         announced = self._announced
         for tp in [tp for tp in chunks if tp not in announced]:
             chunks.pop(tp)  # not ours (any more): the next owner reads it from the commit
+        if self._suspect:
+            self._suspect.difference_update(chunks)
         return chunks
 
     def _poll(self, timeout_s: float) -> tuple[dict[TopicPartition, list[Any]], list[Any], Any]:
@@ -291,11 +293,11 @@ class LibrdkafkaSource:
 
     def pause(self, partition: TopicPartition) -> None:
         if self._consumer is not None and not self.closing and partition in self._announced:
-            self._calls.submit(self._consumer.pause, [_rd(partition)]).add_done_callback(_said)
+            self._calls.submit(self._consumer.pause, [_rd(partition)]).add_done_callback(said)
 
     def resume(self, partition: TopicPartition) -> None:
         if self._consumer is not None and not self.closing and partition in self._announced:
-            self._calls.submit(self._consumer.resume, [_rd(partition)]).add_done_callback(_said)
+            self._calls.submit(self._consumer.resume, [_rd(partition)]).add_done_callback(said)
 
     # -- committing ------------------------------------------------------------------------
     async def commit(self, positions: Mapping[TopicPartition, int]) -> None:
@@ -363,6 +365,14 @@ class LibrdkafkaSource:
         if end is None or done is None:
             return None
         return max(end - done, 0)
+
+    def read_through(self, partition: TopicPartition) -> int | None:
+        """Past the markers librdkafka skipped: its position read with the records of that
+        `consume()`, fed before the main loop asks (`markers`)."""
+        mark = self._marks.get(partition) if partition in self._announced else None
+        if mark is None or partition in self._suspect:
+            return None
+        return past_markers(mark[1], self._committed.get(partition), mark[0])
 
     def waiting(self, partition: TopicPartition) -> bool:
         """Records past the fetch position (not the commit: see `KafkaSource.waiting`)."""
