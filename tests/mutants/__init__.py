@@ -397,6 +397,22 @@ MUTANTS += (
             ),
         ),
     ),
+    Mutant(
+        "settled_ignores_unfinished",
+        "a partition counts as settled while records of it are buffered or in the handler: "
+        "it is committed to the client's fetch position past transaction markers, and so "
+        "past records not handled yet (a crash loses them)",
+        (
+            _node(
+                "unit/test_settled_past_markers",
+                "test_records_still_buffered_keep_the_position_from_being_committed",
+            ),
+            _node(
+                "unit/test_settled_past_markers",
+                "test_a_batch_in_the_handler_keeps_the_position_from_being_committed",
+            ),
+        ),
+    ),
 )
 
 
