@@ -96,9 +96,10 @@ def test_a_transactional_topic_is_committed_to_its_end_and_every_record_handled_
         eventually(lambda: caught_up(kafka, group, topic), timeout_s=30, what="lag 0")
         done = lag_wait(config, 20)
         assert done.returncode == 0, done.stdout + done.stderr
-        # A transaction written while the worker is idle (its marker arrives after its
-        # records were fetched, with read_uncommitted; here with them): also to the end.
-        readable |= asyncio.run(write_transactions(kafka, topic, ["commit"], create=False))
+        # Transactions written while the worker is idle, the last one aborted (its
+        # records and its marker are the end): passed too.
+        later = ["commit", "abort"]
+        readable |= asyncio.run(write_transactions(kafka, topic, later, create=False))
         eventually(lambda: readable <= set(handled_pairs(tmp_path)), what="later handled")
         eventually(lambda: caught_up(kafka, group, topic), timeout_s=30, what="lag 0 again")
         worker.terminate()
@@ -139,3 +140,64 @@ def test_a_plain_topic_is_committed_exactly_past_its_last_record(
         assert committed(kafka, group, topic) == ends, "the final commit moved it"
     finally:
         worker.stop()
+
+
+def test_partitions_paused_by_their_buffer_limits_are_passed_only_once_all_is_handled(
+    kafka: str, kafka_client: str, tmp_path: Path
+):
+    """Many small transactions through buffers of 12 records (batches of 5, a slow
+    handler): a fetch returns far more than 12 records a partition, so partitions pause
+    and resume all along, their fetch positions ahead of what is handled; still every
+    record is handled once and the end is committed."""
+    topic, group = unique("txn-paused"), unique("g")
+    plan = ["abort" if n % 5 == 4 else "commit" for n in range(25)]
+    readable = asyncio.run(write_transactions(kafka, topic, plan))
+    config = write_config(
+        tmp_path / "w.toml", kafka, topic, group,
+        batching={"batch_size": 5, "maximum_batching_window_ms": 20},
+        runtime={"log_format": "text", "max_buffered_records": 12},
+    )  # fmt: skip
+    worker = WorkerProcess(config, tmp_path, extra_env={"RECORD_SLEEP_S": "0.02"})
+    try:
+        eventually(lambda: readable <= set(handled_pairs(tmp_path)), what="all handled")
+        eventually(lambda: caught_up(kafka, group, topic), timeout_s=30, what="lag 0")
+        worker.terminate()
+        assert worker.wait() == 0
+        handled = handled_pairs(tmp_path)
+        assert set(handled) == readable and max(handled.values()) == 1
+    finally:
+        worker.stop()
+
+
+def test_a_rebalance_while_transactions_arrive_commits_nothing_unhandled(
+    kafka: str, kafka_client: str, tmp_path: Path
+):
+    """A second worker joins while transactions arrive and the first leaves: partitions
+    move twice (revoked while settled or in the middle of a batch). Every readable record
+    is handled by one of them (nothing committed past an unhandled one), and the end is
+    committed."""
+    topic, group = unique("txn-moved"), unique("g")
+    readable = asyncio.run(write_transactions(kafka, topic, ["commit"] * 5))
+    config = write_config(tmp_path / "w.toml", kafka, topic, group)
+    first = WorkerProcess(config, tmp_path, extra_env={"RECORD_SLEEP_S": "0.01"})
+    second = None
+    try:
+        eventually(lambda: caught_up(kafka, group, topic), timeout_s=60, what="lag 0")
+        second = WorkerProcess(config, tmp_path, extra_env={"RECORD_SLEEP_S": "0.01"})
+        for n in range(6):  # while the group rebalances
+            plan = ["abort"] if n == 3 else ["commit"]
+            readable |= asyncio.run(write_transactions(kafka, topic, plan, create=False))
+        second.wait_for_log(r"event=assigned")
+        first.terminate()
+        assert first.wait() == 0
+        readable |= asyncio.run(write_transactions(kafka, topic, ["commit"], create=False))
+        eventually(lambda: readable <= set(handled_pairs(tmp_path)), what="all handled")
+        eventually(lambda: caught_up(kafka, group, topic), timeout_s=60, what="lag 0 at last")
+        handled = handled_pairs(tmp_path)
+        assert set(handled) == readable, "an aborted record was handled"
+        second.terminate()
+        assert second.wait() == 0
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
