@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.integration.kafka_helpers import (
     ROOT,
@@ -201,3 +201,35 @@ def test_a_rebalance_while_transactions_arrive_commits_nothing_unhandled(
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_a_group_left_one_short_by_an_earlier_worker_is_passed_at_the_start(
+    kafka: str, kafka_client: str, tmp_path: Path
+):
+    """A worker of an earlier version left the group at the last record + 1, at the
+    marker: the new one passes it with nothing to handle (no record is returned after
+    the start at all), and handles nothing again."""
+    topic, group = unique("txn-short"), unique("g")
+    readable = asyncio.run(write_transactions(kafka, topic, ["commit", "abort"]))
+    short = {p: max(o for q, o in readable if q == p) + 1 for p in range(PARTITIONS)}
+
+    async def leave_one_short() -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=group)
+        await consumer.start()
+        try:
+            offsets = {TopicPartition(topic, p): o for p, o in short.items()}
+            consumer.assign(list(offsets))
+            await consumer.commit(offsets)
+        finally:
+            await consumer.stop()
+
+    asyncio.run(leave_one_short())
+    assert committed(kafka, group, topic) == short
+    worker = WorkerProcess(write_config(tmp_path / "w.toml", kafka, topic, group), tmp_path)
+    try:
+        eventually(lambda: caught_up(kafka, group, topic), timeout_s=30, what="lag 0")
+        worker.terminate()
+        assert worker.wait() == 0
+        assert handled_pairs(tmp_path) == Counter(), "records before the checkpoint handled"
+    finally:
+        worker.stop()

@@ -76,11 +76,10 @@ class Consumer:
 
 
 def based(position: int = 14) -> tuple[FetchTrust, Consumer]:
-    """A partition announced at the group's offset `position`, before its first fetch."""
+    """A partition announced (still held) at the group's offset `position`."""
     trust, consumer = FetchTrust(), Consumer()
     consumer.states[TP0] = State(position)
-    trust.announced([TP0])
-    trust.before_fetch(consumer, {TP0: position})  # type: ignore[arg-type]
+    trust.started(consumer, [TP0], {TP0: position})  # type: ignore[arg-type]
     return trust, consumer
 
 
@@ -118,9 +117,8 @@ def test_aiokafka_a_failed_fetch_or_a_start_off_the_committed_offset_is_not_trus
     trust.failed()  # and getmany raised its error
     assert trust.position(consumer, TP0) is None  # type: ignore[arg-type]
     fresh, other = FetchTrust(), Consumer()
-    other.states[TP0] = State(20)  # already moved (reset) before the first fetch
-    fresh.announced([TP0])
-    fresh.before_fetch(other, {TP0: 14})  # type: ignore[arg-type]
+    other.states[TP0] = State(20)  # not where the group's offset says (a reset) when announced
+    fresh.started(other, [TP0], {TP0: 14})  # type: ignore[arg-type]
     assert fresh.position(other, TP0) is None  # type: ignore[arg-type]
 
 

@@ -23,8 +23,8 @@ which goes through `await_reset` and replaces the state's position future; a see
 (ours: backwards, or to a committed offset); and a record too large for the fetch size,
 skipped by one with an error left in the fetcher's buffer (raised from `getmany`). So
 `FetchTrust` trusts a position only within one epoch (state and position future) since
-a record was returned or the partition started at its committed offset, with nothing in
-the fetcher's buffer for it and no failed `getmany` since.
+records were returned or the partition was announced at its committed offset (sought
+there first), with nothing in the fetcher's buffer for it and no failed `getmany` since.
 
 librdkafka: `position()` is the application's position, moved as `consume()` serves
 messages from the fetch queue, control messages included (served and dropped, in order);
@@ -79,8 +79,6 @@ class FetchTrust:
     def __init__(self) -> None:
         #: partition -> (its state, its position future) when last known consistent.
         self._epochs: dict[TopicPartition, tuple[Any, Any]] = {}
-        #: Announced partitions with no epoch yet: based when at their committed offset.
-        self._unbased: set[TopicPartition] = set()
 
     def _epoch(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> tuple[Any, Any] | None:
         state = _state(consumer, tp)
@@ -88,18 +86,18 @@ class FetchTrust:
             return None
         return state, getattr(state, "_position_fut", None)
 
-    def announced(self, partitions: Iterable[TopicPartition]) -> None:
-        self._unbased.update(partitions)
-
-    def before_fetch(self, consumer: AIOKafkaConsumer, committed: dict[Any, int]) -> None:
-        """Before `getmany` (nothing of theirs returned yet): a partition still at the
-        offset it started from (the group's) is consistent there."""
-        for tp in list(self._unbased):
+    def started(
+        self, consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition],
+        committed: dict[Any, int],
+    ) -> None:  # fmt: skip
+        """Partitions announced, still held (paused: nothing of theirs returned): one at
+        the offset it starts from (the group's, sought there) is consistent there. Now,
+        not at the next fetch: the assignment runs inside a `getmany`, and the same call
+        may drain a result past the markers (seen: a group left at a marker, never passed)."""
+        for tp in partitions:
             epoch = self._epoch(consumer, tp)
-            if epoch is not None:
-                self._unbased.discard(tp)
-                if epoch[0].position == committed.get(tp):
-                    self._epochs[tp] = epoch
+            if epoch is not None and epoch[0].position == committed.get(tp):
+                self._epochs[tp] = epoch
 
     def returned(self, consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition]) -> None:
         """After `getmany` returned records of `partitions`: consistent now."""
@@ -112,12 +110,10 @@ class FetchTrust:
         """`getmany` raised (a record too large was skipped by one, say): trust nothing
         until records are returned again."""
         self._epochs.clear()
-        self._unbased.clear()
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         for tp in partitions:
             self._epochs.pop(tp, None)
-            self._unbased.discard(tp)
 
     def position(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
         """The fetch position if it covers only records returned (or skipped markers)."""

@@ -199,7 +199,7 @@ class KafkaSource:
     def release(self, partitions: Sequence[TopicPartition]) -> None:
         """The listener has them: their records may flow."""
         self._announced.update(partitions)
-        self._trust.announced(partitions)
+        self._trust.started(self._consumer, partitions, self._committed)
         if partitions:
             self._consumer.resume(*partitions)
         for tp in partitions:  # a budget's pause that survived a re-assignment ends here
@@ -228,7 +228,8 @@ class KafkaSource:
             committed = await self._consumer.committed(tp)
             if committed is None:
                 fresh.append(tp)
-            else:
+            else:  # a valid position before the first fetch: see `FetchTrust.started`
+                self._consumer.seek(tp, committed)
                 self._committed[tp] = committed
         if not fresh:
             return
@@ -256,7 +257,6 @@ class KafkaSource:
     async def fetch(self, timeout_s: float) -> Mapping[TopicPartition, Sequence[Any]]:
         if self._failure is not None:
             raise self._failure
-        self._trust.before_fetch(self._consumer, self._committed)
         try:
             chunks = await self._consumer.getmany(
                 timeout_ms=int(timeout_s * 1000), max_records=self._config.fetch_max_records
