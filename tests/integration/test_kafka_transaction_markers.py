@@ -26,10 +26,12 @@ from tests.integration.kafka_helpers import (
     create_topic,
     end_offsets,
     eventually,
+    keyed_topic,
     read_handled,
     unique,
     write_config,
 )
+from tests.integration.output_helpers import create_output_topic, outputs_seen
 
 pytestmark = pytest.mark.kafka
 
@@ -233,3 +235,44 @@ def test_a_group_left_one_short_by_an_earlier_worker_is_passed_at_the_start(
         assert handled_pairs(tmp_path) == Counter(), "records before the checkpoint handled"
     finally:
         worker.stop()
+
+
+def test_a_next_stage_reading_exactly_once_outputs_reaches_lag_0_exactly_once_itself(
+    kafka: str, tmp_path: Path
+):
+    """The case that showed it: stage 1 writes its outputs exactly once (a transaction per
+    partition and commit round, each ending in a marker); stage 2 reads them, itself
+    exactly once (aiokafka: its passes past the markers are committed in transactions of
+    offsets alone). Stage 2's group reaches the end of stage 1's topic, and every output
+    of stage 1 is handled by stage 2 once."""
+    topic, _ = keyed_topic(kafka, 300, PARTITIONS, by_key_number=True)
+    middle, last = unique("stage1-out"), unique("stage2-out")
+    asyncio.run(create_output_topic(kafka, middle, PARTITIONS))
+    asyncio.run(create_output_topic(kafka, last, PARTITIONS))
+    stages, group2 = [], unique("g2")
+    for n, (src, out, group) in enumerate(
+        [(topic, middle, unique("g1")), (middle, last, group2)], start=1
+    ):
+        (tmp_path / f"s{n}").mkdir()
+        config = write_config(
+            tmp_path / f"s{n}.toml", kafka, src, group,
+            handler={"target": "output_handler:handle"},
+            outputs={"topics": [out], "exactly_once": True},
+        )  # fmt: skip
+        stages.append(WorkerProcess(config, tmp_path / f"s{n}", {"OUTPUT_TOPIC": out}))
+    try:
+        eventually(lambda: sum(len(v) for v in read_handled(tmp_path / "s1").values()) == 300,
+                   what="stage 1 handled all")  # fmt: skip
+        eventually(lambda: caught_up(kafka, group2, middle), timeout_s=60, what="stage 2 lag 0")
+        handled = handled_pairs(tmp_path / "s2")
+        middle_ends = asyncio.run(end_offsets(kafka, middle, PARTITIONS))
+        seen = outputs_seen(kafka, middle, PARTITIONS, isolation_level="read_committed")
+        assert sum(handled.values()) == sum(seen.values()) == 300, (handled, middle_ends)
+        assert max(handled.values()) == 1
+        assert sum(middle_ends.values()) > 300, "stage 1 wrote no markers: proved nothing"
+        for worker in stages:
+            worker.terminate()
+            assert worker.wait() == 0
+    finally:
+        for worker in stages:
+            worker.stop()
