@@ -413,6 +413,18 @@ MUTANTS += (
             ),
         ),
     ),
+    Mutant(
+        "fetch_trust_ignores_fetcher_buffer",
+        "the aiokafka source trusts a fetch position while the fetcher still holds "
+        "something of the partition: a record too large was skipped by one (its error "
+        "not raised yet) and the settled partition is committed past it",
+        (
+            _node(
+                "unit/test_kafka_fetch_trust",
+                "test_aiokafka_a_partition_with_fetched_records_not_yet_returned_is_not_trusted",
+            ),
+        ),
+    ),
 )
 
 

@@ -91,8 +91,12 @@ def test_aiokafka_a_position_moved_by_fetches_from_the_committed_offset_is_trust
 
 def test_aiokafka_a_partition_with_fetched_records_not_yet_returned_is_not_trusted():
     trust, consumer = based()
-    consumer.states[TP0]._position = 11  # [4, 10] returned, 11 still in the result
+    # A record too large for the fetch size: the fetcher moved the position past it (by
+    # one, never returned) and left the error in its buffer for the next getmany.
+    consumer.states[TP0]._position = 15
     consumer._fetcher._records[TP0] = object()
+    assert trust.position(consumer, TP0) is None  # type: ignore[arg-type]
+    consumer.states[TP0]._position = 11  # [4, 10] returned, 11 still in the result
     assert trust.position(consumer, TP0) is None  # type: ignore[arg-type]
     del consumer._fetcher._records[TP0]  # 11 returned: the result drained
     consumer.states[TP0]._position = 13

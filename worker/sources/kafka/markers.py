@@ -30,9 +30,9 @@ librdkafka: `position()` is the application's position, moved as `consume()` ser
 messages from the fetch queue, control messages included (served and dropped, in order);
 never past a message still queued. A pause or a seek purges the queue, not the
 position (measured: paused after 0-3 were returned, it stayed 4 until the resume; so
-did aiokafka's, at 2 after 0-1, its buffered result dropped). The source reads it after each `consume()` on the poller thread, with the
-records of that call, and trusts none after a call that returned errors until the
-partition returns records again.
+did aiokafka's, at 2 after 0-1, its buffered result dropped). The source reads it after
+each `consume()` on the poller thread, with the records of that call, and trusts none
+after a call that returned errors until the partition returns records again.
 """
 
 from __future__ import annotations
