@@ -276,3 +276,54 @@ def test_a_next_stage_reading_exactly_once_outputs_reaches_lag_0_exactly_once_it
     finally:
         for worker in stages:
             worker.stop()
+
+
+def test_an_open_transaction_holds_its_partition_at_the_last_stable_offset_until_it_ends(
+    kafka: str, kafka_client: str, tmp_path: Path
+):
+    """Partition 0 has a transaction left open (its records are past the last stable
+    offset: not readable, not passed); partition 1's transactions go on. Once the settle
+    round passed partition 1's markers (lag 0 there), partition 0 is still committed at
+    its last stable offset, nothing of the open transaction handled; once it commits, it
+    is handled once and the end is committed."""
+    topic, group = unique("txn-open"), unique("g")
+    readable = asyncio.run(write_transactions(kafka, topic, ["commit"]))
+    worker = WorkerProcess(write_config(tmp_path / "w.toml", kafka, topic, group), tmp_path)
+
+    async def open_then(check) -> set[tuple[int, int]]:
+        txn = AIOKafkaProducer(bootstrap_servers=kafka, transactional_id=unique("open"))
+        await txn.start()
+        try:
+            await txn.begin_transaction()
+            sent = [await txn.send(topic, b"open", partition=0) for _ in range(3)]
+            held = {(m.partition, m.offset) for m in await asyncio.gather(*sent)}
+            stable = (await end_offsets(kafka, topic, PARTITIONS))[0] - 3  # before them
+            more = await write_transactions(kafka, topic, ["commit"] * 2, create=False)
+            await asyncio.to_thread(check, stable, more - held)
+            await txn.commit_transaction()
+            return held | more
+        finally:
+            await txn.stop()
+
+    def while_open(stable: int, more: set[tuple[int, int]]) -> None:
+        # write_transactions writes both partitions; partition 0's records of it wait
+        # behind the open transaction, partition 1's are readable.
+        ones = {po for po in more if po[0] == 1}
+        eventually(lambda: ones <= set(handled_pairs(tmp_path)), what="partition 1 handled")
+        ends = asyncio.run(end_offsets(kafka, topic, PARTITIONS))
+        eventually(lambda: committed(kafka, group, topic).get(1) == ends[1],
+                   timeout_s=30, what="partition 1 passed its markers")  # fmt: skip
+        assert committed(kafka, group, topic)[0] == stable, "passed the last stable offset"
+        assert not {po for po in handled_pairs(tmp_path) if po[0] == 0} - readable
+
+    try:
+        eventually(lambda: caught_up(kafka, group, topic), timeout_s=30, what="lag 0")
+        readable |= asyncio.run(open_then(while_open))
+        eventually(lambda: readable <= set(handled_pairs(tmp_path)), what="all handled")
+        eventually(lambda: caught_up(kafka, group, topic), timeout_s=30, what="lag 0 at last")
+        handled = handled_pairs(tmp_path)
+        assert set(handled) == readable and max(handled.values()) == 1
+        worker.terminate()
+        assert worker.wait() == 0
+    finally:
+        worker.stop()
