@@ -175,9 +175,9 @@ def test_a_rebalance_while_transactions_arrive_commits_nothing_unhandled(
     kafka: str, kafka_client: str, tmp_path: Path
 ):
     """A second worker joins while transactions arrive and the first leaves: partitions
-    move twice (revoked while settled or in the middle of a batch). Every readable record
-    is handled by one of them (nothing committed past an unhandled one), and the end is
-    committed."""
+    move twice, revoked whatever they are doing then (settled and passed, or with records
+    buffered or in the handler; not aimed). Every readable record is handled by one of
+    them (nothing committed past an unhandled one), and the end is committed."""
     topic, group = unique("txn-moved"), unique("g")
     readable = asyncio.run(write_transactions(kafka, topic, ["commit"] * 5))
     config = write_config(tmp_path / "w.toml", kafka, topic, group)
