@@ -87,12 +87,14 @@ async def running_worker(
     destination: Destination | None = None,
     clock: Callable[[], float] = time.monotonic,
     outputs: MemoryOutputs | None = None,
+    source: MemorySource | None = None,
 ) -> AsyncIterator[Worker]:
     """Run a worker on the memory broker for the duration of the block, then drain it.
 
     `clock` is the partitions' batching clock: a frozen one makes batching windows never
-    end by time, so a test sees exactly what else cuts a batch."""
-    source = MemorySource(broker, topics, group_id=group_id)
+    end by time, so a test sees exactly what else cuts a batch. `source`: a memory source
+    of the test's own (a subclass that says more), instead of a plain one."""
+    source = source or MemorySource(broker, topics, group_id=group_id)
     config = memory_config(settings)
     if outputs is None and config.outputs.topics:
         outputs = MemoryOutputs(broker)  # batch.send into the broker's topics

@@ -409,6 +409,34 @@ MUTANTS += (
             ),
         ),
     ),
+    Mutant(
+        "settled_ignores_unfinished",
+        "a partition counts as settled while records of it are buffered or in the handler: "
+        "it is committed to the client's fetch position past transaction markers, and so "
+        "past records not handled yet (a crash loses them)",
+        (
+            _node(
+                "unit/test_settled_past_markers",
+                "test_records_still_buffered_keep_the_position_from_being_committed",
+            ),
+            _node(
+                "unit/test_settled_past_markers",
+                "test_a_batch_in_the_handler_keeps_the_position_from_being_committed",
+            ),
+        ),
+    ),
+    Mutant(
+        "fetch_trust_ignores_fetcher_buffer",
+        "the aiokafka source trusts a fetch position while the fetcher still holds "
+        "something of the partition: a record too large was skipped by one (its error "
+        "not raised yet) and the settled partition is committed past it",
+        (
+            _node(
+                "unit/test_kafka_fetch_trust",
+                "test_aiokafka_a_partition_with_fetched_records_not_yet_returned_is_not_trusted",
+            ),
+        ),
+    ),
 )
 
 

@@ -255,6 +255,21 @@ class Partition:
         if self._paused and self.below_low_water():
             self._on_drained(self)
 
+    @property
+    def settled(self) -> bool:
+        """Nothing buffered or in flight (a single lane opens a batch's unit only when it
+        runs: a buffered record is in no unit yet), everything finished is committed."""
+        return not (self._unfinished_records or self._stop.is_set() or self.commit_point())
+
+    def pass_to(self, position: int) -> None:
+        """The source moved past `position` with nothing left to deliver below it (Kafka's
+        transaction markers): if settled, an empty unit ends there, so it is committed."""
+        if self.settled and position > max(self._fed_position or -1, self._committed or -1):
+            self._tracker.open(position)
+            self._sizes[position] = 0
+            self._fed_position = position
+            self._finish([position])
+
     def report_lag(self, lag: int | None) -> None:
         """The source's record lag, when it counts one (read after fetches and commits)."""
         if lag is not None:
@@ -263,23 +278,15 @@ class Partition:
     def stats(self) -> PartitionStats:
         m = self._metrics
         committed = self._committed
+        shown = None if committed is None else self._traits.shown_checkpoint(committed)
         return PartitionStats(
-            key=self.key,
-            label=self.label,
-            assigned_at=self.assigned_at,
-            committed=committed,
-            shown_committed=None if committed is None else self._traits.shown_checkpoint(committed),
-            unfinished=self._unfinished_records,
-            buffered=self.buffered_records,
-            paused=self._paused,
-            releasing=self._releasing,
-            halted=self._halted,
-            committed_records=m.committed_records,
-            dead_lettered=m.dead_lettered_records,
-            iterator_age_s=m.iterator_age_s,
-            inflight=m.inflight,
-            retrying=tuple(m.retrying.values()),
-        )
+            key=self.key, label=self.label, assigned_at=self.assigned_at, committed=committed,
+            shown_committed=shown, unfinished=self._unfinished_records,
+            buffered=self.buffered_records, paused=self._paused, releasing=self._releasing,
+            halted=self._halted, committed_records=m.committed_records,
+            dead_lettered=m.dead_lettered_records, iterator_age_s=m.iterator_age_s,
+            inflight=m.inflight, retrying=tuple(m.retrying.values()),
+        )  # fmt: skip
 
     # -- the key lanes' tasks ----------------------------------------------------------
     def start(self) -> list[asyncio.Task[None]]:
@@ -350,13 +357,11 @@ class Partition:
         self._metrics.halted.set(1)
         self._on_progress(self)  # the guard's note is checkpointed even if nothing moved
         committed = self._committed
-        log.error(
-            "event=partition_halted partition=%s committed=%s reason=%r note='nothing past "
-            "the committed position is handled or committed; fix the handler and restart'",
-            self.label,
-            None if committed is None else self._traits.shown_checkpoint(committed),
-            why,
-        )
+        log.error("event=partition_halted partition=%s committed=%s reason=%r note='nothing "
+                  "past the committed position is handled or committed; fix the handler and "
+                  "restart'", self.label,
+                  None if committed is None else self._traits.shown_checkpoint(committed),
+                  why)  # fmt: skip
 
     # -- stopping -----------------------------------------------------------------------
     async def stop(self, timeout_s: float, reason: str = "revoke") -> None:
@@ -381,13 +386,9 @@ class Partition:
             return
         _, pending = await asyncio.wait(tasks, timeout=timeout_s)
         if pending:
-            log.warning(
-                "event=batch_abandoned partition=%s batches=%d reason=deadline timeout_s=%s "
-                "note='left uncommitted; it will be handled again'",
-                self.label,
-                len(pending),
-                timeout_s,
-            )
+            log.warning("event=batch_abandoned partition=%s batches=%d reason=deadline "
+                        "timeout_s=%s note='left uncommitted; it will be handled again'",
+                        self.label, len(pending), timeout_s)  # fmt: skip
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)

@@ -32,6 +32,7 @@ from worker.partition.partition import Partition
 from worker.runtime.backpressure import Backpressure
 from worker.runtime.committer import Committer
 from worker.runtime.deadline import Deadline, bounded
+from worker.runtime.settle import Settler
 from worker.runtime.tasks import TaskSupervisor
 from worker.sources.base import Source
 
@@ -97,6 +98,8 @@ class Assignments:
         self._draining: dict[Hashable, Partition] = {}
         self._m_assigned = metrics.assigned_partitions.labels(source.name)
         self._m_rebalances = metrics.rebalances.labels(source.name)
+        #: Commits settled partitions past what the source skipped (the main loop runs it).
+        self.settler = Settler(source, self.partitions)
         #: Whether the source has told us our share at least once (readiness waits for it).
         self.assigned_once = False
         #: A revoked partition's call outlived the hold: the worker must end without

@@ -70,6 +70,9 @@ async def feed(chunks: Mapping[Hashable, Sequence[Any]], source: Source, owned: 
         partition.report_lag(source.lag(key))
         touched.append(partition)
     backpressure.apply_budget(touched, owned.partitions)
+    # Before yielding, so that every record the client returned is in its partition: a
+    # settled one is then committed past the transaction markers the client skipped.
+    owned.settler.after_fetch()
     await asyncio.sleep(0)
 
 

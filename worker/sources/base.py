@@ -186,6 +186,12 @@ class Source(Protocol):
     def lag(self, partition: PartitionKey) -> int | None:
         """Records between the last checkpoint and the end of the partition, if known."""
 
+    def read_through(self, partition: PartitionKey) -> int | None:
+        """The last position the client moved past with every record up to it returned by
+        `fetch` or never a record for us (Kafka's transaction markers, aborted records),
+        when that is past the checkpoint; None if not, or if it cannot be sure. Asked only
+        for a settled partition (see `runtime.settle`): the core commits it."""
+
     def waiting(self, partition: PartitionKey) -> bool:
         """True when the source knows of records past the checkpoint not yet delivered:
         a record lag (Kafka) or a time behind the stream's tip (Kinesis). The commit

@@ -251,6 +251,9 @@ class MemorySource:
         committed = self.broker.committed(self.group_id, *partition) or 0
         return self.broker.end_offset(*partition) - committed
 
+    def read_through(self, partition: TopicPartition) -> None:
+        """Nothing to pass: its log holds only records."""
+
     def waiting(self, partition: TopicPartition) -> bool:
         return bool(self.lag(partition))
 

@@ -25,6 +25,9 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
 
+from confluent_kafka import KafkaException
+from confluent_kafka import TopicPartition as RdTopicPartition
+
 log = logging.getLogger("worker.source.kafka")
 
 _Call = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...]]
@@ -116,3 +119,20 @@ def left_at_stop(done: Any) -> None:
     over, go with the consumer; an error it raised is logged, not left unretrieved."""
     if not done.cancelled() and done.exception() is not None:
         log.warning("event=poll_failed_at_stop error=%r", str(done.exception()))
+
+
+def read_marks(consumer: Any, tps: list[Any]) -> dict[Any, tuple[int, int]]:
+    """On the poller thread: the cached high watermark and the fetch position of `tps`
+    (aiokafka `TopicPartition`s); the partitions the client no longer has are left out
+    (the next read has them)."""
+    marks: dict[Any, tuple[int, int]] = {}
+    try:
+        asked = [RdTopicPartition(tp.topic, tp.partition) for tp in tps]
+        positions = consumer.position(asked) if tps else []
+        for tp, rd, at in zip(tps, asked, positions, strict=True):
+            high = consumer.get_watermark_offsets(rd, cached=True)
+            if high is not None and high[1] >= 0:
+                marks[tp] = (high[1], at.offset)
+    except (KafkaException, RuntimeError):
+        pass
+    return marks

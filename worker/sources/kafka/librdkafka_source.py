@@ -42,11 +42,12 @@ from worker.sources.base import (
     next_to_read,
 )
 from worker.sources.kafka.config import KafkaSourceConfig
-from worker.sources.kafka.librdkafka_calls import PollerCalls, left_at_stop, said
+from worker.sources.kafka.librdkafka_calls import PollerCalls, left_at_stop, read_marks, said
 from worker.sources.kafka.librdkafka_conf import consumer_conf, queue_kbytes
 from worker.sources.kafka.librdkafka_oauth import start_failure, with_tokens
 from worker.sources.kafka.librdkafka_rebalance import RebalanceBridge
 from worker.sources.kafka.librdkafka_records import TRAITS, by_partition
+from worker.sources.kafka.markers import past_markers
 from worker.sources.kafka.notes import CommitNotes
 from worker.sources.kafka.preflight import check_source
 from worker.sources.kafka.reach import BrokerProbe, Reachability, attach_gauges
@@ -100,6 +101,8 @@ class LibrdkafkaSource:
         #: each consume(): the loop never asks the client (see `_read_marks`).
         self._marks: dict[TopicPartition, tuple[int, int]] = {}
         self._marks_read = 0.0  # poller thread only
+        #: Positions not trusted since a fetch had errors, until records (see `markers`).
+        self._suspect: set[TopicPartition] = set()
         #: Assigned to the client and told to the listener: only these are committed,
         #: and only their records are returned.
         self._announced: set[TopicPartition] = set()
@@ -208,6 +211,7 @@ class LibrdkafkaSource:
             self._committed.pop(tp, None)
             self._marks.pop(tp, None)
             self._announced.discard(tp)
+            self._suspect.discard(tp)
         self._notes.forget(partitions)
 
     def fail(self, doing: str, partitions: Sequence[TopicPartition], exc: BaseException) -> None:
@@ -236,6 +240,8 @@ class LibrdkafkaSource:
         self._polling = None
         chunks, errors, marks = polling.result()
         self._marks.update((tp, m) for tp, m in marks.items() if tp in self._announced)
+        if errors:
+            self._suspect = set(self._announced)
         for error in errors:
             if error.fatal():
                 raise SourceFailed(f"kafka: fatal client error: {error}")
@@ -245,6 +251,8 @@ class LibrdkafkaSource:
         announced = self._announced
         for tp in [tp for tp in chunks if tp not in announced]:
             chunks.pop(tp)  # not ours (any more): the next owner reads it from the commit
+        if self._suspect:
+            self._suspect.difference_update(chunks)
         return chunks
 
     def _poll(self, timeout_s: float) -> tuple[dict[TopicPartition, list[Any]], list[Any], Any]:
@@ -265,16 +273,7 @@ class LibrdkafkaSource:
         every = now - self._marks_read >= MARKS_EVERY_S
         self._marks_read = now if every else self._marks_read
         tps = list(self._announced) if every else [tp for tp in chunks if tp in self._announced]
-        marks: dict[Any, tuple[int, int]] = {}
-        try:
-            positions = self._consumer.position([_rd(tp) for tp in tps]) if tps else []
-            for tp, at in zip(tps, positions, strict=True):
-                high = self._consumer.get_watermark_offsets(_rd(tp), cached=True)
-                if high is not None and high[1] >= 0:
-                    marks[tp] = (high[1], at.offset)
-        except (KafkaException, RuntimeError):
-            pass  # not assigned any more: the next read has them
-        return marks
+        return read_marks(self._consumer, tps)
 
     def fit_prefetch(self, share_bytes: int, partitions: int) -> int:
         """librdkafka's pre-fetch queue is sized when the consumer is made (one queue for
@@ -359,6 +358,14 @@ class LibrdkafkaSource:
         if end is None or done is None:
             return None
         return max(end - done, 0)
+
+    def read_through(self, partition: TopicPartition) -> int | None:
+        """Past the markers librdkafka skipped: its position read with the records of that
+        `consume()`, fed before the main loop asks (`markers`)."""
+        mark = self._marks.get(partition) if partition in self._announced else None
+        if mark is None or partition in self._suspect:
+            return None
+        return past_markers(mark[1], self._committed.get(partition), mark[0])
 
     def waiting(self, partition: TopicPartition) -> bool:
         """Records past the fetch position (not the commit: see `KafkaSource.waiting`)."""

@@ -27,6 +27,7 @@ from worker.sources.base import (
 )
 from worker.sources.kafka.config import KafkaSourceConfig
 from worker.sources.kafka.fetch_limits import PauseAwareLimits, broker_count, fetch_limits
+from worker.sources.kafka.markers import FetchTrust, fetch_position, past_markers, readable_end
 from worker.sources.kafka.notes import CommitNotes
 from worker.sources.kafka.preflight import check_source
 from worker.sources.kafka.reach import BrokerProbe, Reachability, attach_gauges
@@ -95,6 +96,7 @@ class KafkaSource:
         self._failure: SourceFailed | None = None
         self._reach = Reachability()
         self._limits = PauseAwareLimits()
+        self._trust = FetchTrust()  # whose fetch positions may be committed (markers)
         self._notes = CommitNotes(client_kwargs(config), config.group_id)
         reset = "latest" if config.starting_position == "latest" else "earliest"
         self._consumer = AIOKafkaConsumer(
@@ -180,6 +182,7 @@ class KafkaSource:
             self._announced.discard(tp)
         self._in_doubt.difference_update(partitions)
         self._notes.forget(partitions)
+        self._trust.forget(partitions)
 
     def fail(self, doing: str, partitions: Sequence[TopicPartition], exc: Exception) -> None:
         """A rebalance callback failed: the next fetch says so, and the worker stops."""
@@ -196,6 +199,7 @@ class KafkaSource:
     def release(self, partitions: Sequence[TopicPartition]) -> None:
         """The listener has them: their records may flow."""
         self._announced.update(partitions)
+        self._trust.started(self._consumer, partitions, self._committed)
         if partitions:
             self._consumer.resume(*partitions)
         for tp in partitions:  # a budget's pause that survived a re-assignment ends here
@@ -224,7 +228,8 @@ class KafkaSource:
             committed = await self._consumer.committed(tp)
             if committed is None:
                 fresh.append(tp)
-            else:
+            else:  # a valid position before the first fetch: see `FetchTrust.started`
+                self._consumer.seek(tp, committed)
                 self._committed[tp] = committed
         if not fresh:
             return
@@ -252,9 +257,13 @@ class KafkaSource:
     async def fetch(self, timeout_s: float) -> Mapping[TopicPartition, Sequence[Any]]:
         if self._failure is not None:
             raise self._failure
-        chunks = await self._consumer.getmany(
-            timeout_ms=int(timeout_s * 1000), max_records=self._config.fetch_max_records
-        )
+        try:
+            chunks = await self._consumer.getmany(
+                timeout_ms=int(timeout_s * 1000), max_records=self._config.fetch_max_records
+            )
+        except Exception:
+            self._trust.failed()
+            raise
         announced = self._announced
         for tp in [tp for tp in chunks if tp not in announced]:
             # Never hand out what nobody may take: read it again once announced (or, if it
@@ -262,6 +271,7 @@ class KafkaSource:
             first = chunks.pop(tp)[0].offset
             if tp in self._consumer.assignment():
                 self._consumer.seek(tp, first)
+        self._trust.returned(self._consumer, chunks)
         return chunks
 
     def fit_prefetch(self, share_bytes: int, partitions: int) -> int:
@@ -349,36 +359,27 @@ class KafkaSource:
             return None
         return max(end - done, 0)
 
+    def read_through(self, partition: TopicPartition) -> int | None:
+        """Past the markers aiokafka skipped, once its position can be trusted (`markers`)."""
+        if partition not in self._announced:
+            return None
+        end = readable_end(self._consumer, partition, self._config.isolation_level)
+        position = self._trust.position(self._consumer, partition)
+        return past_markers(position, self._committed.get(partition), end)
+
     def waiting(self, partition: TopicPartition) -> bool:
         """Records past what this member has taken: the end against the fetch position.
 
         Not the lag: a topic written with transactions ends in a commit marker that is
-        never delivered, so the committed offset stays one short of the end for ever and a
-        caught-up worker would look stalled. The fetch position moves past markers.
-        """
+        never delivered, so the committed offset stays one short of the end until the
+        settler passes it (`read_through`): a caught-up worker must not look stalled."""
         if partition not in self._consumer.assignment():
             return False
-        end, position = self._readable_end(partition), self._fetch_position(partition)
+        end = readable_end(self._consumer, partition, self._config.isolation_level)
+        position = fetch_position(self._consumer, partition)
         if end is None or position is None:
             return bool(self.lag(partition))
         return end > position
-
-    def _readable_end(self, partition: TopicPartition) -> int | None:
-        """Where reading stops now: read_committed stops at the last stable offset (an
-        open transaction's records are not readable yet: no stall while it stays open)."""
-        if self._config.isolation_level == "read_committed":
-            stable = self._consumer.last_stable_offset(partition)
-            if stable is not None:
-                return stable
-        return self._consumer.highwater(partition)
-
-    def _fetch_position(self, partition: TopicPartition) -> int | None:
-        """aiokafka's own next fetch offset (`position()` is the async form, which waits)."""
-        try:
-            state = self._consumer._subscription.subscription.assignment.state_value(partition)
-        except AttributeError:  # not assigned now, or a client that keeps it elsewhere
-            return None
-        return state.position if state is not None and state.has_valid_position else None
 
     async def stop_taking(self) -> None:
         """The group coordinator assigns partitions until the consumer leaves, in `stop`."""

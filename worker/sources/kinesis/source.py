@@ -358,6 +358,9 @@ class KinesisSource:
     def lag(self, partition: str) -> int | None:
         return None  # the stream gives a time behind its tip, not a record count
 
+    def read_through(self, partition: str) -> None:
+        """Nothing to pass: every sequence number of a shard is a record delivered."""
+
     def waiting(self, partition: str) -> bool:
         shard = self._shards.get(partition)
         return shard is not None and shard.reader.waiting
