@@ -356,6 +356,33 @@ MUTANTS += (
         ),
     ),
     Mutant(
+        "shutdown_budget_counts_from_when_seen",
+        "the shutdown's budget counts from when the main loop saw the exit request (up to "
+        "a fetch or a poll error's backoff later), the backstop's from the request: a "
+        "drain to the full budget leaves the client's close too little of the grace",
+        (
+            _node(
+                "unit/test_shutdown_budget",
+                "test_the_budget_counts_from_the_exit_request_not_from_when_the_main_loop_saw_it",
+            ),
+        ),
+    ),
+    Mutant(
+        "backstop_before_spent_budget_steps",
+        "the backstop ends the daemon 1 s after a budget of 0 or 0.1 s, before the final "
+        "commit and the client's close have had the 0.5 s each still gets: in a broker "
+        "outage the worker never reaches `shutdown_complete`",
+        (
+            _node(
+                "unit/test_shutdown_budget",
+                "test_the_backstop_leaves_a_spent_budget_the_least_time_its_steps_take",
+            ),
+            "tests/integration/test_kafka_outage_budgets.py::"
+            "test_sigterm_in_an_outage_with_a_tiny_budget_completes_its_shutdown_and_loses_nothing"
+            "[librdkafka-0]",
+        ),
+    ),
+    Mutant(
         "aborted_records_delivered",
         "the aiokafka source leaves the isolation level at aiokafka's default "
         "(read_uncommitted): records of aborted transactions reach the handler",
