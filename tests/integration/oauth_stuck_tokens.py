@@ -58,3 +58,18 @@ async def stalls_async() -> tuple[str, float]:
             _see_librdkafka_waiting()
             await asyncio.sleep(0.05)
     return short_lived()
+
+
+def exits() -> tuple[str, float]:
+    """A plain hook whose library calls `sys.exit()` once told to (SystemExit, not an
+    Exception)."""
+    if _hang_now():
+        raise SystemExit(3)
+    return short_lived()
+
+
+async def exits_async() -> tuple[str, float]:
+    """As `exits`, an async hook."""
+    if _hang_now():
+        raise SystemExit(3)
+    return short_lived()

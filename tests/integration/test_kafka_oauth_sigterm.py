@@ -99,3 +99,48 @@ def test_sigterm_while_a_token_fetch_hangs_exits_0_within_the_budget_and_loses_n
         assert second.wait() == 0
     finally:
         second.stop()
+
+
+@pytest.mark.parametrize("hook", ["exits", "exits_async"])
+def test_a_hook_raising_systemexit_mid_run_is_a_failed_token_and_the_worker_goes_on(
+    tls_kafka: TlsBroker, kafka_client: str, tmp_path: Path, hook: str
+):
+    """The hook's library calls sys.exit() while the test holds its token service down:
+    the worker ended (exit 3, a traceback; on librdkafka raised again by consume()). Now
+    each is a failed token: the service back, the worker handles what came meanwhile,
+    stops on SIGTERM with exit 0, and every record is handled and committed."""
+    bootstrap = tls_kafka.broker.bootstrap
+    topic, group = unique("oauth-exit"), unique("g")
+    asyncio.run(create_topic(bootstrap, topic, PARTITIONS))
+    asyncio.run(produce_keyed(bootstrap, topic, 100))
+    spec = f"tests.integration.oauth_stuck_tokens:{hook}"
+    source = {"bootstrap_servers": [tls_kafka.address("OAUTH")], "security_protocol":
+              "SASL_PLAINTEXT", "sasl_mechanism": "OAUTHBEARER",
+              "sasl_oauth_token_provider": spec}  # fmt: skip
+    config = write_config(tmp_path / "w.toml", "unused", topic, group, source=source)
+    worker = WorkerProcess(config, tmp_path, extra_env={"OAUTH_DIR": str(tmp_path)})
+    try:
+        eventually(lambda: sum(map(len, read_handled(tmp_path, worker.pid).values())) >= 100,
+                   what="first records handled")  # fmt: skip
+        (tmp_path / "hang").touch()
+        if kafka_client == "librdkafka":  # librdkafka's own oauth_cb was refused
+            worker.wait_for_log("event=oauth_token_failed client=librdkafka", timeout_s=30)
+        else:
+            eventually(lambda: stalled_calls(tmp_path) > 0, timeout_s=30, what="a refused call")
+        (tmp_path / "hang").unlink()
+        asyncio.run(produce_keyed(bootstrap, topic, 50))
+        ends = asyncio.run(end_offsets(bootstrap, topic, PARTITIONS))
+        eventually(lambda: asyncio.run(committed_offsets(bootstrap, group, topic)) == ends,
+                   timeout_s=90, what="committed to the end")  # fmt: skip
+        worker.terminate()
+        code = worker.wait(timeout_s=30)
+        log = worker.log()
+    finally:
+        worker.stop()
+    assert code == 0, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    assert "event=shutdown_complete" in log
+    handled: dict[int, set[int]] = {}
+    for p, offsets in read_handled(tmp_path, worker.pid).items():
+        handled.setdefault(p, set()).update(offsets)
+    assert handled == {p: set(range(end)) for p, end in ends.items()}

@@ -356,6 +356,19 @@ MUTANTS += (
         ),
     ),
     Mutant(
+        "token_hook_systemexit_escapes",
+        "a token hook raising SystemExit is not a failed token: it leaves the worker's "
+        "event loop (async hooks) or librdkafka's oauth_cb, raised again in the next "
+        "consume(): the worker ends mid-run with a traceback",
+        (
+            "tests/unit/test_librdkafka_oauth.py::"
+            "test_a_hook_raising_systemexit_is_a_failed_token_not_the_end_of_the_worker[exits]",
+            "tests/unit/test_librdkafka_oauth.py::"
+            "test_a_hook_raising_systemexit_is_a_failed_token_not_the_end_of_the_worker"
+            "[exits_async]",
+        ),
+    ),
+    Mutant(
         "shutdown_budget_counts_from_when_seen",
         "the shutdown's budget counts from when the main loop saw the exit request (up to "
         "a fetch or a poll error's backoff later), the backstop's from the request: a "
