@@ -356,6 +356,17 @@ MUTANTS += (
         ),
     ),
     Mutant(
+        "librdkafka_offset_resets_folded",
+        "librdkafka's offset-reset warnings (records a partition skipped, and which) are "
+        "folded by their text without numbers: a second partition's reset is only a count",
+        (
+            _node(
+                "unit/test_log_folding",
+                "test_librdkafka_offset_resets_are_each_shown_they_name_what_was_skipped",
+            ),
+        ),
+    ),
+    Mutant(
         "token_hook_systemexit_escapes",
         "a token hook raising SystemExit is not a failed token: it leaves the worker's "
         "event loop (async hooks) or librdkafka's oauth_cb, raised again in the next "
