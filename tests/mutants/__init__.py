@@ -356,6 +356,57 @@ MUTANTS += (
         ),
     ),
     Mutant(
+        "librdkafka_offset_resets_folded",
+        "librdkafka's offset-reset warnings (records a partition skipped, and which) are "
+        "folded by their text without numbers: a second partition's reset is only a count",
+        (
+            _node(
+                "unit/test_log_folding",
+                "test_librdkafka_offset_resets_are_each_shown_they_name_what_was_skipped",
+            ),
+        ),
+    ),
+    Mutant(
+        "token_hook_systemexit_escapes",
+        "a token hook raising SystemExit is not a failed token: it leaves the worker's "
+        "event loop (async hooks) or librdkafka's oauth_cb, raised again in the next "
+        "consume(): the worker ends mid-run with a traceback",
+        (
+            "tests/unit/test_librdkafka_oauth.py::"
+            "test_a_hook_raising_systemexit_is_a_failed_token_not_the_end_of_the_worker[exits]",
+            "tests/unit/test_librdkafka_oauth.py::"
+            "test_a_hook_raising_systemexit_is_a_failed_token_not_the_end_of_the_worker"
+            "[exits_async]",
+        ),
+    ),
+    Mutant(
+        "shutdown_budget_counts_from_when_seen",
+        "the shutdown's budget counts from when the main loop saw the exit request (up to "
+        "a fetch or a poll error's backoff later), the backstop's from the request: a "
+        "drain to the full budget leaves the client's close too little of the grace",
+        (
+            _node(
+                "unit/test_shutdown_budget",
+                "test_the_budget_counts_from_the_exit_request_not_from_when_the_main_loop_saw_it",
+            ),
+        ),
+    ),
+    Mutant(
+        "backstop_before_spent_budget_steps",
+        "the backstop ends the daemon 1 s after a budget of 0 or 0.1 s, before the final "
+        "commit and the client's close have had the 0.5 s each still gets: in a broker "
+        "outage the worker never reaches `shutdown_complete`",
+        (
+            _node(
+                "unit/test_shutdown_budget",
+                "test_the_backstop_leaves_a_spent_budget_the_least_time_its_steps_take",
+            ),
+            "tests/integration/test_kafka_outage_budgets.py::"
+            "test_sigterm_in_an_outage_with_a_tiny_budget_completes_its_shutdown_and_loses_nothing"
+            "[librdkafka-0]",
+        ),
+    ),
+    Mutant(
         "aborted_records_delivered",
         "the aiokafka source leaves the isolation level at aiokafka's default "
         "(read_uncommitted): records of aborted transactions reach the handler",

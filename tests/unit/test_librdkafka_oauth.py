@@ -225,3 +225,24 @@ def test_confluent_kafkas_consumer_takes_the_callbacks_token():
     tokens, took = asyncio.run(go())
     assert tokens.calls >= 1 and tokens.failure is None
     assert took < 5  # its wait is in 1 s steps: well under its 10 s give-up
+
+
+def exits() -> tuple[str, float]:
+    raise SystemExit(3)  # a library of the hook's calling sys.exit()
+
+
+async def exits_async() -> tuple[str, float]:
+    raise SystemExit(3)
+
+
+@pytest.mark.parametrize("hook", [exits, exits_async])
+def test_a_hook_raising_systemexit_is_a_failed_token_not_the_end_of_the_worker(loop, hook):
+    """Adversary: SystemExit is no Exception. From a plain hook it went out of the
+    callback into confluent-kafka's C frame, which raised it again in the poller's next
+    consume(): the worker ended (exit 3, a traceback); from an async hook it went out of
+    the worker's own event loop. Either way it is one failed token, like any other."""
+    tokens = TokenCallback(hook, "m:exits", loop)
+    with pytest.raises(TokenHookFailed, match=r"'m:exits' raised SystemExit: 3"):
+        tokens(None)
+    assert loop.is_running()  # the worker's loop goes on
+    assert asyncio.run_coroutine_threadsafe(asyncio.sleep(0, "alive"), loop).result(5) == "alive"

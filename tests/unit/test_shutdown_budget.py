@@ -56,3 +56,65 @@ async def test_the_source_is_stopped_with_the_reserve_left_while_the_final_commi
     (at,) = stopped_at
     assert at - started <= BUDGET_S - CLOSE_RESERVE_S + 0.4, f"stopped at {at - started:.2f}s"
     assert broker.committed("test", TOPIC, 0) is None  # nothing claimed that was not sent
+
+
+async def test_the_budget_counts_from_the_exit_request_not_from_when_the_main_loop_saw_it():
+    """Adversary: the backstop counts from the request (SIGTERM), the shutdown's deadline
+    counted from when the main loop next looked, after a fetch that could take 0.7 s
+    (librdkafka's bounded fetch while its poller is held) or a poll error's 1 s backoff:
+    a batch drained to the full budget left the close too little of the backstop's grace."""
+    broker = MemoryBroker()
+    broker.create_topic(TOPIC, 1)
+    inside = asyncio.Event()
+
+    async def handler(batch) -> None:  # in flight for longer than any budget
+        inside.set()
+        await asyncio.Event().wait()
+
+    budget_s = 3.0  # what is left after the gap keeps the whole reserve
+    settings = {"batching": {"batch_size": 1}, "runtime": {"shutdown_timeout_s": budget_s}}
+    stopped_at: list[float] = []
+    slow = {"on": False}
+    entered_slow_fetch = asyncio.Event()
+    async with running_worker(handler, broker, [TOPIC], settings) as w:
+        source = w.source
+        fetch, stop = source.fetch, source.stop
+
+        async def slow_fetch(timeout_s: float):
+            if slow["on"]:
+                entered_slow_fetch.set()
+                await asyncio.sleep(GAP_S)  # the poller is held: this fetch ends late
+            return await fetch(timeout_s)
+
+        async def timed_stop() -> None:
+            stopped_at.append(time.monotonic())
+            await stop()
+
+        source.fetch = slow_fetch
+        source.stop = timed_stop
+        broker.produce(TOPIC, b"0", key=b"k", partition=0)
+        await inside.wait()
+        slow["on"] = True
+        await entered_slow_fetch.wait()
+        asked = time.monotonic()
+        w.request_exit()
+    (at,) = stopped_at
+    # The drain ends at the budget less the reserve, counted from the request.
+    assert at - asked <= budget_s - CLOSE_RESERVE_S + 0.3, f"stopped at {at - asked:.2f}s"
+
+
+#: How late the main loop sees the request in the test above.
+GAP_S = 0.7
+
+
+def test_the_backstop_leaves_a_spent_budget_the_least_time_its_steps_take():
+    """Adversary: with `shutdown_timeout_s` 0 (or 0.1) in a broker outage, the final commit
+    and the client's close each still get MIN_STEP_S and wait it out; the backstop at the
+    budget + 1 s ended the worker before `shutdown_complete` (librdkafka, on the real
+    broker: tests/integration/test_kafka_outage_budgets.py)."""
+    from worker.runtime.deadline import MIN_STEP_S
+    from worker.runtime.run import BACKSTOP_GRACE_S, backstop_after_s
+
+    for budget_s in (0.0, 0.1, 0.5):
+        assert backstop_after_s(budget_s) >= 2 * MIN_STEP_S + BACKSTOP_GRACE_S
+    assert backstop_after_s(30.0) == 30.0 + BACKSTOP_GRACE_S

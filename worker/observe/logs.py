@@ -60,6 +60,11 @@ FOLDED_LIBRARIES = frozenset(
 #: of "FAIL ... Connect to ipv4#127.0.0.1:46113 failed: Connection refused".
 _PLACEHOLDERS = re.compile(r"%[-#0 +]*\d*(?:\.\d+)?[sdifrx%]")
 _NUMBERS = re.compile(r"\d+")
+#: librdkafka facilities whose every line is shown: an "OFFSET" line says a partition's
+#: position was reset (records skipped: deleted by retention before they were read),
+#: naming the partition and the offset, and is the only trace of it. Folded by its text
+#: without numbers, a second partition's reset was only a count.
+UNFOLDED_FACILITIES = frozenset({"OFFSET"})
 #: How often any line passing by also says the counts of windows that closed.
 SWEEP_S = 1.0
 
@@ -96,6 +101,8 @@ class FoldRepeats(logging.Filter):
             template = _template(record)
         except Exception:
             return True  # the handler's formatting reports it (handleError), not the caller
+        if template is None:
+            return True
         kind = (record.name, record.levelno, template)
         with self._lock:
             opened, held = self._kinds.get(kind, (now - self._window_s, 0))
@@ -129,11 +136,15 @@ class FoldRepeats(logging.Filter):
             _say_folded(kind, held, over)
 
 
-def _template(record: logging.LogRecord) -> str:
+def _template(record: logging.LogRecord) -> str | None:
     """What makes lines of one logger and level one kind: the message's template, or the
-    line without its numbers when the template has no words of its own."""
+    line without its numbers when the template has no words of its own; None for a line
+    never folded (`UNFOLDED_FACILITIES`)."""
     template = str(record.msg)
     if record.args and not any(c.isalpha() for c in _PLACEHOLDERS.sub("", template)):
+        args = record.args
+        if isinstance(args, tuple) and args[0] in UNFOLDED_FACILITIES:
+            return None
         return _NUMBERS.sub("#", record.getMessage())
     return template
 

@@ -43,6 +43,24 @@ class Deadline:
         return Deadline(left - min(reserve_s, left / 2), self._clock)
 
 
+class ExitRequest(asyncio.Event):
+    """The worker's `should_exit`, knowing when it was first set: the shutdown's budget
+    counts from the request (a SIGTERM), as the backstop's does, not from when the main
+    loop next looks, after a fetch (librdkafka's: up to 0.7 s while its poller is held)
+    or a poll error's 1 s backoff: those ate the close's reserve, and the backstop's
+    grace."""
+
+    asked_at: float | None = None
+
+    def set(self) -> None:
+        if self.asked_at is None:
+            self.asked_at = time.monotonic()
+        super().set()
+
+    def waited_s(self) -> float:
+        return 0.0 if self.asked_at is None else time.monotonic() - self.asked_at
+
+
 async def bounded(step: Awaitable[object], timeout_s: float, what: str) -> bool:
     """Await `step` within `timeout_s` (at least MIN_STEP_S); False if it did not finish.
 

@@ -9,7 +9,7 @@ import time
 
 from worker.config import WorkerConfig
 from worker.observe.tracing import configure_provider
-from worker.runtime.deadline import Backstop
+from worker.runtime.deadline import MIN_STEP_S, Backstop
 from worker.runtime.signals import Signals
 from worker.runtime.worker import Worker
 
@@ -17,6 +17,16 @@ log = logging.getLogger("worker")
 
 #: How long past its shutdown budget the daemon may take before the backstop ends it.
 BACKSTOP_GRACE_S = 1.0
+#: The least a shutdown takes whatever its budget: in a broker outage the final commit and
+#: the client's close each wait out the MIN_STEP_S they get of a spent budget.
+SPENT_BUDGET_STEPS_S = 2 * MIN_STEP_S
+
+
+def backstop_after_s(budget_s: float) -> float:
+    """When the backstop ends the daemon: a little after the budget, and never before the
+    least time the shutdown's steps take (with a budget of 0 or 0.1 s, the backstop at the
+    budget + 1 s ended librdkafka's worker in an outage before `shutdown_complete`)."""
+    return max(budget_s, SPENT_BUDGET_STEPS_S) + BACKSTOP_GRACE_S
 
 
 def tune_gc(config: WorkerConfig) -> None:
@@ -48,7 +58,7 @@ def run(config: WorkerConfig) -> int:
         await worker.should_exit.wait()
         # Past the budget the daemon ends whatever the loop is doing (a broker outage, a
         # wedged thread): an orchestrator would SIGKILL it soon after anyway.
-        backstop = Backstop(worker.shutdown_budget_s() + BACKSTOP_GRACE_S, lambda: worker.exit_code)
+        backstop = Backstop(backstop_after_s(worker.shutdown_budget_s()), lambda: worker.exit_code)
         backstop.arm()
         try:
             return await serving

@@ -37,7 +37,7 @@ from worker.runtime.build import (
     warn_about_failures,
 )
 from worker.runtime.committer import Committer
-from worker.runtime.deadline import Deadline, bounded, unless_stopped
+from worker.runtime.deadline import Deadline, ExitRequest, bounded, unless_stopped
 from worker.runtime.tasks import TaskSupervisor
 from worker.sources import make_source
 from worker.sources.base import Source, SourceFailed
@@ -109,7 +109,7 @@ class Worker:
         info = StatusInfo(self.source.name, config.source.group_id, config.handler.target)
         self.status = Status(self, info, self.health.readiness, errors)
         self.endpoints: Endpoints | None = None
-        self.should_exit = asyncio.Event()
+        self.should_exit = ExitRequest()
         self.exit_code = 0
         #: Why the source could not go on, if it could not.
         self.failure: str | None = None
@@ -182,7 +182,7 @@ class Worker:
         source, destination; a step that runs out is logged, the next one still runs."""
         log.info("event=shutdown_started partitions=%d", len(self.assignments.partitions()))
         self.should_exit.set()
-        deadline = Deadline(self.shutdown_budget_s())
+        deadline = Deadline(self.shutdown_budget_s() - self.should_exit.waited_s())
         if self._started:  # before releasing: a lease taken now would only be given up
             await bounded(self.source.stop_taking(), deadline.left(), "stop_taking")
         await self.assignments.release_all(deadline.keeping(CLOSE_RESERVE_S))

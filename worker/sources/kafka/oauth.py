@@ -160,7 +160,10 @@ async def fetch_token(hook: TokenHook, name: str) -> tuple[str, float]:
         raise TokenHookFailed(
             f"{named} did not return a token within {TOKEN_TIMEOUT_S:g} s"
         ) from None
-    except Exception as exc:  # the user's hook: whatever it raises
+    except (Exception, SystemExit) as exc:  # the user's hook: whatever it raises
+        # SystemExit too (a library of the hook's calling sys.exit()): raised on, it left
+        # the worker's event loop (an async hook), or librdkafka's oauth_cb, whose C frame
+        # raised it again in the poller's next consume(): the worker ended, a traceback.
         said = str(exc)[:_HOOK_MESSAGE_CHARS]
         raise TokenHookFailed(f"{named} raised {type(exc).__name__}: {said}") from None
     try:
