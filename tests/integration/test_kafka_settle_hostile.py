@@ -189,3 +189,105 @@ def test_records_waiting_for_their_batching_window_are_never_passed(
         eventually(lambda: caught_up(kafka, group, topic), timeout_s=30, what="lag 0")
     finally:
         worker.stop()
+
+
+def never_passed(kafka: str, group: str, topic: str, readable: set, record_dir: Path) -> bool:
+    """Asserts no partition is committed past a readable record not handled yet (by any
+    worker so far); True once every readable record is handled."""
+    at = committed(kafka, group, topic)
+    handled = set(handled_pairs(record_dir))
+    for p, offset in at.items():
+        waiting = [o for q, o in readable - handled if q == p]
+        assert not waiting or offset <= min(waiting), (
+            f"partition {p} committed at {offset} past unhandled records {sorted(waiting)}"
+        )
+    return readable <= handled
+
+
+def test_members_joining_leaving_and_killed_while_transactions_arrive_never_pass_a_record(
+    kafka: str, kafka_client: str, tmp_path: Path
+):
+    """Three workers with key lanes, tiny buffers and fetches, a window and a slow handler:
+    one joins while transactions (some aborted) arrive, one is killed -9, one leaves on
+    SIGTERM, a last one finishes. Checked all along: nothing committed past a readable
+    record not handled yet; at the end every readable record is handled and lag is 0."""
+    topic, group = unique("txn-churn"), unique("g")
+    plan = ["abort" if n % 4 == 3 else "commit" for n in range(12)]
+    readable = asyncio.run(write_transactions(kafka, topic, plan))
+    config = write_config(
+        tmp_path / "w.toml", kafka, topic, group,
+        source={"fetch_max_records": 2},
+        batching={"batch_size": 3, "maximum_batching_window_ms": 200},
+        handler={"parallelization_factor": 2},
+        runtime={"log_format": "text", "max_buffered_records": 5},
+    )  # fmt: skip
+    env = {"RECORD_SLEEP_S": "0.02"}
+    workers = [WorkerProcess(config, tmp_path, env)]
+
+    def check() -> bool:
+        return never_passed(kafka, group, topic, readable, tmp_path)
+
+    def some_handled(n: int) -> bool:
+        check()
+        return len(handled_pairs(tmp_path)) >= n
+
+    try:
+        eventually(lambda: some_handled(10), what="the first worker handling")
+        workers.append(WorkerProcess(config, tmp_path, env))
+        for n in range(4):
+            kind = "abort" if n == 2 else "commit"
+            readable |= asyncio.run(write_transactions(kafka, topic, [kind], create=False))
+            check()
+        workers[1].wait_for_log(r"event=assigned")
+        eventually(lambda: some_handled(len(readable) // 2), what="half handled")
+        workers[0].kill9()
+        workers[0].wait()
+        check()
+        readable |= asyncio.run(write_transactions(kafka, topic, ["commit"], create=False))
+        workers.append(WorkerProcess(config, tmp_path, env))
+        workers[2].wait_for_log(r"event=assigned")
+        workers[1].terminate()
+        assert workers[1].wait() == 0
+        readable |= asyncio.run(write_transactions(kafka, topic, ["commit", "abort"], create=False))
+        eventually(check, timeout_s=90, what="all handled")
+        eventually(lambda: caught_up(kafka, group, topic), timeout_s=60, what="lag 0")
+        assert set(handled_pairs(tmp_path)) == readable, "an aborted record was handled"
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def test_a_partition_halted_by_the_dead_letter_guard_before_a_marker_is_never_passed(
+    kafka: str, kafka_client: str, tmp_path: Path
+):
+    """Partition 0's last two readable records (a commit marker after them) fail: the first
+    is dead-lettered, the second would be one too many in a row and halts the partition.
+    More transactions follow (partition 0's fetched, never handled); settle rounds go on
+    (partition 1's markers are passed); partition 0 stays committed at or before its
+    second failing record."""
+    topic, group = unique("txn-halt"), unique("g")
+    readable = asyncio.run(write_transactions(kafka, topic, ["commit", "abort", "commit"]))
+    last_two = sorted(o for p, o in readable if p == 0)[-2:]
+    dlq = tmp_path / "dlq.jsonl"
+    config = write_config(
+        tmp_path / "w.toml", kafka, topic, group,
+        batching={"batch_size": 2, "maximum_batching_window_ms": 10},
+        errors={"maximum_retry_attempts": 0, "on_failure": f"file://{dlq}",
+                "max_consecutive_dead_letters": 1, "retry_backoff_ms": [10, 10]},
+    )  # fmt: skip
+    poison = ",".join(f"0:{o}" for o in last_two)
+    worker = WorkerProcess(config, tmp_path, {"RECORD_POISON": poison})
+    try:
+        worker.wait_for_log(r"event=partition_halted partition=\S+-0 ")
+        # After the halt: more transactions, partition 0's fetched and never handled.
+        asyncio.run(write_transactions(kafka, topic, ["commit", "abort"], create=False))
+        ends = asyncio.run(end_offsets(kafka, topic, PARTITIONS))
+        eventually(
+            lambda: committed(kafka, group, topic).get(1) == ends[1],
+            timeout_s=60,
+            what="partition 1 passed its markers (settle rounds ran after the halt)",
+        )
+        at = committed(kafka, group, topic).get(0, 0)
+        assert at <= last_two[1], f"halted partition 0 committed at {at}, past {last_two[1]}"
+    finally:
+        worker.stop()
