@@ -291,3 +291,55 @@ def test_a_partition_halted_by_the_dead_letter_guard_before_a_marker_is_never_pa
         assert at <= last_two[1], f"halted partition 0 committed at {at}, past {last_two[1]}"
     finally:
         worker.stop()
+
+
+async def write_large_transactions(bootstrap: str, topic: str, plan: list[str]) -> set:
+    """As `write_transactions` (the topic exists), with 60 KB values: a few fetches fill a
+    1 MiB memory budget."""
+    txn = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, transactional_id=unique("tx"), max_request_size=2**21
+    )
+    await txn.start()
+    readable: set[tuple[int, int]] = set()
+    try:
+        for kind in plan:
+            await txn.begin_transaction()
+            sent = [
+                await txn.send(topic, bytes(60_000), partition=i % PARTITIONS)
+                for i in range(4 * PARTITIONS)
+            ]
+            metas = await asyncio.gather(*sent)
+            if kind == "abort":
+                await txn.abort_transaction()
+                continue
+            await txn.commit_transaction()
+            readable |= {(m.partition, m.offset) for m in metas}
+    finally:
+        await txn.stop()
+    return readable
+
+
+def test_a_memory_budget_pausing_and_hurrying_partitions_never_passes_a_record(
+    kafka: str, kafka_client: str, tmp_path: Path
+):
+    """A 1 MiB memory budget against 60 KB records in transactions (some aborted), a 4 s
+    window and a slow handler: the budget pauses partitions and cuts their waiting
+    batches early while their clients hold fetched records and positions past markers.
+    Checked all along: nothing committed past a readable record not handled yet."""
+    topic, group = unique("txn-budget"), unique("g")
+    readable = asyncio.run(write_transactions(kafka, topic, ["commit"]))
+    plan = ["abort" if n % 4 == 3 else "commit" for n in range(10)]
+    readable |= asyncio.run(write_large_transactions(kafka, topic, plan))
+    config = write_config(
+        tmp_path / "w.toml", kafka, topic, group,
+        batching={"batch_size": 1000, "maximum_batching_window_ms": 4000},
+        runtime={"log_format": "text", "memory_budget_bytes": 1024 * 1024},
+    )  # fmt: skip
+    worker = WorkerProcess(config, tmp_path, {"RECORD_SLEEP_S": "0.05"})
+    try:
+        eventually(lambda: never_passed(kafka, group, topic, readable, tmp_path),
+                   timeout_s=90, what="all handled")  # fmt: skip
+        eventually(lambda: caught_up(kafka, group, topic), timeout_s=30, what="lag 0")
+        assert set(handled_pairs(tmp_path)) == readable, "an aborted record was handled"
+    finally:
+        worker.stop()
