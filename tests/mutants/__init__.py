@@ -474,6 +474,13 @@ MUTANTS += (
                 "unit/test_settled_past_markers",
                 "test_a_batch_in_the_handler_keeps_the_position_from_being_committed",
             ),
+            *(
+                _node(
+                    "integration/test_kafka_settle_hostile",
+                    f"test_records_waiting_for_their_batching_window_are_never_passed[{c}]",
+                )
+                for c in ("aiokafka", "librdkafka")
+            ),
         ),
     ),
     Mutant(
