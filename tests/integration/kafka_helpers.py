@@ -14,6 +14,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -177,6 +178,20 @@ class CommitBarrier:
             if time.monotonic() > deadline:
                 raise AssertionError(f"the worker did not commit {self.topic} in {timeout_s}s")
             await asyncio.sleep(0.05)
+
+
+#: A test (or case) CI runs only with STREAMWORKER_LONG=1: its bounded version stays in CI.
+LONG = [
+    pytest.mark.long,
+    pytest.mark.skipif(not os.environ.get("STREAMWORKER_LONG"), reason="long: STREAMWORKER_LONG=1"),
+]
+
+
+def long_run(test: Callable[..., Any]) -> Callable[..., Any]:
+    """The `LONG` marks on a whole test."""
+    for mark in LONG:
+        test = mark(test)
+    return test
 
 
 #: The Kafka clients a test parametrized with the `kafka_client` fixture runs on.

@@ -22,6 +22,7 @@ from tests.integration.kafka_helpers import (
     create_topic,
     end_offsets,
     eventually,
+    long_run,
     produce_keyed,
     read_handled,
     unique,
@@ -48,6 +49,7 @@ def oauth_broker(tmp_path: Path) -> Iterator[dict[str, kafka_broker.Broker]]:
         holder["broker"].stop()
 
 
+@long_run
 def test_a_broker_restart_longer_than_a_token_lives_loses_nothing(
     oauth_broker: dict[str, kafka_broker.Broker], kafka_client: str, tmp_path: Path
 ):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.kafka_helpers import (
+    LONG,
     WorkerProcess,
     committed_offsets,
     create_topic,
@@ -36,7 +37,7 @@ def stalled_calls(where: Path) -> int:
 
 
 @pytest.mark.parametrize("when", ["mid_run", "at_start"])
-@pytest.mark.parametrize("hook", ["stalls", "stalls_async"])
+@pytest.mark.parametrize("hook", ["stalls", pytest.param("stalls_async", marks=LONG)])
 def test_sigterm_while_a_token_fetch_hangs_exits_0_within_the_budget_and_loses_nothing(
     tls_kafka: TlsBroker, kafka_client: str, tmp_path: Path, hook: str, when: str
 ):
@@ -101,7 +102,7 @@ def test_sigterm_while_a_token_fetch_hangs_exits_0_within_the_budget_and_loses_n
         second.stop()
 
 
-@pytest.mark.parametrize("hook", ["exits", "exits_async"])
+@pytest.mark.parametrize("hook", ["exits", pytest.param("exits_async", marks=LONG)])
 def test_a_hook_raising_systemexit_mid_run_is_a_failed_token_and_the_worker_goes_on(
     tls_kafka: TlsBroker, kafka_client: str, tmp_path: Path, hook: str
 ):

@@ -15,6 +15,7 @@ import pytest
 
 from scripts import kafka_broker
 from tests.integration.kafka_helpers import (
+    LONG,
     WorkerProcess,
     committed_offsets,
     create_topic,
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.kafka
 PARTITIONS = 2
 
 
-@pytest.mark.parametrize("budget_s", [0, 0.1])
+@pytest.mark.parametrize("budget_s", [0, pytest.param(0.1, marks=LONG)])
 def test_sigterm_in_an_outage_with_a_tiny_budget_completes_its_shutdown_and_loses_nothing(
     broker: kafka_broker.Cluster, kafka_client: str, tmp_path: Path, budget_s: float
 ):

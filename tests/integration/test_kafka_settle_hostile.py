@@ -25,6 +25,7 @@ from tests.integration.kafka_helpers import (
     committed,
     end_offsets,
     eventually,
+    long_run,
     read_handled,
     unique,
     write_config,
@@ -51,6 +52,7 @@ def attempts(calls: Path, partition: int, offset: int) -> int:
     return n
 
 
+@long_run
 def test_a_record_failing_for_ever_before_a_commit_marker_is_never_passed(
     kafka: str, kafka_client: str, tmp_path: Path
 ):
@@ -78,6 +80,7 @@ def test_a_record_failing_for_ever_before_a_commit_marker_is_never_passed(
         worker.stop()
 
 
+@long_run
 def test_kill_9_with_key_lanes_and_tiny_buffers_never_leaves_a_commit_past_an_unhandled_record(
     kafka: str, kafka_client: str, tmp_path: Path
 ):
@@ -116,6 +119,7 @@ def test_kill_9_with_key_lanes_and_tiny_buffers_never_leaves_a_commit_past_an_un
     assert sum(len(v) for v in read_handled(tmp_path).values()) >= len(readable)
 
 
+@long_run
 def test_latest_with_a_transaction_open_at_the_start_reads_it_once_it_commits(
     kafka: str, kafka_client: str, tmp_path: Path
 ):
@@ -204,6 +208,7 @@ def never_passed(kafka: str, group: str, topic: str, readable: set, record_dir: 
     return readable <= handled
 
 
+@long_run
 def test_members_joining_leaving_and_killed_while_transactions_arrive_never_pass_a_record(
     kafka: str, kafka_client: str, tmp_path: Path
 ):
@@ -257,6 +262,7 @@ def test_members_joining_leaving_and_killed_while_transactions_arrive_never_pass
             worker.stop()
 
 
+@long_run
 def test_a_partition_halted_by_the_dead_letter_guard_before_a_marker_is_never_passed(
     kafka: str, kafka_client: str, tmp_path: Path
 ):
@@ -319,6 +325,7 @@ async def write_large_transactions(bootstrap: str, topic: str, plan: list[str]) 
     return readable
 
 
+@long_run
 def test_a_memory_budget_pausing_and_hurrying_partitions_never_passes_a_record(
     kafka: str, kafka_client: str, tmp_path: Path
 ):
