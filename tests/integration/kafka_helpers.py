@@ -318,3 +318,36 @@ def eventually(predicate: Callable[[], bool], timeout_s: float = 60, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or predicate}")
         time.sleep(0.05)
+
+
+def handled_by(record_dir: Path, *workers: WorkerProcess) -> dict[int, set[int]]:
+    """Every offset the recording handler saw in any of `workers`, by partition."""
+    handled: dict[int, set[int]] = {}
+    for worker in workers:
+        for p, offsets in read_handled(record_dir, worker.pid).items():
+            handled.setdefault(p, set()).update(offsets)
+    return handled
+
+
+def a_second_run_finishes(
+    config: Path, record_dir: Path, bootstrap: str, group: str, topic: str,
+    first: WorkerProcess, partitions: int,
+) -> None:  # fmt: skip
+    """A second worker of the group on `config` commits `topic` to its end, and the two
+    runs together handled every record of it (nothing lost); it then stops with exit 0."""
+    ends = asyncio.run(end_offsets(bootstrap, topic, partitions))
+    second = WorkerProcess(config, record_dir)
+    try:
+        # Running first: the first run may have committed all already, and a SIGTERM
+        # before the signal handlers are installed ends a worker with no line, exit -15.
+        second.wait_for_log("event=assigned", timeout_s=60)
+        eventually(lambda: asyncio.run(committed_offsets(bootstrap, group, topic)) == ends,
+                   what="second run committed")  # fmt: skip
+        assert handled_by(record_dir, first, second) == {
+            p: set(range(end)) for p, end in ends.items()
+        }
+        second.terminate()
+        code = second.wait()
+        assert code == 0, second.log()[-3000:]
+    finally:
+        second.stop()

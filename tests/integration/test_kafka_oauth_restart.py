@@ -22,6 +22,7 @@ from tests.integration.kafka_helpers import (
     create_topic,
     end_offsets,
     eventually,
+    handled_by,
     long_run,
     produce_keyed,
     read_handled,
@@ -86,7 +87,4 @@ def test_a_broker_restart_longer_than_a_token_lives_loses_nothing(
     assert code == 0, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
     assert "event=shutdown_complete" in log
-    handled: dict[int, set[int]] = {}
-    for p, offsets in read_handled(tmp_path, worker.pid).items():
-        handled.setdefault(p, set()).update(offsets)
-    assert handled == {p: set(range(end)) for p, end in ends.items()}
+    assert handled_by(tmp_path, worker) == {p: set(range(end)) for p, end in ends.items()}

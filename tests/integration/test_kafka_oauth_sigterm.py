@@ -15,10 +15,12 @@ import pytest
 from tests.integration.kafka_helpers import (
     LONG,
     WorkerProcess,
+    a_second_run_finishes,
     committed_offsets,
     create_topic,
     end_offsets,
     eventually,
+    handled_by,
     produce_keyed,
     read_handled,
     unique,
@@ -84,22 +86,8 @@ def test_sigterm_while_a_token_fetch_hangs_exits_0_within_the_budget_and_loses_n
     assert took <= SHUTDOWN_S + 1.5, f"took {took:.1f}s; {hung}"
 
     # A second worker on the plain listener, same group: every record handled at least once.
-    ends = asyncio.run(end_offsets(bootstrap, topic, PARTITIONS))
     plain = write_config(tmp_path / "p.toml", bootstrap, topic, group)
-    second = WorkerProcess(plain, tmp_path)
-    try:
-        second.wait_for_log("event=assigned", timeout_s=60)
-        eventually(lambda: asyncio.run(committed_offsets(bootstrap, group, topic)) == ends,
-                   what="second run committed")  # fmt: skip
-        handled: dict[int, set[int]] = {}
-        for pid in (worker.pid, second.pid):
-            for p, offsets in read_handled(tmp_path, pid).items():
-                handled.setdefault(p, set()).update(offsets)
-        assert handled == {p: set(range(end)) for p, end in ends.items()}
-        second.terminate()
-        assert second.wait() == 0
-    finally:
-        second.stop()
+    a_second_run_finishes(plain, tmp_path, bootstrap, group, topic, worker, PARTITIONS)
 
 
 @pytest.mark.parametrize("hook", ["exits", pytest.param("exits_async", marks=LONG)])
@@ -141,7 +129,4 @@ def test_a_hook_raising_systemexit_mid_run_is_a_failed_token_and_the_worker_goes
     assert code == 0, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
     assert "event=shutdown_complete" in log
-    handled: dict[int, set[int]] = {}
-    for p, offsets in read_handled(tmp_path, worker.pid).items():
-        handled.setdefault(p, set()).update(offsets)
-    assert handled == {p: set(range(end)) for p, end in ends.items()}
+    assert handled_by(tmp_path, worker) == {p: set(range(end)) for p, end in ends.items()}

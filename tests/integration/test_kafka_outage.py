@@ -15,9 +15,8 @@ import pytest
 from scripts import kafka_broker
 from tests.integration.kafka_helpers import (
     WorkerProcess,
-    committed_offsets,
+    a_second_run_finishes,
     create_topic,
-    end_offsets,
     eventually,
     produce_keyed,
     read_handled,
@@ -40,12 +39,11 @@ def test_sigterm_during_an_outage_exits_0_within_the_budget_and_a_restart_loses_
     the close began after the budget: the drain and final commit now leave it time."""
     bootstrap, topic, group = broker.bootstrap, unique("outage"), unique("g")
 
-    async def setup() -> dict[int, int]:
+    async def setup() -> None:
         await create_topic(bootstrap, topic, PARTITIONS)
         await produce_keyed(bootstrap, topic, 400)
-        return await end_offsets(bootstrap, topic, PARTITIONS)
 
-    ends = asyncio.run(setup())
+    asyncio.run(setup())
     config = write_config(
         tmp_path / "w.toml", bootstrap, topic, group,
         runtime={"shutdown_timeout_s": SHUTDOWN_S, "log_format": "text"},
@@ -80,20 +78,7 @@ def test_sigterm_during_an_outage_exits_0_within_the_budget_and_a_restart_loses_
     broker.start_node(node.node_id)
     asyncio.run(wait_for_group_coordinator(bootstrap))
     asyncio.run(produce_keyed(bootstrap, topic, 100))
-    ends = asyncio.run(end_offsets(bootstrap, topic, PARTITIONS))
-    second = WorkerProcess(config, tmp_path)
-    try:
-        eventually(lambda: asyncio.run(committed_offsets(bootstrap, group, topic)) == ends,
-                   what="second run committed")  # fmt: skip
-        handled: dict[int, set[int]] = {}
-        for pid in (worker.pid, second.pid):
-            for p, offsets in read_handled(tmp_path, pid).items():
-                handled.setdefault(p, set()).update(offsets)
-        assert handled == {p: set(range(end)) for p, end in ends.items()}
-        second.terminate()
-        assert second.wait() == 0
-    finally:
-        second.stop()
+    a_second_run_finishes(config, tmp_path, bootstrap, group, topic, worker, PARTITIONS)
 
 
 def test_an_outage_is_logged_once_counted_and_its_end_logged_with_its_duration(

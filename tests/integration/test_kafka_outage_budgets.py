@@ -17,9 +17,8 @@ from scripts import kafka_broker
 from tests.integration.kafka_helpers import (
     LONG,
     WorkerProcess,
-    committed_offsets,
+    a_second_run_finishes,
     create_topic,
-    end_offsets,
     eventually,
     produce_keyed,
     read_handled,
@@ -69,17 +68,4 @@ def test_sigterm_in_an_outage_with_a_tiny_budget_completes_its_shutdown_and_lose
 
     broker.start_node(node.node_id)
     asyncio.run(wait_for_group_coordinator(bootstrap))
-    ends = asyncio.run(end_offsets(bootstrap, topic, PARTITIONS))
-    second = WorkerProcess(config, tmp_path)
-    try:
-        eventually(lambda: asyncio.run(committed_offsets(bootstrap, group, topic)) == ends,
-                   what="second run committed")  # fmt: skip
-        handled: dict[int, set[int]] = {}
-        for pid in (worker.pid, second.pid):
-            for p, offsets in read_handled(tmp_path, pid).items():
-                handled.setdefault(p, set()).update(offsets)
-        assert handled == {p: set(range(end)) for p, end in ends.items()}
-        second.terminate()
-        assert second.wait() == 0
-    finally:
-        second.stop()
+    a_second_run_finishes(config, tmp_path, bootstrap, group, topic, worker, PARTITIONS)
