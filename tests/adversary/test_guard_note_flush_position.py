@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.integration.kafka_helpers import create_topic, unique
 from worker.sources.kafka.config import KafkaSourceConfig
+from worker.sources.kafka.markers import fetch_position
 from worker.sources.kafka.source import KafkaSource
 
 pytestmark = pytest.mark.kafka
@@ -81,9 +82,9 @@ def test_a_halt_in_the_first_batch_of_a_fresh_partition_commits_nothing_past_it(
         async def load_while_records_arrive(partitions: list[TopicPartition]) -> None:
             # Let aiokafka reset the new partition's position as it does on its own...
             deadline = time.monotonic() + 5
-            while source._fetch_position(tp) is None and time.monotonic() < deadline:  # noqa: ASYNC110
+            while fetch_position(source._consumer, tp) is None and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
-            reset_at.append(source._fetch_position(tp))
+            reset_at.append(fetch_position(source._consumer, tp))
             # ...then records arrive, before prepare reads the end offsets.
             for i in range(5):
                 await producer.send_and_wait(topic, b"during-%d" % i)

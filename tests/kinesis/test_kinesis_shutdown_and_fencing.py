@@ -112,10 +112,17 @@ async def test_a_worker_shutting_down_takes_no_lease_while_it_releases_its_own(
             await other.add_shard(shard_id, ())
         held = {"lease": await other.take((await other.all())[1])}
 
+        stop_renewing = asyncio.Event()
+
         async def renew_for_ever() -> None:
-            while True:
-                await asyncio.sleep(0.5)
-                held["lease"] = await other.renew(held["lease"])
+            # Stopped between renewals, never cancelled inside one: a renew cut after
+            # DynamoDB applied it left `held` one counter behind, and the release below
+            # failed with LeaseLost (seen in CI).
+            while not stop_renewing.is_set():
+                try:
+                    await asyncio.wait_for(stop_renewing.wait(), 0.5)
+                except TimeoutError:
+                    held["lease"] = await other.renew(held["lease"])
 
         renewer = asyncio.create_task(renew_for_ever())
         a = Worker(cfg, source=KinesisSource(cfg.source, session), handler=handler)
@@ -125,8 +132,8 @@ async def test_a_worker_shutting_down_takes_no_lease_while_it_releases_its_own(
             shutting.set()
             a.request_exit()
             await until(lambda: "event=shutdown_started" in caplog.text, 10, "the shutdown")
-            renewer.cancel()
-            await asyncio.gather(renewer, return_exceptions=True)
+            stop_renewing.set()
+            await renewer
             await other.release(held["lease"])  # free for anyone, while the worker drains
             took = await hold(taken, 2.5)  # at least two lease rounds (one a second)
         finally:
