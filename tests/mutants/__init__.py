@@ -37,6 +37,9 @@ def _both(name: str, rest: str = "") -> tuple[str, str]:
     return tuple(_crash(f"{name}[{client}{rest}]") for client in ("aiokafka", "librdkafka"))  # type: ignore[return-value]
 
 
+_EXPIRED = "test_a_deleted_checkpoint_reads_on_from_the_oldest_record_counting_the_loss"
+
+
 @dataclass(frozen=True, slots=True)
 class Mutant:
     name: str
@@ -492,6 +495,26 @@ MUTANTS += (
             _node(
                 "unit/test_kafka_fetch_trust",
                 "test_aiokafka_a_partition_with_fetched_records_not_yet_returned_is_not_trusted",
+            ),
+        ),
+    ),
+    Mutant(
+        "reset_to_the_end_for_latest",
+        "with starting_position = latest, a checkpoint the log deleted past is reset to the "
+        "partition's end: every record still in the log is skipped and committed past",
+        tuple(
+            _node("integration/test_kafka_expired_offsets", f"{_EXPIRED}[{client}-latest]")
+            for client in ("aiokafka", "librdkafka")
+        ),
+    ),
+    Mutant(
+        "expiry_ignores_the_log_start",
+        "librdkafka's records jumping ahead count as deleted offsets without the log start "
+        "having moved: a compacted topic's holes and transaction markers are counted lost",
+        (
+            _node(
+                "unit/test_kafka_expiry",
+                "test_a_partitions_records_after_a_reset_are_told_from_its_holes",
             ),
         ),
     ),

@@ -28,6 +28,8 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka import TopicPartition as RdTopicPartition
 
+from worker.sources.kafka.config import KafkaSourceConfig
+
 log = logging.getLogger("worker.source.kafka")
 
 _Call = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...]]
@@ -136,3 +138,35 @@ def read_marks(consumer: Any, tps: list[Any]) -> dict[Any, tuple[int, int]]:
     except (KafkaException, RuntimeError):
         pass
     return marks
+
+
+def start_offsets(
+    consumer: Any, partitions: list[RdTopicPartition], config: KafkaSourceConfig, timeout_s: float
+) -> list[RdTopicPartition]:
+    """On the poller thread, in an assign callback: where each new partition starts, its
+    committed offset, else where `starting_position` says."""
+    found = consumer.committed(partitions, timeout=timeout_s)
+    out, timestamp = [], config.starting_position == "at_timestamp"
+    for tp in found:
+        if tp.offset >= 0:
+            out.append(RdTopicPartition(tp.topic, tp.partition, tp.offset))
+            continue
+        low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+        offset = low if config.starting_position == "trim_horizon" else high
+        if timestamp:
+            ts_ms = int(config.starting_position_timestamp * 1000)
+            asked = [RdTopicPartition(tp.topic, tp.partition, ts_ms)]
+            hit = consumer.offsets_for_times(asked, timeout=timeout_s)[0]
+            offset = hit.offset if hit.offset >= 0 else high
+        out.append(RdTopicPartition(tp.topic, tp.partition, offset))
+    return out
+
+
+def low_watermark(consumer: Any, tp: Any) -> int | None:
+    """On the poller thread: the log start of `tp`'s last fetch response, if known."""
+    try:
+        asked = RdTopicPartition(tp.topic, tp.partition)
+        marks = consumer.get_watermark_offsets(asked, cached=True)
+    except (KafkaException, RuntimeError):
+        return None
+    return marks[0] if marks is not None and marks[0] >= 0 else None

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from worker.sources.kafka.config import KafkaSourceConfig
+from worker.sources.kafka.expiry import LIBRDKAFKA_RESET
 
 #: See the module's docstring: librdkafka's 1000 ms default stalls a fast consumer.
 FETCH_QUEUE_BACKOFF_MS = 10
@@ -72,7 +73,6 @@ def security_conf(config: KafkaSourceConfig) -> dict[str, Any]:
 
 def consumer_conf(config: KafkaSourceConfig) -> dict[str, Any]:
     """The consumer's properties (callbacks and the logger are added by the source)."""
-    reset = "latest" if config.starting_position == "latest" else "earliest"
     conf = {
         **security_conf(config),
         "group.id": config.group_id,
@@ -80,7 +80,7 @@ def consumer_conf(config: KafkaSourceConfig) -> dict[str, Any]:
         "group.protocol": config.group_protocol,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        "auto.offset.reset": reset,
+        "auto.offset.reset": LIBRDKAFKA_RESET,  # the source sets where no checkpoint is
         "max.poll.interval.ms": config.max_poll_interval_ms,
         "fetch.max.bytes": config.fetch_max_bytes,
         # librdkafka refuses a fetch.max.bytes below message.max.bytes (1 MB, a request

@@ -42,7 +42,15 @@ from worker.sources.base import (
     next_to_read,
 )
 from worker.sources.kafka.config import KafkaSourceConfig
-from worker.sources.kafka.librdkafka_calls import PollerCalls, left_at_stop, read_marks, said
+from worker.sources.kafka.expiry import Continuity, ExpiredOffsets
+from worker.sources.kafka.librdkafka_calls import (
+    PollerCalls,
+    left_at_stop,
+    low_watermark,
+    read_marks,
+    said,
+    start_offsets,
+)
 from worker.sources.kafka.librdkafka_conf import consumer_conf, queue_kbytes
 from worker.sources.kafka.librdkafka_oauth import start_failure, with_tokens
 from worker.sources.kafka.librdkafka_rebalance import RebalanceBridge
@@ -103,6 +111,9 @@ class LibrdkafkaSource:
         self._marks_read = 0.0  # poller thread only
         #: Positions not trusted since a fetch had errors, until records (see `markers`).
         self._suspect: set[TopicPartition] = set()
+        self._expired = ExpiredOffsets(self.name)
+        #: Where each partition's records so far end (poller thread; see `expiry`).
+        self._continuity = Continuity(lambda tp: low_watermark(self._consumer, tp))
         #: Assigned to the client and told to the listener: only these are committed,
         #: and only their records are returned.
         self._announced: set[TopicPartition] = set()
@@ -128,6 +139,7 @@ class LibrdkafkaSource:
 
     def attach(self, metrics: Metrics) -> None:
         self._reach = attach_gauges(metrics.registry, self.name, self._config.group_id)
+        self._expired.attach(metrics)
 
     async def start(self, listener: AssignmentListener) -> None:
         # The one preflight: the broker answers, the credentials and TLS are accepted and
@@ -167,22 +179,9 @@ class LibrdkafkaSource:
     def starts(self, consumer: Consumer, partitions: list[RdTopicPartition]) -> list[Any]:
         """Where each new partition starts: its committed offset, else where
         `starting_position` says (asked now, so `_committed` is where reading starts)."""
-        found = consumer.committed(partitions, timeout=ASSIGN_CALL_TIMEOUT_S)
-        out, timestamp = [], self._config.starting_position == "at_timestamp"
-        for tp in found:
-            if tp.offset >= 0:
-                out.append(RdTopicPartition(tp.topic, tp.partition, tp.offset))
-                continue
-            low, high = consumer.get_watermark_offsets(tp, timeout=ASSIGN_CALL_TIMEOUT_S)
-            offset = low if self._config.starting_position == "trim_horizon" else high
-            if timestamp:
-                ts_ms = int(self._config.starting_position_timestamp * 1000)
-                hit = consumer.offsets_for_times(
-                    [RdTopicPartition(tp.topic, tp.partition, ts_ms)],
-                    timeout=ASSIGN_CALL_TIMEOUT_S,
-                )[0]
-                offset = hit.offset if hit.offset >= 0 else high
-            out.append(RdTopicPartition(tp.topic, tp.partition, offset))
+        out = start_offsets(consumer, partitions, self._config, ASSIGN_CALL_TIMEOUT_S)
+        for tp in out:
+            self._continuity.start(TopicPartition(tp.topic, tp.partition), tp.offset)
         return out
 
     async def assigned(self, partitions: list[TopicPartition], starts: list[int]) -> None:
@@ -238,7 +237,9 @@ class LibrdkafkaSource:
             if not polling.done():
                 return {}
         self._polling = None
-        chunks, errors, marks = polling.result()
+        chunks, errors, marks, gaps = polling.result()
+        for tp, (position, oldest) in gaps.items():  # librdkafka reset them (`expiry`)
+            self._expired.passed(self.label(tp), position, oldest)
         self._marks.update((tp, m) for tp, m in marks.items() if tp in self._announced)
         if errors:
             self._suspect = set(self._announced)
@@ -255,13 +256,13 @@ class LibrdkafkaSource:
             self._suspect.difference_update(chunks)
         return chunks
 
-    def _poll(self, timeout_s: float) -> tuple[dict[TopicPartition, list[Any]], list[Any], Any]:
+    def _poll(self, timeout_s: float) -> tuple[dict[TopicPartition, list[Any]], Any, Any, Any]:
         """On the poller thread: one `consume()`, its messages as records by partition."""
         assert self._consumer is not None
         chunks, errors = by_partition(
             self._consumer.consume(self._config.fetch_max_records, timeout_s), self._topic
         )
-        return chunks, errors, self._read_marks(chunks)
+        return chunks, errors, self._read_marks(chunks), self._continuity.after(chunks)
 
     def _read_marks(self, chunks: Mapping[TopicPartition, Any]) -> dict[Any, tuple[int, int]]:
         """On the poller thread: the cached high watermark and the fetch position of the

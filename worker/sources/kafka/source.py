@@ -13,6 +13,7 @@ from aiokafka.errors import (
     IllegalStateError,
     KafkaConnectionError,
     KafkaError,
+    OffsetOutOfRangeError,
     RebalanceInProgressError,
     UnknownTopicOrPartitionError,
 )
@@ -26,6 +27,7 @@ from worker.sources.base import (
     next_to_read,
 )
 from worker.sources.kafka.config import KafkaSourceConfig
+from worker.sources.kafka.expiry import AIOKAFKA_RESET, ExpiredOffsets, oldest_left
 from worker.sources.kafka.fetch_limits import PauseAwareLimits, broker_count, fetch_limits
 from worker.sources.kafka.markers import FetchTrust, fetch_position, past_markers, readable_end
 from worker.sources.kafka.notes import CommitNotes
@@ -98,14 +100,14 @@ class KafkaSource:
         self._limits = PauseAwareLimits()
         self._trust = FetchTrust()  # whose fetch positions may be committed (markers)
         self._notes = CommitNotes(client_kwargs(config), config.group_id)
-        reset = "latest" if config.starting_position == "latest" else "earliest"
+        self._expired = ExpiredOffsets(self.name)
         self._consumer = AIOKafkaConsumer(
             **client_kwargs(config),
             group_id=config.group_id,
             group_instance_id=config.group_instance_id,
             client_id=config.client_id,
             enable_auto_commit=False,
-            auto_offset_reset=reset,
+            auto_offset_reset=AIOKAFKA_RESET,  # `prepare` seeks where no checkpoint is
             session_timeout_ms=config.session_timeout_ms,
             rebalance_timeout_ms=config.rebalance_timeout_ms,
             heartbeat_interval_ms=config.heartbeat_interval_ms,
@@ -133,6 +135,7 @@ class KafkaSource:
 
     def attach(self, metrics: Metrics) -> None:
         self._reach = attach_gauges(metrics.registry, self.name, self._config.group_id)
+        self._expired.attach(metrics)
 
     async def start(self, listener: AssignmentListener) -> None:
         await check_source(self._config)  # else aiokafka waits on a missing topic for ever
@@ -243,9 +246,8 @@ class KafkaSource:
                 self._consumer.seek(tp, offset)
                 self._committed[tp] = offset
         else:
-            # The consumer may have reset these positions itself before now, and records
-            # may have arrived since: seek to the offsets read, so reading starts where
-            # `_committed` says (flush_notes commits there: never past an unread record).
+            # Seek to the offsets read, so reading starts where `_committed` says
+            # (flush_notes commits there: never past an unread record).
             if self._config.starting_position == "trim_horizon":
                 starts = await self._consumer.beginning_offsets(fresh)
             else:
@@ -261,6 +263,10 @@ class KafkaSource:
             chunks = await self._consumer.getmany(
                 timeout_ms=int(timeout_s * 1000), max_records=self._config.fetch_max_records
             )
+        except OffsetOutOfRangeError as exc:  # raised only with nothing else drained
+            self._trust.failed()
+            await oldest_left(self._consumer, exc.args[0], self._expired, self.label)
+            return {}
         except Exception:
             self._trust.failed()
             raise

@@ -1,0 +1,75 @@
+"""Telling offsets the log deleted from a compacted topic's holes and transaction markers
+(`worker.sources.kafka.expiry`); the real broker's side is
+tests/integration/test_kafka_expired_offsets.py."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pytest
+from aiokafka import TopicPartition
+
+from worker.observe.metrics import Metrics
+from worker.sources.kafka.expiry import Continuity, ExpiredOffsets, gap_expired
+
+TP = TopicPartition("t", 0)
+
+
+@dataclass
+class Rec:
+    offset: int
+
+
+def chunk(*offsets: int) -> list[Rec]:
+    return [Rec(o) for o in offsets]
+
+
+@pytest.mark.parametrize(
+    ("first", "expected", "low", "lost"),
+    [
+        (40, 10, 40, 30),  # reset to the log start after a deletion
+        (45, 10, 40, 30),  # the oldest left was compacted away too: only the deletion counts
+        (40, 10, 60, 30),  # the log start moved on again since: what came is not lost
+        (12, 10, 0, 0),  # a compacted topic's hole: the log start is far behind
+        (11, 10, 5, 0),  # a transaction marker
+        (10, 10, 40, 0),  # no gap: the records before the log start were read already
+    ],
+)
+def test_only_offsets_the_log_start_moved_past_are_lost(first, expected, low, lost):
+    assert gap_expired(first, expected, low) == lost
+
+
+def test_a_partitions_records_after_a_reset_are_told_from_its_holes():
+    lows = {TP: 0}
+    continuity = Continuity(lows.get)
+    continuity.start(TP, 10)
+    assert continuity.after({TP: chunk(10, 11, 13)}) == {}
+    assert continuity.after({TP: chunk(15, 16)}) == {}, "a hole, the log start behind it"
+    lows[TP] = 40
+    assert continuity.after({TP: chunk(40, 41)}) == {TP: (17, 40)}
+    assert continuity.after({TP: chunk(42)}) == {}, "counted once"
+
+
+def test_an_unknown_log_start_or_a_partition_never_started_counts_nothing():
+    continuity = Continuity(lambda tp: None)
+    continuity.start(TP, 0)
+    assert continuity.after({TP: chunk(50)}) == {}
+    other = TopicPartition("t", 1)
+    assert Continuity(lambda tp: 100).after({other: chunk(90)}) == {}
+
+
+def test_the_loss_is_said_and_counted_and_a_position_past_the_end_only_warned(caplog):
+    metrics = Metrics()
+    expired = ExpiredOffsets("kafka")
+    expired.attach(metrics)
+    with caplog.at_level(logging.WARNING, logger="worker.source.kafka"):
+        assert expired.passed("t-0", 10, 40) == 30
+        assert expired.passed("t-0", 50, 0) == 0
+    levels = [(r.levelno, r.getMessage().split()[0]) for r in caplog.records]
+    assert levels == [(logging.ERROR, "event=offsets_expired"),
+                      (logging.WARNING, "event=position_past_end")]  # fmt: skip
+    value = metrics.registry.get_sample_value(
+        "worker_offsets_expired_total", {"source": "kafka", "partition": "t-0"}
+    )
+    assert value == 30
