@@ -18,6 +18,7 @@ from pathlib import Path
 from worker.config import WorkerConfig
 from worker.config_load import ConfigError, load_config
 from worker.destinations import dlq_view
+from worker.runtime.signals import StoppedBeforeStart, stop_while_loading
 
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
@@ -292,6 +293,10 @@ def _lag(config: WorkerConfig, wait_s: float | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
+    except StoppedBeforeStart as exc:
+        print(f"stopped: {exc} before the worker started; nothing was read", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(0)  # as a run that started: no thread a loading step began keeps it alive
     except BrokenPipeError:
         # The reader went away (`worker status | head`): it had what it wanted. Point
         # stdout at /dev/null so the interpreter's final flush does not raise again.
@@ -317,6 +322,16 @@ def _main(argv: list[str] | None) -> int:
             return _redrive(args)
         except ConfigError as exc:
             return _fail(exc.problems)
+    if args.command != "run":
+        return _with_config(args)
+    restore = stop_while_loading()
+    try:
+        return _with_config(args)
+    finally:
+        restore()
+
+
+def _with_config(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
     except ConfigError as exc:
