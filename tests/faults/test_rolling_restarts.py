@@ -13,8 +13,9 @@ drains and stops with SIGTERM. The engine is the soak's (`load/soak.py`): the sa
 schedule of faults, the same checker over the whole history (lost, duplicated and the
 duplicates no commit explains, per-key order within each epoch, skips, commits ahead).
 
-`FAULTS_ROLLING_S` sets how long the producer runs (default 40 s: about 75 s in all on
-two cores, plus the cluster's start); `FAULTS_SEED` fixes the kill moments.
+`FAULTS_ROLLING_S` sets how long the producer runs (default 20 s, 40 s with
+`STREAMWORKER_LONG=1`: about 45 s in all on two cores, plus the cluster's start);
+`FAULTS_SEED` fixes the kill moments.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ from scripts.kafka_broker import Cluster
 
 pytestmark = [pytest.mark.faults, pytest.mark.kafka]
 
-SECONDS = float(os.environ.get("FAULTS_ROLLING_S", "40"))
+#: 20 s in the default run (every worker restarted once, kills among them); 40 s long.
+SECONDS = float(
+    os.environ.get("FAULTS_ROLLING_S", "40" if os.environ.get("STREAMWORKER_LONG") else "20")
+)
 SEED = int(os.environ.get("FAULTS_SEED", str(time.time_ns() % 1_000_000)))
 RESTART_EVERY_S = 5.0
 

@@ -22,8 +22,8 @@ At the end every worker drains and stops with SIGTERM, and the checker judges th
 history (`rolling.judge` maps shards and sequence numbers to its partitions and offsets):
 nothing lost or skipped, no per-key order violation within a lease's tenure, nothing
 checkpointed ahead of handling, and every duplicate a redelivery of work no checkpoint
-had covered. `FAULTS_KINESIS_S` (default 35) sets the producer's length, `FAULTS_SEED`
-the kill moments.
+had covered. `FAULTS_KINESIS_S` (default 20, 35 with `STREAMWORKER_LONG=1`) sets the
+producer's length, `FAULTS_SEED` the kill moments.
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ from tests.kinesis.rolling import (
     make_empty_stream,
 )
 
-SECONDS = float(os.environ.get("FAULTS_KINESIS_S", "35"))
+#: 20 s in the default run, 35 s long (STREAMWORKER_LONG=1).
+SECONDS = float(
+    os.environ.get("FAULTS_KINESIS_S", "35" if os.environ.get("STREAMWORKER_LONG") else "20")
+)
 SEED = int(os.environ.get("FAULTS_SEED", str(time.time_ns() % 1_000_000)))
 SHARDS, WORKERS, RATE = 4, 3, 200.0
 LEASE_S = 6.0  # short enough for a kill -9 to cost little, long enough for a loaded box
