@@ -404,8 +404,8 @@ MUTANTS += (
                 "unit/test_shutdown_budget",
                 "test_the_backstop_leaves_a_spent_budget_the_least_time_its_steps_take",
             ),
-            "tests/integration/test_kafka_outage_budgets.py::"
-            "test_sigterm_in_an_outage_with_a_tiny_budget_completes_its_shutdown_and_loses_nothing"
+            "tests/integration/test_kafka_outage.py::"
+            "test_sigterm_during_an_outage_exits_0_within_the_budget_and_a_restart_loses_nothing"
             "[librdkafka-0]",
         ),
     ),

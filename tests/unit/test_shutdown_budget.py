@@ -111,7 +111,7 @@ def test_the_backstop_leaves_a_spent_budget_the_least_time_its_steps_take():
     """Adversary: with `shutdown_timeout_s` 0 (or 0.1) in a broker outage, the final commit
     and the client's close each still get MIN_STEP_S and wait it out; the backstop at the
     budget + 1 s ended the worker before `shutdown_complete` (librdkafka, on the real
-    broker: tests/integration/test_kafka_outage_budgets.py)."""
+    broker: tests/integration/test_kafka_outage.py, its smallest budgets)."""
     from worker.runtime.deadline import MIN_STEP_S
     from worker.runtime.run import BACKSTOP_GRACE_S, backstop_after_s
 
