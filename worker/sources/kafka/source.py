@@ -69,7 +69,8 @@ class _RebalanceBridge(ConsumerRebalanceListener):
                 await self._listener.on_revoked(partitions)
         except Exception as exc:  # aiokafka would log it and go on with a half-revoke
             self._source.fail("revoking", partitions, exc)
-        self._source.forget(partitions)
+        finally:  # cancelled too (aiokafka's close): nothing of theirs is committed after
+            self._source.forget(partitions)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         partitions = sorted(assigned)
