@@ -10,12 +10,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from tests.integration.kafka_helpers import (
     WorkerProcess,
+    committed_offsets,
     create_topic,
     eventually,
     produce_keyed,
+    read_handled,
     unique,
     write_config,
 )
@@ -88,3 +91,54 @@ def test_a_normal_rebalance_does_not_trip_the_watchdog(
         if b is not None:
             b.stop()
     assert "commits_stalled" not in a.log()
+
+
+def test_a_worker_held_at_an_open_transaction_is_not_stalled(
+    kafka: str, kafka_client: str, tmp_path: Path
+):
+    """Under read_committed, reading stops at the last stable offset while a transaction
+    is open (a producer that hangs holds it up to its transaction timeout, 15 min at the
+    broker's most). librdkafka's cached high watermark is past it: its source said
+    records were waiting, and the watchdog ended a worker that had handled everything
+    readable (exit 3) after stall_timeout_s."""
+    topic, group = unique("tx-open"), unique("g")
+
+    async def open_transaction() -> AIOKafkaProducer:
+        await create_topic(kafka, topic, 1)
+        plain = AIOKafkaProducer(bootstrap_servers=kafka)
+        await plain.start()
+        try:
+            for i in range(5):
+                await plain.send_and_wait(topic, b'{"seq": %d}' % i, partition=0)
+        finally:
+            await plain.stop()
+        txn = AIOKafkaProducer(bootstrap_servers=kafka, transactional_id=unique("tx"))
+        await txn.start()
+        await txn.begin_transaction()
+        for i in range(4):
+            await txn.send_and_wait(topic, b'{"open": %d}' % i, partition=0)
+        return txn
+
+    loop = asyncio.new_event_loop()
+    txn = loop.run_until_complete(open_transaction())
+    config = write_config(
+        tmp_path / "w.toml", kafka, topic, group,
+        runtime={"stall_timeout_s": 3, "shutdown_timeout_s": 1, "log_format": "text"},
+    )  # fmt: skip
+    worker = WorkerProcess(config, tmp_path)
+    try:
+        eventually(lambda: len(read_handled(tmp_path).get(0, [])) == 5, 30, "all readable handled")
+        eventually(lambda: asyncio.run(committed_offsets(kafka, group, topic)).get(0) == 5, 30,
+                   "committed to the last stable offset")  # fmt: skip
+        deadline = time.monotonic() + 8  # well past stall_timeout_s, nothing readable left
+        while time.monotonic() < deadline:
+            assert worker.proc.poll() is None, worker.log()[-3000:]
+            time.sleep(0.1)
+    finally:
+        worker.terminate()
+        code = worker.wait(30)
+        worker.stop()
+        loop.run_until_complete(txn.abort_transaction())
+        loop.run_until_complete(txn.stop())
+        loop.close()
+    assert code == 0, worker.log()[-3000:]

@@ -508,6 +508,33 @@ MUTANTS += (
         ),
     ),
     Mutant(
+        "librdkafka_waits_past_open_transactions",
+        "librdkafka's source says records wait up to the high watermark under "
+        "read_committed: a worker held at an open transaction, everything readable "
+        "handled, is ended by the commit watchdog (exit 3)",
+        (
+            _node(
+                "unit/test_librdkafka_stable",
+                "test_an_open_transaction_ends_what_is_readable_at_the_last_stable_offset",
+            ),
+            _node(
+                "integration/test_kafka_watchdog",
+                "test_a_worker_held_at_an_open_transaction_is_not_stalled[librdkafka]",
+            ),
+        ),
+    ),
+    Mutant(
+        "stale_stable_offsets_trusted",
+        "librdkafka's last stable offsets are used however old: a poller that stopped "
+        "consuming keeps records looking unreadable, and the watchdog misses the stall",
+        (
+            _node(
+                "unit/test_librdkafka_stable",
+                "test_an_open_transaction_ends_what_is_readable_at_the_last_stable_offset",
+            ),
+        ),
+    ),
+    Mutant(
         "expiry_ignores_the_log_start",
         "librdkafka's records jumping ahead count as deleted offsets without the log start "
         "having moved: a compacted topic's holes and transaction markers are counted lost",

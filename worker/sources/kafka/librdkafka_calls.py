@@ -21,13 +21,15 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from typing import Any
 
-from confluent_kafka import KafkaException
+from aiokafka.structs import OffsetAndMetadata
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import TopicPartition as RdTopicPartition
 
+from worker.sources.base import OwnershipLost
 from worker.sources.kafka.config import KafkaSourceConfig
 
 log = logging.getLogger("worker.source.kafka")
@@ -170,3 +172,44 @@ def low_watermark(consumer: Any, tp: Any) -> int | None:
     except (KafkaException, RuntimeError):
         return None
     return marks[0] if marks is not None and marks[0] >= 0 else None
+
+
+#: A commit refused for one of these: the group moved on, this member owns nothing.
+OWNERSHIP_ERRORS = frozenset({
+    KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
+    KafkaError.REBALANCE_IN_PROGRESS, KafkaError._ASSIGNMENT_LOST,
+    KafkaError.FENCED_INSTANCE_ID, KafkaError.STALE_MEMBER_EPOCH,
+    KafkaError.FENCED_MEMBER_EPOCH, KafkaError._STATE,
+})  # fmt: skip
+
+
+def rd_partition(tp: Any, offset: int = -1001, metadata: str | None = None) -> RdTopicPartition:
+    """confluent-kafka's `TopicPartition` of our (aiokafka's) `tp`."""
+    if metadata is None:
+        return RdTopicPartition(tp.topic, tp.partition, offset)
+    return RdTopicPartition(tp.topic, tp.partition, offset, metadata=metadata)
+
+
+def commit_sync(consumer: Any, offsets: Mapping[Any, Any], asked: Mapping[Any, int]) -> None:
+    """On the poller thread: commit `offsets` (ints, or `OffsetAndMetadata` with a note)
+    synchronously; a refusal for ownership is `OwnershipLost` (of `asked`), as aiokafka's
+    is, any other a `ConnectionError` (the committer retries it)."""
+    batch = [
+        rd_partition(tp, v.offset, v.metadata) if isinstance(v, OffsetAndMetadata)
+        else rd_partition(tp, v)
+        for tp, v in offsets.items()
+    ]  # fmt: skip
+    try:
+        answered = consumer.commit(offsets=batch, asynchronous=False) or []
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        code = error.code() if isinstance(error, KafkaError) else None
+        if code in OWNERSHIP_ERRORS:
+            raise OwnershipLost(str(error), asked) from exc
+        raise ConnectionError(f"kafka commit failed: {error}") from exc
+    refused = [tp for tp in answered if tp.error is not None]
+    if refused:
+        first = refused[0].error
+        if first.code() in OWNERSHIP_ERRORS:
+            raise OwnershipLost(str(first), asked)
+        raise ConnectionError(f"kafka commit failed: {first}")

@@ -30,7 +30,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.structs import OffsetAndMetadata
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as RdTopicPartition
 
@@ -45,8 +44,10 @@ from worker.sources.kafka.config import KafkaSourceConfig
 from worker.sources.kafka.expiry import Continuity, ExpiredOffsets
 from worker.sources.kafka.librdkafka_calls import (
     PollerCalls,
+    commit_sync,
     left_at_stop,
     low_watermark,
+    rd_partition,
     read_marks,
     said,
     start_offsets,
@@ -55,6 +56,7 @@ from worker.sources.kafka.librdkafka_conf import consumer_conf, queue_kbytes
 from worker.sources.kafka.librdkafka_oauth import start_failure, with_tokens
 from worker.sources.kafka.librdkafka_rebalance import RebalanceBridge
 from worker.sources.kafka.librdkafka_records import TRAITS, by_partition
+from worker.sources.kafka.librdkafka_stable import StableOffsets
 from worker.sources.kafka.markers import past_markers
 from worker.sources.kafka.notes import CommitNotes
 from worker.sources.kafka.preflight import check_source
@@ -64,13 +66,6 @@ from worker.sources.kafka.source import REVOKE_EXIT_MARGIN_S
 
 log = logging.getLogger("worker.source.kafka")
 
-#: A commit refused for one of these: the group moved on, this member owns nothing.
-OWNERSHIP_ERRORS = frozenset({
-    KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
-    KafkaError.REBALANCE_IN_PROGRESS, KafkaError._ASSIGNMENT_LOST,
-    KafkaError.FENCED_INSTANCE_ID, KafkaError.STALE_MEMBER_EPOCH,
-    KafkaError.FENCED_MEMBER_EPOCH, KafkaError._STATE,
-})  # fmt: skip
 #: Reading committed offsets and watermarks for a new assignment (poller thread).
 ASSIGN_CALL_TIMEOUT_S = 10.0
 #: The ends and positions of partitions no fetch returned records of: read this often.
@@ -79,12 +74,6 @@ MARKS_EVERY_S = 1.0
 #: leaves the poll pending for the next fetch: the poller may be held by a commit (one
 #: waits up to `session.timeout.ms` for a coordinator in an outage) or a rebalance.
 POLL_GRACE_S = 0.5
-
-
-def _rd(tp: TopicPartition, offset: int = -1001, metadata: str | None = None) -> RdTopicPartition:
-    if metadata is None:
-        return RdTopicPartition(tp.topic, tp.partition, offset)
-    return RdTopicPartition(tp.topic, tp.partition, offset, metadata=metadata)
 
 
 class LibrdkafkaSource:
@@ -112,6 +101,7 @@ class LibrdkafkaSource:
         #: Positions not trusted since a fetch had errors, until records (see `markers`).
         self._suspect: set[TopicPartition] = set()
         self._expired = ExpiredOffsets(self.name)
+        self._stable = StableOffsets()  # read_committed: where an open transaction holds
         #: Where each partition's records so far end (poller thread; see `expiry`).
         self._continuity = Continuity(lambda tp: low_watermark(self._consumer, tp))
         #: Assigned to the client and told to the listener: only these are committed,
@@ -151,6 +141,7 @@ class LibrdkafkaSource:
             **consumer_conf(self._config),
             "logger": logging.getLogger("librdkafka"),  # a client's lines: folded (logs.py)
             "error_cb": self._on_error,
+            **self._stable.conf(self._config.isolation_level),
         }
         conf = await with_tokens(conf, self._config)  # OAUTHBEARER: the first token, now
         try:  # on the poller: with OAUTHBEARER, Consumer() waits for the hook's token
@@ -287,11 +278,13 @@ class LibrdkafkaSource:
 
     def pause(self, partition: TopicPartition) -> None:
         if self._consumer is not None and not self.closing and partition in self._announced:
-            self._calls.submit(self._consumer.pause, [_rd(partition)]).add_done_callback(said)
+            asked = [rd_partition(partition)]
+            self._calls.submit(self._consumer.pause, asked).add_done_callback(said)
 
     def resume(self, partition: TopicPartition) -> None:
         if self._consumer is not None and not self.closing and partition in self._announced:
-            self._calls.submit(self._consumer.resume, [_rd(partition)]).add_done_callback(said)
+            asked = [rd_partition(partition)]
+            self._calls.submit(self._consumer.resume, asked).add_done_callback(said)
 
     # -- committing ------------------------------------------------------------------------
     async def commit(self, positions: Mapping[TopicPartition, int]) -> None:
@@ -307,27 +300,9 @@ class LibrdkafkaSource:
             raise OwnershipLost(f"not assigned: {', '.join(map(self.label, gone))}", gone)
 
     def _commit_now(self, offsets: dict[TopicPartition, int], asked: Mapping[Any, int]) -> None:
-        """On the poller thread: a synchronous commit; refusals mapped like aiokafka's."""
+        """On the poller thread: a synchronous commit (`commit_sync`)."""
         assert self._consumer is not None
-        with_notes = self._notes.with_notes(offsets)
-        batch = [
-            _rd(tp, v.offset, v.metadata) if isinstance(v, OffsetAndMetadata) else _rd(tp, v)
-            for tp, v in with_notes.items()
-        ]
-        try:
-            answered = self._consumer.commit(offsets=batch, asynchronous=False) or []
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            code = error.code() if isinstance(error, KafkaError) else None
-            if code in OWNERSHIP_ERRORS:
-                raise OwnershipLost(str(error), asked) from exc
-            raise ConnectionError(f"kafka commit failed: {error}") from exc
-        refused = [tp for tp in answered if tp.error is not None]
-        if refused:
-            first = refused[0].error
-            if first.code() in OWNERSHIP_ERRORS:
-                raise OwnershipLost(str(first), asked)
-            raise ConnectionError(f"kafka commit failed: {first}")
+        commit_sync(self._consumer, self._notes.with_notes(offsets), asked)
 
     def keep_notes(self) -> None:
         self._notes.keep()
@@ -374,7 +349,9 @@ class LibrdkafkaSource:
         if mark is None:
             return False
         end, position = mark
-        return end > position if position >= 0 else bool(self.lag(partition))
+        if position < 0:
+            return bool(self.lag(partition))
+        return self._stable.readable_end(partition, end) > position
 
     # -- stopping --------------------------------------------------------------------------
     async def stop_taking(self) -> None:
