@@ -10,7 +10,6 @@ an idle, fully caught-up worker exits 3 after stall_timeout_s (and its successor
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -57,10 +56,7 @@ def test_a_caught_up_worker_on_a_transactional_topic_is_not_stalled(kafka: str, 
                    "all committed")  # fmt: skip
         ends = asyncio.run(end_offsets(kafka, topic, 1))
         print("end offset", ends, "committed 20")
-        deadline = time.monotonic() + 8  # well past stall_timeout_s, nothing left to do
-        while time.monotonic() < deadline:
-            assert worker.proc.poll() is None, worker.log()[-3000:]
-            time.sleep(0.1)
+        worker.keeps_running(8)  # well past stall_timeout_s, nothing left to do
     finally:
         worker.terminate()
         code = worker.wait(30)

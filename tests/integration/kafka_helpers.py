@@ -285,6 +285,14 @@ class WorkerProcess:
     def terminate(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
 
+    def keeps_running(self, seconds: float) -> None:
+        """The worker is still running after `seconds`: what a watchdog must not end (a
+        negative, so it can only be watched for a while, not awaited)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log()[-3000:]
+            time.sleep(0.1)
+
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
 
