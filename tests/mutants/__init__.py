@@ -495,6 +495,35 @@ MUTANTS += (
             ),
         ),
     ),
+    Mutant(
+        "refetch_no_rewind",
+        "the aiokafka source does not seek back after a getmany that raised: the records "
+        "other partitions had drained in that call (a corrupt batch raised after them) are "
+        "never returned, and their partitions are committed past them",
+        (
+            _node(
+                "unit/test_kafka_refetch",
+                "test_records_drained_before_a_raise_are_read_again_and_the_good_ones_before_it"
+                "_come",
+            ),
+        ),
+    ),
+    Mutant(
+        "refetch_bypassed",
+        "the aiokafka source calls getmany as it did before `refetch`: a corrupt batch's "
+        "raise drops what other partitions drained in the same call (committed past, never "
+        "handled), and the good records before the batch never come",
+        (
+            _node(
+                "unit/test_kafka_refetch",
+                "test_the_source_fetches_through_it_and_hands_out_every_record_once",
+            ),
+            _node(
+                "integration/test_kafka_corrupt_batch",
+                "test_a_corrupt_batch_loses_nothing_and_skips_nothing[aiokafka]",
+            ),
+        ),
+    ),
 )
 
 

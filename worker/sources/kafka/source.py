@@ -32,6 +32,7 @@ from worker.sources.kafka.notes import CommitNotes
 from worker.sources.kafka.preflight import check_source
 from worker.sources.kafka.reach import BrokerProbe, Reachability, attach_gauges
 from worker.sources.kafka.record import TRAITS
+from worker.sources.kafka.refetch import Refetch
 from worker.sources.kafka.security import (
     auth_failure_message,
     client_kwargs,
@@ -97,6 +98,7 @@ class KafkaSource:
         self._reach = Reachability()
         self._limits = PauseAwareLimits()
         self._trust = FetchTrust()  # whose fetch positions may be committed (markers)
+        self._refetch = Refetch(config.fetch_max_records)  # what a failed getmany dropped
         self._notes = CommitNotes(client_kwargs(config), config.group_id)
         reset = "latest" if config.starting_position == "latest" else "earliest"
         self._consumer = AIOKafkaConsumer(
@@ -133,6 +135,7 @@ class KafkaSource:
 
     def attach(self, metrics: Metrics) -> None:
         self._reach = attach_gauges(metrics.registry, self.name, self._config.group_id)
+        self._refetch.count = metrics.poll_errors.labels(self.name).inc
 
     async def start(self, listener: AssignmentListener) -> None:
         await check_source(self._config)  # else aiokafka waits on a missing topic for ever
@@ -183,6 +186,7 @@ class KafkaSource:
         self._in_doubt.difference_update(partitions)
         self._notes.forget(partitions)
         self._trust.forget(partitions)
+        self._refetch.forget(partitions)
 
     def fail(self, doing: str, partitions: Sequence[TopicPartition], exc: Exception) -> None:
         """A rebalance callback failed: the next fetch says so, and the worker stops."""
@@ -200,6 +204,7 @@ class KafkaSource:
         """The listener has them: their records may flow."""
         self._announced.update(partitions)
         self._trust.started(self._consumer, partitions, self._committed)
+        self._refetch.started(partitions, self._committed)
         if partitions:
             self._consumer.resume(*partitions)
         for tp in partitions:  # a budget's pause that survived a re-assignment ends here
@@ -258,9 +263,7 @@ class KafkaSource:
         if self._failure is not None:
             raise self._failure
         try:
-            chunks = await self._consumer.getmany(
-                timeout_ms=int(timeout_s * 1000), max_records=self._config.fetch_max_records
-            )
+            chunks = await self._refetch.getmany(self._consumer, timeout_s)
         except Exception:
             self._trust.failed()
             raise
@@ -272,6 +275,7 @@ class KafkaSource:
             if tp in self._consumer.assignment():
                 self._consumer.seek(tp, first)
         self._trust.returned(self._consumer, chunks)
+        self._refetch.returned(chunks)
         return chunks
 
     def fit_prefetch(self, share_bytes: int, partitions: int) -> int:
