@@ -509,6 +509,33 @@ MUTANTS += (
         ),
     ),
     Mutant(
+        "librdkafka_bad_batch_bypassed",
+        "the librdkafka source passes consume()'s messages on as they came: records after "
+        "a batch that failed its CRC (librdkafka's skip past it, or a reset to the end by "
+        "a garbage offset) are handed out and committed past the batch",
+        (
+            _node(
+                "unit/test_librdkafka_corrupt",
+                "test_the_source_hands_out_nothing_past_a_bad_batch_and_holds_it",
+            ),
+        ),
+    ),
+    Mutant(
+        "librdkafka_past_bad_batch_kept",
+        "librdkafka: a bad batch's partition is sought back, but the records that came "
+        "after its error in the same consume() are still handed out (and committed)",
+        (
+            _node(
+                "unit/test_librdkafka_corrupt",
+                "test_records_after_a_bad_batch_are_dropped_and_the_partition_held_at_it",
+            ),
+            _node(
+                "unit/test_librdkafka_corrupt",
+                "test_the_source_hands_out_nothing_past_a_bad_batch_and_holds_it",
+            ),
+        ),
+    ),
+    Mutant(
         "refetch_bypassed",
         "the aiokafka source calls getmany as it did before `refetch`: a corrupt batch's "
         "raise drops what other partitions drained in the same call (committed past, never "

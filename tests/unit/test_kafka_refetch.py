@@ -81,7 +81,7 @@ class Clock:
 
 def started(consumer: Consumer, clock: Clock) -> tuple[Refetch, list[int]]:
     guard, counted = Refetch(MAX, clock), []
-    guard.count = lambda: counted.append(1)
+    guard.count_with(lambda: counted.append(1))
     guard.started(consumer.ends, {tp: 0 for tp in consumer.ends})
     return guard, counted
 

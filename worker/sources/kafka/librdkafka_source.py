@@ -44,6 +44,7 @@ from worker.sources.base import (
 from worker.sources.kafka.config import KafkaSourceConfig
 from worker.sources.kafka.librdkafka_calls import PollerCalls, left_at_stop, read_marks, said
 from worker.sources.kafka.librdkafka_conf import consumer_conf, queue_kbytes
+from worker.sources.kafka.librdkafka_corrupt import BadBatches
 from worker.sources.kafka.librdkafka_oauth import start_failure, with_tokens
 from worker.sources.kafka.librdkafka_rebalance import RebalanceBridge
 from worker.sources.kafka.librdkafka_records import TRAITS, by_partition
@@ -103,6 +104,7 @@ class LibrdkafkaSource:
         self._marks_read = 0.0  # poller thread only
         #: Positions not trusted since a fetch had errors, until records (see `markers`).
         self._suspect: set[TopicPartition] = set()
+        self._bad = BadBatches()  # partitions held at a batch that fails its CRC
         #: Assigned to the client and told to the listener: only these are committed,
         #: and only their records are returned.
         self._announced: set[TopicPartition] = set()
@@ -240,7 +242,7 @@ class LibrdkafkaSource:
         self._polling = None
         chunks, errors, marks = polling.result()
         self._marks.update((tp, m) for tp, m in marks.items() if tp in self._announced)
-        if errors:
+        if errors or self._bad.held:
             self._suspect = set(self._announced)
         for error in errors:
             if error.fatal():
@@ -258,9 +260,8 @@ class LibrdkafkaSource:
     def _poll(self, timeout_s: float) -> tuple[dict[TopicPartition, list[Any]], list[Any], Any]:
         """On the poller thread: one `consume()`, its messages as records by partition."""
         assert self._consumer is not None
-        chunks, errors = by_partition(
-            self._consumer.consume(self._config.fetch_max_records, timeout_s), self._topic
-        )
+        messages = self._consumer.consume(self._config.fetch_max_records, timeout_s)
+        chunks, errors = by_partition(self._bad.hold(self._consumer, messages), self._topic)
         return chunks, errors, self._read_marks(chunks)
 
     def _read_marks(self, chunks: Mapping[TopicPartition, Any]) -> dict[Any, tuple[int, int]]:

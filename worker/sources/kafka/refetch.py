@@ -56,6 +56,24 @@ class _Suspect:
     warned_at: float | None = None
     failures: int = 0  # at the floor, since the last warning
 
+    def read(self, full: int) -> bool:
+        """Records came: twice as wide next time; True once back at `full`."""
+        self.limit *= 2
+        return self.limit >= full
+
+    def raised(self, now: float) -> bool:
+        """Narrower next time; at one record a call, wait `RETRY_S`. True if this raise
+        is to be warned of (the first at the floor, then one every `WARN_S`)."""
+        if self.limit > 1:  # narrower: what comes before the bad batch is returned
+            self.limit = max(1, self.limit // NARROW_BY)
+            return False
+        self.retry_at = now + RETRY_S
+        self.failures += 1
+        return self.warned_at is None or now - self.warned_at >= WARN_S
+
+    def warned(self, now: float) -> None:
+        self.warned_at, self.failures = now, 0
+
 
 def culprits(consumer: AIOKafkaConsumer, exc: BaseException) -> set[TopicPartition]:
     """The partitions whose fetched result raised `exc`: named in its text (a CRC error
@@ -83,7 +101,11 @@ class Refetch:
         #: partition -> the offset after the last record handed out (or reading's start).
         self._handed: dict[TopicPartition, int] = {}
         self._suspects: dict[TopicPartition, _Suspect] = {}
-        self.count: Callable[[], None] = lambda: None  # each fetch that raised (metrics)
+        self._count: Callable[[], None] = lambda: None  # each fetch that raised (metrics)
+
+    def count_with(self, count: Callable[[], None]) -> None:
+        """Each probe that raised is counted with `count` (the worker counts the others)."""
+        self._count = count
 
     def started(self, partitions: Iterable[TopicPartition], at: Mapping[Any, int]) -> None:
         for tp in partitions:
@@ -163,25 +185,19 @@ class Refetch:
             records = got.get(tp)
             if records:
                 out[tp] = records
-                suspect.limit *= 2
-                if suspect.limit >= self._max:
+                if suspect.read(self._max):
                     del self._suspects[tp]
                     log.info("event=fetch_recovered partition=%s-%d offset=%d",
                              tp.topic, tp.partition, records[-1].offset + 1)  # fmt: skip
         return out
 
     def _raised(self, tp: TopicPartition, suspect: _Suspect, exc: Exception, now: float) -> None:
-        self.count()
-        if suspect.limit > 1:  # narrower: what comes before the bad batch is returned
-            suspect.limit = max(1, suspect.limit // NARROW_BY)
-            return
-        suspect.retry_at = now + RETRY_S
-        suspect.failures += 1
-        if suspect.warned_at is not None and now - suspect.warned_at < WARN_S:
+        self._count()
+        if not suspect.raised(now):
             return
         log.warning("event=fetch_stuck partition=%s-%d offset=%s failures=%d error=%r note='the "
                     "next record to read is in a batch that fails to read (a CRC error: "
                     "corrupt on the broker or on the way); not skipped: the partition waits "
                     "here, retried every %.0fs, the others go on'", tp.topic, tp.partition,
                     self._handed.get(tp), suspect.failures, str(exc), RETRY_S)  # fmt: skip
-        suspect.warned_at, suspect.failures = now, 0
+        suspect.warned(now)

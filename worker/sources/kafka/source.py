@@ -135,7 +135,7 @@ class KafkaSource:
 
     def attach(self, metrics: Metrics) -> None:
         self._reach = attach_gauges(metrics.registry, self.name, self._config.group_id)
-        self._refetch.count = metrics.poll_errors.labels(self.name).inc
+        self._refetch.count_with(metrics.poll_errors.labels(self.name).inc)
 
     async def start(self, listener: AssignmentListener) -> None:
         await check_source(self._config)  # else aiokafka waits on a missing topic for ever
