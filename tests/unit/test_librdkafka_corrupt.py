@@ -14,25 +14,13 @@ from worker.sources.kafka import librdkafka_corrupt
 from worker.sources.kafka.librdkafka_corrupt import BadBatches
 
 
-class Msg:
-    def __init__(self, partition: int, offset: int, error: Any = None) -> None:
-        self._p, self._o, self._e = partition, offset, error
-
-    def topic(self) -> str:
-        return "t"
-
-    def partition(self) -> int:
-        return self._p
-
-    def offset(self) -> int:
-        return self._o
-
-    def error(self) -> Any:
-        return self._e
+def msg(partition: int, offset: int, error: Any = None) -> Message:
+    """A message as `consume()` returns it (records and errors alike)."""
+    return Message(topic="t", partition=partition, offset=offset, value=b"v", error=error)
 
 
-def bad(partition: int, offset: int) -> Msg:
-    return Msg(partition, offset, KafkaError(KafkaError._BAD_MSG, "failed CRC32C check"))
+def bad(partition: int, offset: int) -> Message:
+    return msg(partition, offset, KafkaError(KafkaError._BAD_MSG, "failed CRC32C check"))
 
 
 class Consumer:
@@ -58,8 +46,8 @@ class Clock:
 
 def test_records_after_a_bad_batch_are_dropped_and_the_partition_held_at_it(caplog):
     bb, consumer = BadBatches(Clock()), Consumer()
-    messages = [Msg(1, 0), Msg(1, 1), Msg(1, 2), Msg(0, 7), bad(1, 3), Msg(1, 6), Msg(0, 8),
-                Msg(1, 9)]  # fmt: skip
+    messages = [msg(1, 0), msg(1, 1), msg(1, 2), msg(0, 7), bad(1, 3), msg(1, 6), msg(0, 8),
+                msg(1, 9)]  # fmt: skip
     kept = bb.hold(consumer, messages)
     assert [(m.partition(), m.offset()) for m in kept] == [(1, 0), (1, 1), (1, 2), (0, 7), (0, 8)]
     assert consumer.calls == [("seek", ("t", 1, 3)), ("pause", [("t", 1)])]
@@ -73,7 +61,7 @@ def test_it_is_read_again_once_a_retry_and_warned_once_a_window(caplog):
     bb, consumer = BadBatches(clock), Consumer()
     bb.hold(consumer, [bad(1, 3)])
     consumer.calls.clear()
-    assert bb.hold(consumer, [Msg(0, 1)])[0].offset() == 1
+    assert bb.hold(consumer, [msg(0, 1)])[0].offset() == 1
     assert consumer.calls == [] and bb.held == set()  # still paused: nothing to do
     clock.now += librdkafka_corrupt.RETRY_S
     bb.hold(consumer, [])
@@ -87,8 +75,8 @@ def test_it_is_read_again_once_a_retry_and_warned_once_a_window(caplog):
 
 def test_messages_without_a_bad_batch_pass_untouched():
     bb, consumer = BadBatches(Clock()), Consumer()
-    other = Msg(0, 4, KafkaError(KafkaError._TRANSPORT, "broker down"))
-    messages = [Msg(0, 1), other]
+    other = msg(0, 4, KafkaError(KafkaError._TRANSPORT, "broker down"))
+    messages = [msg(0, 1), other]
     assert bb.hold(consumer, messages) is messages  # other errors go to the source as before
     assert consumer.calls == [] and bb.held == set()
 
