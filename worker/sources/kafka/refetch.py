@@ -21,6 +21,10 @@ records come) and wider after each success, until it is back to the full size. A
 record a call and raising, the next record to read is in the bad batch: it is not
 skipped. The partition waits there, retried once a `RETRY_S`, with a warning naming it
 and the offset, repeated with a count once a `WARN_S`; the other partitions flow on.
+
+Whatever `getmany` raised, the rewind applies: so a record too large for the fetch size
+(which aiokafka skips by one, raising `RecordTooLargeError`; only with brokers older
+than fetch v3) now holds its partition with the same warning instead of being skipped.
 """
 
 from __future__ import annotations
@@ -196,8 +200,9 @@ class Refetch:
         if not suspect.raised(now):
             return
         log.warning("event=fetch_stuck partition=%s-%d offset=%s failures=%d error=%r note='the "
-                    "next record to read is in a batch that fails to read (a CRC error: "
-                    "corrupt on the broker or on the way); not skipped: the partition waits "
+                    "next record to read is in a batch that fails to read (see error: a "
+                    "CRC error is data corrupt on the broker or on the way); not skipped: the "
+                    "partition waits "
                     "here, retried every %.0fs, the others go on'", tp.topic, tp.partition,
                     self._handed.get(tp), suspect.failures, str(exc), RETRY_S)  # fmt: skip
         suspect.warned(now)
