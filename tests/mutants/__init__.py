@@ -545,6 +545,62 @@ MUTANTS += (
             ),
         ),
     ),
+    Mutant(
+        "refetch_no_rewind",
+        "the aiokafka source does not seek back after a getmany that raised: the records "
+        "other partitions had drained in that call (a corrupt batch raised after them) are "
+        "never returned, and their partitions are committed past them",
+        (
+            _node(
+                "unit/test_kafka_refetch",
+                "test_records_drained_before_a_raise_are_read_again_and_the_good_ones_before_it"
+                "_come",
+            ),
+        ),
+    ),
+    Mutant(
+        "librdkafka_bad_batch_bypassed",
+        "the librdkafka source passes consume()'s messages on as they came: records after "
+        "a batch that failed its CRC (librdkafka's skip past it, or a reset to the end by "
+        "a garbage offset) are handed out and committed past the batch",
+        (
+            _node(
+                "unit/test_librdkafka_corrupt",
+                "test_the_source_hands_out_nothing_past_a_bad_batch_and_holds_it",
+            ),
+        ),
+    ),
+    Mutant(
+        "librdkafka_past_bad_batch_kept",
+        "librdkafka: a bad batch's partition is sought back, but the records that came "
+        "after its error in the same consume() are still handed out (and committed)",
+        (
+            _node(
+                "unit/test_librdkafka_corrupt",
+                "test_records_after_a_bad_batch_are_dropped_and_the_partition_held_at_it",
+            ),
+            _node(
+                "unit/test_librdkafka_corrupt",
+                "test_the_source_hands_out_nothing_past_a_bad_batch_and_holds_it",
+            ),
+        ),
+    ),
+    Mutant(
+        "refetch_bypassed",
+        "the aiokafka source calls getmany as it did before `refetch`: a corrupt batch's "
+        "raise drops what other partitions drained in the same call (committed past, never "
+        "handled), and the good records before the batch never come",
+        (
+            _node(
+                "unit/test_kafka_refetch",
+                "test_the_source_fetches_through_it_and_hands_out_every_record_once",
+            ),
+            _node(
+                "integration/test_kafka_corrupt_batch",
+                "test_a_corrupt_batch_loses_nothing_and_skips_nothing[aiokafka]",
+            ),
+        ),
+    ),
 )
 
 

@@ -8,8 +8,9 @@ import asyncio
 
 from aiokafka import TopicPartition
 
+from worker.sources.kafka.aiokafka_rebalance import RebalanceBridge
 from worker.sources.kafka.config import KafkaSourceConfig
-from worker.sources.kafka.source import KafkaSource, _RebalanceBridge
+from worker.sources.kafka.source import KafkaSource
 
 TP = TopicPartition("t", 0)
 
@@ -28,7 +29,7 @@ async def test_a_revoke_cancelled_inside_the_listener_forgets_its_partitions():
     listener = BlockedRevoke()
     source._announced.add(TP)  # as after an assignment (no broker here)
     source._committed[TP] = 7
-    revoke = asyncio.create_task(_RebalanceBridge(source, listener).on_partitions_revoked({TP}))
+    revoke = asyncio.create_task(RebalanceBridge(source, listener).on_partitions_revoked({TP}))
     await listener.inside.wait()
     revoke.cancel()
     await asyncio.gather(revoke, return_exceptions=True)

@@ -83,19 +83,24 @@ def gap_expired(first: int, expected: int, low: int) -> int:
     return min(low, first) - expected
 
 
-async def oldest_left(consumer: Any, out_of_range: Mapping[TopicPartition, int],
-                      expired: ExpiredOffsets, label: Any) -> None:  # fmt: skip
+async def oldest_left(
+    consumer: Any, out_of_range: Mapping[TopicPartition, int], expired: ExpiredOffsets, label: Any
+) -> dict[TopicPartition, int]:
     """aiokafka: seek partitions whose fetch offset is out of range to their log's start,
-    saying what was lost. A partition no longer assigned is the next owner's to read."""
+    saying what was lost; where each now starts. A partition no longer assigned is the
+    next owner's to read."""
     assigned = consumer.assignment()
     tps = [tp for tp in out_of_range if tp in assigned]
     if not tps:
-        return
+        return {}
     starts = await consumer.beginning_offsets(tps)
+    sought = {}
     for tp in tps:
         if tp in consumer.assignment():
             expired.passed(label(tp), out_of_range[tp], starts[tp])
             consumer.seek(tp, starts[tp])
+            sought[tp] = starts[tp]
+    return sought
 
 
 class Continuity:

@@ -53,6 +53,7 @@ from worker.sources.kafka.librdkafka_calls import (
     start_offsets,
 )
 from worker.sources.kafka.librdkafka_conf import consumer_conf, queue_kbytes
+from worker.sources.kafka.librdkafka_corrupt import BadBatches
 from worker.sources.kafka.librdkafka_oauth import start_failure, with_tokens
 from worker.sources.kafka.librdkafka_rebalance import RebalanceBridge
 from worker.sources.kafka.librdkafka_records import TRAITS, by_partition
@@ -104,6 +105,7 @@ class LibrdkafkaSource:
         self._stable = StableOffsets()  # read_committed: where an open transaction holds
         #: Where each partition's records so far end (poller thread; see `expiry`).
         self._continuity = Continuity(lambda tp: low_watermark(self._consumer, tp))
+        self._bad = BadBatches()  # partitions held at a batch that fails its CRC
         #: Assigned to the client and told to the listener: only these are committed,
         #: and only their records are returned.
         self._announced: set[TopicPartition] = set()
@@ -232,7 +234,7 @@ class LibrdkafkaSource:
         for tp, (position, oldest) in gaps.items():  # librdkafka reset them (`expiry`)
             self._expired.passed(self.label(tp), position, oldest)
         self._marks.update((tp, m) for tp, m in marks.items() if tp in self._announced)
-        if errors:
+        if errors or self._bad.held:
             self._suspect = set(self._announced)
         for error in errors:
             if error.fatal():
@@ -250,9 +252,8 @@ class LibrdkafkaSource:
     def _poll(self, timeout_s: float) -> tuple[dict[TopicPartition, list[Any]], Any, Any, Any]:
         """On the poller thread: one `consume()`, its messages as records by partition."""
         assert self._consumer is not None
-        chunks, errors = by_partition(
-            self._consumer.consume(self._config.fetch_max_records, timeout_s), self._topic
-        )
+        messages = self._consumer.consume(self._config.fetch_max_records, timeout_s)
+        chunks, errors = by_partition(self._bad.hold(self._consumer, messages), self._topic)
         return chunks, errors, self._read_marks(chunks), self._continuity.after(chunks)
 
     def _read_marks(self, chunks: Mapping[TopicPartition, Any]) -> dict[Any, tuple[int, int]]:

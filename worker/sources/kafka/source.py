@@ -7,13 +7,12 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
     KafkaConnectionError,
     KafkaError,
-    OffsetOutOfRangeError,
     RebalanceInProgressError,
     UnknownTopicOrPartitionError,
 )
@@ -26,6 +25,7 @@ from worker.sources.base import (
     SourceStartError,
     next_to_read,
 )
+from worker.sources.kafka.aiokafka_rebalance import RebalanceBridge
 from worker.sources.kafka.config import KafkaSourceConfig
 from worker.sources.kafka.expiry import AIOKAFKA_RESET, ExpiredOffsets, oldest_left
 from worker.sources.kafka.fetch_limits import PauseAwareLimits, broker_count, fetch_limits
@@ -34,6 +34,7 @@ from worker.sources.kafka.notes import CommitNotes
 from worker.sources.kafka.preflight import check_source
 from worker.sources.kafka.reach import BrokerProbe, Reachability, attach_gauges
 from worker.sources.kafka.record import TRAITS
+from worker.sources.kafka.refetch import Refetch
 from worker.sources.kafka.security import (
     auth_failure_message,
     client_kwargs,
@@ -45,43 +46,6 @@ log = logging.getLogger("worker.source.kafka")
 #: What a member failing stop needs before the group would give its partitions away: the
 #: worker's short shutdown and its backstop (2 s), and some slack.
 REVOKE_EXIT_MARGIN_S = 3.0
-
-
-class _RebalanceBridge(ConsumerRebalanceListener):
-    """Turns aiokafka's rebalance callbacks into our listener's, awaited in order.
-
-    aiokafka awaits these before it rejoins the group, so the pipeline can drain
-    and commit revoked partitions while this member still owns them. aiokafka
-    fetches newly assigned partitions while the assigned callback still runs
-    (reading committed offsets takes round trips); a record returned then would
-    find no partition to take it while the consumer's position moved past it.
-    So new partitions stay paused until the listener has them.
-    """
-
-    def __init__(self, source: KafkaSource, listener: AssignmentListener) -> None:
-        self._source = source
-        self._listener = listener
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        partitions = sorted(revoked)
-        try:
-            if partitions:
-                await self._listener.on_revoked(partitions)
-        except Exception as exc:  # aiokafka would log it and go on with a half-revoke
-            self._source.fail("revoking", partitions, exc)
-        finally:  # cancelled too (aiokafka's close): nothing of theirs is committed after
-            self._source.forget(partitions)
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        partitions = sorted(assigned)
-        self._source.hold(partitions)
-        try:
-            await self._source.prepare(partitions)
-            await self._listener.on_assigned(partitions)
-        except Exception as exc:  # else: owned, held, and never processed
-            self._source.fail("taking", partitions, exc)
-            return
-        self._source.release(partitions)
 
 
 class KafkaSource:
@@ -100,6 +64,7 @@ class KafkaSource:
         self._reach = Reachability()
         self._limits = PauseAwareLimits()
         self._trust = FetchTrust()  # whose fetch positions may be committed (markers)
+        self._refetch = Refetch(config.fetch_max_records)  # what a failed getmany dropped
         self._notes = CommitNotes(client_kwargs(config), config.group_id)
         self._expired = ExpiredOffsets(self.name)
         self._consumer = AIOKafkaConsumer(
@@ -137,10 +102,11 @@ class KafkaSource:
     def attach(self, metrics: Metrics) -> None:
         self._reach = attach_gauges(metrics.registry, self.name, self._config.group_id)
         self._expired.attach(metrics)
+        self._refetch.count_with(metrics.poll_errors.labels(self.name).inc)
 
     async def start(self, listener: AssignmentListener) -> None:
         await check_source(self._config)  # else aiokafka waits on a missing topic for ever
-        self._consumer.subscribe(self._config.topics, listener=_RebalanceBridge(self, listener))
+        self._consumer.subscribe(self._config.topics, listener=RebalanceBridge(self, listener))
         with watch_for_auth_failure() as watch:
             try:
                 await self._consumer.start()
@@ -187,6 +153,7 @@ class KafkaSource:
         self._in_doubt.difference_update(partitions)
         self._notes.forget(partitions)
         self._trust.forget(partitions)
+        self._refetch.forget(partitions)
 
     def fail(self, doing: str, partitions: Sequence[TopicPartition], exc: Exception) -> None:
         """A rebalance callback failed: the next fetch says so, and the worker stops."""
@@ -204,6 +171,7 @@ class KafkaSource:
         """The listener has them: their records may flow."""
         self._announced.update(partitions)
         self._trust.started(self._consumer, partitions, self._committed)
+        self._refetch.started(partitions, self._committed)
         if partitions:
             self._consumer.resume(*partitions)
         for tp in partitions:  # a budget's pause that survived a re-assignment ends here
@@ -261,16 +229,15 @@ class KafkaSource:
         if self._failure is not None:
             raise self._failure
         try:
-            chunks = await self._consumer.getmany(
-                timeout_ms=int(timeout_s * 1000), max_records=self._config.fetch_max_records
-            )
-        except OffsetOutOfRangeError as exc:  # raised only with nothing else drained
-            self._trust.failed()
-            await oldest_left(self._consumer, exc.args[0], self._expired, self.label)
-            return {}
+            chunks = await self._refetch.getmany(self._consumer, timeout_s)
         except Exception:
             self._trust.failed()
             raise
+        if self._refetch.out_of_range:  # nothing of theirs drained: read from the oldest
+            self._trust.failed()
+            out = self._refetch.take_out_of_range()
+            starts = await oldest_left(self._consumer, out, self._expired, self.label)
+            self._refetch.started(starts, starts)
         announced = self._announced
         for tp in [tp for tp in chunks if tp not in announced]:
             # Never hand out what nobody may take: read it again once announced (or, if it
@@ -279,6 +246,7 @@ class KafkaSource:
             if tp in self._consumer.assignment():
                 self._consumer.seek(tp, first)
         self._trust.returned(self._consumer, chunks)
+        self._refetch.returned(chunks)
         return chunks
 
     def fit_prefetch(self, share_bytes: int, partitions: int) -> int:
