@@ -38,6 +38,7 @@ def _both(name: str, rest: str = "") -> tuple[str, str]:
 
 
 _EXPIRED = "test_a_deleted_checkpoint_reads_on_from_the_oldest_record_counting_the_loss"
+_EMPTIED = "test_a_log_deleted_to_its_end_is_counted_once_and_committed_past"
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,6 +518,19 @@ MUTANTS += (
                 "test_a_partitions_records_after_a_reset_are_told_from_its_holes",
             ),
         ),
+    ),
+    Mutant(
+        "expired_end_not_trusted",
+        "aiokafka: the log start sought past a deleted checkpoint is not trusted as read "
+        "through: a log deleted to its end is never committed past (its lag stays, and "
+        "every later owner counts the same offsets lost again)",
+        (_node("integration/test_kafka_expired_offsets", f"{_EMPTIED}[aiokafka]"),),
+    ),
+    Mutant(
+        "librdkafka_partition_end_ignored",
+        "librdkafka: the end reached after a reset to an emptied log is not where reading "
+        "stands (its position stays unset): the deleted checkpoint is never committed past",
+        (_node("integration/test_kafka_expired_offsets", f"{_EMPTIED}[librdkafka]"),),
     ),
 )
 

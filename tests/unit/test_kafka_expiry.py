@@ -73,3 +73,28 @@ def test_the_loss_is_said_and_counted_and_a_position_past_the_end_only_warned(ca
         "worker_offsets_expired_total", {"source": "kafka", "partition": "t-0"}
     )
     assert value == 30
+
+
+def test_a_reset_to_an_emptied_log_is_told_by_the_end_reached():
+    """DeleteRecords to the high watermark: librdkafka resets and serves no record, only
+    the partition's end; its position stays unset. The end says the loss (once) and where
+    reading stands (`reached`, the position the settler may commit)."""
+    low = {TP: 100}
+    c = Continuity(low.get)
+    c.start(TP, 10)
+    assert c.reached(TP) == 10
+    assert c.after({}, {TP: 100}) == {TP: (10, 100)}
+    assert c.reached(TP) == 100
+    assert c.after({}, {TP: 100}) == {}  # said once
+    # Records, then their end, in one call: the end is where they ended, nothing lost.
+    assert c.after({TP: chunk(100, 101)}, {TP: 102}) == {}
+    assert c.reached(TP) == 102
+
+
+def test_an_end_past_markers_or_holes_moves_reading_on_counting_nothing():
+    low = {TP: 0}
+    c = Continuity(low.get)
+    c.start(TP, 0)
+    assert c.after({TP: chunk(0, 1, 2)}, {TP: 4}) == {}  # a commit marker at 3
+    assert c.reached(TP) == 4
+    assert c.reached(TopicPartition("t", 9)) == -1

@@ -84,18 +84,24 @@ def gap_expired(first: int, expected: int, low: int) -> int:
 
 
 async def oldest_left(consumer: Any, out_of_range: Mapping[TopicPartition, int],
-                      expired: ExpiredOffsets, label: Any) -> None:  # fmt: skip
+                      expired: ExpiredOffsets, label: Any) -> list[TopicPartition]:  # fmt: skip
     """aiokafka: seek partitions whose fetch offset is out of range to their log's start,
-    saying what was lost. A partition no longer assigned is the next owner's to read."""
+    saying what was lost. A partition no longer assigned is the next owner's to read.
+
+    The partitions sought: their positions cover only records returned or counted lost
+    (the source trusts them, `FetchTrust`), so a log deleted to its end is committed
+    past once the partition settles; else its lag stays and every later owner, reading
+    from the old checkpoint, counts the same offsets again."""
     assigned = consumer.assignment()
     tps = [tp for tp in out_of_range if tp in assigned]
     if not tps:
-        return
+        return []
     starts = await consumer.beginning_offsets(tps)
-    for tp in tps:
-        if tp in consumer.assignment():
-            expired.passed(label(tp), out_of_range[tp], starts[tp])
-            consumer.seek(tp, starts[tp])
+    sought = [tp for tp in tps if tp in consumer.assignment()]
+    for tp in sought:
+        expired.passed(label(tp), out_of_range[tp], starts[tp])
+        consumer.seek(tp, starts[tp])
+    return sought
 
 
 class Continuity:
@@ -111,17 +117,33 @@ class Continuity:
         """Reading `tp` starts at `offset` (a new assignment): the records so far end there."""
         self._next[tp] = offset
 
-    def after(self, chunks: Mapping[TopicPartition, Sequence[Any]]) -> dict[Any, tuple[int, int]]:
+    def after(
+        self, chunks: Mapping[TopicPartition, Sequence[Any]],
+        ends: Mapping[TopicPartition, int] | None = None,
+    ) -> dict[Any, tuple[int, int]]:  # fmt: skip
         """The partitions of `chunks` (records by partition, in offset order) whose first
-        record comes after offsets the log deleted: (where the last records ended, where
-        the deletion ended)."""
+        record, or whose end reached (`ends`, served after a partition's records), comes
+        after offsets the log deleted: (where the last records ended, where the deletion
+        ended). An end is the only word of a reset to a log with no record left."""
         gaps: dict[Any, tuple[int, int]] = {}
         known = self._next
         for tp, records in chunks.items():
-            expected, first = known.get(tp), records[0].offset
-            if expected is not None and first > expected:
-                low = self._low(tp)
-                if low is not None and gap_expired(first, expected, low):
-                    gaps[tp] = (expected, min(low, first))
+            self._jump(tp, records[0].offset, gaps)
             known[tp] = records[-1].offset + 1
+        for tp, end in (ends or {}).items():
+            if end > known.get(tp, end):
+                self._jump(tp, end, gaps)
+                known[tp] = end
         return gaps
+
+    def _jump(self, tp: TopicPartition, first: int, gaps: dict[Any, tuple[int, int]]) -> None:
+        expected = self._next.get(tp)
+        if expected is not None and first > expected and tp not in gaps:
+            low = self._low(tp)
+            if low is not None and gap_expired(first, expected, low):
+                gaps[tp] = (expected, min(low, first))
+
+    def reached(self, tp: TopicPartition) -> int:
+        """Where `tp`'s records so far end (-1 if unknown): every offset below was served,
+        skipped (markers, compaction) or counted in a gap."""
+        return self._next.get(tp, -1)

@@ -259,10 +259,11 @@ class LibrdkafkaSource:
     def _poll(self, timeout_s: float) -> tuple[dict[TopicPartition, list[Any]], Any, Any, Any]:
         """On the poller thread: one `consume()`, its messages as records by partition."""
         assert self._consumer is not None
-        chunks, errors = by_partition(
+        chunks, errors, ends = by_partition(
             self._consumer.consume(self._config.fetch_max_records, timeout_s), self._topic
         )
-        return chunks, errors, self._read_marks(chunks), self._continuity.after(chunks)
+        gaps = self._continuity.after(chunks, ends)
+        return chunks, errors, self._read_marks({**ends, **chunks}), gaps
 
     def _read_marks(self, chunks: Mapping[TopicPartition, Any]) -> dict[Any, tuple[int, int]]:
         """On the poller thread: the cached high watermark and the fetch position of the
@@ -274,7 +275,7 @@ class LibrdkafkaSource:
         every = now - self._marks_read >= MARKS_EVERY_S
         self._marks_read = now if every else self._marks_read
         tps = list(self._announced) if every else [tp for tp in chunks if tp in self._announced]
-        return read_marks(self._consumer, tps)
+        return read_marks(self._consumer, tps, self._continuity.reached)
 
     def fit_prefetch(self, share_bytes: int, partitions: int) -> int:
         """librdkafka's pre-fetch queue is sized when the consumer is made (one queue for

@@ -265,7 +265,8 @@ class KafkaSource:
             )
         except OffsetOutOfRangeError as exc:  # raised only with nothing else drained
             self._trust.failed()
-            await oldest_left(self._consumer, exc.args[0], self._expired, self.label)
+            sought = await oldest_left(self._consumer, exc.args[0], self._expired, self.label)
+            self._trust.returned(self._consumer, sought)  # all below returned or counted
             return {}
         except Exception:
             self._trust.failed()
