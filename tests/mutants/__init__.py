@@ -527,6 +527,12 @@ MUTANTS += (
         (_node("integration/test_kafka_expired_offsets", f"{_EMPTIED}[aiokafka]"),),
     ),
     Mutant(
+        "expired_reset_distrusts_all",
+        "aiokafka: a reset distrusts every partition's position, not only the one out of "
+        "range: of two logs deleted to their ends only the one reset last is committed past",
+        (_node("integration/test_kafka_expired_offsets", f"{_EMPTIED}[aiokafka]"),),
+    ),
+    Mutant(
         "librdkafka_partition_end_ignored",
         "librdkafka: the end reached after a reset to an emptied log is not where reading "
         "stands (its position stays unset): the deleted checkpoint is never committed past",

@@ -42,6 +42,10 @@ class ExpiredOffsets:
     def __init__(self, source: str) -> None:
         self._source = source
         self._counter: TallyFamily | None = None
+        #: Partition label -> the log start its last count ended at. A partition read
+        #: again from a checkpoint behind it (revoked before its end was committed, and
+        #: assigned back) meets the same deleted offsets again: counted once per process.
+        self._counted: dict[str, int] = {}
 
     def attach(self, metrics: Metrics) -> None:
         self._counter = metrics.partition_counter(
@@ -55,8 +59,13 @@ class ExpiredOffsets:
         """Reading moves from `position` to `oldest`, the log's start: the offsets between
         are gone (none if the position was past the end: a topic made again, or a log
         cut back, is read again from its start, duplicates over loss)."""
+        before = self._counted.get(label, -1)
+        if position < oldest <= before:  # counted already (see `_counted`)
+            return 0
+        position = max(position, before) if before < oldest else position
         lost = max(oldest - position, 0)
         if lost:
+            self._counted[label] = oldest
             log.error(
                 "event=offsets_expired partition=%s position=%d oldest=%d offsets=%d "
                 "note='deleted before they were read: lost; reading on from the oldest "

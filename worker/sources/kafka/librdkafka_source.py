@@ -237,7 +237,7 @@ class LibrdkafkaSource:
             if not polling.done():
                 return {}
         self._polling = None
-        chunks, errors, marks, gaps = polling.result()
+        chunks, errors, marks, gaps, ends = polling.result()
         for tp, (position, oldest) in gaps.items():  # librdkafka reset them (`expiry`)
             self._expired.passed(self.label(tp), position, oldest)
         self._marks.update((tp, m) for tp, m in marks.items() if tp in self._announced)
@@ -253,17 +253,17 @@ class LibrdkafkaSource:
         for tp in [tp for tp in chunks if tp not in announced]:
             chunks.pop(tp)  # not ours (any more): the next owner reads it from the commit
         if self._suspect:
-            self._suspect.difference_update(chunks)
+            self._suspect.difference_update({**ends, **chunks})  # an end reached: consistent
         return chunks
 
-    def _poll(self, timeout_s: float) -> tuple[dict[TopicPartition, list[Any]], Any, Any, Any]:
+    def _poll(self, timeout_s: float) -> tuple[Any, ...]:
         """On the poller thread: one `consume()`, its messages as records by partition."""
         assert self._consumer is not None
         chunks, errors, ends = by_partition(
             self._consumer.consume(self._config.fetch_max_records, timeout_s), self._topic
         )
         gaps = self._continuity.after(chunks, ends)
-        return chunks, errors, self._read_marks({**ends, **chunks}), gaps
+        return chunks, errors, self._read_marks({**ends, **chunks}), gaps, ends
 
     def _read_marks(self, chunks: Mapping[TopicPartition, Any]) -> dict[Any, tuple[int, int]]:
         """On the poller thread: the cached high watermark and the fetch position of the

@@ -264,7 +264,7 @@ class KafkaSource:
                 timeout_ms=int(timeout_s * 1000), max_records=self._config.fetch_max_records
             )
         except OffsetOutOfRangeError as exc:  # raised only with nothing else drained
-            self._trust.failed()
+            self._trust.forget(exc.args[0])  # only these moved; another emptied log stays
             sought = await oldest_left(self._consumer, exc.args[0], self._expired, self.label)
             self._trust.returned(self._consumer, sought)  # all below returned or counted
             return {}
