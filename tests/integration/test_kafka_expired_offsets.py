@@ -18,6 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
+from tests.integration.expiry_helpers import behind, expired_lines, expired_metric, produce
 from tests.integration.kafka_helpers import (
     WorkerProcess,
     committed,
@@ -94,3 +95,44 @@ def test_a_deleted_checkpoint_reads_on_from_the_oldest_record_counting_the_loss(
         assert worker.wait() == 0
     finally:
         worker.stop()
+
+
+def test_a_log_deleted_to_its_end_is_counted_once_and_committed_past(
+    kafka: str, kafka_client: str, tmp_path: Path
+):
+    """Every record gone (DeleteRecords to the high watermark) on both partitions, none
+    written after: the loss is said and counted now, and the group's offset moves to the
+    end, so a second run neither counts it again nor shows a lag that never ends. Two
+    partitions: aiokafka distrusted every position at each reset, so only the partition
+    reset last was committed (seen with four partitions and a rebalance)."""
+    topic, group = unique("gone"), unique("g")
+    asyncio.run(behind(kafka, topic, group, 100, 2, 10, {0: 100, 1: 100}))
+    config = write_config(tmp_path / "w.toml", kafka, topic, group,
+                          source={"starting_position": "trim_horizon"})  # fmt: skip
+    first = WorkerProcess(config, tmp_path)
+    try:
+        first.wait_for_log("event=assigned")
+        # Said within a few fetches (librdkafka said it only once records came)
+        first.wait_for_log(r"event=offsets_expired partition=\S+ position=10 oldest=100",
+                           timeout_s=20, count=2)  # fmt: skip
+        eventually(lambda: committed(kafka, group, topic) == {0: 100, 1: 100}, timeout_s=20,
+                   what="the end committed")  # fmt: skip
+        assert expired_metric(first.metrics_port, topic) == {0: 90, 1: 90}
+        first.terminate()
+        assert first.wait() == 0
+    finally:
+        first.stop()
+    second = WorkerProcess(config, tmp_path)
+    try:
+        second.wait_for_log("event=assigned")
+        asyncio.run(produce(kafka, topic, 5, 2))
+        eventually(lambda: committed(kafka, group, topic) == {0: 105, 1: 105}, timeout_s=20,
+                   what="the new records committed")  # fmt: skip
+        handled = read_handled(tmp_path, second.pid)
+        new = list(range(100, 105))
+        assert {p: sorted(o) for p, o in handled.items()} == {0: new, 1: new}
+        assert expired_lines(second.log(), topic) == [], "counted again"
+        second.terminate()
+        assert second.wait() == 0
+    finally:
+        second.stop()

@@ -38,6 +38,7 @@ def _both(name: str, rest: str = "") -> tuple[str, str]:
 
 
 _EXPIRED = "test_a_deleted_checkpoint_reads_on_from_the_oldest_record_counting_the_loss"
+_EMPTIED = "test_a_log_deleted_to_its_end_is_counted_once_and_committed_past"
 
 
 @dataclass(frozen=True, slots=True)
@@ -600,6 +601,25 @@ MUTANTS += (
                 "test_a_corrupt_batch_loses_nothing_and_skips_nothing[aiokafka]",
             ),
         ),
+    ),
+    Mutant(
+        "expired_end_not_trusted",
+        "aiokafka: the log start sought past a deleted checkpoint is not trusted as read "
+        "through: a log deleted to its end is never committed past (its lag stays, and "
+        "every later owner counts the same offsets lost again)",
+        (_node("integration/test_kafka_expired_offsets", f"{_EMPTIED}[aiokafka]"),),
+    ),
+    Mutant(
+        "expired_reset_distrusts_all",
+        "aiokafka: a reset distrusts every partition's position, not only the one out of "
+        "range: of two logs deleted to their ends only the one reset last is committed past",
+        (_node("integration/test_kafka_expired_offsets", f"{_EMPTIED}[aiokafka]"),),
+    ),
+    Mutant(
+        "librdkafka_partition_end_ignored",
+        "librdkafka: the end reached after a reset to an emptied log is not where reading "
+        "stands (its position stays unset): the deleted checkpoint is never committed past",
+        (_node("integration/test_kafka_expired_offsets", f"{_EMPTIED}[librdkafka]"),),
     ),
 )
 

@@ -73,3 +73,49 @@ def test_the_loss_is_said_and_counted_and_a_position_past_the_end_only_warned(ca
         "worker_offsets_expired_total", {"source": "kafka", "partition": "t-0"}
     )
     assert value == 30
+
+
+def test_a_reset_to_an_emptied_log_is_told_by_the_end_reached():
+    """DeleteRecords to the high watermark: librdkafka resets and serves no record, only
+    the partition's end; its position stays unset. The end says the loss (once) and where
+    reading stands (`reached`, the position the settler may commit)."""
+    low = {TP: 100}
+    c = Continuity(low.get)
+    c.start(TP, 10)
+    assert c.reached(TP) == 10
+    assert c.after({}, {TP: 100}) == {TP: (10, 100)}
+    assert c.reached(TP) == 100
+    assert c.after({}, {TP: 100}) == {}  # said once
+    # Records, then their end, in one call: the end is where they ended, nothing lost.
+    assert c.after({TP: chunk(100, 101)}, {TP: 102}) == {}
+    assert c.reached(TP) == 102
+
+
+def test_an_end_past_markers_or_holes_moves_reading_on_counting_nothing():
+    low = {TP: 0}
+    c = Continuity(low.get)
+    c.start(TP, 0)
+    assert c.after({TP: chunk(0, 1, 2)}, {TP: 4}) == {}  # a commit marker at 3
+    assert c.reached(TP) == 4
+    assert c.reached(TopicPartition("t", 9)) == -1
+
+
+def test_offsets_met_again_after_a_rebalance_are_counted_once(caplog):
+    """Seen on the real broker: a partition reset to its emptied log, revoked before the
+    settler committed its end (the revoke commits the last record handled), assigned
+    back, reads from that checkpoint and meets the same deleted offsets: 50 counted
+    twice. Counted once per process; a cut further on counts only what is new."""
+    metrics = Metrics()
+    expired = ExpiredOffsets("kafka")
+    expired.attach(metrics)
+    with caplog.at_level(logging.WARNING, logger="worker.source.kafka"):
+        assert expired.passed("t-3", 1450, 1500) == 50
+        assert expired.passed("t-3", 1450, 1500) == 0
+        assert expired.passed("t-3", 1450, 1600) == 100
+        assert expired.passed("t-4", 1450, 1500) == 50
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 3 and "position=1500 oldest=1600 offsets=100" in said[1]
+    value = metrics.registry.get_sample_value(
+        "worker_offsets_expired_total", {"source": "kafka", "partition": "t-3"}
+    )
+    assert value == 150

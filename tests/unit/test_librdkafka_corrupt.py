@@ -111,7 +111,7 @@ async def test_the_source_hands_out_nothing_past_a_bad_batch_and_holds_it():
     consumer = Fetching([message(0), message(1), message(2), message(3, error=crc),
                          message(6), message(9)])  # fmt: skip
     source._consumer = consumer  # type: ignore[assignment]
-    chunks, errors, _, _ = source._poll(0)
+    chunks, errors, _, _, _ = source._poll(0)
     assert {tp: [r.offset for r in rs] for tp, rs in chunks.items()} == {TP1: [0, 1, 2]}
     assert errors == []  # said by its own warning, folded
     assert consumer.calls == [("seek", ("t", 1, 3)), ("pause", [("t", 1)])]

@@ -51,8 +51,8 @@ message = st.builds(
 @settings(max_examples=200, deadline=None)
 @given(st.lists(message, max_size=30))
 def test_records_carry_the_fields_of_the_copied_records_grouped_in_order(messages):
-    chunks, errors = by_partition(messages)
-    assert errors == []
+    chunks, errors, ends = by_partition(messages)
+    assert errors == [] and ends == {}
     expected: dict[TopicPartition, list[tuple[object, ...]]] = {}
     for m in messages:
         expected.setdefault(TopicPartition(m.topic(), m.partition()), []).append(
@@ -80,13 +80,13 @@ def test_one_topic_groups_by_partition_alone_and_two_topics_apart():
         Message(topic="t", partition=1, offset=3, value=b"c"),
         Message(topic="t", partition=0, offset=2, value=b"d"),
     ]
-    chunks, _ = by_partition(messages)
+    chunks, _, _ = by_partition(messages)
     assert {tp: [r.value for r in rs] for tp, rs in chunks.items()} == {
         TopicPartition("t", 0): [b"a", b"d"],
         TopicPartition("u", 0): [b"b"],
         TopicPartition("t", 1): [b"c"],
     }
-    one, _ = by_partition([m for m in messages if m.topic() == "t"], "t")
+    one, _, _ = by_partition([m for m in messages if m.topic() == "t"], "t")
     assert {tp: [r.offset for r in rs] for tp, rs in one.items()} == {
         TopicPartition("t", 0): [1, 2],
         TopicPartition("t", 1): [3],
@@ -94,17 +94,32 @@ def test_one_topic_groups_by_partition_alone_and_two_topics_apart():
 
 
 def test_errors_are_not_records_and_keep_their_order():
-    eof, unknown = KafkaError(KafkaError._PARTITION_EOF), KafkaError(KafkaError._UNKNOWN_PARTITION)
+    unknown, other = KafkaError(KafkaError._UNKNOWN_PARTITION), KafkaError(KafkaError._TRANSPORT)
     messages = [
         Message(topic="t", partition=0, offset=1, value=b"a"),
-        Message(topic="t", partition=0, error=eof),
+        Message(topic="t", partition=0, error=other),
         Message(topic="t", partition=0, offset=2, value=b"b"),
         Message(topic="t", partition=1, error=unknown),
     ]
-    chunks, errors = by_partition(messages, "t")
+    chunks, errors, ends = by_partition(messages, "t")
     assert [r.offset for r in chunks[TopicPartition("t", 0)]] == [1, 2]
-    assert [e.code() for e in errors] == [KafkaError._PARTITION_EOF, KafkaError._UNKNOWN_PARTITION]
-    assert by_partition([Message(topic="t", partition=0, error=eof)]) == ({}, [eof])
+    assert [e.code() for e in errors] == [KafkaError._TRANSPORT, KafkaError._UNKNOWN_PARTITION]
+    assert ends == {}
+
+
+def test_a_partitions_end_is_no_error_but_where_it_was_reached():
+    """`enable.partition.eof`: the end reached after a reset to an emptied log is the only
+    word of it (`expiry.Continuity`); never an error (it would distrust every position)."""
+    eof = KafkaError(KafkaError._PARTITION_EOF)
+    messages = [
+        Message(topic="t", partition=0, offset=1, value=b"a"),
+        Message(topic="t", partition=0, offset=2, error=eof),
+        Message(topic="t", partition=1, offset=100, error=eof),
+    ]
+    chunks, errors, ends = by_partition(messages, "t")
+    assert [r.offset for r in chunks[TopicPartition("t", 0)]] == [1]
+    assert errors == []
+    assert ends == {TopicPartition("t", 0): 2, TopicPartition("t", 1): 100}
 
 
 def test_a_record_has_the_record_api():

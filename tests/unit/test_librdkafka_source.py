@@ -102,7 +102,7 @@ def test_messages_become_records_by_partition_in_order_with_errors_apart():
         Message(topic="t", partition=0, offset=6, key=b"k", value=b"x", timestamp=(1, 124)),
         Message(topic="t", partition=0, error=KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)),
     ]  # fmt: skip
-    chunks, errors = by_partition(messages)
+    chunks, errors, _ = by_partition(messages)
     assert [r.offset for r in chunks[TP0]] == [5, 6]
     first = chunks[TP0][0]
     assert (first.key, first.json(), first.headers, first.timestamp_ms) == (

@@ -42,6 +42,10 @@ class ExpiredOffsets:
     def __init__(self, source: str) -> None:
         self._source = source
         self._counter: TallyFamily | None = None
+        #: Partition label -> the log start its last count ended at. A partition read
+        #: again from a checkpoint behind it (revoked before its end was committed, and
+        #: assigned back) meets the same deleted offsets again: counted once per process.
+        self._counted: dict[str, int] = {}
 
     def attach(self, metrics: Metrics) -> None:
         self._counter = metrics.partition_counter(
@@ -55,8 +59,13 @@ class ExpiredOffsets:
         """Reading moves from `position` to `oldest`, the log's start: the offsets between
         are gone (none if the position was past the end: a topic made again, or a log
         cut back, is read again from its start, duplicates over loss)."""
+        before = self._counted.get(label, -1)
+        if position < oldest <= before:  # counted already (see `_counted`)
+            return 0
+        position = max(position, before) if before < oldest else position
         lost = max(oldest - position, 0)
         if lost:
+            self._counted[label] = oldest
             log.error(
                 "event=offsets_expired partition=%s position=%d oldest=%d offsets=%d "
                 "note='deleted before they were read: lost; reading on from the oldest "
@@ -88,18 +97,21 @@ async def oldest_left(
 ) -> dict[TopicPartition, int]:
     """aiokafka: seek partitions whose fetch offset is out of range to their log's start,
     saying what was lost; where each now starts. A partition no longer assigned is the
-    next owner's to read."""
+    next owner's to read.
+
+    The partitions sought: their positions cover only records returned or counted lost
+    (the source trusts them, `FetchTrust`), so a log deleted to its end is committed
+    past once the partition settles; else its lag stays and every later owner, reading
+    from the old checkpoint, counts the same offsets again."""
     assigned = consumer.assignment()
     tps = [tp for tp in out_of_range if tp in assigned]
     if not tps:
         return {}
     starts = await consumer.beginning_offsets(tps)
-    sought = {}
-    for tp in tps:
-        if tp in consumer.assignment():
-            expired.passed(label(tp), out_of_range[tp], starts[tp])
-            consumer.seek(tp, starts[tp])
-            sought[tp] = starts[tp]
+    sought = {tp: starts[tp] for tp in tps if tp in consumer.assignment()}
+    for tp, start in sought.items():
+        expired.passed(label(tp), out_of_range[tp], start)
+        consumer.seek(tp, start)
     return sought
 
 
@@ -116,17 +128,33 @@ class Continuity:
         """Reading `tp` starts at `offset` (a new assignment): the records so far end there."""
         self._next[tp] = offset
 
-    def after(self, chunks: Mapping[TopicPartition, Sequence[Any]]) -> dict[Any, tuple[int, int]]:
+    def after(
+        self, chunks: Mapping[TopicPartition, Sequence[Any]],
+        ends: Mapping[TopicPartition, int] | None = None,
+    ) -> dict[Any, tuple[int, int]]:  # fmt: skip
         """The partitions of `chunks` (records by partition, in offset order) whose first
-        record comes after offsets the log deleted: (where the last records ended, where
-        the deletion ended)."""
+        record, or whose end reached (`ends`, served after a partition's records), comes
+        after offsets the log deleted: (where the last records ended, where the deletion
+        ended). An end is the only word of a reset to a log with no record left."""
         gaps: dict[Any, tuple[int, int]] = {}
         known = self._next
         for tp, records in chunks.items():
-            expected, first = known.get(tp), records[0].offset
-            if expected is not None and first > expected:
-                low = self._low(tp)
-                if low is not None and gap_expired(first, expected, low):
-                    gaps[tp] = (expected, min(low, first))
+            self._jump(tp, records[0].offset, gaps)
             known[tp] = records[-1].offset + 1
+        for tp, end in (ends or {}).items():
+            if end > known.get(tp, end):
+                self._jump(tp, end, gaps)
+                known[tp] = end
         return gaps
+
+    def _jump(self, tp: TopicPartition, first: int, gaps: dict[Any, tuple[int, int]]) -> None:
+        expected = self._next.get(tp)
+        if expected is not None and first > expected and tp not in gaps:
+            low = self._low(tp)
+            if low is not None and gap_expired(first, expected, low):
+                gaps[tp] = (expected, min(low, first))
+
+    def reached(self, tp: TopicPartition) -> int:
+        """Where `tp`'s records so far end (-1 if unknown): every offset below was served,
+        skipped (markers, compaction) or counted in a gap."""
+        return self._next.get(tp, -1)

@@ -125,10 +125,13 @@ def left_at_stop(done: Any) -> None:
         log.warning("event=poll_failed_at_stop error=%r", str(done.exception()))
 
 
-def read_marks(consumer: Any, tps: list[Any]) -> dict[Any, tuple[int, int]]:
+def read_marks(
+    consumer: Any, tps: list[Any], reached: Callable[[Any], int] = lambda tp: -1
+) -> dict[Any, tuple[int, int]]:
     """On the poller thread: the cached high watermark and the fetch position of `tps`
     (aiokafka `TopicPartition`s); the partitions the client no longer has are left out
-    (the next read has them)."""
+    (the next read has them). The position is at least `reached(tp)`: a reset to a log
+    with no record left serves none, and librdkafka's position stays unset (-1001)."""
     marks: dict[Any, tuple[int, int]] = {}
     try:
         asked = [RdTopicPartition(tp.topic, tp.partition) for tp in tps]
@@ -136,7 +139,7 @@ def read_marks(consumer: Any, tps: list[Any]) -> dict[Any, tuple[int, int]]:
         for tp, rd, at in zip(tps, asked, positions, strict=True):
             high = consumer.get_watermark_offsets(rd, cached=True)
             if high is not None and high[1] >= 0:
-                marks[tp] = (high[1], at.offset)
+                marks[tp] = (high[1], max(at.offset, reached(tp)))
     except (KafkaException, RuntimeError):
         pass
     return marks

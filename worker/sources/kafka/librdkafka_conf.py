@@ -93,8 +93,9 @@ def consumer_conf(config: KafkaSourceConfig) -> dict[str, Any]:
         "isolation.level": config.isolation_level,
         "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
         "queued.max.messages.kbytes": queue_kbytes(config),
-        # A partition's end is not an event the worker acts on.
-        "enable.partition.eof": False,
+        # A partition's end, in order with its messages: where reading stands when a
+        # reset left no record to say so (a log deleted to its end, `expiry`).
+        "enable.partition.eof": True,
     }
     if config.group_protocol == "classic":
         # Eager rebalances, as with aiokafka: every assignment is announced whole. The

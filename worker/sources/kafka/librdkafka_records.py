@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
-from confluent_kafka import Message
+from confluent_kafka import KafkaError, Message
 
 from worker.sources.base import RecordTraits, next_to_read
 from worker.sources.kafka import record as kafka_record
@@ -155,9 +155,11 @@ def _consumer_record(*fields: Any) -> ConsumerRecord:
 
 def by_partition(
     messages: Sequence[Message], topic: str | None = None
-) -> tuple[dict[TopicPartition, list[LibrdkafkaRecord]], list[Any]]:
-    """The records of `messages` grouped by partition in their order, and the errors
-    (the messages that carry one, as librdkafka's `KafkaError`s). `topic`: the one topic
+) -> tuple[dict[TopicPartition, list[LibrdkafkaRecord]], list[Any], dict[TopicPartition, int]]:
+    """The records of `messages` grouped by partition in their order, the errors (the
+    messages that carry one, as librdkafka's `KafkaError`s) and the partitions' ends
+    reached (`_PARTITION_EOF`, not an error: the offset every message before it in the
+    partition's queue was served below, `expiry.Continuity`). `topic`: the one topic
     subscribed, so that runs are told apart by partition alone.
 
     Per message the work is C-level maps (error, partition) and one record; the Python
@@ -165,12 +167,16 @@ def by_partition(
     partition together: a few runs per call)."""
     chunks: dict[TopicPartition, list[LibrdkafkaRecord]] = {}
     errors: list[Any] = []
+    ends: dict[TopicPartition, int] = {}
     # By truth, never by ==: a KafkaError compared with None leaves a Python error set
     # (seen), and a KafkaError is always true.
     if any(map(_ERROR, messages)):  # rare: an error travels as a message; not a record
         errors = list(map(_ERROR, messages))
+        for m, e in zip(messages, errors, strict=True):
+            if e is not None and e.code() == KafkaError._PARTITION_EOF:
+                ends[TopicPartition(m.topic(), m.partition())] = m.offset()
         messages = [m for m, e in zip(messages, errors, strict=True) if e is None]
-        errors = [e for e in errors if e is not None]
+        errors = [e for e in errors if e is not None and e.code() != KafkaError._PARTITION_EOF]
     partitions = list(map(_PARTITION, messages))
     runs: Iterable[Any] = (
         partitions if topic else zip(map(_TOPIC, messages), partitions, strict=True)
@@ -186,7 +192,7 @@ def by_partition(
         else:
             known.extend(records)
         start = end
-    return chunks, errors
+    return chunks, errors, ends
 
 
 #: Memory a buffered record costs beyond its value bytes, measured with tracemalloc: the

@@ -230,7 +230,7 @@ class LibrdkafkaSource:
             if not polling.done():
                 return {}
         self._polling = None
-        chunks, errors, marks, gaps = polling.result()
+        chunks, errors, marks, gaps, ends = polling.result()
         for tp, (position, oldest) in gaps.items():  # librdkafka reset them (`expiry`)
             self._expired.passed(self.label(tp), position, oldest)
         self._marks.update((tp, m) for tp, m in marks.items() if tp in self._announced)
@@ -246,15 +246,16 @@ class LibrdkafkaSource:
         for tp in [tp for tp in chunks if tp not in announced]:
             chunks.pop(tp)  # not ours (any more): the next owner reads it from the commit
         if self._suspect:
-            self._suspect.difference_update(chunks)
+            self._suspect.difference_update({**ends, **chunks})  # an end reached: consistent
         return chunks
 
-    def _poll(self, timeout_s: float) -> tuple[dict[TopicPartition, list[Any]], Any, Any, Any]:
+    def _poll(self, timeout_s: float) -> tuple[Any, ...]:
         """On the poller thread: one `consume()`, its messages as records by partition."""
         assert self._consumer is not None
         messages = self._consumer.consume(self._config.fetch_max_records, timeout_s)
-        chunks, errors = by_partition(self._bad.hold(self._consumer, messages), self._topic)
-        return chunks, errors, self._read_marks(chunks), self._continuity.after(chunks)
+        chunks, errors, ends = by_partition(self._bad.hold(self._consumer, messages), self._topic)
+        gaps = self._continuity.after(chunks, ends)
+        return chunks, errors, self._read_marks({**ends, **chunks}), gaps, ends
 
     def _read_marks(self, chunks: Mapping[TopicPartition, Any]) -> dict[Any, tuple[int, int]]:
         """On the poller thread: the cached high watermark and the fetch position of the
@@ -266,7 +267,7 @@ class LibrdkafkaSource:
         every = now - self._marks_read >= MARKS_EVERY_S
         self._marks_read = now if every else self._marks_read
         tps = list(self._announced) if every else [tp for tp in chunks if tp in self._announced]
-        return read_marks(self._consumer, tps)
+        return read_marks(self._consumer, tps, self._continuity.reached)
 
     def fit_prefetch(self, share_bytes: int, partitions: int) -> int:
         """librdkafka's pre-fetch queue is sized when the consumer is made (one queue for

@@ -234,9 +234,10 @@ class KafkaSource:
             self._trust.failed()
             raise
         if self._refetch.out_of_range:  # nothing of theirs drained: read from the oldest
-            self._trust.failed()
             out = self._refetch.take_out_of_range()
+            self._trust.forget(out)  # only these moved; another emptied log stays trusted
             starts = await oldest_left(self._consumer, out, self._expired, self.label)
+            self._trust.returned(self._consumer, starts)  # all below returned or counted
             self._refetch.started(starts, starts)
         announced = self._announced
         for tp in [tp for tp in chunks if tp not in announced]:
