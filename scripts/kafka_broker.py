@@ -539,6 +539,8 @@ class Cluster:
     cluster_id: str
     nodes: list[ClusterNode]
     _procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+    #: The Kafka release its nodes run (KAFKA4_VERSION: the KIP-848 group protocol).
+    version: str = KAFKA_VERSION
 
     @property
     def bootstrap(self) -> str:
@@ -600,7 +602,7 @@ class Cluster:
     def _launch(self, node: ClusterNode) -> None:
         with (node.workdir / "logs" / "stdout").open("ab") as out:
             proc = subprocess.Popen(
-                [*_java(fetch_jars(), node.workdir, CLUSTER_JVM), "kafka.Kafka",
+                [*_java(fetch_jars(self.version), node.workdir, CLUSTER_JVM), "kafka.Kafka",
                  str(node.properties)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -689,6 +691,7 @@ def start_cluster(
     nodes: int = 3,
     extra: dict[str, str] | None = None,
     timeout_s: float = 180.0,
+    version: str = KAFKA_VERSION,
 ) -> Cluster:
     """Format `nodes` combined broker+controller nodes with one cluster id and start them.
 
@@ -696,14 +699,14 @@ def start_cluster(
     register); this returns when every node accepts clients and every node's
     metadata lists all of them. On failure every started process is stopped.
     """
-    lib = fetch_jars()
+    lib = fetch_jars(version)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="kafka-cluster-"))
     ports = _free_ports(2 * nodes)
     members = [
         ClusterNode(i + 1, ports[2 * i], ports[2 * i + 1], workdir / f"node-{i + 1}")
         for i in range(nodes)
     ]
-    cluster = Cluster(workdir, _cluster_id(), members)
+    cluster = Cluster(workdir, _cluster_id(), members, version=version)
     formats = []
     for node in members:
         (node.workdir / "logs").mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ with the records drained so far, the raising partition's position unmoved."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import SimpleNamespace
 from typing import Any
 
@@ -253,3 +254,43 @@ async def test_an_offset_out_of_range_is_handed_to_the_source_not_rewound_nor_su
     got = await fetch.getmany(consumer, 0.01)
     assert [r.offset for r in got[HEALTHY]] == list(range(40, 50))
     assert len(consumer.calls) == 2, "never fetched on its own: no suspect"
+
+
+class RevokedDuringProbe(Consumer):
+    """The suspect's probe waits across a rebalance (aiokafka's `fetched_records` waits
+    for a reassignment in progress): its partition is revoked and assigned again (the
+    revoke's `forget`, the assignment's `started`) before the probe's records come."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.guard: Refetch | None = None
+        self.rebalanced = False
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int, max_records: int) -> dict:
+        guard = self.guard
+        suspect = guard._suspects.get(BAD) if guard else None
+        if tps == (BAD,) and suspect and suspect.limit * 2 >= MAX and not self.rebalanced:
+            self.rebalanced = True
+            guard.forget([BAD])
+            guard.started([BAD], {BAD: self.states[BAD].position})
+        return await super().getmany(*tps, timeout_ms=timeout_ms, max_records=max_records)
+
+
+async def test_a_suspect_revoked_and_assigned_again_during_its_probe_loses_nothing():
+    """Failed before: the probe's records came for a suspect forgotten meanwhile, its
+    `del` raised KeyError out of `getmany` with the records drained (position moved):
+    never handed out, and reading went on past them."""
+    consumer = RevokedDuringProbe({HEALTHY: 1, BAD: 5000}, {(BAD, 10)})
+    clock = Clock()
+    guard, _ = started(consumer, clock)
+    consumer.guard = guard
+    got: dict = {}
+    for _ in range(8):
+        await fetch(guard, consumer, got)
+    consumer.bad.clear()
+    for _ in range(30):
+        clock.now += refetch.RETRY_S
+        with contextlib.suppress(KeyError):  # the worker's poll_failed: fetching on
+            await fetch(guard, consumer, got)
+    assert consumer.rebalanced
+    assert got[BAD] == list(range(5000))

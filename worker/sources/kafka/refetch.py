@@ -204,7 +204,9 @@ class Refetch:
             records = got.get(tp)
             if records:
                 out[tp] = records
-                if suspect.read(self._max):
+                # Forgotten during the await (a revoke), it is not this one's to end: a
+                # raise here would drop the records drained (their position moved).
+                if suspect.read(self._max) and self._suspects.get(tp) is suspect:
                     del self._suspects[tp]
                     log.info("event=fetch_recovered partition=%s-%d offset=%d",
                              tp.topic, tp.partition, records[-1].offset + 1)  # fmt: skip
