@@ -26,6 +26,7 @@ from tests.integration.kafka_helpers import (
     end_offsets,
     eventually,
     handled_by,
+    long_run,
     unique,
     wait_for_group_coordinator,
     write_config,
@@ -116,6 +117,7 @@ def test_deleting_past_the_corrupt_batch_ends_the_wait_by_expiry(
         worker.stop()
 
 
+@long_run
 def test_a_member_joining_and_leaving_while_the_partition_waits(
     broker: kafka_broker.Cluster, kafka_client: str, tmp_path: Path
 ):
@@ -179,6 +181,7 @@ def flip_batch(broker: kafka_broker.Cluster, topic: str, partition: int, base: i
     log.write_bytes(bytes(data))
 
 
+@long_run
 def test_two_corrupt_partitions_1_and_10_of_a_topic_next_to_a_similar_named_one(
     broker: kafka_broker.Cluster, kafka_client: str, tmp_path: Path
 ):
@@ -259,6 +262,7 @@ async def keyed_then_batches(bootstrap: str, topic: str, good: int) -> None:
         await producer.stop()
 
 
+@long_run
 def test_corrupt_batch_behind_a_buffer_paused_partition_with_key_lanes_then_kill9(
     broker: kafka_broker.Cluster, kafka_client: str, tmp_path: Path
 ):
@@ -330,6 +334,7 @@ def poll_errors(worker: WorkerProcess) -> float:
     return sum(float(line.split()[-1]) for line in lines)
 
 
+@long_run
 def test_stuck_costs_no_cpu_and_counts_about_one_error_a_second(
     broker: kafka_broker.Cluster, kafka_client: str, tmp_path: Path
 ):
@@ -371,6 +376,7 @@ def broker4(tmp_path: Path):
         cluster.stop()
 
 
+@long_run
 def test_kip848_member_joins_and_leaves_while_the_partition_waits(
     broker4: kafka_broker.Cluster, tmp_path: Path
 ):
