@@ -339,7 +339,8 @@ def test_stuck_costs_no_cpu_and_counts_about_one_error_a_second(
     broker: kafka_broker.Cluster, kafka_client: str, tmp_path: Path
 ):
     """While stuck (the corrupt partition alone, and next to an idle healthy one): CPU of
-    the worker process and poll errors counted over a 10 s window."""
+    the worker process and poll errors counted over a 10 s window. librdkafka counted
+    none before (its stuck partition only logged)."""
     bootstrap, topic, group = broker.bootstrap, unique("crccpu"), unique("g")
     bad = corrupt_topic(broker, topic)
     asyncio.run(commit_at_start(bootstrap, group, topic))
@@ -357,7 +358,7 @@ def test_stuck_costs_no_cpu_and_counts_about_one_error_a_second(
         print(f"[{kafka_client}] stuck: cpu {cpu:.3f} s/s, poll errors {rate:.2f}/s "
               f"(total {e1:.0f})")  # fmt: skip
         assert cpu < 0.2, cpu
-        assert rate <= 3, rate
+        assert 0.2 < rate <= 3, rate  # counted on both clients: an alert on it sees this
         assert committed(bootstrap, group, topic).get(CORRUPT) == bad
         worker.terminate()
         assert worker.wait() == 0

@@ -50,6 +50,12 @@ class BadBatches:
         self._stuck: dict[tuple[str, int], list[Any]] = {}
         #: Partitions whose last `consume()` hit their bad batch: positions not trusted.
         self.held: set[tuple[str, int]] = set()
+        #: Each read that hit a bad batch (`worker_poll_errors_total`, as aiokafka's
+        #: retries are): an alert on it sees a stuck partition on either client.
+        self._count: Callable[[], None] = lambda: None
+
+    def count_with(self, count: Callable[[], None]) -> None:
+        self._count = count
 
     def hold(self, consumer: Any, messages: Sequence[Message]) -> Sequence[Message]:
         """`messages` without what comes after a bad batch in its partition; that
@@ -84,6 +90,7 @@ class BadBatches:
         if state is None or state[0] != offset:
             state = self._stuck[key] = [offset, 0.0, None, 0]
         state[1], state[3] = now + RETRY_S, state[3] + 1
+        self._count()
         if state[2] is None or now - state[2] >= WARN_S:
             log.warning("event=fetch_stuck partition=%s-%d offset=%d failures=%d error=%r "
                         "note='the next record to read is in a batch that fails to read (a "

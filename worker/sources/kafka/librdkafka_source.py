@@ -132,6 +132,7 @@ class LibrdkafkaSource:
     def attach(self, metrics: Metrics) -> None:
         self._reach = attach_gauges(metrics.registry, self.name, self._config.group_id)
         self._expired.attach(metrics)
+        self._bad.count_with(metrics.poll_errors.labels(self.name).inc)
 
     async def start(self, listener: AssignmentListener) -> None:
         # The one preflight: the broker answers, the credentials and TLS are accepted and
