@@ -1,3 +1,3 @@
 """The adversary tests share the integration suite's real broker fixture."""
 
-from tests.integration.conftest import kafka  # noqa: F401
+from tests.integration.conftest import kafka, kafka_client  # noqa: F401
