@@ -115,3 +115,42 @@ def test_a_transaction_committed_while_the_worker_waits_is_read_on_at_once(
     assert code == 0, worker.log()[-3000:]
     print(f"lag 0 {took:.2f} s after the commit ({kafka_client})")
     assert took < 10, f"read on only {took:.2f} s after the commit"
+
+
+def test_kip848_a_worker_held_at_an_open_transaction_is_neither_stalled_nor_blind(
+    kafka4: str, tmp_path: Path
+):
+    """librdkafka with `group_protocol = "consumer"` on Kafka 4: held at an open
+    transaction past the stall timeout (not ended), then read on once it commits."""
+    topic, group = unique("tx-848"), unique("g")
+    loop = asyncio.new_event_loop()
+    txn = loop.run_until_complete(_open_transactions(kafka4, topic, 2))
+    config = write_config(
+        tmp_path / "w.toml", kafka4, topic, group,
+        source={"client": "librdkafka", "group_protocol": "consumer",
+                "session_timeout_ms": None, "heartbeat_interval_ms": None},
+        runtime={"stall_timeout_s": 2, "shutdown_timeout_s": 1, "log_format": "text"},
+    )  # fmt: skip
+    worker = WorkerProcess(config, tmp_path)
+    committed_open = False
+    try:
+        eventually(lambda: asyncio.run(committed_offsets(kafka4, group, topic)) == {0: 5, 1: 5},
+                   40, "committed to the last stable offsets")  # fmt: skip
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            assert worker.proc.poll() is None, worker.log()[-3000:]
+            time.sleep(0.1)
+        loop.run_until_complete(txn.commit_transaction())
+        committed_open = True
+        ends = loop.run_until_complete(end_offsets(kafka4, topic, 2))
+        eventually(lambda: asyncio.run(committed_offsets(kafka4, group, topic)) == ends,
+                   20, "lag 0 after the transaction committed")  # fmt: skip
+    finally:
+        if not committed_open:
+            loop.run_until_complete(txn.abort_transaction())
+        loop.run_until_complete(txn.stop())
+        worker.terminate()
+        code = worker.wait(30)
+        worker.stop()
+        loop.close()
+    assert code == 0, worker.log()[-3000:]
