@@ -154,3 +154,94 @@ def test_kip848_a_worker_held_at_an_open_transaction_is_neither_stalled_nor_blin
         worker.stop()
         loop.close()
     assert code == 0, worker.log()[-3000:]
+
+
+def test_partitions_moved_away_and_back_at_an_open_transaction_are_neither_stalled_nor_blind(
+    kafka: str, tmp_path: Path
+):
+    """librdkafka: a second worker takes a partition held at an open transaction and
+    leaves again; the first gets it back (its statistics of that partition from before the
+    move), holds past the stall timeout, and reads on to lag 0 once the transaction
+    commits."""
+    from tests.integration import kafka_helpers
+
+    kafka_helpers.client["name"] = "librdkafka"
+    topic, group = unique("tx-move"), unique("g")
+    loop = asyncio.new_event_loop()
+    txn = loop.run_until_complete(_open_transactions(kafka, topic, 2))
+    config = write_config(
+        tmp_path / "w.toml", kafka, topic, group,
+        runtime={"stall_timeout_s": 3, "shutdown_timeout_s": 1, "log_format": "text"},
+    )  # fmt: skip
+    kafka_helpers.client["name"] = "aiokafka"
+    a = WorkerProcess(config, tmp_path)
+    b = None
+    committed_open = False
+    try:
+        eventually(lambda: asyncio.run(committed_offsets(kafka, group, topic)) == {0: 5, 1: 5},
+                   30, "committed to the last stable offsets")  # fmt: skip
+        b = WorkerProcess(config, tmp_path)
+        b.wait_for_log(r"event=assigned", 30)
+        b.terminate()
+        assert b.wait(30) == 0, b.log()[-3000:]
+        a.wait_for_log(r"event=assigned", 30, count=3)  # its own, the split, all back
+        deadline = time.monotonic() + 6  # twice stall_timeout_s
+        while time.monotonic() < deadline:
+            assert a.proc.poll() is None, a.log()[-3000:]
+            time.sleep(0.1)
+        loop.run_until_complete(txn.commit_transaction())
+        committed_open = True
+        ends = loop.run_until_complete(end_offsets(kafka, topic, 2))
+        eventually(lambda: asyncio.run(committed_offsets(kafka, group, topic)) == ends,
+                   20, "lag 0 after the transaction committed")  # fmt: skip
+    finally:
+        if not committed_open:
+            loop.run_until_complete(txn.abort_transaction())
+        loop.run_until_complete(txn.stop())
+        a.terminate()
+        code = a.wait(30)
+        a.stop()
+        if b is not None:
+            b.stop()
+        loop.close()
+    assert code == 0, a.log()[-3000:]
+    assert "commits_stalled" not in a.log()
+
+
+def test_a_worker_restarted_at_an_open_transaction_is_not_stalled(
+    kafka: str, kafka_client: str, tmp_path: Path
+):
+    """The group's commit is already at the open transaction when the worker starts, so
+    it consumes nothing: librdkafka's position stays unknown, and its source compared the
+    high watermark with the commit. The watchdog ended it after stall_timeout_s, and the
+    restart was the same worker again: a crash loop until the transaction ends."""
+    topic, group = unique("tx-restart"), unique("g")
+    loop = asyncio.new_event_loop()
+    txn = loop.run_until_complete(_open_transactions(kafka, topic, 1))
+    config = write_config(
+        tmp_path / "w.toml", kafka, topic, group,
+        runtime={"stall_timeout_s": 2, "shutdown_timeout_s": 1, "log_format": "text"},
+    )  # fmt: skip
+    first = WorkerProcess(config, tmp_path)
+    try:
+        eventually(lambda: asyncio.run(committed_offsets(kafka, group, topic)).get(0) == 5, 30,
+                   "committed to the last stable offset")  # fmt: skip
+    finally:
+        first.terminate()
+        first.wait(30)
+        first.stop()
+    worker = WorkerProcess(config, tmp_path)
+    try:
+        worker.wait_for_log(r"event=assigned", 30)
+        deadline = time.monotonic() + 5  # past stall_timeout_s
+        while time.monotonic() < deadline:
+            assert worker.proc.poll() is None, worker.log()[-3000:]
+            time.sleep(0.1)
+    finally:
+        worker.terminate()
+        code = worker.wait(30)
+        worker.stop()
+        loop.run_until_complete(txn.abort_transaction())
+        loop.run_until_complete(txn.stop())
+        loop.close()
+    assert code == 0, worker.log()[-3000:]
