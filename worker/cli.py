@@ -18,7 +18,7 @@ from pathlib import Path
 from worker.config import WorkerConfig
 from worker.config_load import ConfigError, load_config
 from worker.destinations import dlq_view
-from worker.runtime.signals import StoppedBeforeStart, stop_while_loading
+from worker.runtime.signals import StoppedBeforeStart, stop_while_loading, stopped_while_loading
 
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
@@ -349,6 +349,7 @@ def _with_config(args: argparse.Namespace) -> int:
         load_handler(config.handler.target)
     except HandlerLoadError as exc:
         return _fail([str(exc)])
+    stopped_while_loading()  # a signal the module's own `except:` caught
 
     from worker.errors import StartError
     from worker.observe import logs

@@ -525,6 +525,18 @@ MUTANTS += (
         ),
     ),
     Mutant(
+        "librdkafka_unconsumed_waits_past_open_transactions",
+        "librdkafka's source, with nothing consumed since the assignment (its position "
+        "unknown), says records wait up to the high watermark: a worker restarted or "
+        "reassigned at an open transaction is ended by the watchdog, again and again",
+        (
+            _node(
+                "adversary/test_open_transactions_hide_no_stall",
+                "test_a_worker_restarted_at_an_open_transaction_is_not_stalled[librdkafka]",
+            ),
+        ),
+    ),
+    Mutant(
         "stale_stable_offsets_trusted",
         "librdkafka's last stable offsets are used however old: a poller that stopped "
         "consuming keeps records looking unreadable, and the watchdog misses the stall",

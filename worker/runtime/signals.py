@@ -32,7 +32,10 @@ def stop_while_loading() -> Callable[[], None]:
     Returns what puts the handlers found back."""
 
     def _stop(signum: int, _frame: object) -> None:
-        raise StoppedBeforeStart(signal.Signals(signum).name)
+        _received.append(signal.Signals(signum).name)  # kept: a bare `except:` may eat it
+        raise StoppedBeforeStart(_received[0])
+
+    _received.clear()
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -48,12 +51,27 @@ def stop_while_loading() -> Callable[[], None]:
     return restore
 
 
+#: The signals `stop_while_loading` raised for, in order (its own: one run a process).
+_received: list[str] = []
+
+
+def stopped_while_loading() -> None:
+    """Raise `StoppedBeforeStart` if a signal came while loading: a loading step that
+    caught its exception (a handler module's bare `except:`) went on as if none had come,
+    and the worker started and ran until the SIGKILL. Asked once loading is done (after
+    the handler's import, and at `Signals.install`, the last moment before the loop's
+    handlers take over)."""
+    if _received:
+        raise StoppedBeforeStart(_received[0])
+
+
 class Signals:
     def __init__(self, stop: Callable[[], None]) -> None:
         self._stop = stop
         self._received = 0
 
     def install(self) -> None:
+        stopped_while_loading()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:

@@ -352,9 +352,11 @@ class LibrdkafkaSource:
         if mark is None:
             return False
         end, position = mark
-        if position < 0:
-            return bool(self.lag(partition))
-        return self._stable.readable_end(partition, end) > position
+        readable = self._stable.readable_end(partition, end)
+        if position < 0:  # nothing consumed since the assignment: against the commit
+            done = self._committed.get(partition)
+            return done is not None and readable > done
+        return readable > position
 
     # -- stopping --------------------------------------------------------------------------
     async def stop_taking(self) -> None:
