@@ -11,42 +11,21 @@ import time
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from tests.integration.kafka_helpers import (
     LONG,
     WorkerProcess,
     committed_offsets,
-    create_topic,
     end_offsets,
     eventually,
     long_run,
+    open_transactions,
     read_handled,
     unique,
     write_config,
 )
 
 pytestmark = pytest.mark.kafka
-
-
-async def _open_transactions(kafka: str, topic: str, partitions: int) -> AIOKafkaProducer:
-    """5 plain records on each partition, then a transaction left open over 4 more."""
-    await create_topic(kafka, topic, partitions)
-    plain = AIOKafkaProducer(bootstrap_servers=kafka)
-    await plain.start()
-    try:
-        for p in range(partitions):
-            for i in range(5):
-                await plain.send_and_wait(topic, b'{"seq": %d}' % i, partition=p)
-    finally:
-        await plain.stop()
-    txn = AIOKafkaProducer(bootstrap_servers=kafka, transactional_id=unique("tx"))
-    await txn.start()
-    await txn.begin_transaction()
-    for p in range(partitions):
-        for i in range(4):
-            await txn.send_and_wait(topic, b'{"open": %d}' % i, partition=p)
-    return txn
 
 
 @long_run
@@ -57,7 +36,7 @@ def test_a_wedged_handler_next_to_an_open_transaction_still_trips_the_watchdog(
     end at an open transaction: exit 3 naming partition 1 only."""
     topic, group = unique("tx-wedge"), unique("g")
     loop = asyncio.new_event_loop()
-    txn = loop.run_until_complete(_open_transactions(kafka, topic, 2))
+    txn = loop.run_until_complete(open_transactions(kafka, topic, 2))
     config = write_config(
         tmp_path / "w.toml", kafka, topic, group,
         batching={"batch_size": 1, "maximum_batching_window_ms": 0},
@@ -88,7 +67,7 @@ def test_a_transaction_committed_while_the_worker_waits_is_read_on_at_once(
     transaction commits: its records are handled and the lag is 0 within seconds."""
     topic, group = unique("tx-commit"), unique("g")
     loop = asyncio.new_event_loop()
-    txn = loop.run_until_complete(_open_transactions(kafka, topic, 1))
+    txn = loop.run_until_complete(open_transactions(kafka, topic, 1))
     config = write_config(
         tmp_path / "w.toml", kafka, topic, group,
         runtime={"stall_timeout_s": 2, "shutdown_timeout_s": 1, "log_format": "text"},
@@ -98,10 +77,7 @@ def test_a_transaction_committed_while_the_worker_waits_is_read_on_at_once(
     try:
         eventually(lambda: asyncio.run(committed_offsets(kafka, group, topic)).get(0) == 5, 30,
                    "committed to the last stable offset")  # fmt: skip
-        deadline = time.monotonic() + 5  # past stall_timeout_s, held at the transaction
-        while time.monotonic() < deadline:
-            assert worker.proc.poll() is None, worker.log()[-3000:]
-            time.sleep(0.1)
+        worker.keeps_running(5)  # past stall_timeout_s, held at the transaction
         loop.run_until_complete(txn.commit_transaction())
         committed_open = True
         sent = time.monotonic()
@@ -131,7 +107,7 @@ def test_kip848_a_worker_held_at_an_open_transaction_is_neither_stalled_nor_blin
     transaction past the stall timeout (not ended), then read on once it commits."""
     topic, group = unique("tx-848"), unique("g")
     loop = asyncio.new_event_loop()
-    txn = loop.run_until_complete(_open_transactions(kafka4, topic, 2))
+    txn = loop.run_until_complete(open_transactions(kafka4, topic, 2))
     config = write_config(
         tmp_path / "w.toml", kafka4, topic, group,
         source={"client": "librdkafka", "group_protocol": "consumer",
@@ -143,10 +119,7 @@ def test_kip848_a_worker_held_at_an_open_transaction_is_neither_stalled_nor_blin
     try:
         eventually(lambda: asyncio.run(committed_offsets(kafka4, group, topic)) == {0: 5, 1: 5},
                    40, "committed to the last stable offsets")  # fmt: skip
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            assert worker.proc.poll() is None, worker.log()[-3000:]
-            time.sleep(0.1)
+        worker.keeps_running(5)
         loop.run_until_complete(txn.commit_transaction())
         committed_open = True
         ends = loop.run_until_complete(end_offsets(kafka4, topic, 2))
@@ -175,7 +148,7 @@ def test_partitions_moved_away_and_back_at_an_open_transaction_are_neither_stall
     kafka_helpers.client["name"] = "librdkafka"
     topic, group = unique("tx-move"), unique("g")
     loop = asyncio.new_event_loop()
-    txn = loop.run_until_complete(_open_transactions(kafka, topic, 2))
+    txn = loop.run_until_complete(open_transactions(kafka, topic, 2))
     config = write_config(
         tmp_path / "w.toml", kafka, topic, group,
         runtime={"stall_timeout_s": 3, "shutdown_timeout_s": 1, "log_format": "text"},
@@ -192,10 +165,7 @@ def test_partitions_moved_away_and_back_at_an_open_transaction_are_neither_stall
         b.terminate()
         assert b.wait(30) == 0, b.log()[-3000:]
         a.wait_for_log(r"event=assigned", 30, count=3)  # its own, the split, all back
-        deadline = time.monotonic() + 6  # twice stall_timeout_s
-        while time.monotonic() < deadline:
-            assert a.proc.poll() is None, a.log()[-3000:]
-            time.sleep(0.1)
+        a.keeps_running(6)  # twice stall_timeout_s
         loop.run_until_complete(txn.commit_transaction())
         committed_open = True
         ends = loop.run_until_complete(end_offsets(kafka, topic, 2))
@@ -227,7 +197,7 @@ def test_a_worker_restarted_at_an_open_transaction_is_not_stalled(
     restart was the same worker again: a crash loop until the transaction ends."""
     topic, group = unique("tx-restart"), unique("g")
     loop = asyncio.new_event_loop()
-    txn = loop.run_until_complete(_open_transactions(kafka, topic, 1))
+    txn = loop.run_until_complete(open_transactions(kafka, topic, 1))
     config = write_config(
         tmp_path / "w.toml", kafka, topic, group,
         runtime={"stall_timeout_s": 2, "shutdown_timeout_s": 1, "log_format": "text"},
@@ -243,10 +213,7 @@ def test_a_worker_restarted_at_an_open_transaction_is_not_stalled(
     worker = WorkerProcess(config, tmp_path)
     try:
         worker.wait_for_log(r"event=assigned", 30)
-        deadline = time.monotonic() + 5  # past stall_timeout_s
-        while time.monotonic() < deadline:
-            assert worker.proc.poll() is None, worker.log()[-3000:]
-            time.sleep(0.1)
+        worker.keeps_running(5)  # past stall_timeout_s
     finally:
         worker.terminate()
         code = worker.wait(30)

@@ -359,3 +359,23 @@ def a_second_run_finishes(
         assert code == 0, second.log()[-3000:]
     finally:
         second.stop()
+
+
+async def open_transactions(kafka: str, topic: str, partitions: int) -> AIOKafkaProducer:
+    """5 plain records on each partition, then a transaction left open over 4 more."""
+    await create_topic(kafka, topic, partitions)
+    plain = AIOKafkaProducer(bootstrap_servers=kafka)
+    await plain.start()
+    try:
+        for p in range(partitions):
+            for i in range(5):
+                await plain.send_and_wait(topic, b'{"seq": %d}' % i, partition=p)
+    finally:
+        await plain.stop()
+    txn = AIOKafkaProducer(bootstrap_servers=kafka, transactional_id=unique("tx"))
+    await txn.start()
+    await txn.begin_transaction()
+    for p in range(partitions):
+        for i in range(4):
+            await txn.send_and_wait(topic, b'{"open": %d}' % i, partition=p)
+    return txn

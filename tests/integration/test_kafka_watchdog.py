@@ -10,13 +10,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from tests.integration.kafka_helpers import (
     WorkerProcess,
     committed_offsets,
     create_topic,
     eventually,
+    open_transactions,
     produce_keyed,
     read_handled,
     unique,
@@ -100,24 +100,8 @@ def test_a_worker_held_at_an_open_transaction_is_not_stalled(
     readable (exit 3) after stall_timeout_s."""
     topic, group = unique("tx-open"), unique("g")
 
-    async def open_transaction() -> AIOKafkaProducer:
-        await create_topic(kafka, topic, 1)
-        plain = AIOKafkaProducer(bootstrap_servers=kafka)
-        await plain.start()
-        try:
-            for i in range(5):
-                await plain.send_and_wait(topic, b'{"seq": %d}' % i, partition=0)
-        finally:
-            await plain.stop()
-        txn = AIOKafkaProducer(bootstrap_servers=kafka, transactional_id=unique("tx"))
-        await txn.start()
-        await txn.begin_transaction()
-        for i in range(4):
-            await txn.send_and_wait(topic, b'{"open": %d}' % i, partition=0)
-        return txn
-
     loop = asyncio.new_event_loop()
-    txn = loop.run_until_complete(open_transaction())
+    txn = loop.run_until_complete(open_transactions(kafka, topic, 1))
     config = write_config(
         tmp_path / "w.toml", kafka, topic, group,
         runtime={"stall_timeout_s": 3, "shutdown_timeout_s": 1, "log_format": "text"},
