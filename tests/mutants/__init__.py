@@ -503,9 +503,15 @@ MUTANTS += (
         "reset_to_the_end_for_latest",
         "with starting_position = latest, a checkpoint the log deleted past is reset to the "
         "partition's end: every record still in the log is skipped and committed past",
-        tuple(
-            _node("integration/test_kafka_expired_offsets", f"{_EXPIRED}[{client}-latest]")
-            for client in ("aiokafka", "librdkafka")
+        (
+            _node(
+                "unit/test_kafka_expiry",
+                "test_neither_client_resets_a_checkpoint_the_log_deleted_past_to_its_end[latest]",
+            ),
+            *(
+                _node("integration/test_kafka_expired_offsets", f"{_EXPIRED}[{client}-latest]")
+                for client in ("aiokafka", "librdkafka")
+            ),
         ),
     ),
     Mutant(
@@ -530,6 +536,11 @@ MUTANTS += (
         "unknown), says records wait up to the high watermark: a worker restarted or "
         "reassigned at an open transaction is ended by the watchdog, again and again",
         (
+            _node(
+                "unit/test_librdkafka_source",
+                "test_a_partition_with_nothing_consumed_waits_only_up_to_its_last_stable_offset"
+                "[5-False]",
+            ),
             _node(
                 "adversary/test_open_transactions_hide_no_stall",
                 "test_a_worker_restarted_at_an_open_transaction_is_not_stalled[librdkafka]",
@@ -619,19 +630,37 @@ MUTANTS += (
         "aiokafka: the log start sought past a deleted checkpoint is not trusted as read "
         "through: a log deleted to its end is never committed past (its lag stays, and "
         "every later owner counts the same offsets lost again)",
-        (_node("integration/test_kafka_expired_offsets", f"{_EMPTIED}[aiokafka]"),),
+        (
+            _node(
+                "unit/test_kafka_refetch",
+                "test_a_log_deleted_to_its_end_is_read_through_and_the_others_stay_trusted",
+            ),
+            _node("integration/test_kafka_expired_offsets", f"{_EMPTIED}[aiokafka]"),
+        ),
     ),
     Mutant(
         "expired_reset_distrusts_all",
         "aiokafka: a reset distrusts every partition's position, not only the one out of "
         "range: of two logs deleted to their ends only the one reset last is committed past",
-        (_node("integration/test_kafka_expired_offsets", f"{_EMPTIED}[aiokafka]"),),
+        (
+            _node(
+                "unit/test_kafka_refetch",
+                "test_a_log_deleted_to_its_end_is_read_through_and_the_others_stay_trusted",
+            ),
+            _node("integration/test_kafka_expired_offsets", f"{_EMPTIED}[aiokafka]"),
+        ),
     ),
     Mutant(
         "librdkafka_partition_end_ignored",
         "librdkafka: the end reached after a reset to an emptied log is not where reading "
         "stands (its position stays unset): the deleted checkpoint is never committed past",
-        (_node("integration/test_kafka_expired_offsets", f"{_EMPTIED}[librdkafka]"),),
+        (
+            _node(
+                "unit/test_kafka_expiry",
+                "test_librdkafka_reading_stands_at_the_partition_end_it_reached",
+            ),
+            _node("integration/test_kafka_expired_offsets", f"{_EMPTIED}[librdkafka]"),
+        ),
     ),
 )
 

@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from confluent_kafka import TopicPartition as RdTopicPartition
 
 from worker.observe.metrics import Metrics
+from worker.sources.kafka.config import KafkaSourceConfig
 from worker.sources.kafka.expiry import Continuity, ExpiredOffsets, gap_expired
+from worker.sources.kafka.librdkafka_calls import read_marks
+from worker.sources.kafka.librdkafka_conf import consumer_conf
+from worker.sources.kafka.source import KafkaSource
 
 TP = TopicPartition("t", 0)
 
@@ -119,3 +125,39 @@ def test_offsets_met_again_after_a_rebalance_are_counted_once(caplog):
         "worker_offsets_expired_total", {"source": "kafka", "partition": "t-3"}
     )
     assert value == 150
+
+
+@pytest.mark.parametrize("starting_position", ["latest", "trim_horizon"])
+async def test_neither_client_resets_a_checkpoint_the_log_deleted_past_to_its_end(
+    starting_position: str,
+):
+    """`starting_position` says where a group with no checkpoint starts (the sources seek
+    there themselves); a checkpoint the log deleted past must go on from the oldest record
+    left, never from the end: reset to the end, every record still in the log is skipped."""
+    settings = {"topics": ["t"], "starting_position": starting_position}
+    rdk = consumer_conf(KafkaSourceConfig.model_validate({**settings, "client": "librdkafka"}))
+    assert rdk["auto.offset.reset"] == "earliest"  # `Continuity` counts the gap it leaves
+    aio = KafkaSource(KafkaSourceConfig.model_validate(settings))
+    try:  # "none": the out-of-range error reaches `Refetch`, which seeks the oldest left
+        assert aio._consumer._auto_offset_reset == "none"
+    finally:
+        await aio._consumer.stop()
+
+
+class NothingServed:
+    """librdkafka reset to a log with no record left (deleted to its end, 50): nothing is
+    served, so its position stays unset; its partition end event came (`reached`)."""
+
+    def position(self, partitions: list[Any]) -> list[Any]:
+        return [RdTopicPartition(tp.topic, tp.partition, -1001) for tp in partitions]
+
+    def get_watermark_offsets(self, partition: Any, cached: bool) -> tuple[int, int]:
+        return (50, 50)
+
+
+def test_librdkafka_reading_stands_at_the_partition_end_it_reached():
+    """Where the worker reads from after a log deleted to its end: the end reached, not
+    the unset position, or the partition is never committed past what was counted lost."""
+    reached = {TP: 50}
+    marks = read_marks(NothingServed(), [TP], lambda tp: reached.get(tp, -1))
+    assert marks == {TP: (50, 50)}

@@ -294,3 +294,53 @@ async def test_a_suspect_revoked_and_assigned_again_during_its_probe_loses_nothi
             await fetch(guard, consumer, got)
     assert consumer.rebalanced
     assert got[BAD] == list(range(5000))
+
+
+class DeletedToItsEnd(Consumer):
+    """HEALTHY caught up at 10, then 40 records written and all deleted by retention: its
+    fetch at 10 is out of range and the log starts at its end (50)."""
+
+    def __init__(self) -> None:
+        super().__init__({HEALTHY: 10, BAD: 5}, set())
+        self.seek(HEALTHY, 10)
+        self._fetcher._records = {}
+        self.low = 0
+
+    def delete_to_the_end(self) -> None:
+        self.ends[HEALTHY] = self.low = 50
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int, max_records: int) -> dict:
+        from aiokafka.errors import OffsetOutOfRangeError
+
+        position = self.states[HEALTHY].position
+        if position < self.low and (not tps or HEALTHY in tps):
+            raise OffsetOutOfRangeError({HEALTHY: position})
+        return await super().getmany(*tps, timeout_ms=timeout_ms, max_records=max_records)
+
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.low if tp == HEALTHY else 0 for tp in tps}
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return self.ends[tp]
+
+    def last_stable_offset(self, tp: TopicPartition) -> int:
+        return self.ends[tp]
+
+
+async def test_a_log_deleted_to_its_end_is_read_through_and_the_others_stay_trusted(caplog):
+    """No record is left to return, so only the seek to the log start says where reading
+    stands: trusted there, the partition is committed past what was counted lost (else its
+    lag stays, and every later owner counts the same offsets again). The reset moves that
+    partition alone: another's trusted position stays trusted."""
+    source = KafkaSource(KafkaSourceConfig(bootstrap_servers=["127.0.0.1:9"], topics=["t"]))
+    consumer = DeletedToItsEnd()
+    source._consumer = consumer  # type: ignore[assignment]
+    source._announced = {HEALTHY, BAD}
+    source._committed = {HEALTHY: 10, BAD: 0}
+    source._refetch.started([HEALTHY, BAD], {HEALTHY: 10, BAD: 0})
+    assert [r.offset for r in (await source.fetch(0))[BAD]] == [0, 1, 2, 3, 4]
+    assert (source.read_through(HEALTHY), source.read_through(BAD)) == (None, 4)
+    consumer.delete_to_the_end()
+    assert await source.fetch(0) == {}
+    assert "event=offsets_expired partition=t-0 position=10 oldest=50 offsets=40" in caplog.text
+    assert (source.read_through(HEALTHY), source.read_through(BAD)) == (49, 4)

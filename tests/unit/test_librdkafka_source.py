@@ -12,6 +12,7 @@ import asyncio
 import threading
 from typing import Any
 
+import orjson
 import pytest
 from aiokafka import TopicPartition
 from confluent_kafka import KafkaError, KafkaException, Message
@@ -366,3 +367,40 @@ async def test_a_poll_left_pending_at_stop_is_dropped_and_its_error_logged(caplo
     await asyncio.wait_for(stopping, 5)
     await asyncio.sleep(0)  # the done callback's turn
     assert "event=poll_failed_at_stop" in caplog.text
+
+
+class OpenTransactionConsumer(RecordingConsumer):
+    """Restarted at an open transaction: nothing to consume, so librdkafka's position stays
+    unset (-1001), and its cached high watermark (9) is past the last stable offset (5)."""
+
+    def consume(self, count: int, timeout: float) -> list[Any]:
+        return []
+
+    def get_watermark_offsets(self, partition: RdTopicPartition, cached: bool) -> tuple[int, int]:
+        return (0, 9)
+
+    def position(self, partitions: list[RdTopicPartition]) -> list[RdTopicPartition]:
+        return [RdTopicPartition(tp.topic, tp.partition, -1001) for tp in partitions]
+
+
+@pytest.mark.parametrize(("stable_end", "waits"), [(5, False), (9, True)])
+async def test_a_partition_with_nothing_consumed_waits_only_up_to_its_last_stable_offset(
+    stable_end: int, waits: bool
+):
+    """Committed at 5 and nothing consumed since the assignment: what waits is counted from
+    the commit, and only up to the last stable offset. Counted up to the high watermark, a
+    worker restarted (or given the partition back) at an open transaction was ended by the
+    commit watchdog, and its restart too: a crash loop while the transaction stays open."""
+    source = LibrdkafkaSource(config())
+    source._consumer = OpenTransactionConsumer()  # type: ignore[assignment]
+    source._loop = asyncio.get_running_loop()
+
+    class Listener:
+        async def on_assigned(self, partitions: Any) -> None: ...
+
+    source._listener = Listener()  # type: ignore[assignment]
+    await source.assigned([TP0], [5])
+    partitions = {"0": {"hi_offset": 9, "ls_offset": stable_end}}
+    source._stable.on_stats(orjson.dumps({"topics": {"t": {"partitions": partitions}}}).decode())
+    assert await source.fetch(0.01) == {}
+    assert source.waiting(TP0) is waits
