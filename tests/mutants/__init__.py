@@ -662,6 +662,17 @@ MUTANTS += (
             _node("integration/test_kafka_expired_offsets", f"{_EMPTIED}[librdkafka]"),
         ),
     ),
+    Mutant(
+        "consume_waits_for_a_full_batch",
+        "librdkafka: each fetch waits for `fetch_max_records` messages to be queued (or its "
+        "timeout): the pipeline idles while the queue fills, a trickle waits 0.2 s a fetch",
+        (
+            _node(
+                "unit/test_librdkafka_source",
+                "test_a_fetch_returns_what_is_queued_without_waiting_for_a_full_batch",
+            ),
+        ),
+    ),
 )
 
 

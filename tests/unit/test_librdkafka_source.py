@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import orjson
@@ -404,3 +405,48 @@ async def test_a_partition_with_nothing_consumed_waits_only_up_to_its_last_stabl
     source._stable.on_stats(orjson.dumps({"topics": {"t": {"partitions": partitions}}}).decode())
     assert await source.fetch(0.01) == {}
     assert source.waiting(TP0) is waits
+
+
+class QueueConsumer(RecordingConsumer):
+    """librdkafka's `consume(count, timeout)`: waits until `count` messages are queued, or
+    the timeout passes, and returns what is queued then (up to `count`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued: list[Any] = []
+        self.changed = threading.Condition()
+        self.blocked = threading.Event()  # a consume() is waiting for messages
+
+    def put(self, *offsets: int) -> None:
+        with self.changed:
+            self.queued += [Message(topic="t", partition=0, offset=o, value=b"v",
+                                    timestamp=(1, 1)) for o in offsets]  # fmt: skip
+            self.changed.notify_all()
+
+    def consume(self, count: int, timeout: float) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while len(self.queued) < count and (left := deadline - time.monotonic()) > 0:
+                self.blocked.set()
+                self.changed.wait(left)
+            out, self.queued = self.queued[:count], self.queued[count:]
+        return out
+
+
+async def test_a_fetch_returns_what_is_queued_without_waiting_for_a_full_batch():
+    """librdkafka's `consume(10000, timeout)` waits for 10,000 messages: a fetch waited for
+    the pre-fetch queue to fill while the pipeline was idle (the worker at 0.41 of the raw
+    loop's rate), and a trickle of records waited out the whole fetch timeout each time."""
+    source, _ = await started_source()
+    consumer = QueueConsumer()
+    source._consumer = consumer  # type: ignore[assignment]
+    consumer.put(3, 4)
+    chunks = await asyncio.wait_for(source.fetch(5), 2.5)
+    assert [r.offset for r in chunks[TP0]] == [3, 4]
+    # Nothing queued: it waits for the first message, then takes what came with it.
+    fetching = asyncio.ensure_future(source.fetch(5))
+    await asyncio.get_running_loop().run_in_executor(None, consumer.blocked.wait, 4)
+    consumer.put(5, 6, 7)
+    chunks = await asyncio.wait_for(fetching, 2.5)
+    assert [r.offset for r in chunks[TP0]] == [5, 6, 7]
+    assert await source.fetch(0.01) == {}

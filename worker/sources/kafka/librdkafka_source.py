@@ -45,6 +45,7 @@ from worker.sources.kafka.expiry import Continuity, ExpiredOffsets
 from worker.sources.kafka.librdkafka_calls import (
     PollerCalls,
     commit_sync,
+    consume_queued,
     left_at_stop,
     low_watermark,
     rd_partition,
@@ -251,9 +252,9 @@ class LibrdkafkaSource:
         return chunks
 
     def _poll(self, timeout_s: float) -> tuple[Any, ...]:
-        """On the poller thread: one `consume()`, its messages as records by partition."""
+        """On the poller thread: what is queued (`consume_queued`), as records by partition."""
         assert self._consumer is not None
-        messages = self._consumer.consume(self._config.fetch_max_records, timeout_s)
+        messages = consume_queued(self._consumer, self._config.fetch_max_records, timeout_s)
         chunks, errors, ends = by_partition(self._bad.hold(self._consumer, messages), self._topic)
         gaps = self._continuity.after(chunks, ends)
         return chunks, errors, self._read_marks({**ends, **chunks}), gaps, ends
