@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from scripts import kafka_broker
-from tests.integration.kafka_helpers import wait_for_group_coordinator
+from tests.integration.kafka_helpers import long_run, wait_for_group_coordinator
 from worker.sources.kafka.reach import BrokerProbe, Reachability
 
 pytestmark = pytest.mark.kafka
@@ -125,6 +125,7 @@ def _replace_with_new_node_id(cluster: kafka_broker.Cluster, new_id: int) -> sub
     return proc
 
 
+@long_run
 def test_a_broker_replaced_on_the_same_address_with_a_new_node_id_is_not_away_for_ever(
     broker: kafka_broker.Cluster,
 ):

@@ -33,6 +33,7 @@ from tests.integration.kafka_helpers import (
     committed,
     end_offsets,
     eventually,
+    long_run,
     read_handled,
     unique,
     wait_for_group_coordinator,
@@ -124,6 +125,7 @@ def run_to_the_end(config: Path, tmp_path: Path, bootstrap: str, group: str, top
     return worker, ends
 
 
+@long_run
 def test_time_retention_past_a_stopped_groups_checkpoint(kafka4: str, mode: str, tmp_path: Path):
     """The group was down while retention (1 s, 100 ms segments) deleted past its
     checkpoint; records written since are still in the log. Every offset is handled or

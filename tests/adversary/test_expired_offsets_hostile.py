@@ -42,7 +42,7 @@ def paused(port: int, topic: str, partition: int) -> bool:
 
 
 @pytest.mark.parametrize(("kafka_client", "lanes"), [
-    ("aiokafka", 4), ("librdkafka", 1),
+    ("aiokafka", 4), pytest.param("librdkafka", 1, marks=LONG),
     pytest.param("aiokafka", 1, marks=LONG), pytest.param("librdkafka", 4, marks=LONG),
 ], indirect=["kafka_client"])  # fmt: skip
 def test_the_log_cut_while_a_batch_is_held_and_the_partition_paused(

@@ -20,7 +20,13 @@ from collections import defaultdict
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.integration.kafka_helpers import committed_offsets, create_topic, end_offsets, unique
+from tests.integration.kafka_helpers import (
+    LONG,
+    committed_offsets,
+    create_topic,
+    end_offsets,
+    unique,
+)
 from tests.integration.test_kafka_failures import config
 from worker.runtime.backpressure import PREFETCH_SHARE
 from worker.runtime.worker import Worker
@@ -91,7 +97,7 @@ def split(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(kafka_source, "broker_count", lambda consumer: None)
 
 
-@pytest.mark.parametrize("mode", ["even", "by_broker"])
+@pytest.mark.parametrize("mode", [pytest.param("even", marks=LONG), "by_broker"])
 async def test_limits_changing_mid_backlog_lose_skip_and_reorder_nothing(
     kafka: str, mode: str, monkeypatch: pytest.MonkeyPatch
 ):

@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from scripts import kafka_broker
 from tests.integration.kafka_helpers import (
+    LONG,
     WorkerProcess,
     committed,
     create_topic,
@@ -79,6 +80,9 @@ async def delete_to(bootstrap: str, topic: str, partition: int, offset: int) -> 
         await admin.close()
 
 
+@pytest.mark.parametrize(
+    "kafka_client", [pytest.param("aiokafka", marks=LONG), "librdkafka"], indirect=True
+)
 def test_deleting_past_the_corrupt_batch_ends_the_wait_by_expiry(
     broker: kafka_broker.Cluster, kafka_client: str, tmp_path: Path
 ):

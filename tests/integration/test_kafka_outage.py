@@ -35,7 +35,8 @@ SHUTDOWN_S = 5
 #: takes (0, 0.1) on librdkafka, where the backstop ended the worker of a spent budget
 #: before `shutdown_complete`, and on aiokafka with STREAMWORKER_LONG=1.
 BUDGETS = [
-    ("aiokafka", SHUTDOWN_S), ("librdkafka", SHUTDOWN_S), ("librdkafka", 0),
+    ("aiokafka", SHUTDOWN_S), pytest.param("librdkafka", SHUTDOWN_S, marks=LONG),
+    ("librdkafka", 0),
     pytest.param("aiokafka", 0, marks=LONG), pytest.param("librdkafka", 0.1, marks=LONG),
     pytest.param("aiokafka", 0.1, marks=LONG),
 ]  # fmt: skip
@@ -97,6 +98,9 @@ def test_sigterm_during_an_outage_exits_0_within_the_budget_and_a_restart_loses_
     a_second_run_finishes(config, tmp_path, bootstrap, group, topic, worker, PARTITIONS)
 
 
+@pytest.mark.parametrize(
+    "kafka_client", [pytest.param("aiokafka", marks=LONG), "librdkafka"], indirect=True
+)
 def test_an_outage_is_logged_once_counted_and_its_end_logged_with_its_duration(
     broker: kafka_broker.Cluster, kafka_client: str, tmp_path: Path
 ):

@@ -17,6 +17,7 @@ import pytest
 from aiobotocore.session import get_session
 
 from scripts.emulators import Emulator
+from tests.integration.kafka_helpers import LONG
 from tests.kinesis.hooks import LeaseCalls, hold, unreachable, write_kind
 from tests.kinesis.test_kinesis_source import lease_rows, make_stream, wait_active
 from worker.config import WorkerConfig
@@ -148,7 +149,9 @@ async def test_renewals_that_fail_for_a_while_are_retried_and_the_lease_stays_pu
     assert "event=lease_lost" not in caplog.text and "event=lease_lapsed" not in caplog.text
 
 
-@pytest.mark.parametrize("failing", ["renewals", "every lease-table call"])
+@pytest.mark.parametrize(
+    "failing", [pytest.param("renewals", marks=LONG), "every lease-table call"]
+)
 async def test_a_worker_that_cannot_renew_stops_the_shard_and_exits_1_before_another_takes_it(
     kinesis: Emulator, dynamodb: Emulator, caplog: pytest.LogCaptureFixture, failing: str
 ):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from scripts.emulators import Emulator, start_dynamodb
-from tests.integration.kafka_helpers import eventually
+from tests.integration.kafka_helpers import LONG, eventually
 from tests.kinesis.test_kinesis_source import checkpoints, lease_rows, make_stream
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -201,8 +201,11 @@ def timed(record_dir: Path) -> list[tuple[Batch, int, str, int]]:
 
 @pytest.mark.parametrize(
     ("lease_duration_s", "batch_s", "records", "workers"),
-    [(10, 1.0, 800, 2), (3, 4.0, 400, 2), (3, 1.0, 800, 3)],
-    ids=["lease 10 s", "a batch longer than the lease", "a third worker joins"],
+    [
+        pytest.param(10, 1.0, 800, 2, id="lease 10 s", marks=LONG),
+        pytest.param(3, 4.0, 400, 2, id="a batch longer than the lease"),
+        pytest.param(3, 1.0, 800, 3, id="a third worker joins"),
+    ],
 )
 def test_workers_joining_take_leases_by_hand_off_never_running_one_shard_twice_at_once(
     kinesis: Emulator, dynamodb: Emulator, tmp_path: Path, lease_duration_s: float,
