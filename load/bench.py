@@ -11,7 +11,8 @@ Starts the real Kafka broker, fills topics with IoT telemetry, and measures:
   parallel     an I/O-bound handler (5 ms per batch) at parallelization 1/4/16,
                with per-device order checked by the handler;
   cpu          a CPU-bound handler with concurrency=process, processes 1 and 2;
-  latency      produce -> handler, p50/p99, at 10k records/s offered, window 0;
+  latency      produce -> handler, p50/p99, at 10k records/s offered, window 0, on
+               each client;
   memory       the worker's RSS over a backlog of 1 KB records, slow handler.
 Each contender runs in its own process with a fresh consumer group. Results:
 load/results/latest.{json,md,png}. Timing goals are judged here, as ratios
@@ -326,32 +327,45 @@ def _wait_cpu_shares(out: Path, records: int, proc: subprocess.Popen[bytes]) -> 
         time.sleep(0.1)
 
 
+#: The latency runs: each client, its results key.
+LATENCY_CLIENTS = (("aiokafka", "latency"), ("librdkafka", "latency_librdkafka"))
+
+
 def latency(env: Env, rate: int, seconds: int) -> None:
-    print(f"latency at {rate:,} records/s offered, batching window 0", flush=True)
-    fill(env, "bench-lat", 4, 0)
+    for client, key in LATENCY_CLIENTS:
+        print(f"latency on {client} at {rate:,} records/s offered, batching window 0", flush=True)
+        result = _latency_run(env, rate, seconds, client)
+        env.results[key] = {
+            "client": client,
+            "offered_per_s": rate,
+            "records": rate * seconds,
+            "p50_ms": round(result["p50_ms"], 2),
+            "p99_ms": round(result["p99_ms"], 2),
+        }
+        print(f"  p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms", flush=True)
+
+
+def _latency_run(env: Env, rate: int, seconds: int, client: str) -> dict:
+    """One worker on a topic of its own (a worker reads a topic from its start) while
+    `rate` records/s arrive."""
+    topic = f"bench-lat-{client}"
+    fill(env, topic, 4, 0)
     count = rate * seconds
-    out = env.tmp / "latency"
+    out = env.tmp / f"latency-{client}"
     port = kafka_broker.free_port()
-    cmd = worker_cmd(env.bootstrap, "bench-lat", "latency", "batching.batch_size=100",
-                     f"metrics.listen=127.0.0.1:{port}")  # fmt: skip
+    cmd = worker_cmd(env.bootstrap, topic, "latency", "batching.batch_size=100",
+                     f"metrics.listen=127.0.0.1:{port}", f"source.client={client}")  # fmt: skip
     penv = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_COUNT": str(count), "BENCH_OUT": str(out)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=penv)
     try:
         _wait_ready(port, proc)
         from load.produce import produce
 
-        asyncio.run(produce(env.bootstrap, "bench-lat", devices=2000, rate=rate,
+        asyncio.run(produce(env.bootstrap, topic, devices=2000, rate=rate,
                             duration_s=seconds, linger_ms=0))  # fmt: skip
-        result = _wait_result(out, proc, timeout_s=120)
+        return _wait_result(out, proc, timeout_s=120)
     finally:
         _stop(proc)
-    env.results["latency"] = {
-        "offered_per_s": rate,
-        "records": count,
-        "p50_ms": round(result["p50_ms"], 2),
-        "p99_ms": round(result["p99_ms"], 2),
-    }
-    print(f"  p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms", flush=True)
 
 
 def _wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
@@ -509,11 +523,13 @@ def markdown(result: dict) -> str:
                   "| processes | records/s |", "|---:|---:|"]  # fmt: skip
         lines += [f"| {r['processes']} | {r['records_per_s']:,} |" for r in result["cpu"]]
         lines += ["", f"processes 2 / processes 1 = {result['cpu'][1]['ratio_to_1']:.2f}", ""]
-    if "latency" in result:
-        lat = result["latency"]
-        lines += [f"**Latency** produce → handler at {lat['offered_per_s']:,} records/s offered, "
-                  f"batching window 0: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms "
-                  f"({lat['records']:,} records)", ""]  # fmt: skip
+    for _, key in LATENCY_CLIENTS:
+        if key in result:
+            lat = result[key]
+            lines += [f"**Latency** ({lat.get('client', 'aiokafka')}) produce → handler at "
+                      f"{lat['offered_per_s']:,} records/s offered, batching window 0: "
+                      f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms "
+                      f"({lat['records']:,} records)", ""]  # fmt: skip
     kinesis_runs = sorted((k for k in result if k == "kinesis" or k.startswith("kinesis_")),
                           key=lambda k: result[k]["shards"])  # fmt: skip
     for name in kinesis_runs:

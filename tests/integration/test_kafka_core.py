@@ -71,6 +71,10 @@ def test_clean_run_handles_every_record_once_in_order_and_commits_to_the_end(
             == m[("worker_handler_duration_seconds_count", src)]
         )
         assert m[("worker_batch_size_records_sum", src)] == 20_000
+        # A new group's start is no failed poll (aiokafka raised "no committed offset"
+        # once while the source was still seeking: a warning, counted, a 1 s pause).
+        assert m[("worker_poll_errors_total", src)] == 0
+        assert "poll_failed" not in worker.log()
 
         worker.terminate()
         assert worker.wait() == 0

@@ -673,6 +673,23 @@ MUTANTS += (
             ),
         ),
     ),
+    Mutant(
+        "no_checkpoint_yet_a_failed_poll",
+        "aiokafka: a new group's partition with no committed offset, raised once while the "
+        "source still seeks it, is a failed poll: a warning, a poll error and a 1 s pause "
+        "at every start of a new group",
+        (
+            _node(
+                "unit/test_kafka_refetch",
+                "test_no_committed_offset_while_the_source_seeks_is_not_a_failed_poll",
+            ),
+            _node(
+                "integration/test_kafka_core",
+                "test_clean_run_handles_every_record_once_in_order_and_commits_to_the_end"
+                "[aiokafka]",
+            ),
+        ),
+    ),
 )
 
 

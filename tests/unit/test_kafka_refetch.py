@@ -344,3 +344,44 @@ async def test_a_log_deleted_to_its_end_is_read_through_and_the_others_stay_trus
     assert await source.fetch(0) == {}
     assert "event=offsets_expired partition=t-0 position=10 oldest=50 offsets=40" in caplog.text
     assert (source.read_through(HEALTHY), source.read_through(BAD)) == (49, 4)
+
+
+class NoCheckpointYet(Consumer):
+    """A new group: the fetcher found no committed offset for HEALTHY (no reset asked of
+    aiokafka) and raises that once, as the real fetcher does."""
+
+    def __init__(self) -> None:
+        super().__init__({HEALTHY: 5, BAD: 5}, set())
+        self.pending = True
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int, max_records: int) -> dict:
+        from aiokafka.errors import NoOffsetForPartitionError
+
+        if self.pending:
+            self.pending = False
+            raise NoOffsetForPartitionError(HEALTHY)
+        return await super().getmany(*tps, timeout_ms=timeout_ms, max_records=max_records)
+
+
+async def test_no_committed_offset_while_the_source_seeks_is_not_a_failed_poll():
+    """Raised while the assignment listener still seeks the new partition: nothing to
+    report. As a failed poll it was a warning, a poll error and a 1 s pause at every
+    start of a new group (the latency bench's p99: 0.85 s instead of 46 ms)."""
+    consumer, fetch = NoCheckpointYet(), Refetch(MAX)
+    fetch.started([BAD], {BAD: 0})  # HEALTHY is being prepared: not handed out yet
+    assert await fetch.getmany(consumer, 0) == {}
+    fetch.started([HEALTHY], {HEALTHY: 0})
+    got = await fetch.getmany(consumer, 0)
+    assert {tp: [r.offset for r in rs] for tp, rs in got.items()} == {
+        HEALTHY: [0, 1, 2, 3, 4], BAD: [0, 1, 2, 3, 4],
+    }  # fmt: skip
+
+
+async def test_no_committed_offset_for_a_partition_handed_out_without_a_position_is_raised():
+    from aiokafka.errors import NoOffsetForPartitionError
+
+    consumer, fetch = NoCheckpointYet(), Refetch(MAX)
+    consumer.states[HEALTHY].has_valid_position = False
+    fetch.started([HEALTHY, BAD], {HEALTHY: 0, BAD: 0})
+    with pytest.raises(NoOffsetForPartitionError):
+        await fetch.getmany(consumer, 0)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import OffsetOutOfRangeError
+from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from worker.sources.kafka.markers import fetch_position
 
@@ -78,6 +78,21 @@ class _Suspect:
 
     def warned(self, now: float) -> None:
         self.warned_at, self.failures = now, 0
+
+
+def no_offset_yet(consumer: AIOKafkaConsumer, exc: NoOffsetForPartitionError,
+                  handed: Mapping[TopicPartition, Any]) -> bool:  # fmt: skip
+    """A partition of a group without a checkpoint, whose fetcher found no committed offset
+    (the source asks aiokafka for no reset of its own, `expiry`) while the source's
+    assignment listener was still seeking it where `starting_position` says: raised once,
+    nothing to report. Taken as a failed poll, it was a `poll_failed` warning, a poll
+    error counted and a 1 s pause at every start of a new group (the latency bench's p99
+    went from 46 ms to 0.85 s). A partition handed out (announced) and still without a
+    position is raised, as before."""
+    partitions = [tp for tp in exc.args if isinstance(tp, TopicPartition)]
+    return bool(partitions) and all(
+        tp not in handed or fetch_position(consumer, tp) is not None for tp in partitions
+    )
 
 
 def culprits(consumer: AIOKafkaConsumer, exc: BaseException) -> set[TopicPartition]:
@@ -160,6 +175,10 @@ class Refetch:
             return await call
         except OffsetOutOfRangeError as exc:
             self.out_of_range.update(exc.args[0])
+            return {}
+        except NoOffsetForPartitionError as exc:
+            if not no_offset_yet(consumer, exc, self._handed):
+                raise
             return {}
         except Exception as exc:
             found = culprits(consumer, exc)  # before the seeks drop their results
