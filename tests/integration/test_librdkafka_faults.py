@@ -270,3 +270,77 @@ async def test_stop_while_a_revoke_waits_commits_the_drain_then_closes(kafka):
             await source.stop()
         for task in listener.tasks:
             task.cancel()
+
+
+class SplitFetch:
+    """The source's consumer, the boundary hooked: the first `consume(count - 1, 0)` of
+    `consume_queued` that follows a `consume(1, timeout)` which returned records waits on
+    the poller thread until `ready` (a second member has asked to join), so the revoke
+    is served inside that second call, after the first call's records were taken."""
+
+    def __init__(self, consumer: Any, ready: threading.Event) -> None:
+        self._consumer, self._ready = consumer, ready
+        self.armed, self.taken, self.split = threading.Event(), [], threading.Event()
+        self._last: list[Any] = []
+
+    def consume(self, count: int, timeout: float) -> list[Any]:
+        hooked = (self.armed.is_set() and not self.split.is_set() and timeout == 0
+                  and count > 1 and self._last)  # fmt: skip
+        if hooked:
+            self.taken = [(m.partition(), m.offset()) for m in self._last if not m.error()]
+            self.split.set()
+            self._ready.wait(10)
+            time.sleep(2.0)  # the heartbeat (0.5 s) sees the rebalance: a revoke is queued
+        out = self._consumer.consume(count, timeout)
+        self._last = out if count == 1 and timeout > 0 else []
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+async def test_records_taken_before_a_revoke_served_in_the_same_fetch_are_not_handed_out(kafka):
+    """consume_queued joins two consume() calls: a revoke served inside the second comes
+    after librdkafka already returned the first call's records (its own purge of a
+    revoked partition's messages covers only the call it runs in). Those records must
+    not reach the pipeline as the source's (nothing of a revoked partition is handed out
+    or committed after on_revoked); the partition is read again by its owner."""
+    topic, group = unique("split"), unique("g")
+    await create_topic(kafka, topic, 1)
+    tp = TopicPartition(topic, 0)
+    listener = Listener()
+    source = LibrdkafkaSource(source_config(kafka, topic, group))
+    await source.start(listener)
+    ready, done = threading.Event(), threading.Event()
+    hook = SplitFetch(source._consumer, ready)
+    source._consumer = hook
+    other = polling = None
+    try:
+        await fetch_until(source, lambda _: ("assigned", [tp]) in listener.said)
+        hook.armed.set()
+        got: list[Any] = []
+        for _ in range(50):  # one record at a time into an idle fetch: consume(1, t) takes it
+            await produce(kafka, topic, 1)
+            for records in (await source.fetch(0.2)).values():
+                got.extend(records)
+            if hook.split.is_set():
+                break
+        assert hook.split.is_set(), "no split fetch"
+        took = threading.Event()
+        other, polling = join(kafka, group, topic, took, done)
+        ready.set()
+        after = await fetch_until(source, lambda _: ("revoked", [tp]) in listener.said)
+        assert ("revoked", [tp]) in listener.said, listener.said
+        revoked_at = listener.said.index(("revoked", [tp]))
+        reassigned = ("assigned", [tp]) in listener.said[revoked_at:]
+        handed = {(r.partition, r.offset) for r in after}
+        assert not (set(hook.taken) & handed) or reassigned, (hook.taken, sorted(handed))
+    finally:
+        done.set()
+        if polling is not None:
+            await polling
+        if other is not None:
+            await asyncio.get_running_loop().run_in_executor(None, other.close)
+        await source.stop()
+        for task in listener.tasks:
+            task.cancel()

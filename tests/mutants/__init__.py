@@ -690,6 +690,22 @@ MUTANTS += (
             ),
         ),
     ),
+    Mutant(
+        "revoked_in_a_split_fetch_handed_out",
+        "librdkafka: the records of a partition revoked (or lost) inside a fetch's consume() "
+        "are handed out as the source's: consume_queued's second call serves a revoke after "
+        "the first returned that partition's records, which librdkafka no longer purges",
+        (
+            _node(
+                "unit/test_librdkafka_source",
+                "test_a_record_taken_before_a_revoke_in_the_same_fetch_is_not_handed_out",
+            ),
+            _node(
+                "integration/test_librdkafka_faults",
+                "test_records_taken_before_a_revoke_served_in_the_same_fetch_are_not_handed_out",
+            ),
+        ),
+    ),
 )
 
 

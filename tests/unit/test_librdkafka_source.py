@@ -450,3 +450,35 @@ async def test_a_fetch_returns_what_is_queued_without_waiting_for_a_full_batch()
     chunks = await asyncio.wait_for(fetching, 2.5)
     assert [r.offset for r in chunks[TP0]] == [5, 6, 7]
     assert await source.fetch(0.01) == {}
+
+
+class SplitConsumer(CallbackConsumer):
+    """`consume_queued`'s two calls: the first (`consume(1, timeout)`) returns a record of
+    TP1; librdkafka serves TP1's revoke inside the second (`consume(count - 1, 0)`),
+    after that record left it, and returns a record of TP0 with it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bridge: Any = None
+
+    def consume(self, count: int, timeout: float) -> list[Any]:
+        if count > 1 and timeout == 0 and not self.calls:  # the first, empty look
+            self.calls.append(("looked",))
+            return []
+        if count == 1:
+            return [Message(topic="t", partition=1, offset=3, value=b"v", timestamp=(1, 1))]
+        self.bridge.on_revoke(self, [RdTopicPartition("t", 1)])  # on the poller thread
+        return [Message(topic="t", partition=0, offset=5, value=b"v", timestamp=(1, 1))]
+
+
+async def test_a_record_taken_before_a_revoke_in_the_same_fetch_is_not_handed_out():
+    """The revoke ran inside the fetch's second consume(): the record of the revoked
+    partition from the first is the next owner's (it starts from the commit the revoke
+    made); handed out here, it is handled beside that owner and committed after it."""
+    bridge, _, listener = await bridged({TP0: 4, TP1: 2})
+    consumer = SplitConsumer()
+    consumer.bridge, bridge._owner._consumer = bridge, consumer
+    chunks = await asyncio.wait_for(bridge._owner.fetch(1), 5)
+    assert listener.said == [("revoked", [TP1])]
+    assert ("commit", (1, 3)) in consumer.calls  # the revoke committed what was handled
+    assert {tp: [r.offset for r in rs] for tp, rs in chunks.items()} == {TP0: [5]}
