@@ -126,35 +126,3 @@ def test_latest_a_member_joining_before_any_commit_skips_nothing_produced_after_
         first.stop()
         if second is not None:
             second.stop()
-
-
-def test_latest_a_worker_killed_before_its_first_commit_loses_nothing_written_after_its_start(
-    kafka: str, kafka_client: str, tmp_path: Path
-):
-    """`latest`, a new group: the worker starts at the ends, then dies (kill -9) before it
-    handled anything, so before any commit; records are written meanwhile; the next
-    worker of the group finds no checkpoint and starts at the ends again: every record
-    written after the first start was skipped for good, and committed past with the next
-    record handled. The start must be the group's checkpoint: nothing below it is read."""
-    topic, group = unique("fresh-crash"), unique("g")
-    asyncio.run(create_topic(kafka, topic, PARTITIONS))
-    asyncio.run(produce_to(kafka, topic, 5))  # before the start: not to be read
-    config = write_config(tmp_path / "w.toml", kafka, topic, group,
-                          source={"starting_position": "latest"})  # fmt: skip
-    first = WorkerProcess(config, tmp_path)
-    second = None
-    try:
-        first.wait_for_log(r"event=assigned", timeout_s=15)
-        first.kill9()
-        asyncio.run(produce_to(kafka, topic, 10))  # written after the group's start
-        second = WorkerProcess(config, tmp_path)
-        done = dict.fromkeys(range(PARTITIONS), 15)
-        eventually(lambda: committed(kafka, group, topic) == done, timeout_s=15,
-                   what=f"committed to the end: {committed(kafka, group, topic)}")  # fmt: skip
-        handled = read_handled(tmp_path)
-        for p in range(PARTITIONS):
-            assert sorted(set(handled.get(p, []))) == list(range(5, 15)), p
-    finally:
-        first.stop()
-        if second is not None:
-            second.stop()

@@ -169,7 +169,7 @@ def start_offsets(
     """On the poller thread, in an assign callback: where each new partition starts, its
     committed offset, else where `starting_position` says."""
     found = consumer.committed(partitions, timeout=timeout_s)
-    out, fresh, timestamp = [], [], config.starting_position == "at_timestamp"
+    out, timestamp = [], config.starting_position == "at_timestamp"
     for tp in found:
         if tp.offset >= 0:
             out.append(RdTopicPartition(tp.topic, tp.partition, tp.offset))
@@ -182,26 +182,7 @@ def start_offsets(
             hit = consumer.offsets_for_times(asked, timeout=timeout_s)[0]
             offset = hit.offset if hit.offset >= 0 else high
         out.append(RdTopicPartition(tp.topic, tp.partition, offset))
-        fresh.append(out[-1])
-    commit_starts(consumer, fresh, timeout_s)
     return out
-
-
-def commit_starts(consumer: Any, fresh: list[RdTopicPartition], timeout_s: float) -> None:
-    """On the poller thread: the start of each partition the group had no checkpoint of
-    becomes its checkpoint. Else a worker gone before its first commit (killed, its
-    session lost) leaves none, and the next owner starts where `starting_position` says
-    again: with `latest`, past every record written since the first start (measured:
-    all of them skipped for good, tests/integration/test_kafka_fresh_group_start).
-    Nothing below the start is to be read, so nothing unhandled is committed past.
-    Best effort: a failure is logged, and reading starts there all the same."""
-    if not fresh:
-        return
-    try:
-        consumer.commit(offsets=fresh, asynchronous=False)
-    except KafkaException as exc:
-        log.warning("event=start_not_committed partitions=%s error=%r",
-                    ",".join(f"{tp.topic}-{tp.partition}" for tp in fresh), str(exc))  # fmt: skip
 
 
 def low_watermark(consumer: Any, tp: Any) -> int | None:

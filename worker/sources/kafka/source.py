@@ -224,19 +224,6 @@ class KafkaSource:
             for tp in fresh:
                 self._consumer.seek(tp, starts[tp])
             self._committed.update(starts)
-        await self._commit_starts(fresh)
-
-    async def _commit_starts(self, fresh: list[TopicPartition]) -> None:
-        """Where reading of each partition without a checkpoint starts becomes its
-        checkpoint: else a worker gone before its first commit leaves none, and the next
-        owner starts where `starting_position` says again, with `latest` past every
-        record written since the first start (`librdkafka_calls.commit_starts`). Best
-        effort: a failure is logged, and reading starts there all the same."""
-        try:
-            await self._consumer.commit({tp: self._committed[tp] for tp in fresh})
-        except KafkaError as exc:
-            names = ",".join(map(self.label, fresh))
-            log.warning("event=start_not_committed partitions=%s error=%r", names, str(exc))
 
     async def fetch(self, timeout_s: float) -> Mapping[TopicPartition, Sequence[Any]]:
         if self._failure is not None:
