@@ -56,6 +56,21 @@ def source_config(bootstrap: str, topic: str, group: str) -> KafkaSourceConfig:
     })  # fmt: skip
 
 
+async def started_on_one_partition(
+    kafka: str, name: str, records: int = 0
+) -> tuple[str, str, TopicPartition, Listener, LibrdkafkaSource]:
+    """A new topic of one partition (`records` written first) and a started source on a
+    group of its own: topic, group, the partition, the listener, the source."""
+    topic, group = unique(name), unique("g")
+    await create_topic(kafka, topic, 1)
+    if records:
+        await produce(kafka, topic, records)
+    listener = Listener()
+    source = LibrdkafkaSource(source_config(kafka, topic, group))
+    await source.start(listener)
+    return topic, group, TopicPartition(topic, 0), listener, source
+
+
 async def fetch_until(source: LibrdkafkaSource, done: Any, timeout_s: float = 20) -> list[Any]:
     """Fetch as the worker does until `done(records so far)`; every record returned."""
     got: list[Any] = []
@@ -102,12 +117,7 @@ async def test_a_partition_paused_then_revoked_and_assigned_again_is_read_again(
     """librdkafka keeps a partition's pause across unassign and assign; the worker's new
     partition is never paused, so it would never resume it: the partition stalled for
     good, silently (before the fix: no record after the re-assignment)."""
-    topic, group = unique("paused"), unique("g")
-    await create_topic(kafka, topic, 1)
-    tp = TopicPartition(topic, 0)
-    listener = Listener()
-    source = LibrdkafkaSource(source_config(kafka, topic, group))
-    await source.start(listener)
+    topic, group, tp, listener, source = await started_on_one_partition(kafka, "paused")
     other = None
     try:
         await fetch_until(source, lambda _: ("assigned", [tp]) in listener.said)
@@ -140,13 +150,7 @@ async def test_lag_and_waiting_never_block_the_loop_while_the_poller_is_in_consu
     the loop for the poll, and deadlocked it for good when that `consume()` was in a
     rebalance callback waiting for the loop (seen: a session lost in a broker outage, the
     worker deaf to SIGTERM). The source reads them on the poller thread instead."""
-    topic, group = unique("marks"), unique("g")
-    await create_topic(kafka, topic, 1)
-    tp = TopicPartition(topic, 0)
-    await produce(kafka, topic, 3)
-    listener = Listener()
-    source = LibrdkafkaSource(source_config(kafka, topic, group))
-    await source.start(listener)
+    _, _, tp, listener, source = await started_on_one_partition(kafka, "marks", 3)
     try:
         await fetch_until(source, lambda got: len(got) >= 3)
         entered, returned = threading.Event(), threading.Event()
@@ -305,12 +309,7 @@ async def test_records_taken_before_a_revoke_served_in_the_same_fetch_are_not_ha
     revoked partition's messages covers only the call it runs in). Those records must
     not reach the pipeline as the source's (nothing of a revoked partition is handed out
     or committed after on_revoked); the partition is read again by its owner."""
-    topic, group = unique("split"), unique("g")
-    await create_topic(kafka, topic, 1)
-    tp = TopicPartition(topic, 0)
-    listener = Listener()
-    source = LibrdkafkaSource(source_config(kafka, topic, group))
-    await source.start(listener)
+    topic, group, tp, listener, source = await started_on_one_partition(kafka, "split")
     ready, done = threading.Event(), threading.Event()
     hook = SplitFetch(source._consumer, ready)
     source._consumer = hook
