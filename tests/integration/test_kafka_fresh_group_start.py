@@ -19,6 +19,7 @@ from tests.integration.kafka_helpers import (
     committed,
     create_topic,
     eventually,
+    read_gate,
     read_handled,
     scrape,
     unique,
@@ -122,6 +123,46 @@ def test_latest_a_member_joining_before_any_commit_skips_nothing_produced_after_
         handled = read_handled(tmp_path)
         for p in range(PARTITIONS):
             assert set(handled.get(p, [])) >= set(range(5, 35)), (p, sorted(handled.get(p, [])))
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_latest_a_worker_killed_with_its_first_batches_inside_the_handler_loses_none(
+    kafka: str, kafka_client: str, tmp_path: Path
+):
+    """`latest`, a new group: the worker starts at the ends, reads what is written next
+    and is killed (kill -9) while a batch of every partition is provably inside the
+    handler, so before any commit of a handled record. The next worker of the group must
+    start where the first one did: if the first start was never committed it finds no
+    checkpoint, starts at the ends again, and every record written after the first start
+    is skipped for good (10 of 10 a partition on both clients, before `start_commit`)."""
+    topic, group = unique("fresh-crash"), unique("g")
+    asyncio.run(create_topic(kafka, topic, PARTITIONS))
+    asyncio.run(produce_to(kafka, topic, 5))  # before the start: not to be read
+    config = write_config(tmp_path / "w.toml", kafka, topic, group,
+                          source={"starting_position": "latest"})  # fmt: skip
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    hold = {"RECORD_HOLD": ",".join(f"{p}:0" for p in range(PARTITIONS)), "RECORD_GATE": str(gate)}
+    first = WorkerProcess(config, tmp_path, hold)
+    second = None
+    try:
+        first.wait_for_log(r"event=assigned", timeout_s=15)
+        asyncio.run(produce_to(kafka, topic, 10))  # written after the group's start
+        eventually(lambda: {p for p, _, _ in read_gate(gate)} == set(range(PARTITIONS)),
+                   what="a batch of every partition held inside the handler")  # fmt: skip
+        assert all(start >= 5 for _, start, _ in read_gate(gate))  # read from the start
+        first.kill9()
+        first.wait()
+        second = WorkerProcess(config, tmp_path)
+        done = dict.fromkeys(range(PARTITIONS), 15)
+        eventually(lambda: committed(kafka, group, topic) == done, timeout_s=20,
+                   what=f"committed to the end: {committed(kafka, group, topic)}")  # fmt: skip
+        handled = read_handled(tmp_path, second.pid)
+        for p in range(PARTITIONS):
+            assert sorted(handled.get(p, [])) == list(range(5, 15)), p
     finally:
         first.stop()
         if second is not None:

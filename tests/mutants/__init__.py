@@ -706,6 +706,48 @@ MUTANTS += (
             ),
         ),
     ),
+    Mutant(
+        "fresh_start_not_committed",
+        "Kafka: a partition the group has no checkpoint of starts where starting_position "
+        "says, in memory only: a worker killed before its first commit leaves none, and with "
+        "latest the next owner starts at the end again, skipping every record written since",
+        (
+            _node(
+                "unit/test_kafka_start_commit",
+                "test_aiokafka_commits_the_start_of_a_partition_without_checkpoint_before_it_flows",
+            ),
+            _node(
+                "unit/test_kafka_start_commit",
+                "test_librdkafka_commits_the_start_of_a_partition_without_checkpoint_before"
+                "_assigning",
+            ),
+            *(
+                _node(
+                    "integration/test_kafka_fresh_group_start",
+                    "test_latest_a_worker_killed_with_its_first_batches_inside_the_handler"
+                    f"_loses_none[{client}]",
+                )
+                for client in ("aiokafka", "librdkafka")
+            ),
+        ),
+    ),
+    Mutant(
+        "start_committed_before_the_fence",
+        "aiokafka: a new partition's start is committed before the listener took it, so "
+        "before exactly once fenced the earlier owner's producers and read the checkpoint "
+        "again: a transaction that landed meanwhile is committed over, its records past it "
+        "skipped",
+        (
+            _node(
+                "unit/test_kafka_start_commit",
+                "test_aiokafka_a_checkpoint_read_again_after_the_fence_is_not_overwritten",
+            ),
+            _node(
+                "unit/test_kafka_start_commit",
+                "test_aiokafka_commits_the_start_of_a_partition_without_checkpoint_before_it_flows",
+            ),
+        ),
+    ),
 )
 
 

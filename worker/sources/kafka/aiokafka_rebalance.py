@@ -18,6 +18,8 @@ class RebalanceOwner(Protocol):
 
     async def prepare(self, partitions: list[TopicPartition]) -> None: ...
 
+    async def commit_starts(self, partitions: Sequence[TopicPartition]) -> None: ...
+
     def release(self, partitions: Sequence[TopicPartition]) -> None: ...
 
     def forget(self, partitions: Sequence[TopicPartition]) -> None: ...
@@ -56,6 +58,7 @@ class RebalanceBridge(ConsumerRebalanceListener):
         try:
             await self._source.prepare(partitions)
             await self._listener.on_assigned(partitions)
+            await self._source.commit_starts(partitions)  # before a record of theirs flows
         except Exception as exc:  # else: owned, held, and never processed
             self._source.fail("taking", partitions, exc)
             return

@@ -165,15 +165,17 @@ def read_marks(
 
 def start_offsets(
     consumer: Any, partitions: list[RdTopicPartition], config: KafkaSourceConfig, timeout_s: float
-) -> list[RdTopicPartition]:
+) -> tuple[list[RdTopicPartition], list[RdTopicPartition]]:
     """On the poller thread, in an assign callback: where each new partition starts, its
-    committed offset, else where `starting_position` says."""
+    committed offset, else where `starting_position` says; and those of the second kind
+    (the group had no checkpoint of them)."""
     found = consumer.committed(partitions, timeout=timeout_s)
-    out, timestamp = [], config.starting_position == "at_timestamp"
+    out, fresh, timestamp = [], [], config.starting_position == "at_timestamp"
     for tp in found:
         if tp.offset >= 0:
             out.append(RdTopicPartition(tp.topic, tp.partition, tp.offset))
             continue
+        fresh.append(tp)
         low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
         offset = low if config.starting_position == "trim_horizon" else high
         if timestamp:
@@ -182,7 +184,7 @@ def start_offsets(
             hit = consumer.offsets_for_times(asked, timeout=timeout_s)[0]
             offset = hit.offset if hit.offset >= 0 else high
         out.append(RdTopicPartition(tp.topic, tp.partition, offset))
-    return out
+    return out, fresh
 
 
 def low_watermark(consumer: Any, tp: Any) -> int | None:

@@ -65,6 +65,7 @@ from worker.sources.kafka.preflight import check_source
 from worker.sources.kafka.reach import BrokerProbe, Reachability, attach_gauges
 from worker.sources.kafka.security import client_kwargs
 from worker.sources.kafka.source import REVOKE_EXIT_MARGIN_S
+from worker.sources.kafka.start_commit import FreshStarts
 
 log = logging.getLogger("worker.source.kafka")
 
@@ -96,6 +97,8 @@ class LibrdkafkaSource:
         one = len(config.topics) == 1 and not config.topics[0].startswith("^")
         self._topic = config.topics[0] if one else None
         self._committed: dict[TopicPartition, int] = {}
+        #: Taken with no checkpoint of the group's, until their start is committed.
+        self._fresh = FreshStarts()
         #: (high watermark, fetch position) by partition, read on the poller thread after
         #: each consume(): the loop never asks the client (see `_read_marks`).
         self._marks: dict[TopicPartition, tuple[int, int]] = {}
@@ -174,17 +177,24 @@ class LibrdkafkaSource:
     def starts(self, consumer: Consumer, partitions: list[RdTopicPartition]) -> list[Any]:
         """Where each new partition starts: its committed offset, else where
         `starting_position` says (asked now, so `_committed` is where reading starts)."""
-        out = start_offsets(consumer, partitions, self._config, ASSIGN_CALL_TIMEOUT_S)
+        out, fresh = start_offsets(consumer, partitions, self._config, ASSIGN_CALL_TIMEOUT_S)
         for tp in out:
             self._continuity.start(TopicPartition(tp.topic, tp.partition), tp.offset)
+        for tp in fresh:
+            self._fresh.found(TopicPartition(tp.topic, tp.partition))
         return out
 
     async def assigned(self, partitions: list[TopicPartition], starts: list[int]) -> None:
+        """The listener takes them; then the start of each the group had no checkpoint of
+        becomes its checkpoint (`start_commit`), before the callback assigns them to the
+        client: no record of theirs is read before (the commit is served on the poller
+        thread, which waits in the callback)."""
         await self._notes.load(partitions)
         self._committed.update(zip(partitions, starts, strict=True))
         assert self._listener is not None
         await self._listener.on_assigned(partitions)
         self._announced.update(partitions)
+        await self._fresh.commit(partitions, self._committed, self.commit, self.label)
 
     async def revoked(self, partitions: list[TopicPartition]) -> None:
         assert self._listener is not None
@@ -206,6 +216,7 @@ class LibrdkafkaSource:
             self._marks.pop(tp, None)
             self._announced.discard(tp)
             self._suspect.discard(tp)
+        self._fresh.forget(partitions)
         self._notes.forget(partitions)
 
     def fail(self, doing: str, partitions: Sequence[TopicPartition], exc: BaseException) -> None:

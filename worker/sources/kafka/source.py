@@ -40,6 +40,7 @@ from worker.sources.kafka.security import (
     client_kwargs,
     watch_for_auth_failure,
 )
+from worker.sources.kafka.start_commit import FreshStarts
 
 log = logging.getLogger("worker.source.kafka")
 
@@ -58,6 +59,8 @@ class KafkaSource:
         #: Partitions whose last commit raised: it may have landed past `_committed`, so no
         #: note is flushed at `_committed` (a commit behind the group's offset) until one lands.
         self._in_doubt: set[TopicPartition] = set()
+        #: Taken with no checkpoint of the group's, until their start is committed.
+        self._fresh = FreshStarts()
         #: Partitions the listener was told of; only their records are returned.
         self._announced: set[TopicPartition] = set()
         self._failure: SourceFailed | None = None
@@ -151,6 +154,7 @@ class KafkaSource:
             self._committed.pop(tp, None)
             self._announced.discard(tp)
         self._in_doubt.difference_update(partitions)
+        self._fresh.forget(partitions)
         self._notes.forget(partitions)
         self._trust.forget(partitions)
         self._refetch.forget(partitions)
@@ -187,6 +191,7 @@ class KafkaSource:
             if committed is not None:
                 self._consumer.seek(tp, committed)
                 self._committed[tp] = committed
+                self._fresh.checkpointed(tp)
 
     async def committed_offset(self, partition: TopicPartition) -> int | None:
         """The group's checkpoint of `partition` as the broker has it now (next to read)."""
@@ -200,6 +205,7 @@ class KafkaSource:
             committed = await self._consumer.committed(tp)
             if committed is None:
                 fresh.append(tp)
+                self._fresh.found(tp)
             else:  # a valid position before the first fetch: see `FetchTrust.started`
                 self._consumer.seek(tp, committed)
                 self._committed[tp] = committed
@@ -224,6 +230,11 @@ class KafkaSource:
             for tp in fresh:
                 self._consumer.seek(tp, starts[tp])
             self._committed.update(starts)
+
+    async def commit_starts(self, partitions: Sequence[TopicPartition]) -> None:
+        """The listener has them, still held: the start of each the group had no
+        checkpoint of becomes its checkpoint (`start_commit`)."""
+        await self._fresh.commit(partitions, self._committed, self.commit, self.label)
 
     async def fetch(self, timeout_s: float) -> Mapping[TopicPartition, Sequence[Any]]:
         if self._failure is not None:

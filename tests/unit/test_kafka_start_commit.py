@@ -1,0 +1,159 @@
+"""A partition the group has no checkpoint of gets its start committed while it is taken,
+after the listener took it and before its records flow, on both clients (`start_commit`).
+The consumers are stand-ins that record calls; the loss this prevents is shown on the
+real broker in tests/integration/test_kafka_fresh_group_start."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
+from confluent_kafka import TopicPartition as RdTopicPartition
+
+from worker.sources.kafka.aiokafka_rebalance import RebalanceBridge
+from worker.sources.kafka.config import KafkaSourceConfig
+from worker.sources.kafka.librdkafka_source import LibrdkafkaSource
+from worker.sources.kafka.source import KafkaSource
+
+TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
+CHECKPOINT, END = 7, 12  # TP0's checkpoint; the end of both
+
+
+class AiokafkaStandIn:
+    """TP0 has a checkpoint, TP1 none (until `checkpoint_later`); calls are recorded."""
+
+    def __init__(self, events: list[Any]) -> None:
+        self.events = events
+        self.checkpoints: dict[TopicPartition, int] = {TP0: CHECKPOINT}
+        self.held: set[TopicPartition] = set()
+        self.refuse: Exception | None = None
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return self.checkpoints.get(tp)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.events.append(("seek", tp, offset))
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(tps, END)
+
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(tps, 0)
+
+    async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        if self.refuse is not None:
+            raise self.refuse
+        held = sorted(self.held)
+        offsets = {tp: getattr(o, "offset", o) for tp, o in offsets.items()}  # a note or not
+        self.events.append(("commit", offsets, held))
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TP0, TP1}
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.held.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.held.difference_update(tps)
+        self.events.append(("resume", sorted(tps)))
+
+
+class Listener:
+    def __init__(self, events: list[Any], on_taking: Any = None) -> None:
+        self.events = events
+        self.on_taking = on_taking
+
+    async def on_assigned(self, partitions: list[TopicPartition]) -> None:
+        if self.on_taking is not None:
+            await self.on_taking(partitions)
+        self.events.append(("listener", sorted(partitions)))
+
+
+def aiokafka_source(events: list[Any]) -> tuple[KafkaSource, AiokafkaStandIn]:
+    config = KafkaSourceConfig(
+        bootstrap_servers=["127.0.0.1:9"], topics=["t"], starting_position="latest"
+    )
+    source = KafkaSource(config)
+    consumer = AiokafkaStandIn(events)
+    source._consumer = consumer  # type: ignore[assignment]
+    return source, consumer
+
+
+async def test_aiokafka_commits_the_start_of_a_partition_without_checkpoint_before_it_flows():
+    events: list[Any] = []
+    source, _ = aiokafka_source(events)
+    await RebalanceBridge(source, Listener(events)).on_partitions_assigned({TP0, TP1})
+    commits = [e for e in events if e[0] == "commit"]
+    # Only TP1's, at its start (the end: `latest`), after the listener took both, while
+    # both were still held: no record of TP1 could have been read before.
+    assert commits == [("commit", {TP1: END}, [TP0, TP1])]
+    order = [e[0] for e in events if e[0] != "seek"]
+    assert order == ["listener", "commit", "resume"]
+
+
+async def test_aiokafka_a_checkpoint_read_again_after_the_fence_is_not_overwritten():
+    """Exactly once reads the checkpoint again once the earlier owner's producers are
+    fenced (`resume_from_committed`, inside the listener): a transaction it committed
+    meanwhile counts, and the start decided before must not be committed over it."""
+    events: list[Any] = []
+    source, consumer = aiokafka_source(events)
+
+    async def fence(partitions: list[TopicPartition]) -> None:
+        consumer.checkpoints[TP1] = 9  # the earlier owner's last transaction landed
+        await source.resume_from_committed(partitions)
+
+    await RebalanceBridge(source, Listener(events, fence)).on_partitions_assigned({TP0, TP1})
+    assert [e for e in events if e[0] == "commit"] == []
+    assert ("seek", TP1, 9) in events
+
+
+async def test_aiokafka_a_refused_start_commit_is_logged_and_reading_starts_anyway(
+    caplog: pytest.LogCaptureFixture,
+):
+    events: list[Any] = []
+    source, consumer = aiokafka_source(events)
+    consumer.refuse = KafkaConnectionError("coordinator gone")
+    with caplog.at_level(logging.WARNING, "worker.source.kafka"):
+        await RebalanceBridge(source, Listener(events)).on_partitions_assigned({TP0, TP1})
+    assert "event=start_not_committed partitions=t-1" in caplog.text
+    assert ("resume", [TP0, TP1]) in events and source._failure is None
+
+
+class LibrdkafkaStandIn:
+    """TP0 has a checkpoint, TP1 none; commits are recorded."""
+
+    def __init__(self, events: list[Any]) -> None:
+        self.events = events
+
+    def committed(self, partitions: list[RdTopicPartition], timeout: float) -> list[Any]:
+        found = {0: CHECKPOINT, 1: -1001}
+        return [RdTopicPartition(tp.topic, tp.partition, found[tp.partition]) for tp in partitions]
+
+    def get_watermark_offsets(self, tp: RdTopicPartition, **kw: Any) -> tuple[int, int]:
+        return (0, END)
+
+    def commit(self, offsets: list[RdTopicPartition], asynchronous: bool) -> list[Any]:
+        self.events.append(("commit", [(tp.partition, tp.offset) for tp in offsets]))
+        return offsets
+
+
+async def test_librdkafka_commits_the_start_of_a_partition_without_checkpoint_before_assigning():
+    events: list[Any] = []
+    config = KafkaSourceConfig.model_validate(
+        {"topics": ["t"], "client": "librdkafka", "starting_position": "latest"}
+    )
+    source = LibrdkafkaSource(config)
+    consumer = LibrdkafkaStandIn(events)
+    source._consumer = consumer  # type: ignore[assignment]
+    source._loop = asyncio.get_running_loop()
+    source._listener = Listener(events)  # type: ignore[assignment]
+    asked = [RdTopicPartition("t", 0), RdTopicPartition("t", 1)]
+    starts = source.starts(consumer, asked)  # type: ignore[arg-type]
+    assert [tp.offset for tp in starts] == [CHECKPOINT, END]
+    await source.assigned([TP0, TP1], [tp.offset for tp in starts])
+    # The bridge assigns the partitions to the client only after `assigned` returned.
+    assert events == [("listener", [TP0, TP1]), ("commit", [(1, END)])]
