@@ -748,6 +748,18 @@ MUTANTS += (
             ),
         ),
     ),
+    Mutant(
+        "bad_batch_retry_resumes_a_paused_partition",
+        "librdkafka: a partition waiting at a batch that fails its CRC is resumed when its "
+        "retry wait ends even if the pipeline paused it meanwhile (its buffer full): it is "
+        "read on past the memory budget",
+        (
+            _node(
+                "unit/test_librdkafka_corrupt",
+                "test_a_retry_never_resumes_a_partition_the_pipeline_paused",
+            ),
+        ),
+    ),
 )
 
 

@@ -115,3 +115,27 @@ async def test_the_source_hands_out_nothing_past_a_bad_batch_and_holds_it():
     assert {tp: [r.offset for r in rs] for tp, rs in chunks.items()} == {TP1: [0, 1, 2]}
     assert errors == []  # said by its own warning, folded
     assert consumer.calls == [("seek", ("t", 1, 3)), ("pause", [("t", 1)])]
+
+
+def test_a_retry_never_resumes_a_partition_the_pipeline_paused():
+    """The pipeline paused the partition (its buffer is full) while it waited at a bad
+    batch: the wait's end must not resume it, or it is read on past the memory budget.
+    The pipeline's own resume reads it again (the wait cut short), and an unassigned
+    partition is forgotten (the next owner's partition of it starts unpaused)."""
+    clock = Clock()
+    bb, consumer = BadBatches(clock), Consumer()
+    bb.hold(consumer, [bad(1, 3)])
+    bb.pause(consumer, ("t", 1))
+    consumer.calls.clear()
+    clock.now += librdkafka_corrupt.RETRY_S
+    bb.hold(consumer, [])
+    assert consumer.calls == []  # still the pipeline's pause
+    bb.resume(consumer, ("t", 1))
+    assert consumer.calls == [("resume", [("t", 1)])]
+    bb.hold(consumer, [bad(1, 3)])  # bad again: held, and once due resumed by the retry
+    bb.pause(consumer, ("t", 1))
+    bb.forget([("t", 1)])
+    consumer.calls.clear()
+    clock.now += librdkafka_corrupt.RETRY_S
+    bb.hold(consumer, [])
+    assert consumer.calls == [("resume", [("t", 1)])]

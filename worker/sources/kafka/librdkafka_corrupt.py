@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message
@@ -50,12 +50,30 @@ class BadBatches:
         self._stuck: dict[tuple[str, int], list[Any]] = {}
         #: Partitions whose last `consume()` hit their bad batch: positions not trusted.
         self.held: set[tuple[str, int]] = set()
+        #: Paused by the pipeline (its buffer is full): a retry's wait ending must not
+        #: resume them, or they are read on past the memory budget (the pipeline's
+        #: resume reads them again).
+        self._pipeline_paused: set[tuple[str, int]] = set()
         #: Each read that hit a bad batch (`worker_poll_errors_total`, as aiokafka's
         #: retries are): an alert on it sees a stuck partition on either client.
         self._count: Callable[[], None] = lambda: None
 
     def count_with(self, count: Callable[[], None]) -> None:
         self._count = count
+
+    def pause(self, consumer: Any, key: tuple[str, int]) -> None:
+        """The pipeline pauses `key` (poller thread, queued in order with the reads)."""
+        self._pipeline_paused.add(key)
+        consumer.pause([RdTopicPartition(*key)])
+
+    def resume(self, consumer: Any, key: tuple[str, int]) -> None:
+        """The pipeline resumes `key`: a stuck one is read again now, its wait cut short."""
+        self._pipeline_paused.discard(key)
+        consumer.resume([RdTopicPartition(*key)])
+
+    def forget(self, keys: Iterable[tuple[str, int]]) -> None:
+        """Unassigned: librdkafka's pause was lifted with them (`librdkafka_rebalance`)."""
+        self._pipeline_paused.difference_update(keys)
 
     def hold(self, consumer: Any, messages: Sequence[Message]) -> Sequence[Message]:
         """`messages` without what comes after a bad batch in its partition; that
@@ -103,6 +121,8 @@ class BadBatches:
         for key, state in self._stuck.items():
             if state[1] and now >= state[1]:
                 state[1] = 0.0
+                if key in self._pipeline_paused:
+                    continue  # read again when the pipeline resumes it
                 with contextlib.suppress(KafkaException):  # not assigned any more
                     consumer.resume([RdTopicPartition(*key)])
 

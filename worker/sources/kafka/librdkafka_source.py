@@ -48,7 +48,6 @@ from worker.sources.kafka.librdkafka_calls import (
     consume_queued,
     left_at_stop,
     low_watermark,
-    rd_partition,
     read_marks,
     said,
     start_offsets,
@@ -218,6 +217,8 @@ class LibrdkafkaSource:
             self._suspect.discard(tp)
         self._fresh.forget(partitions)
         self._notes.forget(partitions)
+        # In order after any pause of theirs still queued (the bad batches are the poller's).
+        self._calls.submit(self._bad.forget, list(partitions)).add_done_callback(said)
 
     def fail(self, doing: str, partitions: Sequence[TopicPartition], exc: BaseException) -> None:
         names = ",".join(map(self.label, partitions))
@@ -293,13 +294,11 @@ class LibrdkafkaSource:
 
     def pause(self, partition: TopicPartition) -> None:
         if self._consumer is not None and not self.closing and partition in self._announced:
-            asked = [rd_partition(partition)]
-            self._calls.submit(self._consumer.pause, asked).add_done_callback(said)
+            self._calls.submit(self._bad.pause, self._consumer, partition).add_done_callback(said)
 
     def resume(self, partition: TopicPartition) -> None:
         if self._consumer is not None and not self.closing and partition in self._announced:
-            asked = [rd_partition(partition)]
-            self._calls.submit(self._consumer.resume, asked).add_done_callback(said)
+            self._calls.submit(self._bad.resume, self._consumer, partition).add_done_callback(said)
 
     # -- committing ------------------------------------------------------------------------
     async def commit(self, positions: Mapping[TopicPartition, int]) -> None:
