@@ -760,6 +760,30 @@ MUTANTS += (
             ),
         ),
     ),
+    Mutant(
+        "unsaved_start_forgotten",
+        "Kafka: a start whose commit did not land goes with its partition: a worker cut off "
+        "inside that commit, expired by the group and taking its partitions again with no "
+        "checkpoint, starts at the end again (latest), skipping every record written since",
+        (
+            *(
+                _node(
+                    "unit/test_kafka_start_commit",
+                    f"test_{client}_a_start_never_committed"
+                    "_holds_when_its_partition_is_taken_again",
+                )
+                for client in ("aiokafka", "librdkafka")
+            ),
+            *(
+                _node(
+                    "adversary/test_start_commit_cut_off",
+                    "test_latest_a_start_not_committed_holds_when_the_worker_takes_its"
+                    f"_partitions_again[{client}]",
+                )
+                for client in ("aiokafka", "librdkafka")
+            ),
+        ),
+    ),
 )
 
 

@@ -157,3 +157,42 @@ async def test_librdkafka_commits_the_start_of_a_partition_without_checkpoint_be
     await source.assigned([TP0, TP1], [tp.offset for tp in starts])
     # The bridge assigns the partitions to the client only after `assigned` returned.
     assert events == [("listener", [TP0, TP1]), ("commit", [(1, END)])]
+
+
+async def test_aiokafka_a_start_never_committed_holds_when_its_partition_is_taken_again():
+    """The start commit refused (the worker cut off, then expired by the group), the
+    partition revoked and taken again with still no checkpoint: reading starts at the
+    first start, not at the end as it is now (the records between were owed)."""
+    events: list[Any] = []
+    source, consumer = aiokafka_source(events)
+    bridge = RebalanceBridge(source, Listener(events))
+    consumer.refuse = KafkaConnectionError("cut off")
+    await bridge.on_partitions_assigned({TP1})
+    source.forget([TP1])  # revoked (aiokafka) or lost
+    consumer.refuse = None
+    consumer.end_offsets = lambda tps: _ends(tps, END + 10)  # type: ignore[method-assign]
+    events.clear()
+    await bridge.on_partitions_assigned({TP1})
+    assert ("seek", TP1, END) in events and ("commit", {TP1: END}, [TP1]) in events
+
+
+async def _ends(tps: list[TopicPartition], end: int) -> dict[TopicPartition, int]:
+    return dict.fromkeys(tps, end)
+
+
+async def test_librdkafka_a_start_never_committed_holds_when_its_partition_is_taken_again():
+    events: list[Any] = []
+    config = KafkaSourceConfig.model_validate(
+        {"topics": ["t"], "client": "librdkafka", "starting_position": "latest"}
+    )
+    source = LibrdkafkaSource(config)
+    consumer = LibrdkafkaStandIn(events)
+    source._consumer = consumer  # type: ignore[assignment]
+    source._loop = asyncio.get_running_loop()
+    source._listener = Listener(events)  # type: ignore[assignment]
+    asked = [RdTopicPartition("t", 1)]
+    source.starts(consumer, asked)  # type: ignore[arg-type]
+    source._announced.add(TP1)
+    source._forget([TP1])  # lost before its start was committed
+    consumer.get_watermark_offsets = lambda tp, **kw: (0, END + 10)  # type: ignore[method-assign]
+    assert [tp.offset for tp in source.starts(consumer, asked)] == [END]  # type: ignore[arg-type]

@@ -177,11 +177,17 @@ class LibrdkafkaSource:
         """Where each new partition starts: its committed offset, else where
         `starting_position` says (asked now, so `_committed` is where reading starts)."""
         out, fresh = start_offsets(consumer, partitions, self._config, ASSIGN_CALL_TIMEOUT_S)
+        new = {(tp.topic, tp.partition) for tp in fresh}
+        kept = []
         for tp in out:
-            self._continuity.start(TopicPartition(tp.topic, tp.partition), tp.offset)
-        for tp in fresh:
-            self._fresh.found(TopicPartition(tp.topic, tp.partition))
-        return out
+            key = TopicPartition(tp.topic, tp.partition)
+            if (tp.topic, tp.partition) in new:  # an earlier start kept (`start_commit`)
+                tp = RdTopicPartition(tp.topic, tp.partition, self._fresh.found(key, tp.offset))
+            else:
+                self._fresh.checkpointed(key)
+            self._continuity.start(key, tp.offset)
+            kept.append(tp)
+        return kept
 
     async def assigned(self, partitions: list[TopicPartition], starts: list[int]) -> None:
         """The listener takes them; then the start of each the group had no checkpoint of

@@ -205,31 +205,31 @@ class KafkaSource:
             committed = await self._consumer.committed(tp)
             if committed is None:
                 fresh.append(tp)
-                self._fresh.found(tp)
             else:  # a valid position before the first fetch: see `FetchTrust.started`
+                self._fresh.checkpointed(tp)
                 self._consumer.seek(tp, committed)
                 self._committed[tp] = committed
         if not fresh:
             return
+        # Seek to the offsets read, so reading starts where `_committed` says
+        # (flush_notes commits there: never past an unread record).
+        starts = await self._starts(fresh)
+        for tp in fresh:
+            start = self._fresh.found(tp, starts[tp])
+            self._consumer.seek(tp, start)
+            self._committed[tp] = start
+
+    async def _starts(self, fresh: list[TopicPartition]) -> Mapping[TopicPartition, int]:
+        """Where `starting_position` puts partitions the group has no checkpoint of."""
         if self._config.starting_position == "at_timestamp":
             ts_ms = int(self._config.starting_position_timestamp * 1000)
             found = await self._consumer.offsets_for_times({tp: ts_ms for tp in fresh})
             ends = await self._consumer.end_offsets(fresh)
-            for tp in fresh:
-                hit = found.get(tp)
-                offset = hit.offset if hit is not None else ends[tp]
-                self._consumer.seek(tp, offset)
-                self._committed[tp] = offset
-        else:
-            # Seek to the offsets read, so reading starts where `_committed` says
-            # (flush_notes commits there: never past an unread record).
-            if self._config.starting_position == "trim_horizon":
-                starts = await self._consumer.beginning_offsets(fresh)
-            else:
-                starts = await self._consumer.end_offsets(fresh)
-            for tp in fresh:
-                self._consumer.seek(tp, starts[tp])
-            self._committed.update(starts)
+            return {tp: hit.offset if (hit := found.get(tp)) is not None else ends[tp]
+                    for tp in fresh}  # fmt: skip
+        if self._config.starting_position == "trim_horizon":
+            return await self._consumer.beginning_offsets(fresh)
+        return await self._consumer.end_offsets(fresh)
 
     async def commit_starts(self, partitions: Sequence[TopicPartition]) -> None:
         """The listener has them, still held: the start of each the group had no

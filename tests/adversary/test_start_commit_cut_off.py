@@ -1,0 +1,83 @@
+"""A new partition's start commit (`start_commit`) that does not land, on the real broker,
+on both clients: the worker is cut off from the broker from inside that commit (a proxy
+holds its requests, `commit_hold`) until the group expires it, then reconnects and
+takes its partitions again, still with no checkpoint of the group's.
+
+With `latest`, the start the worker chose first must hold: every record written after
+it is handled. Before the fix the start was forgotten with the partitions, the worker
+took them again at the end, committed that, and every record written between was
+skipped for good (measured: 10 of 10 a partition, both clients).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from tests.adversary.commit_hold import HeldBroker, held_broker
+from tests.integration.kafka_helpers import (
+    WorkerProcess,
+    committed,
+    create_topic,
+    eventually,
+    read_handled,
+    unique,
+    wait_for_group_coordinator,
+    write_config,
+)
+from tests.integration.test_kafka_fresh_group_start import PARTITIONS, produce_to
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(scope="module")
+def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HeldBroker]:
+    with held_broker(tmp_path_factory.mktemp("held")) as broker:
+        asyncio.run(wait_for_group_coordinator(broker.bootstrap))
+        yield broker
+
+
+async def _members(bootstrap: str, group: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_consumer_groups([group])
+        return len(response.groups[0][5])
+    finally:
+        await admin.close()
+
+
+def test_latest_a_start_not_committed_holds_when_the_worker_takes_its_partitions_again(
+    held: HeldBroker, kafka_client: str, tmp_path: Path
+):
+    topic, group = unique("cut"), unique("g")
+    asyncio.run(create_topic(held.bootstrap, topic, PARTITIONS))
+    asyncio.run(produce_to(held.bootstrap, topic, 5))  # before the start: not to be read
+    source = {"starting_position": "latest", "client_id": "cut-off"}
+    config = write_config(tmp_path / "w.toml", held.bootstrap, topic, group, source=source)
+    held.hold.arm()
+    worker = WorkerProcess(config, tmp_path)
+    try:
+        assert held.hold.wait_held(60) == "cut-off"  # inside its start commit, cut off
+        asyncio.run(produce_to(held.bootstrap, topic, 10))  # after the start: to be read
+        eventually(lambda: asyncio.run(_members(held.bootstrap, group)) == 0, timeout_s=30,
+                   what="the group expired the cut-off member")  # fmt: skip
+        assert committed(held.bootstrap, group, topic) == {}
+        held.hold.release()
+        worker.wait_for_log(r"event=assigned", count=2, timeout_s=30)  # taken again
+        asyncio.run(produce_to(held.bootstrap, topic, 10))
+        done = dict.fromkeys(range(PARTITIONS), 25)
+        at = lambda: committed(held.bootstrap, group, topic)  # noqa: E731
+        eventually(lambda: at() == done, timeout_s=30, what="committed to the end")
+        handled = read_handled(tmp_path, worker.pid)
+        for p in range(PARTITIONS):
+            assert set(handled.get(p, [])) == set(range(5, 25)), (p, sorted(handled.get(p, [])))
+        worker.terminate()
+        assert worker.wait() == 0, worker.log()[-3000:]
+    finally:
+        held.hold.release()
+        worker.stop()
