@@ -1,7 +1,7 @@
 """Fault injection at the botocore boundary for the Kinesis tests: event hooks on a session.
 
 `LeaseCalls(session)` tags every lease-table UpdateItem the session makes with the
-write it is (take, ask, still_asking, hand_over, renew, checkpoint, release) and its
+write it is (take, ask, still_asking, hand_over, renew, checkpoint, start_at, release) and its
 shard, in the call's context, and runs the test's async hooks: `before(kind, shard)` before the call
 is sent (raising there fails the call as botocore raises to its caller once its
 own retries are spent; awaiting there holds the call back), and `after(kind,
@@ -38,6 +38,8 @@ def write_kind(params: dict[str, Any]) -> str:
         return "release"
     if "#checkpoint" in expression:
         return "checkpoint"
+    if expression.startswith("SET #start"):
+        return "start_at"
     return "renew"
 
 

@@ -21,10 +21,12 @@ ROOT = Path(__file__).resolve().parents[2]
 Row = tuple[int, str, str, int]  # position, device, eventName, version
 
 
-def write_config(path: Path, dynamodb: Emulator, table: str, leases: str) -> Path:
+def write_config(path: Path, dynamodb: Emulator, table: str, leases: str,
+                 starting_position: str = "trim_horizon") -> Path:  # fmt: skip
     path.write_text(
         "[source]\n"
         f'kind = "dynamodb"\ntable_name = "{table}"\nregion = "us-east-1"\n'
+        f'starting_position = "{starting_position}"\n'
         f'endpoint_url = "{dynamodb.url}"\nlease_table = "{leases}"\nlease_duration_s = 3\n'
         "[batching]\nbatch_size = 100\nmaximum_batching_window_ms = 50\n"
         '[handler]\ntarget = "tests.kinesis.dynamodb_recorder:handle"\n'

@@ -27,11 +27,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def write_config(
     path: Path, kinesis: Emulator, dynamodb: Emulator, stream: str, table: str,
     lease_duration_s: float = 3, batch_size: int = 100,
-    target: str = "tests.kinesis.recorder:handle",
+    target: str = "tests.kinesis.recorder:handle", starting_position: str = "trim_horizon",
 ) -> Path:  # fmt: skip
     path.write_text(
         "[source]\n"
         f'kind = "kinesis"\nstream_name = "{stream}"\nregion = "us-east-1"\n'
+        f'starting_position = "{starting_position}"\n'
         f'endpoint_url = "{kinesis.url}"\nlease_endpoint_url = "{dynamodb.url}"\n'
         f'lease_table = "{table}"\nlease_duration_s = {lease_duration_s}\n'
         f"[batching]\nbatch_size = {batch_size}\nmaximum_batching_window_ms = 50\n"
@@ -41,9 +42,10 @@ def write_config(
     return path
 
 
-def start(config: Path, record_dir: Path, sleep_s: str = "0") -> subprocess.Popen[bytes]:
+def start(config: Path, record_dir: Path, sleep_s: str = "0",
+          **env: str) -> subprocess.Popen[bytes]:  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RECORD_DIR": str(record_dir),
-           "RECORD_SLEEP_S": sleep_s}  # fmt: skip
+           "RECORD_SLEEP_S": sleep_s, **env}  # fmt: skip
     log = (record_dir / f"worker-{uuid.uuid4().hex[:6]}.log").open("wb")
     return subprocess.Popen([sys.executable, "-m", "worker", "run", "--config", str(config)],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip

@@ -249,3 +249,28 @@ async def test_a_refused_write_names_who_owns_the_lease_now_without_a_second_rea
     finally:
         await ca.__aexit__(None, None, None)
         await cb.__aexit__(None, None, None)
+
+
+async def test_a_start_is_pinned_only_under_the_current_lease_and_reads_back(dynamodb):
+    """`latest`: the pin (`start_at`) is a write of the lease like a checkpoint: a worker
+    whose lease was taken cannot move its new owner's start; a row without it reads None."""
+    name = f"leases-{uuid.uuid4().hex[:6]}"
+    ca, a = await table(dynamodb, "worker-a", name)
+    cb, b = await table(dynamodb, "worker-b", name)
+    try:
+        await a.add_shard("shardId-000", ())
+        (free,) = await a.all()
+        assert free.start_at is None
+        mine = await a.take(free)
+        stolen = await b.take(mine)  # say worker-a stopped renewing
+        with pytest.raises(LeaseLost):
+            await a.start_at(mine, "41")
+        stolen = await b.start_at(stolen, "42")
+        (row,) = await a.all()
+        assert (row.owner, row.start_at, row.checkpoint) == ("worker-b", "42", None)
+        await b.checkpoint(stolen, "45")  # the last done: it wins over the pin from now on
+        (row,) = await a.all()
+        assert (row.start_at, row.checkpoint) == ("42", "45")
+    finally:
+        await ca.__aexit__(None, None, None)
+        await cb.__aexit__(None, None, None)

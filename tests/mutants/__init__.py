@@ -784,6 +784,49 @@ MUTANTS += (
             ),
         ),
     ),
+    Mutant(
+        "start_handed_out_unpinned",
+        "Kinesis / DynamoDB Streams, latest: the first page of a shard with no checkpoint is "
+        "handed out without its start pinned in the lease: a worker killed before its first "
+        "checkpoint leaves none, and the next owner starts at the tip again, skipping every "
+        "record written since",
+        (
+            _node(
+                "unit/test_kinesis_latest_pin",
+                "test_the_first_page_with_records_waits_for_its_start_to_be_pinned",
+            ),
+            _node(
+                "kinesis/test_latest_start",
+                "test_latest_a_worker_killed_with_its_first_batches_inside_the_handler_loses_none",
+            ),
+            _node(
+                "kinesis/test_latest_start",
+                "test_dynamodb_latest_a_worker_killed_with_its_first_batch_inside_the_handler"
+                "_loses_none",
+            ),
+        ),
+    ),
+    Mutant(
+        "pinned_start_read_from_the_tip",
+        "Kinesis / DynamoDB Streams: a lease whose start is pinned (and has no checkpoint) is "
+        "read from the starting position, not AT the pin: with latest, the next owner of a "
+        "killed worker's shard skips every record written since the pin",
+        (
+            _node(
+                "unit/test_kinesis_latest_pin",
+                "test_a_reader_of_a_pinned_start_reads_at_it_until_it_has_read_past_it",
+            ),
+            _node(
+                "kinesis/test_latest_start",
+                "test_latest_a_worker_killed_with_its_first_batches_inside_the_handler_loses_none",
+            ),
+            _node(
+                "kinesis/test_latest_start",
+                "test_dynamodb_latest_a_worker_killed_with_its_first_batch_inside_the_handler"
+                "_loses_none",
+            ),
+        ),
+    ),
 )
 
 

@@ -42,7 +42,10 @@ class RetainedDay:
         self.asked: list[tuple[str | None, bool]] = []
         self.fail_first_read = fail_first_read
 
-    async def iterator(self, shard_id: str, after: str | None, oldest: bool = False) -> str:
+    starts_at_tip = False
+
+    async def iterator(self, shard_id: str, after: str | None, oldest: bool = False,
+                       at: str | None = None) -> str:  # fmt: skip
         self.asked.append((after, oldest))
         if not oldest and after is not None and int(after) < 500:
             raise trimmed("GetShardIterator")

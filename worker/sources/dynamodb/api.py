@@ -72,12 +72,19 @@ class DynamoDBStreamsApi:
                 return
             kwargs["ExclusiveStartShardId"] = last
 
-    async def iterator(self, shard_id: str, after: str | None, oldest: bool = False) -> str:
+    @property
+    def starts_at_tip(self) -> bool:
+        return self._config.starting_position == "latest"
+
+    async def iterator(self, shard_id: str, after: str | None, oldest: bool = False,
+                       at: str | None = None) -> str:  # fmt: skip
         kwargs: dict[str, Any] = {"StreamArn": self.stream_arn, "ShardId": shard_id}
         if oldest:
             kwargs["ShardIteratorType"] = "TRIM_HORIZON"
         elif after:
             kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", SequenceNumber=after)
+        elif at:
+            kwargs.update(ShardIteratorType="AT_SEQUENCE_NUMBER", SequenceNumber=at)
         elif self._config.starting_position == "latest":
             kwargs["ShardIteratorType"] = "LATEST"
         else:

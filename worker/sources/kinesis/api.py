@@ -49,9 +49,17 @@ class ShardApi(Protocol):
         """Every shard of the stream with its parents, paged as the service pages them."""
         ...
 
-    async def iterator(self, shard_id: str, after: str | None, oldest: bool = False) -> str:
-        """A shard iterator after sequence number `after`, or at the starting position;
-        `oldest`: at the oldest record the stream still holds, whatever either says."""
+    @property
+    def starts_at_tip(self) -> bool:
+        """The starting position is the stream's tip (`latest`): a place that moves, known
+        only to the iterator that found it, so a start there must be pinned (`reader`)."""
+        ...
+
+    async def iterator(self, shard_id: str, after: str | None, oldest: bool = False,
+                       at: str | None = None) -> str:  # fmt: skip
+        """A shard iterator after sequence number `after`, else at sequence number `at` (a
+        pinned start), else at the starting position; `oldest`: at the oldest record the
+        stream still holds, whatever they say."""
         ...
 
     async def page(self, shard_id: str, iterator: str) -> Page: ...
@@ -70,6 +78,10 @@ class KinesisApi:
     def stream(self) -> str:
         return self._config.stream
 
+    @property
+    def starts_at_tip(self) -> bool:
+        return self._config.starting_position == "latest"
+
     async def open(self, client: Any) -> None:
         self._client = client
 
@@ -83,13 +95,16 @@ class KinesisApi:
                 return
             kwargs = {"NextToken": page["NextToken"]}
 
-    async def iterator(self, shard_id: str, after: str | None, oldest: bool = False) -> str:
+    async def iterator(self, shard_id: str, after: str | None, oldest: bool = False,
+                       at: str | None = None) -> str:  # fmt: skip
         c = self._config
         kwargs: dict[str, Any] = {"StreamName": self.stream, "ShardId": shard_id}
         if oldest:
             kwargs["ShardIteratorType"] = "TRIM_HORIZON"
         elif after:
             kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=after)
+        elif at:
+            kwargs.update(ShardIteratorType="AT_SEQUENCE_NUMBER", StartingSequenceNumber=at)
         elif c.starting_position == "latest":
             kwargs["ShardIteratorType"] = "LATEST"
         elif c.starting_position == "at_timestamp":

@@ -88,6 +88,10 @@ class LeaseHolder:
         """Record `sequence` (or SHARD_END) as done; LeaseLost if the lease is not ours."""
         await self._write(lambda lease: self._table.checkpoint(lease, sequence, note=note))
 
+    async def start_at(self, sequence: str) -> None:
+        """Pin a `latest` start AT `sequence`; LeaseLost if the lease is not ours."""
+        await self._write(lambda lease: self._table.start_at(lease, sequence))
+
     async def write_note(self, note: str) -> None:
         await self._write(lambda lease: self._table.write_note(lease, note))
 

@@ -2,7 +2,9 @@
 
 One item per shard: `shard_id`, `owner`, `counter` (bumped by every take,
 renew and release), `checkpoint` (the last sequence number done, or
-SHARD_END), `sub_checkpoint` (for KPL aggregation later), `parents`, and
+SHARD_END), `start_at` (while there is no checkpoint: the sequence number a
+`latest` start was pinned at, read AT it; see `reader`), `sub_checkpoint`
+(for KPL aggregation later), `parents`, and
 `pending_owner` while another worker asks for the lease (a graceful hand-off,
 after KCL 3's: the asker marks the lease without moving its counter, so the
 owner keeps renewing while it drains, then hands it over in one write). Every
@@ -56,6 +58,10 @@ class Lease:
     asked: int = 0
     #: The note written with the checkpoints (the dead-letter guard's counts), if any.
     note: str = ""
+    #: Where a `latest` start was pinned: the first record of the first page read, which
+    #: nothing was handed out before. Read AT it while there is no checkpoint; a checkpoint
+    #: (the last done) always wins. Rows without it read as before.
+    start_at: str | None = None
 
     @property
     def ended(self) -> bool:
@@ -85,6 +91,7 @@ def _lease(item: dict[str, Any]) -> Lease:
         pending=item.get("pending_owner", {}).get("S"),
         asked=int(item.get("pending_rounds", {}).get("N", "0")),
         note=item.get("guard_note", {}).get("S", ""),
+        start_at=item.get("start_at", {}).get("S"),
     )
 
 
@@ -241,6 +248,13 @@ class LeaseTable:
             values[":note"], names["#note"] = {"S": note}, "guard_note"
             expression += ", #note = :note"
         return await self._update(lease, expression, values, names)
+
+    async def start_at(self, lease: Lease, sequence: str) -> Lease:
+        """Pin the shard's start AT `sequence` (nothing of it done yet); LeaseLost if we no
+        longer own it, so a worker whose lease was taken cannot move its new owner's start."""
+        return await self._update(
+            lease, "SET #start = :at", {":at": {"S": sequence}}, {"#start": "start_at"}
+        )
 
     async def write_note(self, lease: Lease, note: str) -> Lease:
         """Keep `note` with the lease (its checkpoint unchanged); LeaseLost if not ours."""

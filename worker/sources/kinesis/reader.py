@@ -11,6 +11,18 @@ Any other failure ends the reader with an error: it runs under the worker's
 task supervisor, which then turns the worker not ready and ends it, since a
 shard that is no longer read must not sit behind a lease that is still renewed.
 The reader ends normally when the shard ends (no NextShardIterator).
+
+A shard with no checkpoint read from `latest` starts at an iterator only this
+reader holds: killed (or its lease lost) before its first checkpoint, it would
+leave the next owner no checkpoint, and that one would start at the tip again,
+past every record written since. So the first page that carries records is not
+handed out until the lease names its first record as the start (`pin`:
+`start_at` in the lease table, written under the current lease, so a fenced
+worker cannot write it); a reader of a lease with a pinned start and no
+checkpoint reads AT it (`at`). What was read before the pin was never handed
+out: it is before the start, as with Kafka (the start is its first durable
+checkpoint). A pin that may pass on retry is retried; a lost lease stops the
+reader with the page undelivered (the keeper stops the shard).
 """
 
 from __future__ import annotations
@@ -18,12 +30,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from operator import attrgetter
 from typing import Any
 
 from worker.backoff import Backoff
 from worker.sources.kinesis.api import Page, ShardApi
+from worker.sources.kinesis.leases import LeaseLost
 from worker.sources.kinesis.metrics import KinesisMetrics
 from worker.sources.kinesis.transient import THROTTLE_CODES, error_code, retryable
 
@@ -37,17 +50,28 @@ _SIZE = attrgetter("size")
 TRIMMED = "TrimmedDataAccessException"
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
+Pin = Callable[[str], Awaitable[None]]
+
+
+class _Fenced(Exception):
+    """The lease went before the start could be pinned: nothing more is delivered."""
 
 
 class ShardReader:
     def __init__(
         self, api: ShardApi, shard_id: str, after: str | None,
         on_arrival: Callable[[], None], metrics: KinesisMetrics | None,
+        at: str | None = None, pin: Pin | None = None,
     ) -> None:  # fmt: skip
         """`after`: the sequence number to read after (the checkpoint), None for the
-        configured starting position; `on_arrival` is called when a chunk is queued."""
+        configured starting position; `on_arrival` is called when a chunk is queued;
+        `at`: a pinned start, read AT while nothing is read after; `pin(sequence)`: make
+        the start durable before the first page with records is queued (a `latest` start
+        with neither checkpoint nor pin yet)."""
         self.shard_id = shard_id
         self._api = api
+        self._at = at
+        self._pin = pin
         self._on_arrival = on_arrival
         self._m = metrics
         self._chunks: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=2)
@@ -98,6 +122,13 @@ class ShardReader:
 
     # -- reading ------------------------------------------------------------------------------
     async def _run(self) -> None:
+        try:
+            await self._read()
+        except _Fenced:
+            log.warning("event=start_not_pinned shard=%s note='the lease went first: "
+                        "nothing of the shard was handed out'", self.shard_id)  # fmt: skip
+
+    async def _read(self) -> None:
         iterator: str | None = await self._iterator()
         failures = 0
         while iterator:
@@ -142,17 +173,42 @@ class ShardReader:
                 )
         records = page.records
         if records:
+            if self._pin is not None:
+                await self._pin_start(self._pin, records[0].sequence_number)
             self.last_read = records[-1].sequence_number
             await self._chunks.put(records)
             self._on_arrival()
         return records
 
+    async def _pin_start(self, pin: Pin, sequence: str) -> None:
+        """Write the start AT `sequence` (the first record to hand out) to the lease, retrying
+        what may pass; _Fenced if the lease is no longer ours."""
+        failures = 0
+        while True:
+            try:
+                await pin(sequence)
+            except LeaseLost as exc:
+                raise _Fenced from exc
+            except Exception as exc:
+                if not retryable(exc):
+                    log.error("event=read_failed shard=%s call=UpdateItem error=%r note='not "
+                              "retryable: the worker stops'", self.shard_id, str(exc))  # fmt: skip
+                    raise
+                failures += 1
+                await self._back_off("UpdateItem", exc, failures)
+                continue
+            self._pin, self._at = None, sequence
+            log.info("event=start_pinned shard=%s at=%s", self.shard_id, sequence)
+            return
+
     async def _iterator(self) -> str:
-        """A shard iterator after the last record read (or at the starting position)."""
+        """A shard iterator after the last record read (or at the pinned start, or at the
+        starting position)."""
         failures, oldest = 0, False
         while True:
             try:
-                return await self._api.iterator(self.shard_id, self.last_read, oldest)
+                return await self._api.iterator(self.shard_id, self.last_read, oldest,
+                                                self._at)  # fmt: skip
             except Exception as exc:
                 if error_code(exc) == TRIMMED and not oldest:
                     self._trimmed()

@@ -267,8 +267,12 @@ class KinesisSource:
         log.info("event=lease_taken shard=%s reason=%s from=%s", lease.shard_id, why,
                  lease.owner)  # fmt: skip
         holder = LeaseHolder(self._leases, taken, sent, self._config.lease_duration_s)
+        # A `latest` start with no checkpoint is pinned before its records flow (`reader`).
+        unpinned = taken.checkpoint is None and taken.start_at is None
         reader = ShardReader(self._api, lease.shard_id, taken.checkpoint, self._arrived.set,
-                             self._m)  # fmt: skip
+                             self._m, at=taken.start_at,
+                             pin=holder.start_at if unpinned and self._api.starts_at_tip
+                             else None)  # fmt: skip
         shard = self._shards[lease.shard_id] = Shard(holder, reader)
         self._count("event", _EVENTS[why])
         # The pipeline must own the shard before any record of it can arrive: a record
