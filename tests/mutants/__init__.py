@@ -827,6 +827,18 @@ MUTANTS += (
             ),
         ),
     ),
+    Mutant(
+        "idle_member_never_ready",
+        "librdkafka: a member whose first assignment is empty (more members than "
+        "partitions) never tells the listener, so its readiness waits for ever: an idle "
+        "pod stays unready",
+        (
+            _node(
+                "unit/test_librdkafka_rebalance",
+                "test_a_member_given_nothing_first_is_told_once_so_an_idle_pod_gets_ready",
+            ),
+        ),
+    ),
 )
 
 

@@ -61,6 +61,8 @@ class RebalanceBridge:
         self._owner = owner
         self._loop = loop
         self._calls = calls
+        #: Whether the listener was told of an assignment yet (an empty one included).
+        self._told = False
 
     def _on_loop(self, coro: Coroutine[Any, Any, None], doing: str) -> None:
         """Run `coro` on the loop and wait for it here, on the poller thread, for as long
@@ -84,19 +86,32 @@ class RebalanceBridge:
 
     def on_assign(self, consumer: Consumer, partitions: list[RdTopicPartition]) -> None:
         keys = ours(partitions)
+        if self._owner.closing:  # leaving: take nothing (the group hands them on)
+            if not partitions:
+                self._assign(consumer, [])
+            return
         if not partitions:
+            # A member the group gives nothing (more members than partitions) must still
+            # hear of its first assignment, as aiokafka's listener does: readiness waits
+            # for it, and an idle pod stayed unready for ever. Later empty ones (KIP-848
+            # tells of every change) are only for the client.
+            if not self._told:
+                self._told = True
+                self._guarded("taking", [], lambda: self._tell_assigned([]))
             self._assign(consumer, [])
             return
-        if self._owner.closing:  # leaving: take nothing (the group hands them on)
-            return
+        self._told = True
         starts: list[Any] = []
 
         def prepare() -> None:
             starts.extend(self._owner.starts(consumer, partitions))
-            self._on_loop(self._owner.assigned(keys, [tp.offset for tp in starts]), "taking")
+            self._tell_assigned(keys, starts)
 
         if self._guarded("taking", keys, prepare):
             self._assign(consumer, starts)
+
+    def _tell_assigned(self, keys: list[TopicPartition], starts: Sequence[Any] = ()) -> None:
+        self._on_loop(self._owner.assigned(keys, [tp.offset for tp in starts]), "taking")
 
     def _assign(self, consumer: Consumer, partitions: list[RdTopicPartition]) -> None:
         if self._owner.incremental:
