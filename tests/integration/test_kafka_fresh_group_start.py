@@ -138,11 +138,16 @@ def test_latest_a_worker_killed_with_its_first_batches_inside_the_handler_loses_
     start where the first one did: if the first start was never committed it finds no
     checkpoint, starts at the ends again, and every record written after the first start
     is skipped for good (10 of 10 a partition on both clients, before `start_commit`)."""
+    killed_inside_its_first_batches_loses_none(kafka, tmp_path, {})
+
+
+def killed_inside_its_first_batches_loses_none(kafka: str, tmp_path: Path, source: dict) -> None:
+    """The test above, on the group protocol and client `source` says."""
     topic, group = unique("fresh-crash"), unique("g")
     asyncio.run(create_topic(kafka, topic, PARTITIONS))
     asyncio.run(produce_to(kafka, topic, 5))  # before the start: not to be read
     config = write_config(tmp_path / "w.toml", kafka, topic, group,
-                          source={"starting_position": "latest"})  # fmt: skip
+                          source={"starting_position": "latest", **source})  # fmt: skip
     gate = tmp_path / "gate"
     gate.mkdir()
     hold = {"RECORD_HOLD": ",".join(f"{p}:0" for p in range(PARTITIONS)), "RECORD_GATE": str(gate)}

@@ -27,15 +27,26 @@ from tests.integration.kafka_helpers import (
     wait_for_group_coordinator,
     write_config,
 )
+from tests.integration.test_kafka_fresh_group_start import (
+    killed_inside_its_first_batches_loses_none,
+)
 
 pytestmark = pytest.mark.kafka
 PARTITIONS = 4
+KIP848 = {"client": "librdkafka", "group_protocol": "consumer", "session_timeout_ms": None,
+          "heartbeat_interval_ms": None}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def kafka4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    # A killed member's partitions move after its session (the broker's, KIP-848): 8 s
+    # here, not Kafka's 45 s.
+    sessions = {"group.consumer.min.session.timeout.ms": "6000",
+                "group.consumer.session.timeout.ms": "8000",
+                "group.consumer.min.heartbeat.interval.ms": "1000",
+                "group.consumer.heartbeat.interval.ms": "1000"}  # fmt: skip
     broker = kafka_broker.start(
-        tmp_path_factory.mktemp("kafka4"), version=kafka_broker.KAFKA4_VERSION
+        tmp_path_factory.mktemp("kafka4"), extra=sessions, version=kafka_broker.KAFKA4_VERSION
     )
     try:
         asyncio.run(wait_for_group_coordinator(broker.bootstrap))
@@ -88,3 +99,12 @@ def test_two_workers_split_the_partitions_incrementally_and_one_stopping_loses_n
     handled = read_handled(tmp_path)
     for p, end in ends.items():
         assert set(handled[p]) == set(range(end)), f"partition {p} lost records"
+
+
+def test_latest_a_worker_killed_inside_its_first_batches_loses_none_on_the_consumer_protocol(
+    kafka4: str, tmp_path: Path
+):
+    """The start commit (`start_commit`) on KIP-848: librdkafka commits a new partition's
+    start inside the assign callback, before the partitions are assigned to the client
+    (the group has no checkpoint of them; the member epoch is the new one's)."""
+    killed_inside_its_first_batches_loses_none(kafka4, tmp_path, KIP848)

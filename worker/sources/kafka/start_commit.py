@@ -32,8 +32,11 @@ from worker.sources.base import OwnershipLost
 
 log = logging.getLogger("worker.source.kafka")
 
-#: The start commit holds the rebalance callback: in an outage it gives up this soon (the
-#: clients retry a commit until the coordinator answers).
+#: The start commit holds the rebalance callback: in an outage the listener stops waiting
+#: this soon (the clients retry a commit until the coordinator answers). aiokafka's request
+#: goes on unawaited; librdkafka's poller thread still waits for its own commit, up to its
+#: request timeout, before it assigns (measured by adversary A11: a SIGTERM then took the
+#: whole shutdown budget).
 START_COMMIT_TIMEOUT_S = 5.0
 
 
@@ -84,8 +87,9 @@ class FreshStarts:
                 await commit({tp: starts[tp] - 1 for tp in fresh})
         except (OwnershipLost, ConnectionError, TimeoutError) as exc:
             log.warning(
-                "event=start_not_committed partitions=%s error=%r note='read from the start "
-                "all the same; the first checkpoint comes with the first handled records'",
+                "event=start_not_committed partitions=%s error=%r note='not acknowledged "
+                "(it may still land); read from the start all the same, which is kept for "
+                "a retake here; the first checkpoint comes with the first handled records'",
                 ",".join(map(label, fresh)), str(exc) or type(exc).__name__,
             )  # fmt: skip
             return
