@@ -41,6 +41,19 @@ _EXPIRED = "test_a_deleted_checkpoint_reads_on_from_the_oldest_record_counting_t
 _EMPTIED = "test_a_log_deleted_to_its_end_is_counted_once_and_committed_past"
 
 
+#: The aimed kill -9 tests of a `latest` start on Kinesis and DynamoDB Streams.
+_KINESIS_LATEST = (
+    _node(
+        "kinesis/test_latest_start",
+        "test_latest_a_worker_killed_with_its_first_batches_inside_the_handler_loses_none",
+    ),
+    _node(
+        "kinesis/test_latest_start",
+        "test_dynamodb_latest_a_worker_killed_with_its_first_batch_inside_the_handler_loses_none",
+    ),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Mutant:
     name: str
@@ -795,15 +808,7 @@ MUTANTS += (
                 "unit/test_kinesis_latest_pin",
                 "test_the_first_page_with_records_waits_for_its_start_to_be_pinned",
             ),
-            _node(
-                "kinesis/test_latest_start",
-                "test_latest_a_worker_killed_with_its_first_batches_inside_the_handler_loses_none",
-            ),
-            _node(
-                "kinesis/test_latest_start",
-                "test_dynamodb_latest_a_worker_killed_with_its_first_batch_inside_the_handler"
-                "_loses_none",
-            ),
+            *_KINESIS_LATEST,
         ),
     ),
     Mutant(
@@ -816,15 +821,7 @@ MUTANTS += (
                 "unit/test_kinesis_latest_pin",
                 "test_a_reader_of_a_pinned_start_reads_at_it_until_it_has_read_past_it",
             ),
-            _node(
-                "kinesis/test_latest_start",
-                "test_latest_a_worker_killed_with_its_first_batches_inside_the_handler_loses_none",
-            ),
-            _node(
-                "kinesis/test_latest_start",
-                "test_dynamodb_latest_a_worker_killed_with_its_first_batch_inside_the_handler"
-                "_loses_none",
-            ),
+            *_KINESIS_LATEST,
         ),
     ),
     Mutant(

@@ -141,8 +141,7 @@ class LibrdkafkaStandIn:
         return offsets
 
 
-async def test_librdkafka_commits_the_start_of_a_partition_without_checkpoint_before_assigning():
-    events: list[Any] = []
+def librdkafka_source(events: list[Any]) -> tuple[LibrdkafkaSource, LibrdkafkaStandIn]:
     config = KafkaSourceConfig.model_validate(
         {"topics": ["t"], "client": "librdkafka", "starting_position": "latest"}
     )
@@ -151,6 +150,12 @@ async def test_librdkafka_commits_the_start_of_a_partition_without_checkpoint_be
     source._consumer = consumer  # type: ignore[assignment]
     source._loop = asyncio.get_running_loop()
     source._listener = Listener(events)  # type: ignore[assignment]
+    return source, consumer
+
+
+async def test_librdkafka_commits_the_start_of_a_partition_without_checkpoint_before_assigning():
+    events: list[Any] = []
+    source, consumer = librdkafka_source(events)
     asked = [RdTopicPartition("t", 0), RdTopicPartition("t", 1)]
     starts = source.starts(consumer, asked)  # type: ignore[arg-type]
     assert [tp.offset for tp in starts] == [CHECKPOINT, END]
@@ -182,14 +187,7 @@ async def _ends(tps: list[TopicPartition], end: int) -> dict[TopicPartition, int
 
 async def test_librdkafka_a_start_never_committed_holds_when_its_partition_is_taken_again():
     events: list[Any] = []
-    config = KafkaSourceConfig.model_validate(
-        {"topics": ["t"], "client": "librdkafka", "starting_position": "latest"}
-    )
-    source = LibrdkafkaSource(config)
-    consumer = LibrdkafkaStandIn(events)
-    source._consumer = consumer  # type: ignore[assignment]
-    source._loop = asyncio.get_running_loop()
-    source._listener = Listener(events)  # type: ignore[assignment]
+    source, consumer = librdkafka_source(events)
     asked = [RdTopicPartition("t", 1)]
     source.starts(consumer, asked)  # type: ignore[arg-type]
     source._announced.add(TP1)
