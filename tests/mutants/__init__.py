@@ -836,6 +836,22 @@ MUTANTS += (
             ),
         ),
     ),
+    Mutant(
+        "page_limit_unfitted",
+        "Kinesis / DynamoDB Streams: every GetRecords asks for the service's cap (10,000 "
+        "records, 10 MB) whatever the memory budget: the pages the readers hold sit outside "
+        "the budget at any shard count",
+        (
+            _node(
+                "unit/test_kinesis_page_fit",
+                "test_the_reader_asks_each_call_for_the_fitted_limit_and_follows_the_records_size",
+            ),
+            _node(
+                "kinesis/test_kinesis_page_fit",
+                "test_each_page_of_a_backlog_fits_the_readers_part_of_the_budget",
+            ),
+        ),
+    ),
 )
 
 

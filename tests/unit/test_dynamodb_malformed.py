@@ -32,7 +32,7 @@ class OneRecord:
 async def page_of(record: dict):
     api = DynamoDBStreamsApi(DynamoDBSourceConfig(stream_arn=ARN))
     await api.open(OneRecord(record))
-    return await api.page("shardId-1", "it")
+    return await api.page("shardId-1", "it", api.max_page_records)
 
 
 def change(**stream: object) -> dict:

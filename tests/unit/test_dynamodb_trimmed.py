@@ -36,6 +36,7 @@ class RetainedDay:
     name = "dynamodb"
     service = "dynamodbstreams"
     min_call_interval_s = 0.0
+    max_page_records = 10_000
     stream = "devices"
 
     def __init__(self, fail_first_read: bool = False) -> None:
@@ -51,7 +52,7 @@ class RetainedDay:
             raise trimmed("GetShardIterator")
         return "oldest" if oldest else f"after-{after}"
 
-    async def page(self, shard_id: str, iterator: str) -> Page:
+    async def page(self, shard_id: str, iterator: str, limit: int) -> Page:
         if self.fail_first_read:
             self.fail_first_read = False
             raise trimmed("GetRecords")

@@ -44,6 +44,7 @@ class Tip:
     name = "kinesis"
     service = "kinesis"
     min_call_interval_s = 0.0
+    max_page_records = 10_000
     stream = "telemetry"
     starts_at_tip = True
 
@@ -57,7 +58,7 @@ class Tip:
         self.asked.append((after, at))
         return "it-1"
 
-    async def page(self, shard_id: str, iterator: str) -> Page:
+    async def page(self, shard_id: str, iterator: str, limit: int) -> Page:
         if self.expire:
             self.expire = False
             raise expired()

@@ -22,13 +22,12 @@ from worker.sources.dynamodb.config import DynamoDBSourceConfig
 from worker.sources.dynamodb.record import DynamoDBRecord
 from worker.sources.kinesis.api import Page, parents_of
 
-PAGE_LIMIT = 1_000
-
 
 class DynamoDBStreamsApi:
     name = "dynamodb"
     service = "dynamodbstreams"
     min_call_interval_s = 0.25
+    max_page_records = 1_000  # and 1 MB a call
 
     def __init__(self, config: DynamoDBSourceConfig) -> None:
         self._config = config
@@ -91,8 +90,8 @@ class DynamoDBStreamsApi:
             kwargs["ShardIteratorType"] = "TRIM_HORIZON"
         return (await self._client.get_shard_iterator(**kwargs))["ShardIterator"]  # type: ignore[no-any-return]
 
-    async def page(self, shard_id: str, iterator: str) -> Page:
-        raw = await self._client.get_records(ShardIterator=iterator, Limit=PAGE_LIMIT)
+    async def page(self, shard_id: str, iterator: str, limit: int) -> Page:
+        raw = await self._client.get_records(ShardIterator=iterator, Limit=limit)
         table, arn = self.stream, self.stream_arn or ""
         records = [DynamoDBRecord.from_api(table, shard_id, r, arn) for r in raw["Records"]]
         behind_ms = 0.0

@@ -62,13 +62,19 @@ class ShardApi(Protocol):
         stream still holds, whatever they say."""
         ...
 
-    async def page(self, shard_id: str, iterator: str) -> Page: ...
+    #: The most records one GetRecords may return (the service's own `Limit` cap).
+    max_page_records: int
+
+    async def page(self, shard_id: str, iterator: str, limit: int) -> Page:
+        """Up to `limit` records from `iterator` (at most `max_page_records`)."""
+        ...
 
 
 class KinesisApi:
     name = "kinesis"
     service = "kinesis"
     min_call_interval_s = 0.2  # GetRecords: 5 calls per second per shard
+    max_page_records = 10_000  # and 10 MB a call
 
     def __init__(self, config: KinesisSourceConfig) -> None:
         self._config = config
@@ -114,8 +120,8 @@ class KinesisApi:
             kwargs["ShardIteratorType"] = "TRIM_HORIZON"
         return (await self._client.get_shard_iterator(**kwargs))["ShardIterator"]  # type: ignore[no-any-return]
 
-    async def page(self, shard_id: str, iterator: str) -> Page:
-        raw = await self._client.get_records(ShardIterator=iterator, Limit=10_000)
+    async def page(self, shard_id: str, iterator: str, limit: int) -> Page:
+        raw = await self._client.get_records(ShardIterator=iterator, Limit=limit)
         stream = self.stream
         records = [KinesisRecord.from_api(stream, shard_id, r) for r in raw["Records"]]
         return Page(records, raw.get("NextShardIterator"), raw.get("MillisBehindLatest"))

@@ -23,6 +23,10 @@ checkpoint reads AT it (`at`). What was read before the pin was never handed
 out: it is before the start, as with Kafka (the start is its first durable
 checkpoint). A pin that may pass on retry is retried; a lost lease stops the
 reader with the page undelivered (the keeper stops the shard).
+
+How many records each GetRecords asks for is fitted to the reader's part of the memory
+budget (`page_fit`): the pages it holds count against the budget as a Kafka client's
+prefetch does.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from worker.backoff import Backoff
 from worker.sources.kinesis.api import Page, ShardApi
 from worker.sources.kinesis.leases import LeaseLost
 from worker.sources.kinesis.metrics import KinesisMetrics
+from worker.sources.kinesis.page_fit import PageFit
 from worker.sources.kinesis.transient import THROTTLE_CODES, error_code, retryable
 
 log = logging.getLogger("worker.source.kinesis")
@@ -61,13 +66,14 @@ class ShardReader:
     def __init__(
         self, api: ShardApi, shard_id: str, after: str | None,
         on_arrival: Callable[[], None], metrics: KinesisMetrics | None,
-        at: str | None = None, pin: Pin | None = None,
+        at: str | None = None, pin: Pin | None = None, overhead_bytes: int = 0,
     ) -> None:  # fmt: skip
         """`after`: the sequence number to read after (the checkpoint), None for the
         configured starting position; `on_arrival` is called when a chunk is queued;
         `at`: a pinned start, read AT while nothing is read after; `pin(sequence)`: make
         the start durable before the first page with records is queued (a `latest` start
-        with neither checkpoint nor pin yet)."""
+        with neither checkpoint nor pin yet); `overhead_bytes`: the pipeline's memory per
+        record beyond its payload (what a page of them weighs, `page_fit`)."""
         self.shard_id = shard_id
         self._api = api
         self._at = at
@@ -75,6 +81,8 @@ class ShardReader:
         self._on_arrival = on_arrival
         self._m = metrics
         self._chunks: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=2)
+        #: The records each GetRecords asks for, fitted to the budget by the source.
+        self.page_fit = PageFit(api.max_page_records, overhead_bytes)
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._task: asyncio.Task[None] | None = None
@@ -135,7 +143,7 @@ class ShardReader:
             await self._resumed.wait()
             started = time.monotonic()
             try:
-                page = await self._api.page(self.shard_id, iterator)
+                page = await self._api.page(self.shard_id, iterator, self.page_fit.limit)
             except Exception as exc:
                 code = error_code(exc)
                 if code == "ExpiredIteratorException":
@@ -158,8 +166,10 @@ class ShardReader:
             records = await self._deliver(page)
             iterator = page.next_iterator
             pause = self._api.min_call_interval_s if records else IDLE_POLL_S
+            nbytes = sum(map(_SIZE, records))
+            self.page_fit.read(len(records), nbytes)
             # What this call read counts against the shard's 2 MB/s before the next one.
-            pause = max(pause, sum(map(_SIZE, records)) / MAX_READ_BYTES_PER_S)
+            pause = max(pause, nbytes / MAX_READ_BYTES_PER_S)
             await asyncio.sleep(max(pause - (time.monotonic() - started), 0.0))
         self.ended = True
 

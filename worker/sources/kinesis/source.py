@@ -93,6 +93,8 @@ class KinesisSource:
         self._leases: LeaseTable | None = None
         self._m: KinesisMetrics | None = None
         self._notes: dict[str, str] = {}
+        #: Each reader's part of the budget's prefetch share (`fit_prefetch`); None: none.
+        self._reader_share: int | None = None
 
     def attach(self, metrics: Metrics) -> None:
         self._m = KinesisMetrics(metrics)
@@ -272,7 +274,9 @@ class KinesisSource:
         reader = ShardReader(self._api, lease.shard_id, taken.checkpoint, self._arrived.set,
                              self._m, at=taken.start_at,
                              pin=holder.start_at if unpinned and self._api.starts_at_tip
-                             else None)  # fmt: skip
+                             else None, overhead_bytes=self.traits.overhead_bytes)  # fmt: skip
+        if self._reader_share is not None:  # refitted on `on_assigned`; fitted before it too
+            reader.page_fit.fit(self._reader_share)
         shard = self._shards[lease.shard_id] = Shard(holder, reader)
         self._count("event", _EVENTS[why])
         # The pipeline must own the shard before any record of it can arrive: a record
@@ -307,9 +311,12 @@ class KinesisSource:
         return out
 
     def fit_prefetch(self, share_bytes: int, partitions: int) -> int:
-        """Each shard's reader queues at most two GetRecords pages, bounded by AWS (10,000
-        records, 10 MB a call), not by a setting: nothing to fit. Counted as none."""
-        return 0
+        """Each shard's reader gets an equal part of the share and asks each GetRecords for
+        as many records as a page of that part holds (`page_fit`); returns what the readers
+        may hold at most together."""
+        self._reader_share = share_bytes // max(partitions, 1)
+        return sum(shard.reader.page_fit.fit(self._reader_share)
+                   for shard in self._shards.values())  # fmt: skip
 
     def pause(self, partition: str) -> None:
         if (shard := self._shards.get(partition)) is not None:
