@@ -27,27 +27,39 @@ def _requests() -> set[asyncio.Task[object]]:
             if not task.done() and getattr(task.get_coro(), "__name__", "") == REQUEST}  # fmt: skip
 
 
-async def commit_watched(commit: Awaitable[None], partitions: str) -> None:
-    """Await `commit`; if it is cancelled, the requests it left in flight are watched."""
-    before = _requests()
-    try:
-        await commit
-    except asyncio.CancelledError:
-        for task in _requests() - before:
-            task.add_done_callback(functools.partial(_settled, partitions))
-        raise
+class CancelledCommits:
+    """The aiokafka source's: watches what its cancelled commits left in flight. In an
+    outage every commit round's request is left so: the first failure of a run is a
+    warning, the next ones debug lines until one lands (as `commit_failed`)."""
 
+    def __init__(self) -> None:
+        self._failing = False
 
-def _settled(partitions: str, task: asyncio.Task[object]) -> None:
-    if task.cancelled():
-        log.info("event=commit_settled_after_cancel partitions=%s outcome=cancelled", partitions)
-        return
-    exc = task.exception()  # retrieved: never asyncio's traceback
-    if exc is None:
-        log.info("event=commit_settled_after_cancel partitions=%s outcome=landed", partitions)
-        return
-    log.warning(
-        "event=commit_settled_after_cancel partitions=%s outcome=failed error=%r note='a "
-        "commit given up on by its bound failed later: nothing of it landed'",
-        partitions, str(exc) or type(exc).__name__,
-    )  # fmt: skip
+    async def commit(self, commit: Awaitable[None], partitions: str) -> None:
+        """Await `commit`; if it is cancelled, the requests it left in flight are watched."""
+        before = _requests()
+        try:
+            await commit
+        except asyncio.CancelledError:
+            for task in _requests() - before:
+                task.add_done_callback(functools.partial(self._settled, partitions))
+            raise
+
+    def _settled(self, partitions: str, task: asyncio.Task[object]) -> None:
+        if task.cancelled():
+            log.info("event=commit_settled_after_cancel partitions=%s outcome=cancelled",
+                     partitions)  # fmt: skip
+            return
+        exc = task.exception()  # retrieved: never asyncio's traceback
+        if exc is None:
+            self._failing = False
+            log.info("event=commit_settled_after_cancel partitions=%s outcome=landed", partitions)
+            return
+        level = logging.DEBUG if self._failing else logging.WARNING
+        self._failing = True
+        log.log(
+            level,
+            "event=commit_settled_after_cancel partitions=%s outcome=failed error=%r note='a "
+            "commit given up on by its bound failed later: nothing of it landed'",
+            partitions, str(exc) or type(exc).__name__,
+        )  # fmt: skip

@@ -25,7 +25,7 @@ from worker.sources.base import (
     SourceStartError,
     next_to_read,
 )
-from worker.sources.kafka.aiokafka_orphans import commit_watched
+from worker.sources.kafka.aiokafka_orphans import CancelledCommits
 from worker.sources.kafka.aiokafka_rebalance import RebalanceBridge
 from worker.sources.kafka.config import KafkaSourceConfig
 from worker.sources.kafka.expiry import AIOKAFKA_RESET, ExpiredOffsets, oldest_left
@@ -71,6 +71,7 @@ class KafkaSource:
         self._refetch = Refetch(config.fetch_max_records)  # what a failed getmany dropped
         self._notes = CommitNotes(client_kwargs(config), config.group_id)
         self._expired = ExpiredOffsets(self.name)
+        self._cancelled = CancelledCommits()  # their requests left in flight: said
         self._consumer = AIOKafkaConsumer(
             **client_kwargs(config),
             group_id=config.group_id,
@@ -289,7 +290,7 @@ class KafkaSource:
 
     async def _to_group(self, offsets: Mapping[TopicPartition, Any], group_id: str) -> None:
         names = ",".join(map(self.label, offsets))
-        await commit_watched(self._consumer.commit(offsets), names)  # `aiokafka_orphans`
+        await self._cancelled.commit(self._consumer.commit(offsets), names)
 
     async def commit_in_transaction(
         self,

@@ -108,7 +108,8 @@ class FreshStarts:
             "member leaves now, the next owner starts where starting_position says "
             "(latest: past every record written since)'",
             ",".join(f"{label(tp)}@{start}" for tp, start in owed.items()),
-            str(exc) or type(exc).__name__,
+            "cut off by its bound" if isinstance(exc, asyncio.CancelledError)
+            else str(exc) or type(exc).__name__,
         )  # fmt: skip
 
     def forget(self, partitions: Iterable[Hashable]) -> None:
