@@ -43,9 +43,15 @@ log = logging.getLogger("worker.source.kafka")
 
 #: The start commit holds the rebalance callback: in an outage the listener stops waiting
 #: this soon (the clients retry a commit until the coordinator answers). aiokafka's request
-#: goes on unawaited; librdkafka's poller thread still waits for its own commit, up to its
-#: request timeout, before it assigns (measured by adversary A11: a SIGTERM then took the
-#: whole shutdown budget).
+#: goes on unawaited (`aiokafka_orphans` says how it ends); librdkafka's poller thread still
+#: waits for its own commit before it assigns. Not bounded there: confluent-kafka's
+#: synchronous commit takes no timeout, and an asynchronous one is answered only in a
+#: later `consume()` and can be retried by librdkafka after a commit sent behind it (it
+#: retries a commit after a connection reset, measured: test_start_commit_cut_off), moving
+#: the checkpoint back; the one poller thread's synchronous commits keep them in order. A
+#: SIGTERM in a total outage takes the shutdown budget on both clients alike (30 s of 30,
+#: measured through the commit-holding proxy): the final commit's bound, then leaving the
+#: group (`source_stop`) waits for the broker.
 START_COMMIT_TIMEOUT_S = 5.0
 
 
@@ -56,7 +62,9 @@ class FreshStarts:
     def __init__(self) -> None:
         self._fresh: set[Hashable] = set()
         #: Starts taken here that are not known to be the group's checkpoint: kept when
-        #: their partition goes, until one is committed or a checkpoint is found.
+        #: their partition goes, until one is committed or a checkpoint is found. One
+        #: int for each partition whose start and final commits both failed, never more
+        #: than the partitions ever taken: dropped, a retake would skip records again.
         self._unsaved: dict[Hashable, int] = {}
         #: Unsaved starts a commit past them was sent for: no longer owed (see `sent`).
         self._passed: set[Hashable] = set()
