@@ -7,7 +7,8 @@ reads the client's requests frame by frame and, while armed, holds each OffsetCo
 client id (its heartbeats, fetches): the worker is cut off from the broker from inside
 its commit. The test learns so (`wait_held`), does its fault then (waits for the group
 to expire the member, freezes the broker with SIGSTOP), and lets the requests go
-(`release`). The other clients' requests pass untouched.
+(`release`), or drops them with their connections (`drop`: a connection reset inside
+the commit; the client retries on a new one). The other clients' requests pass untouched.
 """
 
 from __future__ import annotations
@@ -39,8 +40,11 @@ class CommitHold:
     _held: threading.Event = field(default_factory=threading.Event)
     _go: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The held requests are dropped, their connections closed, instead of forwarded.
+    _dropping: bool = False
 
     def arm(self) -> None:
+        self._dropping = False
         self._go.clear()
         self._held.clear()
         self.armed = True
@@ -56,16 +60,22 @@ class CommitHold:
         self.cut.clear()
         self._go.set()
 
-    def gate(self, api_key: int, client_id: str) -> None:
-        """On a proxy thread, before a request is forwarded."""
+    def drop(self) -> None:
+        """As `release`, but what was held is lost with its connection (never forwarded)."""
+        self._dropping = True
+        self.release()
+
+    def gate(self, api_key: int, client_id: str) -> bool:
+        """On a proxy thread, before a request is forwarded: False if it must be dropped."""
         if not self.armed or (api_key != OFFSET_COMMIT and client_id not in self.cut):
-            return
+            return True
         with self._lock:
             if api_key == OFFSET_COMMIT:
                 self.seen.append(client_id)
             self.cut.add(client_id)
         self._held.set()
         self._go.wait(120)
+        return not self._dropping
 
 
 def _read(sock: socket.socket, size: int) -> bytes:
@@ -86,7 +96,8 @@ def _pump_requests(src: socket.socket, dst: socket.socket, hold: CommitHold) -> 
             api_key = struct.unpack(">h", body[:2])[0]
             length = struct.unpack(">h", body[8:10])[0]
             client_id = body[10 : 10 + max(length, 0)].decode(errors="replace")
-            hold.gate(api_key, client_id)
+            if not hold.gate(api_key, client_id):
+                break
             dst.sendall(head + body)
     _close(src, dst)
 

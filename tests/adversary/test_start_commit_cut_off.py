@@ -81,3 +81,47 @@ def test_latest_a_start_not_committed_holds_when_the_worker_takes_its_partitions
     finally:
         held.hold.release()
         worker.stop()
+
+
+def test_latest_a_start_cut_off_by_a_sigterm_is_committed_by_the_final_commit(
+    held: HeldBroker, kafka_client: str, tmp_path: Path
+):
+    """SIGTERM while the start commit is held; the held requests are then lost with their
+    connection (a reset) and the client reconnects. The worker handled nothing: before
+    the fix its final commit committed nothing, it left with no checkpoint, and the next
+    worker (latest) started at the end: every record written since was skipped (10 of 10
+    a partition). Now the final commit commits the start."""
+    topic, group = unique("stop"), unique("g")
+    asyncio.run(create_topic(held.bootstrap, topic, PARTITIONS))
+    asyncio.run(produce_to(held.bootstrap, topic, 5))  # before the start: not to be read
+    source = {"starting_position": "latest", "client_id": "cut-at-stop"}
+    config = write_config(tmp_path / "w.toml", held.bootstrap, topic, group, source=source)
+    held.hold.arm()
+    worker = WorkerProcess(config, tmp_path)
+    try:
+        assert held.hold.wait_held(60) == "cut-at-stop"  # inside its start commit
+        worker.terminate()
+        asyncio.run(produce_to(held.bootstrap, topic, 10))  # after the start: owed
+        # Its bound passed (the shutdown's final commit is under way, or done): the outage
+        # ends, what was held is lost with its connection.
+        worker.wait_for_log(r"event=start_not_committed", timeout_s=30)
+        held.hold.drop()
+        assert worker.wait() == 0, worker.log()[-3000:]
+        log = worker.log()
+        left = committed(held.bootstrap, group, topic)
+    finally:
+        held.hold.release()
+        worker.stop()
+    source = {"starting_position": "latest", "client_id": "next"}
+    config = write_config(tmp_path / "n.toml", held.bootstrap, topic, group, source=source)
+    nxt = WorkerProcess(config, tmp_path)
+    try:
+        done = dict.fromkeys(range(PARTITIONS), 15)
+        at = lambda: committed(held.bootstrap, group, topic)  # noqa: E731
+        eventually(lambda: at() == done, timeout_s=30, what="committed to the end")
+        handled = read_handled(tmp_path, nxt.pid)
+        lost = {p: 10 - len(set(handled.get(p, [])) & set(range(5, 15))) for p in done}
+        assert lost == dict.fromkeys(done, 0) and left == dict.fromkeys(done, 5), (lost, left)
+        assert "never retrieved" not in log and "Traceback" not in log, log[-3000:]
+    finally:
+        nxt.stop()

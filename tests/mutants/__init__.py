@@ -798,6 +798,56 @@ MUTANTS += (
         ),
     ),
     Mutant(
+        "start_not_owed_at_release",
+        "Kafka: a start whose commit did not land is not sent by the later commit rounds: a "
+        "worker stopped (SIGTERM) inside its start commit, with nothing handled, leaves no "
+        "checkpoint, and the next worker starts at the end again (latest), skipping every "
+        "record written since",
+        (
+            *(
+                _node(
+                    "unit/test_kafka_start_commit",
+                    f"test_{client}_a_start_not_committed_is_sent_by_the_final_commit",
+                )
+                for client in ("aiokafka", "librdkafka")
+            ),
+            _node(
+                "adversary/test_start_commit_cut_off",
+                "test_latest_a_start_cut_off_by_a_sigterm_is_committed_by_the_final_commit"
+                "[aiokafka]",
+            ),
+        ),
+    ),
+    Mutant(
+        "start_owed_after_a_commit_past_it",
+        "Kafka: a start not known to be committed is still sent after a commit past it was "
+        "sent (not acknowledged, so maybe landed): the checkpoint moves back",
+        tuple(
+            _node(
+                "unit/test_kafka_start_commit",
+                f"test_{client}_a_start_is_never_sent_after_a_commit_past_it",
+            )
+            for client in ("aiokafka", "librdkafka")
+        ),
+    ),
+    Mutant(
+        "cancelled_commit_request_unwatched",
+        "aiokafka: the request a commit cancelled by its bound left in flight is not "
+        "watched: its later failure is asyncio's 'Task exception was never retrieved' "
+        "with a traceback, not a line",
+        (
+            _node(
+                "unit/test_aiokafka_orphans",
+                "test_a_request_left_by_a_cancelled_commit_is_said_when_it_ends[failed]",
+            ),
+            _node(
+                "adversary/test_start_commit_cut_off",
+                "test_latest_a_start_cut_off_by_a_sigterm_is_committed_by_the_final_commit"
+                "[aiokafka]",
+            ),
+        ),
+    ),
+    Mutant(
         "start_handed_out_unpinned",
         "Kinesis / DynamoDB Streams, latest: the first page of a shard with no checkpoint is "
         "handed out without its start pinned in the lease: a worker killed before its first "

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import TopicPartition as RdTopicPartition
 
 from worker.sources.kafka.aiokafka_rebalance import RebalanceBridge
@@ -128,6 +129,7 @@ class LibrdkafkaStandIn:
 
     def __init__(self, events: list[Any]) -> None:
         self.events = events
+        self.refuse: Exception | None = None
 
     def committed(self, partitions: list[RdTopicPartition], timeout: float) -> list[Any]:
         found = {0: CHECKPOINT, 1: -1001}
@@ -137,6 +139,8 @@ class LibrdkafkaStandIn:
         return (0, END)
 
     def commit(self, offsets: list[RdTopicPartition], asynchronous: bool) -> list[Any]:
+        if self.refuse is not None:
+            raise self.refuse
         self.events.append(("commit", [(tp.partition, tp.offset) for tp in offsets]))
         return offsets
 
@@ -194,3 +198,77 @@ async def test_librdkafka_a_start_never_committed_holds_when_its_partition_is_ta
     source._forget([TP1])  # lost before its start was committed
     consumer.get_watermark_offsets = lambda tp, **kw: (0, END + 10)  # type: ignore[method-assign]
     assert [tp.offset for tp in source.starts(consumer, asked)] == [END]  # type: ignore[arg-type]
+
+
+# -- a start not committed is owed by the next commit round (a final commit among them) ---
+def commits(events: list[Any]) -> list[Any]:
+    return [e[1] for e in events if e[0] == "commit"]
+
+
+async def test_aiokafka_a_start_not_committed_is_sent_by_the_final_commit():
+    """SIGTERM inside the start commit, which never lands: the release's final commit has
+    nothing handled to send; it sends the start (else the next worker, latest, starts at
+    the end: tests/adversary/test_start_commit_cut_off)."""
+    events: list[Any] = []
+    source, consumer = aiokafka_source(events)
+    consumer.refuse = KafkaConnectionError("reset")
+    await RebalanceBridge(source, Listener(events)).on_partitions_assigned({TP0, TP1})
+    consumer.refuse = None
+    events.clear()
+    await source.flush_notes()  # what `Committer.commit_now` runs when nothing moved
+    assert commits(events) == [{TP1: END}]
+    events.clear()
+    await source.flush_notes()  # it landed: owed no more
+    assert commits(events) == []
+
+
+async def test_aiokafka_a_start_is_never_sent_after_a_commit_past_it(
+    caplog: pytest.LogCaptureFixture,
+):
+    """A commit past the start was sent and not acknowledged: it may have landed, and the
+    start sent after it would move the checkpoint back (records handled again)."""
+    events: list[Any] = []
+    source, consumer = aiokafka_source(events)
+    consumer.refuse = KafkaConnectionError("reset")
+    await RebalanceBridge(source, Listener(events)).on_partitions_assigned({TP1})
+    with caplog.at_level(logging.WARNING, "worker.source.kafka"), pytest.raises(ConnectionError):
+        await source.flush_notes()  # the start, still refused: said
+    assert "event=start_not_committed partitions=t-1@12 error=" in caplog.text
+    with pytest.raises(ConnectionError):
+        await source.commit({TP1: END + 2})  # three handled, the commit in doubt
+    consumer.refuse = None
+    events.clear()
+    await source.flush_notes()
+    assert commits(events) == []
+
+
+async def test_librdkafka_a_start_not_committed_is_sent_by_the_final_commit():
+    events: list[Any] = []
+    source, consumer = librdkafka_source(events)
+    asked = [RdTopicPartition("t", 1)]
+    starts = source.starts(consumer, asked)  # type: ignore[arg-type]
+    consumer.refuse = KafkaException(KafkaError(KafkaError._TRANSPORT))
+    await source.assigned([TP1], [tp.offset for tp in starts])
+    assert commits(events) == []
+    consumer.refuse = None
+    await source.flush_notes()
+    assert commits(events) == [[(1, END)]]
+    with pytest.raises(ConnectionError):
+        consumer.refuse = KafkaException(KafkaError(KafkaError._TRANSPORT))
+        await source.commit({TP1: END + 2})
+    consumer.refuse = None
+    await source.flush_notes()  # landed before: owed no more
+    assert commits(events) == [[(1, END)]]
+
+
+async def test_librdkafka_a_start_is_never_sent_after_a_commit_past_it():
+    events: list[Any] = []
+    source, consumer = librdkafka_source(events)
+    starts = source.starts(consumer, [RdTopicPartition("t", 1)])  # type: ignore[list-item]
+    consumer.refuse = KafkaException(KafkaError(KafkaError._TRANSPORT))
+    await source.assigned([TP1], [tp.offset for tp in starts])
+    with pytest.raises(ConnectionError):
+        await source.commit({TP1: END + 2})
+    consumer.refuse = None
+    await source.flush_notes()
+    assert commits(events) == []

@@ -64,7 +64,7 @@ from worker.sources.kafka.preflight import check_source
 from worker.sources.kafka.reach import BrokerProbe, Reachability, attach_gauges
 from worker.sources.kafka.security import client_kwargs
 from worker.sources.kafka.source import REVOKE_EXIT_MARGIN_S
-from worker.sources.kafka.start_commit import FreshStarts
+from worker.sources.kafka.start_commit import FreshStarts, owed_with
 
 log = logging.getLogger("worker.source.kafka")
 
@@ -313,9 +313,11 @@ class LibrdkafkaSource:
         offsets = {tp: next_to_read(pos) for tp, pos in positions.items() if tp in owned}
         gone = [tp for tp in positions if tp not in owned]
         if offsets:
+            self._fresh.sent(offsets)
             await asyncio.wrap_future(self._calls.submit(self._commit_now, offsets, positions))
             self._notes.written(offsets)
             self._committed.update(offsets)
+            self._fresh.landed(offsets)
         if gone:
             raise OwnershipLost(f"not assigned: {', '.join(map(self.label, gone))}", gone)
 
@@ -334,11 +336,13 @@ class LibrdkafkaSource:
         return self._notes.recall(partition)
 
     async def flush_notes(self) -> None:
+        """Changed notes at the committed positions, and the starts not known to be
+        committed (as `KafkaSource.flush_notes`)."""
         unwritten = self._notes.unwritten()
         due = {tp: self._committed[tp] for tp in unwritten
                if tp in self._announced and tp in self._committed}  # fmt: skip
-        if due:
-            await self.commit({tp: offset - 1 for tp, offset in due.items()})  # last done
+        owed = self._fresh.owed(self._announced)
+        await owed_with(self._fresh, owed, due, self.commit, self.label)
 
     # -- reading state ---------------------------------------------------------------------
     def label(self, partition: TopicPartition) -> str:

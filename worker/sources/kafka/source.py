@@ -25,6 +25,7 @@ from worker.sources.base import (
     SourceStartError,
     next_to_read,
 )
+from worker.sources.kafka.aiokafka_orphans import CancelledCommits
 from worker.sources.kafka.aiokafka_rebalance import RebalanceBridge
 from worker.sources.kafka.config import KafkaSourceConfig
 from worker.sources.kafka.expiry import AIOKAFKA_RESET, ExpiredOffsets, oldest_left
@@ -40,7 +41,7 @@ from worker.sources.kafka.security import (
     client_kwargs,
     watch_for_auth_failure,
 )
-from worker.sources.kafka.start_commit import FreshStarts
+from worker.sources.kafka.start_commit import FreshStarts, owed_with
 
 log = logging.getLogger("worker.source.kafka")
 
@@ -70,6 +71,7 @@ class KafkaSource:
         self._refetch = Refetch(config.fetch_max_records)  # what a failed getmany dropped
         self._notes = CommitNotes(client_kwargs(config), config.group_id)
         self._expired = ExpiredOffsets(self.name)
+        self._cancelled = CancelledCommits()  # their requests left in flight: said
         self._consumer = AIOKafkaConsumer(
             **client_kwargs(config),
             group_id=config.group_id,
@@ -287,7 +289,8 @@ class KafkaSource:
         await self.commit_in_transaction(positions, self._to_group)
 
     async def _to_group(self, offsets: Mapping[TopicPartition, Any], group_id: str) -> None:
-        await self._consumer.commit(offsets)
+        names = ",".join(map(self.label, offsets))
+        await self._cancelled.commit(self._consumer.commit(offsets), names)
 
     async def commit_in_transaction(
         self,
@@ -301,9 +304,11 @@ class KafkaSource:
         gone = [tp for tp in positions if tp not in assigned]
         if offsets:
             self._in_doubt.update(offsets)  # until it is known to have landed
+            self._fresh.sent(offsets)
             try:
                 await commit(self._notes.with_notes(offsets), self._config.group_id)
                 self._notes.written(offsets)
+                self._fresh.landed(offsets)
             except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
                 raise OwnershipLost(str(exc), positions) from exc
             except KafkaError as exc:
@@ -323,16 +328,18 @@ class KafkaSource:
         return self._notes.recall(partition)
 
     async def flush_notes(self) -> None:
-        """Write changed notes at the positions already committed (nothing moves)."""
+        """Write changed notes at the positions already committed (nothing moves), and
+        the starts not known to be committed (`FreshStarts.owed`: a revoke's or
+        shutdown's final commit with nothing handled sends them)."""
         unwritten = self._notes.unwritten()
-        if not unwritten:
-            return
         assigned = self._consumer.assignment()
+        owed = self._fresh.owed(assigned)
+        if not unwritten and not owed:
+            return
         doubt = self._in_doubt
         due = {tp: self._committed[tp] for tp in unwritten
                if tp in assigned and tp in self._committed and tp not in doubt}  # fmt: skip
-        if due:
-            await self.commit({tp: offset - 1 for tp, offset in due.items()})  # last done
+        await owed_with(self._fresh, owed, due, self.commit, self.label)
 
     def label(self, partition: TopicPartition) -> str:
         return f"{partition.topic}-{partition.partition}"

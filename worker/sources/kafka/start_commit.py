@@ -20,13 +20,22 @@ group and takes its partitions again, still with no checkpoint; starting where
 `starting_position` says then (with `latest`, the end again) skipped every record written
 since the first start, and committed past them (measured: 10 of 10 a partition, both
 clients, tests/adversary/test_start_commit_cut_off). So it starts at the earlier start.
+
+A start not committed is also owed by every later commit round of the member while it
+owns the partition (`owed`, sent with the notes by the sources' `flush_notes`), a
+revoke's or shutdown's final commit among them, within the same bound: a worker stopped
+inside its start commit (SIGTERM) handled nothing of the partition, so its final
+commit had nothing to send, it left no checkpoint, and the next worker (latest) started
+at the end again (measured: 10 of 10 a partition, both clients, the held commit lost
+with its connection). Never after a commit past the start was sent (`sent`): that one
+may have landed, and the checkpoint must not go back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Container, Hashable, Iterable, Mapping
 
 from worker.sources.base import OwnershipLost
 
@@ -34,9 +43,15 @@ log = logging.getLogger("worker.source.kafka")
 
 #: The start commit holds the rebalance callback: in an outage the listener stops waiting
 #: this soon (the clients retry a commit until the coordinator answers). aiokafka's request
-#: goes on unawaited; librdkafka's poller thread still waits for its own commit, up to its
-#: request timeout, before it assigns (measured by adversary A11: a SIGTERM then took the
-#: whole shutdown budget).
+#: goes on unawaited (`aiokafka_orphans` says how it ends); librdkafka's poller thread still
+#: waits for its own commit before it assigns. Not bounded there: confluent-kafka's
+#: synchronous commit takes no timeout, and an asynchronous one is answered only in a
+#: later `consume()` and can be retried by librdkafka after a commit sent behind it (it
+#: retries a commit after a connection reset, measured: test_start_commit_cut_off), moving
+#: the checkpoint back; the one poller thread's synchronous commits keep them in order. A
+#: SIGTERM in a total outage takes the shutdown budget on both clients alike (30 s of 30,
+#: measured through the commit-holding proxy): the final commit's bound, then leaving the
+#: group (`source_stop`) waits for the broker.
 START_COMMIT_TIMEOUT_S = 5.0
 
 
@@ -47,8 +62,12 @@ class FreshStarts:
     def __init__(self) -> None:
         self._fresh: set[Hashable] = set()
         #: Starts taken here that are not known to be the group's checkpoint: kept when
-        #: their partition goes, until one is committed or a checkpoint is found.
+        #: their partition goes, until one is committed or a checkpoint is found. One
+        #: int for each partition whose start and final commits both failed, never more
+        #: than the partitions ever taken: dropped, a retake would skip records again.
         self._unsaved: dict[Hashable, int] = {}
+        #: Unsaved starts a commit past them was sent for: no longer owed (see `sent`).
+        self._passed: set[Hashable] = set()
 
     def found(self, partition: Hashable, start: int) -> int:
         """The group has no checkpoint of `partition`; `starting_position` says `start`.
@@ -57,13 +76,49 @@ class FreshStarts:
         self._fresh.add(partition)
         start = min(self._unsaved.get(partition, start), start)
         self._unsaved[partition] = start
+        self._passed.discard(partition)
         return start
 
     def checkpointed(self, partition: Hashable) -> None:
         """The group has a checkpoint of `partition` (read as it is taken, or again after
         a fence): reading starts there."""
         self._fresh.discard(partition)
-        self._unsaved.pop(partition, None)
+        self.landed([partition])
+
+    def sent(self, offsets: Mapping[Hashable, int]) -> None:
+        """A commit of these (next to read) is being sent. One past an unsaved start may
+        land even if it is not acknowledged: the start is not owed any more (committed
+        after it, it would move the checkpoint back); it is still kept for a retake."""
+        for tp, offset in offsets.items():
+            start = self._unsaved.get(tp)
+            if start is not None and offset > start:
+                self._passed.add(tp)
+
+    def landed(self, partitions: Iterable[Hashable]) -> None:
+        """A commit of `partitions` was acknowledged: the group has a checkpoint of them."""
+        for tp in partitions:
+            self._unsaved.pop(tp, None)
+            self._passed.discard(tp)
+
+    def owed(self, owned: Container[Hashable]) -> dict[Hashable, int]:
+        """The unsaved starts of `owned` partitions that no commit past them was sent for,
+        and whose first start commit is not still to come: to be committed (next to read)."""
+        return {tp: start for tp, start in self._unsaved.items()
+                if tp in owned and tp not in self._passed and tp not in self._fresh}  # fmt: skip
+
+    def not_committed(
+        self, owed: Mapping[Hashable, int], exc: BaseException, label: Callable[[Hashable], str]
+    ) -> None:
+        """A commit round that carried owed starts failed (or its bound cut it off)."""
+        log.warning(
+            "event=start_not_committed partitions=%s error=%r note='retried with a commit "
+            "round (a revoke or shutdown: its final commit), not acknowledged; if this "
+            "member leaves now, the next owner starts where starting_position says "
+            "(latest: past every record written since)'",
+            ",".join(f"{label(tp)}@{start}" for tp, start in owed.items()),
+            "cut off by its bound" if isinstance(exc, asyncio.CancelledError)
+            else str(exc) or type(exc).__name__,
+        )  # fmt: skip
 
     def forget(self, partitions: Iterable[Hashable]) -> None:
         """Revoked or lost: their unsaved starts stay (see the module's docstring)."""
@@ -93,5 +148,25 @@ class FreshStarts:
                 ",".join(map(label, fresh)), str(exc) or type(exc).__name__,
             )  # fmt: skip
             return
-        for tp in fresh:
-            self._unsaved.pop(tp, None)
+        self.landed(fresh)
+
+
+async def owed_with(
+    fresh: FreshStarts,
+    owed: Mapping[Hashable, int],
+    due: Mapping[Hashable, int],
+    commit: Callable[[Mapping[Hashable, int]], Awaitable[None]],
+    label: Callable[[Hashable], str],
+) -> None:
+    """A source's `flush_notes`: commit `due` (notes at their committed offsets, next to
+    read) with the `owed` starts, through the source's `commit` (last done); a failure
+    that carried starts is said (`not_committed`), then raised as any commit's."""
+    offsets = {**due, **owed}
+    if not offsets:
+        return
+    try:
+        await commit({tp: offset - 1 for tp, offset in offsets.items()})
+    except BaseException as exc:  # its bound's cancel too: said, never silent
+        if owed:
+            fresh.not_committed(owed, exc, label)
+        raise

@@ -1,0 +1,79 @@
+"""A commit cancelled by its bound leaves aiokafka's shielded request in flight: how it
+ends is logged in one line, never asyncio's `Task exception was never retrieved` with a
+traceback (seen on the real broker: tests/adversary/test_start_commit_cut_off). The
+consumer is a stand-in shaped as aiokafka's (`commit` shields `_do_commit_offsets`)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from typing import Any
+
+import pytest
+
+from worker.sources.kafka.aiokafka_orphans import CancelledCommits
+
+
+class Consumer:
+    def __init__(self, error: Exception | None) -> None:
+        self.answer = asyncio.Event()
+        self.error = error
+
+    async def commit(self) -> None:
+        await asyncio.shield(self._do_commit_offsets())
+
+    async def _do_commit_offsets(self) -> None:
+        await self.answer.wait()
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (ConnectionError("closed"), "outcome=failed error='closed'"),
+        (None, "outcome=landed"),
+    ],
+    ids=["failed", "landed"],
+)
+async def test_a_request_left_by_a_cancelled_commit_is_said_when_it_ends(
+    caplog: pytest.LogCaptureFixture, error: Exception | None, line: str
+):
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    consumer = Consumer(error)
+    with caplog.at_level(logging.INFO, "worker.source.kafka"):
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):  # the start commit's bound
+                await CancelledCommits().commit(consumer.commit(), "t-1")
+        consumer.answer.set()  # the request ends later, unawaited
+        for _ in range(3):
+            await asyncio.sleep(0)
+    gc.collect()  # asyncio says an unretrieved exception when the task is collected
+    assert f"event=commit_settled_after_cancel partitions=t-1 {line}" in caplog.text
+    assert unretrieved == []
+
+
+async def _left_in_flight(commits: CancelledCommits, error: Exception | None) -> None:
+    consumer = Consumer(error)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await commits.commit(consumer.commit(), "t-1")
+    consumer.answer.set()
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def test_in_an_outage_the_first_failure_of_a_run_is_a_warning_the_next_ones_not(
+    caplog: pytest.LogCaptureFixture,
+):
+    """Every commit round's request is left so in an outage: one warning until one lands."""
+    commits = CancelledCommits()
+    with caplog.at_level(logging.DEBUG, "worker.source.kafka"):
+        for error in (OSError("a"), OSError("b"), None, OSError("c")):
+            await _left_in_flight(commits, error)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [m.split("error=")[1][:3] for m in warned] == ["'a'", "'c'"]
+    assert len(caplog.records) == 4
