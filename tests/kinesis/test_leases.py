@@ -274,3 +274,29 @@ async def test_a_start_is_pinned_only_under_the_current_lease_and_reads_back(dyn
     finally:
         await ca.__aexit__(None, None, None)
         await cb.__aexit__(None, None, None)
+
+
+async def test_where_a_shard_starts_is_decided_once_when_its_lease_is_made(dynamodb):
+    """`start`: the first create wins (a second worker's create, whatever it decided, is a
+    no-op), and no later write of the lease moves it; a row without it reads None."""
+    name = f"leases-{uuid.uuid4().hex[:6]}"
+    ca, a = await table(dynamodb, "worker-a", name)
+    cb, b = await table(dynamodb, "worker-b", name)
+    try:
+        await a.add_shard("shardId-000", ())
+        await b.add_shard("shardId-000", (), oldest=True)  # lost the race: no-op
+        await b.add_shard("shardId-001", ("shardId-000",), oldest=True)
+        rows = {r.shard_id: r for r in await a.all()}
+        assert {s: r.start for s, r in rows.items()} == {
+            "shardId-000": "configured", "shardId-001": "oldest"}  # fmt: skip
+        mine = await a.take(rows["shardId-001"])
+        mine = await a.renew(await a.start_at(mine, "7"))
+        mine = await a.checkpoint(mine, "9")
+        await a.release(mine)
+        row = {r.shard_id: r for r in await b.all()}["shardId-001"]
+        assert (row.start, row.parents, row.checkpoint) == ("oldest", ("shardId-000",), "9")
+        await ca.put_item(TableName=name, Item={"shard_id": {"S": "old"}, "counter": {"N": "0"}})
+        assert {r.shard_id: r for r in await a.all()}["old"].start is None
+    finally:
+        await ca.__aexit__(None, None, None)
+        await cb.__aexit__(None, None, None)

@@ -825,6 +825,39 @@ MUTANTS += (
         ),
     ),
     Mutant(
+        "child_read_from_the_tip",
+        "Kinesis / DynamoDB Streams, latest: a shard made after the mapping started (a child "
+        "of a split or merge, a DynamoDB Streams rollover) is read from the tip when taken, "
+        "not from its oldest record: every record written to it before its parents ended "
+        "and it was taken is skipped",
+        (
+            _node(
+                "unit/test_kinesis_reshard_start",
+                "test_a_reader_from_the_oldest_record_asks_for_it_until_it_has_read_past_it",
+            ),
+            _node(
+                "kinesis/test_reshard_start",
+                "test_latest_a_split_after_the_start_loses_none_of_the_childrens_records",
+            ),
+        ),
+    ),
+    Mutant(
+        "sync_reads_the_table_first",
+        "Kinesis / DynamoDB Streams: a shard sync reads the lease table before it lists the "
+        "shards: a worker that found nothing taken can list a shard made after a take in "
+        "between and make its lease with the starting position (latest: read from the tip)",
+        (
+            _node(
+                "unit/test_kinesis_reshard_start",
+                "test_a_sync_lists_the_shards_before_it_reads_the_table[kinesis]",
+            ),
+            _node(
+                "unit/test_kinesis_reshard_start",
+                "test_a_sync_lists_the_shards_before_it_reads_the_table[dynamodb]",
+            ),
+        ),
+    ),
+    Mutant(
         "idle_member_never_ready",
         "librdkafka: a member whose first assignment is empty (more members than "
         "partitions) never tells the listener, so its readiness waits for ever: an idle "

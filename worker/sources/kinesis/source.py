@@ -52,6 +52,7 @@ from worker.sources.kinesis.preflight import check_stream
 from worker.sources.kinesis.reader import ShardReader
 from worker.sources.kinesis.record import TRAITS
 from worker.sources.kinesis.shard import Shard
+from worker.sources.kinesis.start import new_leases, start_of
 from worker.sources.kinesis.transient import retryable, until_it_answers
 
 log = logging.getLogger("worker.source.kinesis")
@@ -199,10 +200,13 @@ class KinesisSource:
 
     # -- taking leases ------------------------------------------------------------------------
     async def _discover(self) -> None:
-        """Add a lease for every shard of the stream (paged as the service pages them)."""
+        """Add a lease for every shard of the stream that has none: listed first (paged as
+        the service pages them), then the table read, so that a shard made after the
+        mapping started is read from its oldest record (`start`)."""
         assert self._leases is not None
-        async for shard_id, parents in self._api.shards():
-            await self._leases.add_shard(shard_id, parents)
+        listed = [shard async for shard in self._api.shards()]
+        for shard_id, parents, oldest in new_leases(listed, await self._leases.all()):
+            await self._leases.add_shard(shard_id, parents, oldest)
 
     async def _coordinate(self) -> None:
         """A round every third of a lease duration; new shards every third round."""
@@ -267,12 +271,12 @@ class KinesisSource:
         log.info("event=lease_taken shard=%s reason=%s from=%s", lease.shard_id, why,
                  lease.owner)  # fmt: skip
         holder = LeaseHolder(self._leases, taken, sent, self._config.lease_duration_s)
-        # A `latest` start with no checkpoint is pinned before its records flow (`reader`).
-        unpinned = taken.checkpoint is None and taken.start_at is None
-        reader = ShardReader(self._api, lease.shard_id, taken.checkpoint, self._arrived.set,
-                             self._m, at=taken.start_at,
-                             pin=holder.start_at if unpinned and self._api.starts_at_tip
-                             else None)  # fmt: skip
+        # A `latest` start with no checkpoint is pinned before its records flow (`reader`);
+        # a shard made after the mapping started is read from its oldest record (`start`).
+        at = start_of(taken, self._api.starts_at_tip)
+        reader = ShardReader(self._api, lease.shard_id, at.after, self._arrived.set, self._m,
+                             at=at.at, pin=holder.start_at if at.pin else None,
+                             oldest=at.oldest)  # fmt: skip
         shard = self._shards[lease.shard_id] = Shard(holder, reader)
         self._count("event", _EVENTS[why])
         # The pipeline must own the shard before any record of it can arrive: a record

@@ -1,0 +1,126 @@
+"""`starting_position = "latest"` and a reshard after the mapping started, on kinesis-local
+(leases in moto): a child shard's lease has no checkpoint, and it is taken only once its
+parent reached SHARD_END. Read from the tip then, every record written to the child between
+its creation and its take was skipped for good (measured before the fix: see the commit). A
+child created after the mapping started is read from its oldest record (KCL and Lambda read
+a child from its start after the parent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+
+import orjson
+from aiobotocore.session import get_session
+
+from scripts.emulators import Emulator
+from tests.kinesis.test_kinesis_source import lease_rows, make_stream, wait_active
+from worker.config import WorkerConfig
+from worker.runtime.worker import Worker
+
+Positions = dict[str, set[int]]  # shard -> positions
+
+
+def latest_config(kinesis: Emulator, dynamodb: Emulator, stream: str, table: str) -> WorkerConfig:
+    return WorkerConfig.model_validate({
+        "source": {"kind": "kinesis", "stream_name": stream, "region": "us-east-1",
+                   "endpoint_url": kinesis.url, "lease_endpoint_url": dynamodb.url,
+                   "lease_table": table, "lease_duration_s": 3, "starting_position": "latest"},
+        "batching": {"batch_size": 100, "maximum_batching_window_ms": 50},
+        "metrics": {"enabled": False},
+    })  # fmt: skip
+
+
+class Writer:
+    """Puts 20 records a round over 20 keys, recording where each one landed."""
+
+    def __init__(self, client, stream: str) -> None:
+        self.client, self.stream = client, stream
+        self.written: Positions = defaultdict(set)
+        self.rounds = 0
+
+    async def put(self, tag: str) -> None:
+        entries = [{"Data": orjson.dumps({"tag": tag, "i": i}), "PartitionKey": f"k{i}"}
+                   for i in range(20)]  # fmt: skip
+        answer = await self.client.put_records(StreamName=self.stream, Records=entries)
+        assert answer.get("FailedRecordCount", 0) == 0
+        for r in answer["Records"]:
+            self.written[r["ShardId"]].add(int(r["SequenceNumber"]))
+        self.rounds += 1
+
+    async def until(self, done, tag: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not await done():
+            assert time.monotonic() < deadline, f"timed out writing {tag}"
+            await self.put(tag)
+            await asyncio.sleep(0.1)
+
+
+async def test_latest_a_split_after_the_start_loses_none_of_the_childrens_records(
+    kinesis: Emulator, dynamodb: Emulator
+):
+    stream = await make_stream(kinesis, shards=1, records=0)
+    table = f"leases-{uuid.uuid4().hex[:6]}"
+    handled: Positions = defaultdict(set)
+
+    async def handler(batch) -> None:
+        for r in batch.records:
+            handled[r.shard_id].add(r.position)
+
+    worker = Worker(latest_config(kinesis, dynamodb, stream, table), handler=handler)
+    task = asyncio.create_task(worker.serve())
+    async with get_session().create_client(
+        "kinesis", region_name="us-east-1", endpoint_url=kinesis.url
+    ) as client:
+        writer = Writer(client, stream)
+        try:
+            (parent,) = (await client.list_shards(StreamName=stream))["Shards"]
+
+            async def parent_read() -> bool:
+                assert not task.done(), task
+                return bool(handled[parent["ShardId"]])
+
+            await writer.until(parent_read, "before", 30)  # the mapping started: reading
+            keys = parent["HashKeyRange"]
+            middle = (int(keys["StartingHashKey"]) + int(keys["EndingHashKey"])) // 2
+            await client.split_shard(StreamName=stream, ShardToSplit=parent["ShardId"],
+                                     NewStartingHashKey=str(middle))  # fmt: skip
+            await wait_active(client, stream)
+            children = {s["ShardId"] for s in (await client.list_shards(StreamName=stream))[
+                "Shards"] if s.get("ParentShardId") == parent["ShardId"]}  # fmt: skip
+            assert len(children) == 2
+
+            async def children_taken() -> bool:  # records flow to them all the while
+                rows = {r.shard_id: r for r in await lease_rows(dynamodb, table)}
+                return all(c in rows and rows[c].owner for c in children)
+
+            await writer.until(children_taken, "gap", 60)
+
+            # The take comes before the reader's iterator: written until each child's
+            # reader has read something written after the take, then all of it read.
+            gap_end = {c: max(writer.written[c]) for c in children}
+
+            async def tail_read() -> bool:
+                assert not task.done(), task
+                return all(max(handled[c], default=0) > gap_end[c] for c in children)
+
+            await writer.until(tail_read, "tail", 60)
+            deadline = time.monotonic() + 60
+            while not all(max(writer.written[c]) in handled[c] for c in children):
+                assert time.monotonic() < deadline, "the tail was not read"
+                await asyncio.sleep(0.1)
+        finally:
+            worker.request_exit()
+            await task
+    written = sum(len(writer.written[c]) for c in children)
+    lost = {c: len(writer.written[c] - handled[c]) for c in sorted(children)}
+    print(f"written to the children {written}, lost {lost}")
+    assert lost == dict.fromkeys(sorted(children), 0), f"children's records lost: {lost}"
+    rows = {r.shard_id: r for r in await lease_rows(dynamodb, table)}
+    assert rows[parent["ShardId"]].checkpoint == "SHARD_END"
+    # Decided when each lease was made: the parent was there at the start, the children not.
+    assert {s: r.start for s, r in rows.items()} == {
+        parent["ShardId"]: "configured", **dict.fromkeys(children, "oldest")}  # fmt: skip
