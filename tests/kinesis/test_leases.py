@@ -300,3 +300,24 @@ async def test_where_a_shard_starts_is_decided_once_when_its_lease_is_made(dynam
     finally:
         await ca.__aexit__(None, None, None)
         await cb.__aexit__(None, None, None)
+
+
+async def test_a_row_made_without_a_start_is_marked_only_while_never_taken_and_unmarked(dynamodb):
+    name = f"leases-{uuid.uuid4().hex[:6]}"
+    client, leases = await table(dynamodb, "w", name)
+    try:
+        for shard in ("old", "taken"):  # as an older worker made them: no `start`
+            await client.put_item(TableName=name, Item={
+                "shard_id": {"S": shard}, "counter": {"N": "0"}, "parents": {"L": []}})  # fmt: skip
+        rows = {r.shard_id: r for r in await leases.all()}
+        marked = await leases.mark_oldest(rows["old"])
+        assert (marked.start, marked.counter, marked.owner) == ("oldest", 0, None)
+        with pytest.raises(LeaseLost):
+            await leases.mark_oldest(rows["old"])  # marked already
+        await leases.take(rows["taken"])
+        with pytest.raises(LeaseLost):
+            await leases.mark_oldest(rows["taken"])  # taken meanwhile: read as it was
+        rows = {r.shard_id: r for r in await leases.all()}
+        assert (rows["old"].start, rows["taken"].start) == ("oldest", None)
+    finally:
+        await client.__aexit__(None, None, None)

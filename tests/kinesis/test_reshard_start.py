@@ -14,12 +14,15 @@ import uuid
 from collections import defaultdict
 
 import orjson
+import pytest
 from aiobotocore.session import get_session
 
 from scripts.emulators import Emulator
+from tests.kinesis.dynamodb_tables import client as dynamodb_client
 from tests.kinesis.test_kinesis_source import lease_rows, make_stream, wait_active
 from worker.config import WorkerConfig
 from worker.runtime.worker import Worker
+from worker.sources.kinesis.api import parents_of
 
 Positions = dict[str, set[int]]  # shard -> positions
 
@@ -59,10 +62,42 @@ class Writer:
             await asyncio.sleep(0.1)
 
 
-async def test_latest_a_split_after_the_start_loses_none_of_the_childrens_records(
-    kinesis: Emulator, dynamodb: Emulator
+async def reshard(client, stream: str, how: str) -> tuple[set[str], set[str]]:
+    """Split the one shard, or merge the two: the parents and the children."""
+    shards = (await client.list_shards(StreamName=stream))["Shards"]
+    if how.startswith("split"):
+        (parent,) = shards
+        keys = parent["HashKeyRange"]
+        middle = (int(keys["StartingHashKey"]) + int(keys["EndingHashKey"])) // 2
+        await client.split_shard(StreamName=stream, ShardToSplit=parent["ShardId"],
+                                 NewStartingHashKey=str(middle))  # fmt: skip
+    else:
+        await client.merge_shards(StreamName=stream, ShardToMerge=shards[0]["ShardId"],
+                                  AdjacentShardToMerge=shards[1]["ShardId"])  # fmt: skip
+    await wait_active(client, stream)
+    parents = {s["ShardId"] for s in shards}
+    children = {s["ShardId"] for s in (await client.list_shards(StreamName=stream))["Shards"]
+                if set(parents_of(s)) & parents}  # fmt: skip
+    assert len(children) == (1 if how == "merge" else 2)
+    return parents, children
+
+
+async def old_rows(dynamodb: Emulator, table: str, children: list[str], parent: str) -> None:
+    """The children's leases as a worker from before `start` makes them (without it)."""
+    async with dynamodb_client(dynamodb) as ddb:
+        for child in children:
+            await ddb.put_item(TableName=table, Item={
+                "shard_id": {"S": child}, "counter": {"N": "0"},
+                "parents": {"L": [{"S": parent}]}})  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["split", "merge", "split-old-rows"])
+async def test_latest_a_reshard_after_the_start_loses_none_of_the_childrens_records(
+    kinesis: Emulator, dynamodb: Emulator, how: str
 ):
-    stream = await make_stream(kinesis, shards=1, records=0)
+    """split-old-rows: the children's leases are made by an older worker (no `start`),
+    before the split (kinesis-local names shards in order): a sync marks them."""
+    stream = await make_stream(kinesis, shards=2 if how == "merge" else 1, records=0)
     table = f"leases-{uuid.uuid4().hex[:6]}"
     handled: Positions = defaultdict(set)
 
@@ -77,28 +112,23 @@ async def test_latest_a_split_after_the_start_loses_none_of_the_childrens_record
     ) as client:
         writer = Writer(client, stream)
         try:
-            (parent,) = (await client.list_shards(StreamName=stream))["Shards"]
+            first = {s["ShardId"] for s in (await client.list_shards(StreamName=stream))["Shards"]}
 
-            async def parent_read() -> bool:
+            async def parents_read() -> bool:
                 assert not task.done(), task
-                return bool(handled[parent["ShardId"]])
+                return all(handled[p] for p in first)
 
-            await writer.until(parent_read, "before", 30)  # the mapping started: reading
-            keys = parent["HashKeyRange"]
-            middle = (int(keys["StartingHashKey"]) + int(keys["EndingHashKey"])) // 2
-            await client.split_shard(StreamName=stream, ShardToSplit=parent["ShardId"],
-                                     NewStartingHashKey=str(middle))  # fmt: skip
-            await wait_active(client, stream)
-            children = {s["ShardId"] for s in (await client.list_shards(StreamName=stream))[
-                "Shards"] if s.get("ParentShardId") == parent["ShardId"]}  # fmt: skip
-            assert len(children) == 2
+            await writer.until(parents_read, "before", 30)  # the mapping started: reading
+            if how == "split-old-rows":
+                (parent,) = first
+                await old_rows(dynamodb, table, [f"shardId-{n:012d}" for n in (1, 2)], parent)
+            parents, children = await reshard(client, stream, how)
 
             async def children_taken() -> bool:  # records flow to them all the while
                 rows = {r.shard_id: r for r in await lease_rows(dynamodb, table)}
                 return all(c in rows and rows[c].owner for c in children)
 
             await writer.until(children_taken, "gap", 60)
-
             # The take comes before the reader's iterator: written until each child's
             # reader has read something written after the take, then all of it read.
             gap_end = {c: max(writer.written[c]) for c in children}
@@ -117,10 +147,10 @@ async def test_latest_a_split_after_the_start_loses_none_of_the_childrens_record
             await task
     written = sum(len(writer.written[c]) for c in children)
     lost = {c: len(writer.written[c] - handled[c]) for c in sorted(children)}
-    print(f"written to the children {written}, lost {lost}")
+    print(f"{how}: written to the children {written}, lost {lost}")
     assert lost == dict.fromkeys(sorted(children), 0), f"children's records lost: {lost}"
     rows = {r.shard_id: r for r in await lease_rows(dynamodb, table)}
-    assert rows[parent["ShardId"]].checkpoint == "SHARD_END"
-    # Decided when each lease was made: the parent was there at the start, the children not.
+    assert all(rows[p].checkpoint == "SHARD_END" for p in parents)
+    # Decided when each lease was made: the parents were there at the start, the children not.
     assert {s: r.start for s, r in rows.items()} == {
-        parent["ShardId"]: "configured", **dict.fromkeys(children, "oldest")}  # fmt: skip
+        **dict.fromkeys(parents, "configured"), **dict.fromkeys(children, "oldest")}  # fmt: skip

@@ -835,9 +835,29 @@ MUTANTS += (
                 "unit/test_kinesis_reshard_start",
                 "test_a_reader_from_the_oldest_record_asks_for_it_until_it_has_read_past_it",
             ),
+            *(
+                _node(
+                    "kinesis/test_reshard_start",
+                    f"test_latest_a_reshard_after_the_start_loses_none_of_the_childrens_records[{how}]",
+                )
+                for how in ("split", "merge")
+            ),
+        ),
+    ),
+    Mutant(
+        "old_child_rows_left_unmarked",
+        "Kinesis / DynamoDB Streams, latest: a child's lease made by an older worker (no "
+        "`start`) is never marked oldest: a child of a split or rollover during a rolling "
+        "upgrade is read from the tip, skipping what was written to it before its take",
+        (
+            _node(
+                "unit/test_kinesis_reshard_start",
+                "test_a_lease_round_marks_a_childs_row_an_older_worker_made_before_it_takes_any",
+            ),
             _node(
                 "kinesis/test_reshard_start",
-                "test_latest_a_split_after_the_start_loses_none_of_the_childrens_records",
+                "test_latest_a_reshard_after_the_start_loses_none_of_the_childrens_records"
+                "[split-old-rows]",
             ),
         ),
     ),

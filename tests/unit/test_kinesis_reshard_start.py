@@ -19,10 +19,18 @@ from worker.sources.dynamodb.api import DynamoDBStreamsApi
 from worker.sources.dynamodb.config import DynamoDBSourceConfig
 from worker.sources.kinesis.api import KinesisApi, Page
 from worker.sources.kinesis.config import KinesisSourceConfig
-from worker.sources.kinesis.leases import CONFIGURED, OLDEST, Lease, _item, _lease
+from worker.sources.kinesis.leases import (
+    CONFIGURED,
+    OLDEST,
+    SHARD_END,
+    Lease,
+    LeaseLost,
+    _item,
+    _lease,
+)
 from worker.sources.kinesis.reader import ShardReader
 from worker.sources.kinesis.source import KinesisSource
-from worker.sources.kinesis.start import Start, mapping_started, new_leases, start_of
+from worker.sources.kinesis.start import Start, mapping_started, new_leases, start_of, unmarked
 
 
 def lease(shard_id: str, counter: int = 0, **kw: Any) -> Lease:
@@ -89,6 +97,24 @@ def test_a_lease_row_keeps_its_start_and_an_old_row_reads_none():
     assert _lease(row).start is None
 
 
+def test_rows_an_older_worker_made_for_a_child_of_a_shard_read_since_the_start_are_found():
+    """No `start`: made before the attribute. A never-taken child whose parent was read past
+    a record (pinned, or checkpointed before its end) or was itself made after the start
+    appeared after the start; a child of a parent closed at the start (read from the tip,
+    nothing read) was there at the start."""
+    pinned = Lease("p-pinned", None, 8, SHARD_END, start_at="5")
+    read = Lease("p-read", "w", 3, "41")
+    late = Lease("p-late", "w", 3, None, start=OLDEST)
+    closed = Lease("p-closed", None, 2, SHARD_END)
+    children = [lease(f"c-{p.shard_id}", parents=(p.shard_id,)) for p in (pinned, read, late)]
+    at_start = lease("c-closed", parents=("p-closed",))
+    taken = Lease("c-taken", "w", 1, None, ("p-read",))
+    marked = lease("c-marked", parents=("p-read",), start=CONFIGURED)
+    rows = [pinned, read, late, closed, *children, at_start, taken, marked]
+    assert unmarked(rows) == children
+    assert unmarked([Lease("p", None, 0, None, start_at="5"), lease("c", parents=("p",))]) == []
+
+
 class Shard:
     """A shard read from the oldest record: records 1..3, an expired iterator, 4, the end."""
 
@@ -138,6 +164,14 @@ class Leases:
         self.calls.append("add")
         self.made.append((shard_id, oldest))
 
+    async def mark_oldest(self, lease: Lease) -> Lease:
+        self.calls.append(f"mark {lease.shard_id}")
+        return lease
+
+    async def take(self, lease: Lease) -> Lease:
+        self.calls.append(f"take {lease.shard_id}")
+        raise LeaseLost("another worker was quicker")  # no reader started
+
 
 @pytest.mark.parametrize("kind", ["kinesis", "dynamodb"])
 async def test_a_sync_lists_the_shards_before_it_reads_the_table(kind: str):
@@ -157,7 +191,21 @@ async def test_a_sync_lists_the_shards_before_it_reads_the_table(kind: str):
 
     api.shards = shards
     source = KinesisSource(api._config, api=api)
-    leases = source._leases = Leases(calls, [lease("s-0", counter=2)])  # type: ignore[assignment]
+    rows = [lease("s-0", counter=2, start_at="5")]
+    leases = source._leases = Leases(calls, rows)  # type: ignore[assignment]
     await source._discover()
     assert calls == ["list", "list", "list", "scan", "add", "add"]
     assert leases.made == [("s-1", True), ("s-2", True)]
+
+
+async def test_a_lease_round_marks_a_childs_row_an_older_worker_made_before_it_takes_any():
+    """Left to the shard sync (every third round), the mark lost the race with the take of a
+    child whose parent had just ended, and the child was read from the tip."""
+    calls: list[str] = []
+    api = KinesisApi(KinesisSourceConfig(stream_name="s", starting_position="latest"))
+    source = KinesisSource(api._config, api=api)
+    source._listener = object()  # type: ignore[assignment]
+    rows = [Lease("s-0", None, 9, SHARD_END, start_at="5"), lease("s-1", parents=("s-0",))]
+    source._leases = Leases(calls, rows)  # type: ignore[assignment]
+    await source._coordinate_once()
+    assert calls == ["scan", "mark s-1", "take s-1"]

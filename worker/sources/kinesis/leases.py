@@ -157,6 +157,14 @@ class LeaseTable:
             if not _conditional_failed(exc):
                 raise
 
+    async def mark_oldest(self, lease: Lease) -> Lease:
+        """Write `start = oldest` on a row an older worker made without it (`start.unmarked`),
+        if it is still never taken and unmarked; LeaseLost otherwise."""
+        return await self._update(
+            lease, "SET #start = :oldest", {":oldest": {"S": OLDEST}}, {"#start": "start"},
+            mine=False, also=" AND attribute_not_exists(#owner) AND attribute_not_exists(#start)",
+        )  # fmt: skip
+
     async def all(self) -> list[Lease]:
         leases, kwargs = [], {"TableName": self.table, "ConsistentRead": True}
         while True:

@@ -52,7 +52,7 @@ from worker.sources.kinesis.preflight import check_stream
 from worker.sources.kinesis.reader import ShardReader
 from worker.sources.kinesis.record import TRAITS
 from worker.sources.kinesis.shard import Shard
-from worker.sources.kinesis.start import new_leases, start_of
+from worker.sources.kinesis.start import new_leases, start_of, unmarked
 from worker.sources.kinesis.transient import retryable, until_it_answers
 
 log = logging.getLogger("worker.source.kinesis")
@@ -205,7 +205,8 @@ class KinesisSource:
         mapping started is read from its oldest record (`start`)."""
         assert self._leases is not None
         listed = [shard async for shard in self._api.shards()]
-        for shard_id, parents, oldest in new_leases(listed, await self._leases.all()):
+        leases = await self._leases.all()
+        for shard_id, parents, oldest in new_leases(listed, leases):
             await self._leases.add_shard(shard_id, parents, oldest)
 
     async def _coordinate(self) -> None:
@@ -236,6 +237,9 @@ class KinesisSource:
     async def _coordinate_once(self) -> None:
         assert self._leases is not None
         leases = await self._leases.all()
+        for lease in unmarked(leases):  # made by an older worker: marked before any take here
+            with suppress(LeaseLost):  # taken or marked meanwhile
+                await self._leases.mark_oldest(lease)
         for lease in leases:  # the requests this worker waits on: still wanted
             if lease.pending == self.worker_id and lease.owner not in (None, self.worker_id):
                 with suppress(LeaseLost):  # answered or called off meanwhile

@@ -15,16 +15,22 @@ day of its open children under `latest`.
 worker takes leases only after a complete shard sync, so once any lease has been taken
 (its counter moved) every shard that existed before has a lease, and a shard a sync finds
 with none is new since. The sync lists the shards *before* it reads the table: a shard
-made with `starting_position` because nothing was taken yet existed before any take, so
-several workers doing their first sync at once, or a first sync cut off half-way, cannot
-make a shard that was there at the start read from its oldest record, nor one made after
-the first take read from the tip.
+made with `starting_position` because nothing was taken yet existed before any take, and
+one made `oldest` was missing from the listing of the worker that took first (made after
+it, at most seconds before the first take). So several workers doing their first sync at
+once, or a first sync cut off half-way, can neither read a shard that was there at the
+start from its oldest record nor one made after the first take from the tip.
 
 The decision is written with the lease's conditional create (`start`), so every worker
-that later takes the lease reads the shard from the same place. Only `latest` changes: a
-shard made after the mapping started has nothing before `trim_horizon`'s start, and
-`at_timestamp` already puts a child at its first record at or after the timestamp (all of
-it, for a timestamp before the mapping started; none before a timestamp still to come).
+that later takes the lease reads the shard from the same place. Rows an older worker made
+have no `start`; every lease round marks those it can tell are of a shard made after the
+start (`unmarked`) before it takes any: a mark left to the shard sync (every third round)
+lost the race with the take of a child whose parent had just ended (20 of 120 records).
+
+Only `latest` changes: a shard made after the mapping started has nothing before
+`trim_horizon`'s start, and `at_timestamp` already puts a child at its first record at or
+after the timestamp (all of it, for a timestamp before the mapping started; none before a
+timestamp still to come).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from worker.sources.kinesis.leases import OLDEST, Lease
+from worker.sources.kinesis.leases import OLDEST, SHARD_END, Lease
 
 
 def mapping_started(leases: Iterable[Lease]) -> bool:
@@ -48,6 +54,28 @@ def new_leases(
     known = {lease.shard_id for lease in leases}
     late = mapping_started(leases)
     return [(shard_id, parents, late) for shard_id, parents in listed if shard_id not in known]
+
+
+def unmarked(leases: list[Lease]) -> list[Lease]:
+    """Rows an older worker made (no `start`) that are, as far as the table can tell, of a
+    shard that appeared after the mapping started: never taken, and a parent that was read
+    past a record (pinned, or checkpointed before its end) or was itself made after the
+    start. Under `latest` a parent that was already closed when the mapping started is read
+    from the tip and ends with nothing read, so a child made at the start never matches.
+    A child whose parent had no record read at all is not found (read as today)."""
+    if not mapping_started(leases):
+        return []
+    by_id = {lease.shard_id: lease for lease in leases}
+
+    def read_since_the_start(parent: Lease) -> bool:
+        return parent.start == OLDEST or parent.start_at is not None or (
+            parent.checkpoint not in (None, SHARD_END))  # fmt: skip
+
+    return [
+        lease for lease in leases
+        if lease.start is None and lease.counter == 0 and lease.checkpoint is None
+        and any(read_since_the_start(by_id[p]) for p in lease.parents if p in by_id)
+    ]  # fmt: skip
 
 
 @dataclass(frozen=True)
