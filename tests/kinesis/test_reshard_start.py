@@ -19,10 +19,14 @@ from aiobotocore.session import get_session
 
 from scripts.emulators import Emulator
 from tests.kinesis.dynamodb_tables import client as dynamodb_client
+from tests.kinesis.dynamodb_tables import config as ddb_config
+from tests.kinesis.dynamodb_tables import make_table
 from tests.kinesis.test_kinesis_source import lease_rows, make_stream, wait_active
+from tests.kinesis.test_latest_start import put_items, stream_positions
 from worker.config import WorkerConfig
 from worker.runtime.worker import Worker
 from worker.sources.kinesis.api import parents_of
+from worker.sources.kinesis.leases import LeaseTable
 
 Positions = dict[str, set[int]]  # shard -> positions
 
@@ -154,3 +158,49 @@ async def test_latest_a_reshard_after_the_start_loses_none_of_the_childrens_reco
     # Decided when each lease was made: the parents were there at the start, the children not.
     assert {s: r.start for s, r in rows.items()} == {
         **dict.fromkeys(parents, "configured"), **dict.fromkeys(children, "oldest")}  # fmt: skip
+
+
+async def test_dynamodb_latest_a_shard_made_after_the_start_is_read_from_its_oldest_record(
+    dynamodb: Emulator,
+):
+    """moto's DynamoDB Streams cannot roll a shard over, so the rollover is the lease table's:
+    the mapping has read (and ended) a shard before, and the stream's shard has no lease yet,
+    as a new shard after a rollover. Its records written before the worker came are read."""
+    table = await make_table(dynamodb)
+    await put_items(dynamodb, table, "before")
+    leases = f"leases-{uuid.uuid4().hex[:6]}"
+    async with dynamodb_client(dynamodb) as ddb:  # the shard before the rollover, ended
+        earlier = LeaseTable(ddb, leases, "earlier-worker")
+        await earlier.ensure()
+        await earlier.add_shard("shardId-rolled-over", ())
+        (row,) = await earlier.all()
+        await earlier.release(await earlier.checkpoint(await earlier.take(row), "SHARD_END"))
+    cfg = ddb_config(dynamodb, table, leases)
+    cfg = cfg.model_copy(update={"source": cfg.source.model_copy(
+        update={"starting_position": "latest"})})  # fmt: skip
+    handled: set[int] = set()
+
+    async def handler(batch) -> None:
+        handled.update(r.position for r in batch.records)
+
+    worker = Worker(cfg, handler=handler)
+    task = asyncio.create_task(worker.serve())
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # written until the reader reads what comes after its start
+            assert time.monotonic() < deadline, "the worker read nothing written after it came"
+            assert not task.done(), task
+            written = await stream_positions(dynamodb, table)
+            if handled and max(handled) == max(written):
+                break
+            await put_items(dynamodb, table, "t", count=5)
+            await asyncio.sleep(0.5)
+    finally:
+        worker.request_exit()
+        await task
+    lost = len(set(written) - handled)
+    print(f"dynamodb: written to the new shard {len(written)}, lost {lost}")
+    assert lost == 0, f"{lost} of {len(written)} records of the new shard lost"
+    starts = {r.shard_id: r.start for r in await lease_rows(dynamodb, leases)}
+    assert starts.pop("shardId-rolled-over") == "configured"
+    assert list(starts.values()) == ["oldest"]

@@ -842,6 +842,10 @@ MUTANTS += (
                 )
                 for how in ("split", "merge")
             ),
+            _node(
+                "kinesis/test_reshard_start",
+                "test_dynamodb_latest_a_shard_made_after_the_start_is_read_from_its_oldest_record",
+            ),
         ),
     ),
     Mutant(
