@@ -9,9 +9,11 @@ a child from its start after the parent).
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from collections import defaultdict
+from pathlib import Path
 
 import orjson
 import pytest
@@ -22,6 +24,7 @@ from tests.kinesis.dynamodb_tables import client as dynamodb_client
 from tests.kinesis.dynamodb_tables import config as ddb_config
 from tests.kinesis.dynamodb_tables import make_table
 from tests.kinesis.test_kinesis_source import lease_rows, make_stream, wait_active
+from tests.kinesis.test_kinesis_workers import handled, start, write_config
 from tests.kinesis.test_latest_start import put_items, stream_positions
 from worker.config import WorkerConfig
 from worker.runtime.worker import Worker
@@ -50,8 +53,8 @@ class Writer:
         self.rounds = 0
 
     async def put(self, tag: str) -> None:
-        entries = [{"Data": orjson.dumps({"tag": tag, "i": i}), "PartitionKey": f"k{i}"}
-                   for i in range(20)]  # fmt: skip
+        entries = [{"Data": orjson.dumps({"key": f"{tag}{i}", "seq": self.rounds}),
+                    "PartitionKey": f"k{i}"} for i in range(20)]  # fmt: skip
         answer = await self.client.put_records(StreamName=self.stream, Records=entries)
         assert answer.get("FailedRecordCount", 0) == 0
         for r in answer["Records"]:
@@ -204,3 +207,78 @@ async def test_dynamodb_latest_a_shard_made_after_the_start_is_read_from_its_old
     starts = {r.shard_id: r.start for r in await lease_rows(dynamodb, leases)}
     assert starts.pop("shardId-rolled-over") == "configured"
     assert list(starts.values()) == ["oldest"]
+
+
+async def split(client, stream: str, shard: dict) -> set[str]:
+    """Split `shard` in the middle of its hash keys: its children."""
+    keys = shard["HashKeyRange"]
+    middle = (int(keys["StartingHashKey"]) + int(keys["EndingHashKey"])) // 2
+    await client.split_shard(StreamName=stream, ShardToSplit=shard["ShardId"],
+                             NewStartingHashKey=str(middle))  # fmt: skip
+    await wait_active(client, stream)
+    shards = (await client.list_shards(StreamName=stream))["Shards"]
+    return {s["ShardId"] for s in shards if s.get("ParentShardId") == shard["ShardId"]}
+
+
+async def test_latest_two_workers_starting_at_once_replay_no_earlier_reshard_and_lose_no_later(
+    kinesis: Emulator, dynamodb: Emulator, tmp_path: Path
+):
+    """The stream was split before the mapping started ("yesterday"), records written to its
+    open children since; two worker processes then do their first shard sync at once. The
+    children there at the start keep `latest` (none of yesterday's records is replayed),
+    and the grandchildren of a split after the start lose none of theirs."""
+    stream = await make_stream(kinesis, shards=1, records=40)
+    table = f"leases-{uuid.uuid4().hex[:6]}"
+    async with get_session().create_client(
+        "kinesis", region_name="us-east-1", endpoint_url=kinesis.url
+    ) as client:
+        (root,) = (await client.list_shards(StreamName=stream))["Shards"]
+        children = await split(client, stream, root)
+        yesterday = Writer(client, stream)
+        for _ in range(3):
+            await yesterday.put("yesterday")
+        config = write_config(tmp_path / "w.toml", kinesis, dynamodb, stream, table,
+                              starting_position="latest")  # fmt: skip
+        workers = [start(config, tmp_path), start(config, tmp_path)]
+        writer = Writer(client, stream)
+        try:
+
+            async def running(shards: set[str]) -> bool:
+                assert all(w.poll() is None for w in workers)
+                return all(handled(tmp_path).get(s) for s in shards)
+
+            await writer.until(lambda: running(children), "after", 60)
+            rows = {r.shard_id: r for r in await lease_rows(dynamodb, table)}
+            assert {s: r.start for s, r in rows.items()} == dict.fromkeys(
+                {root["ShardId"], *children}, "configured")  # fmt: skip
+            first_child = (await client.list_shards(StreamName=stream))["Shards"][1]
+            grandchildren = await split(client, stream, first_child)
+
+            async def taken() -> bool:
+                rows = {r.shard_id: r for r in await lease_rows(dynamodb, table)}
+                return all(g in rows and rows[g].owner for g in grandchildren)
+
+            await writer.until(taken, "gap", 60)
+            gap_end = {g: max(writer.written[g]) for g in grandchildren}
+
+            async def tail_read() -> bool:
+                return all(max(handled(tmp_path).get(g, [0])) > gap_end[g] for g in grandchildren)
+
+            await writer.until(tail_read, "tail", 60)
+            deadline = time.monotonic() + 60
+            while not all(max(writer.written[g]) in handled(tmp_path).get(g, [])
+                          for g in grandchildren):  # fmt: skip
+                assert time.monotonic() < deadline, "the tail was not read"
+                await asyncio.sleep(0.2)
+        finally:
+            for w in workers:
+                w.send_signal(signal.SIGTERM)
+            codes = [w.wait(60) for w in workers]
+    assert codes == [0, 0]
+    done = {s: set(p) for s, p in handled(tmp_path).items()}
+    replayed = sum(len(yesterday.written[c] & done.get(c, set())) for c in children)
+    lost = {g: len(writer.written[g] - done.get(g, set())) for g in sorted(grandchildren)}
+    print(f"two workers: yesterday's records replayed {replayed}, grandchildren's lost {lost}")
+    assert replayed == 0 and lost == dict.fromkeys(sorted(grandchildren), 0)
+    rows = {r.shard_id: r for r in await lease_rows(dynamodb, table)}
+    assert {g: rows[g].start for g in grandchildren} == dict.fromkeys(grandchildren, "oldest")

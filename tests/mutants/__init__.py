@@ -866,6 +866,19 @@ MUTANTS += (
         ),
     ),
     Mutant(
+        "untaken_lease_counts_as_started",
+        "Kinesis / DynamoDB Streams: a lease table holding leases nobody took yet counts as a "
+        "mapping that started: a worker whose first sync runs beside another's makes the "
+        "shards there at the start oldest (latest: a stream resharded yesterday replays its "
+        "open children)",
+        (
+            _node(
+                "unit/test_kinesis_reshard_start",
+                "test_a_sync_beside_another_workers_first_one_still_makes_them_with_the_position",
+            ),
+        ),
+    ),
+    Mutant(
         "sync_reads_the_table_first",
         "Kinesis / DynamoDB Streams: a shard sync reads the lease table before it lists the "
         "shards: a worker that found nothing taken can list a shard made after a take in "
