@@ -274,3 +274,50 @@ async def test_a_start_is_pinned_only_under_the_current_lease_and_reads_back(dyn
     finally:
         await ca.__aexit__(None, None, None)
         await cb.__aexit__(None, None, None)
+
+
+async def test_where_a_shard_starts_is_decided_once_when_its_lease_is_made(dynamodb):
+    """`start`: the first create wins (a second worker's create, whatever it decided, is a
+    no-op), and no later write of the lease moves it; a row without it reads None."""
+    name = f"leases-{uuid.uuid4().hex[:6]}"
+    ca, a = await table(dynamodb, "worker-a", name)
+    cb, b = await table(dynamodb, "worker-b", name)
+    try:
+        await a.add_shard("shardId-000", ())
+        await b.add_shard("shardId-000", (), oldest=True)  # lost the race: no-op
+        await b.add_shard("shardId-001", ("shardId-000",), oldest=True)
+        rows = {r.shard_id: r for r in await a.all()}
+        assert {s: r.start for s, r in rows.items()} == {
+            "shardId-000": "configured", "shardId-001": "oldest"}  # fmt: skip
+        mine = await a.take(rows["shardId-001"])
+        mine = await a.renew(await a.start_at(mine, "7"))
+        mine = await a.checkpoint(mine, "9")
+        await a.release(mine)
+        row = {r.shard_id: r for r in await b.all()}["shardId-001"]
+        assert (row.start, row.parents, row.checkpoint) == ("oldest", ("shardId-000",), "9")
+        await ca.put_item(TableName=name, Item={"shard_id": {"S": "old"}, "counter": {"N": "0"}})
+        assert {r.shard_id: r for r in await a.all()}["old"].start is None
+    finally:
+        await ca.__aexit__(None, None, None)
+        await cb.__aexit__(None, None, None)
+
+
+async def test_a_row_made_without_a_start_is_marked_only_while_never_taken_and_unmarked(dynamodb):
+    name = f"leases-{uuid.uuid4().hex[:6]}"
+    client, leases = await table(dynamodb, "w", name)
+    try:
+        for shard in ("old", "taken"):  # as an older worker made them: no `start`
+            await client.put_item(TableName=name, Item={
+                "shard_id": {"S": shard}, "counter": {"N": "0"}, "parents": {"L": []}})  # fmt: skip
+        rows = {r.shard_id: r for r in await leases.all()}
+        marked = await leases.mark_oldest(rows["old"])
+        assert (marked.start, marked.counter, marked.owner) == ("oldest", 0, None)
+        with pytest.raises(LeaseLost):
+            await leases.mark_oldest(rows["old"])  # marked already
+        await leases.take(rows["taken"])
+        with pytest.raises(LeaseLost):
+            await leases.mark_oldest(rows["taken"])  # taken meanwhile: read as it was
+        rows = {r.shard_id: r for r in await leases.all()}
+        assert (rows["old"].start, rows["taken"].start) == ("oldest", None)
+    finally:
+        await client.__aexit__(None, None, None)

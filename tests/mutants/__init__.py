@@ -875,6 +875,76 @@ MUTANTS += (
         ),
     ),
     Mutant(
+        "child_read_from_the_tip",
+        "Kinesis / DynamoDB Streams, latest: a shard made after the mapping started (a child "
+        "of a split or merge, a DynamoDB Streams rollover) is read from the tip when taken, "
+        "not from its oldest record: every record written to it before its parents ended "
+        "and it was taken is skipped",
+        (
+            _node(
+                "unit/test_kinesis_reshard_start",
+                "test_a_reader_from_the_oldest_record_asks_for_it_until_it_has_read_past_it",
+            ),
+            *(
+                _node(
+                    "kinesis/test_reshard_start",
+                    f"test_latest_a_reshard_after_the_start_loses_none_of_the_childrens_records[{how}]",
+                )
+                for how in ("split", "merge")
+            ),
+            _node(
+                "kinesis/test_reshard_start",
+                "test_dynamodb_latest_a_shard_made_after_the_start_is_read_from_its_oldest_record",
+            ),
+        ),
+    ),
+    Mutant(
+        "old_child_rows_left_unmarked",
+        "Kinesis / DynamoDB Streams, latest: a child's lease made by an older worker (no "
+        "`start`) is never marked oldest: a child of a split or rollover during a rolling "
+        "upgrade is read from the tip, skipping what was written to it before its take",
+        (
+            _node(
+                "unit/test_kinesis_reshard_start",
+                "test_a_lease_round_marks_a_childs_row_an_older_worker_made_before_it_takes_any",
+            ),
+            _node(
+                "kinesis/test_reshard_start",
+                "test_latest_a_reshard_after_the_start_loses_none_of_the_childrens_records"
+                "[split-old-rows]",
+            ),
+        ),
+    ),
+    Mutant(
+        "untaken_lease_counts_as_started",
+        "Kinesis / DynamoDB Streams: a lease table holding leases nobody took yet counts as a "
+        "mapping that started: a worker whose first sync runs beside another's makes the "
+        "shards there at the start oldest (latest: a stream resharded yesterday replays its "
+        "open children)",
+        (
+            _node(
+                "unit/test_kinesis_reshard_start",
+                "test_a_sync_beside_another_workers_first_one_still_makes_them_with_the_position",
+            ),
+        ),
+    ),
+    Mutant(
+        "sync_reads_the_table_first",
+        "Kinesis / DynamoDB Streams: a shard sync reads the lease table before it lists the "
+        "shards: a worker that found nothing taken can list a shard made after a take in "
+        "between and make its lease with the starting position (latest: read from the tip)",
+        (
+            _node(
+                "unit/test_kinesis_reshard_start",
+                "test_a_sync_lists_the_shards_before_it_reads_the_table[kinesis]",
+            ),
+            _node(
+                "unit/test_kinesis_reshard_start",
+                "test_a_sync_lists_the_shards_before_it_reads_the_table[dynamodb]",
+            ),
+        ),
+    ),
+    Mutant(
         "idle_member_never_ready",
         "librdkafka: a member whose first assignment is empty (more members than "
         "partitions) never tells the listener, so its readiness waits for ever: an idle "

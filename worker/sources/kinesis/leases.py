@@ -3,7 +3,9 @@
 One item per shard: `shard_id`, `owner`, `counter` (bumped by every take,
 renew and release), `checkpoint` (the last sequence number done, or
 SHARD_END), `start_at` (while there is no checkpoint: the sequence number a
-`latest` start was pinned at, read AT it; see `reader`), `sub_checkpoint`
+`latest` start was pinned at, read AT it; see `reader`), `start` (where a
+shard with no checkpoint starts, decided when its lease is made: `oldest` for a
+shard that appeared after the mapping started; see `start`), `sub_checkpoint`
 (for KPL aggregation later), `parents`, and
 `pending_owner` while another worker asks for the lease (a graceful hand-off,
 after KCL 3's: the asker marks the lease without moving its counter, so the
@@ -29,6 +31,10 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 SHARD_END = "SHARD_END"
+#: `start` of a lease made after the mapping started: read from the oldest record (`start`).
+OLDEST = "oldest"
+#: `start` of a lease made at the mapping's start: read from `starting_position`.
+CONFIGURED = "configured"
 
 
 class LeaseLost(Exception):
@@ -62,6 +68,10 @@ class Lease:
     #: nothing was handed out before. Read AT it while there is no checkpoint; a checkpoint
     #: (the last done) always wins. Rows without it read as before.
     start_at: str | None = None
+    #: Where the shard starts while there is no checkpoint, decided when the lease was made:
+    #: OLDEST (it appeared after the mapping started) or CONFIGURED; None in rows made before
+    #: the attribute existed (read as CONFIGURED).
+    start: str | None = None
 
     @property
     def ended(self) -> bool:
@@ -78,6 +88,8 @@ def _item(lease: Lease) -> dict[str, Any]:
         item["owner"] = {"S": lease.owner}
     if lease.checkpoint:
         item["checkpoint"] = {"S": lease.checkpoint}
+    if lease.start:
+        item["start"] = {"S": lease.start}
     return item
 
 
@@ -92,6 +104,7 @@ def _lease(item: dict[str, Any]) -> Lease:
         asked=int(item.get("pending_rounds", {}).get("N", "0")),
         note=item.get("guard_note", {}).get("S", ""),
         start_at=item.get("start_at", {}).get("S"),
+        start=item.get("start", {}).get("S"),
     )
 
 
@@ -127,17 +140,30 @@ class LeaseTable:
             await asyncio.sleep(0.5)
         raise TimeoutError(f"lease table {self.table} did not become ACTIVE")
 
-    async def add_shard(self, shard_id: str, parents: tuple[str, ...]) -> None:
-        """Create a shard's lease unless it exists (every worker may race to do this)."""
+    async def add_shard(
+        self, shard_id: str, parents: tuple[str, ...], oldest: bool = False
+    ) -> None:
+        """Create a shard's lease unless it exists (every worker may race to do this; the
+        first create wins, with its `start`). `oldest`: the shard appeared after the mapping
+        started, so it is read from its oldest record (`start.new_leases` decides)."""
+        start = OLDEST if oldest else CONFIGURED
         try:
             await self._db.put_item(
                 TableName=self.table,
-                Item=_item(Lease(shard_id, None, 0, None, parents)),
+                Item=_item(Lease(shard_id, None, 0, None, parents, start=start)),
                 ConditionExpression="attribute_not_exists(shard_id)",
             )
         except ClientError as exc:
             if not _conditional_failed(exc):
                 raise
+
+    async def mark_oldest(self, lease: Lease) -> Lease:
+        """Write `start = oldest` on a row an older worker made without it (`start.unmarked`),
+        if it is still never taken and unmarked; LeaseLost otherwise."""
+        return await self._update(
+            lease, "SET #start = :oldest", {":oldest": {"S": OLDEST}}, {"#start": "start"},
+            mine=False, also=" AND attribute_not_exists(#owner) AND attribute_not_exists(#start)",
+        )  # fmt: skip
 
     async def all(self) -> list[Lease]:
         leases, kwargs = [], {"TableName": self.table, "ConsistentRead": True}

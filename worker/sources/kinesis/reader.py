@@ -66,17 +66,21 @@ class ShardReader:
     def __init__(
         self, api: ShardApi, shard_id: str, after: str | None,
         on_arrival: Callable[[], None], metrics: KinesisMetrics | None,
-        at: str | None = None, pin: Pin | None = None, overhead_bytes: int = 0,
+        at: str | None = None, pin: Pin | None = None, oldest: bool = False,
+        overhead_bytes: int = 0,
     ) -> None:  # fmt: skip
         """`after`: the sequence number to read after (the checkpoint), None for the
         configured starting position; `on_arrival` is called when a chunk is queued;
         `at`: a pinned start, read AT while nothing is read after; `pin(sequence)`: make
         the start durable before the first page with records is queued (a `latest` start
-        with neither checkpoint nor pin yet); `overhead_bytes`: the pipeline's memory per
-        record beyond its payload (what a page of them weighs, `page_fit`)."""
+        with neither checkpoint nor pin yet); `oldest`: start at the oldest record the
+        stream holds, while nothing is read after (a shard made after the mapping started:
+        `start`); `overhead_bytes`: the pipeline's memory per record beyond its payload
+        (what a page of them weighs, `page_fit`)."""
         self.shard_id = shard_id
         self._api = api
         self._at = at
+        self._oldest = oldest
         self._pin = pin
         self._on_arrival = on_arrival
         self._m = metrics
@@ -212,9 +216,9 @@ class ShardReader:
             return
 
     async def _iterator(self) -> str:
-        """A shard iterator after the last record read (or at the pinned start, or at the
-        starting position)."""
-        failures, oldest = 0, False
+        """A shard iterator after the last record read (or at the oldest record, or at the
+        pinned start, or at the starting position)."""
+        failures, oldest = 0, self._oldest and self.last_read is None
         while True:
             try:
                 return await self._api.iterator(self.shard_id, self.last_read, oldest,

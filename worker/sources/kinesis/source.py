@@ -52,6 +52,7 @@ from worker.sources.kinesis.preflight import check_stream
 from worker.sources.kinesis.reader import ShardReader
 from worker.sources.kinesis.record import TRAITS
 from worker.sources.kinesis.shard import Shard
+from worker.sources.kinesis.start import new_leases, start_of, unmarked
 from worker.sources.kinesis.transient import retryable, until_it_answers
 
 log = logging.getLogger("worker.source.kinesis")
@@ -93,8 +94,6 @@ class KinesisSource:
         self._leases: LeaseTable | None = None
         self._m: KinesisMetrics | None = None
         self._notes: dict[str, str] = {}
-        #: Each reader's part of the budget's prefetch share (`fit_prefetch`); None: none.
-        self._reader_share: int | None = None
 
     def attach(self, metrics: Metrics) -> None:
         self._m = KinesisMetrics(metrics)
@@ -201,10 +200,14 @@ class KinesisSource:
 
     # -- taking leases ------------------------------------------------------------------------
     async def _discover(self) -> None:
-        """Add a lease for every shard of the stream (paged as the service pages them)."""
+        """Add a lease for every shard of the stream that has none: listed first (paged as
+        the service pages them), then the table read, so that a shard made after the
+        mapping started is read from its oldest record (`start`)."""
         assert self._leases is not None
-        async for shard_id, parents in self._api.shards():
-            await self._leases.add_shard(shard_id, parents)
+        listed = [shard async for shard in self._api.shards()]
+        leases = await self._leases.all()
+        for shard_id, parents, oldest in new_leases(listed, leases):
+            await self._leases.add_shard(shard_id, parents, oldest)
 
     async def _coordinate(self) -> None:
         """A round every third of a lease duration; new shards every third round."""
@@ -234,6 +237,9 @@ class KinesisSource:
     async def _coordinate_once(self) -> None:
         assert self._leases is not None
         leases = await self._leases.all()
+        for lease in unmarked(leases):  # made by an older worker: marked before any take here
+            with suppress(LeaseLost):  # taken or marked meanwhile
+                await self._leases.mark_oldest(lease)
         for lease in leases:  # the requests this worker waits on: still wanted
             if lease.pending == self.worker_id and lease.owner not in (None, self.worker_id):
                 with suppress(LeaseLost):  # answered or called off meanwhile
@@ -269,14 +275,13 @@ class KinesisSource:
         log.info("event=lease_taken shard=%s reason=%s from=%s", lease.shard_id, why,
                  lease.owner)  # fmt: skip
         holder = LeaseHolder(self._leases, taken, sent, self._config.lease_duration_s)
-        # A `latest` start with no checkpoint is pinned before its records flow (`reader`).
-        unpinned = taken.checkpoint is None and taken.start_at is None
-        reader = ShardReader(self._api, lease.shard_id, taken.checkpoint, self._arrived.set,
-                             self._m, at=taken.start_at,
-                             pin=holder.start_at if unpinned and self._api.starts_at_tip
-                             else None, overhead_bytes=self.traits.overhead_bytes)  # fmt: skip
-        if self._reader_share is not None:  # refitted on `on_assigned`; fitted before it too
-            reader.page_fit.fit(self._reader_share)
+        # A `latest` start with no checkpoint is pinned before its records flow (`reader`);
+        # a shard made after the mapping started is read from its oldest record (`start`).
+        at = start_of(taken, self._api.starts_at_tip)
+        reader = ShardReader(self._api, lease.shard_id, at.after, self._arrived.set, self._m,
+                             at=at.at, pin=holder.start_at if at.pin else None,
+                             oldest=at.oldest,
+                             overhead_bytes=self.traits.overhead_bytes)  # fmt: skip
         shard = self._shards[lease.shard_id] = Shard(holder, reader)
         self._count("event", _EVENTS[why])
         # The pipeline must own the shard before any record of it can arrive: a record
@@ -313,10 +318,10 @@ class KinesisSource:
     def fit_prefetch(self, share_bytes: int, partitions: int) -> int:
         """Each shard's reader gets an equal part of the share and asks each GetRecords for
         as many records as a page of that part holds (`page_fit`); returns what the readers
-        may hold at most together."""
-        self._reader_share = share_bytes // max(partitions, 1)
-        return sum(shard.reader.page_fit.fit(self._reader_share)
-                   for shard in self._shards.values())  # fmt: skip
+        may hold at most together. Called by `on_assigned` (a new shard's reader is fitted
+        before it reads)."""
+        part = share_bytes // max(partitions, 1)
+        return sum(shard.reader.page_fit.fit(part) for shard in self._shards.values())
 
     def pause(self, partition: str) -> None:
         if (shard := self._shards.get(partition)) is not None:
