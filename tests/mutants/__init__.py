@@ -882,6 +882,18 @@ MUTANTS += (
         ),
     ),
     Mutant(
+        "file_short_write_acknowledged",
+        "the file destination takes one write(2) as the whole line: a write cut short by a "
+        "full disk or a size limit is acknowledged, its records committed, its line cut "
+        "and unreadable, the next line glued to it",
+        (
+            _node(
+                "unit/test_file_destination_writes",
+                "test_a_write_cut_short_by_a_file_size_limit_is_refused_and_leaves_no_partial_line",
+            ),
+        ),
+    ),
+    Mutant(
         "generator_exit_thrown_into_the_lane",
         "a GeneratorExit a handler raises in a thread travels on the call's future: asyncio "
         "throws it into the lane, which dies past every except of the failure path",
