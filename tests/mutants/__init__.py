@@ -894,6 +894,22 @@ MUTANTS += (
         ),
     ),
     Mutant(
+        "headers_read_again_after_failing",
+        "librdkafka: the Lambda event's header column reads again the message whose "
+        "headers failed to read (a header name that is not UTF-8): confluent-kafka then "
+        "returns a list holding a NULL, and the worker dies of a segmentation fault",
+        (
+            _node(
+                "unit/test_librdkafka_header_names",
+                "test_the_lambda_event_reads_a_bad_message_once_and_gives_it_no_headers",
+            ),
+            _node(
+                "integration/test_kafka_header_names",
+                "test_a_lambda_handler_gets_the_record_without_its_headers_and_the_worker_lives",
+            ),
+        ),
+    ),
+    Mutant(
         "generator_exit_thrown_into_the_lane",
         "a GeneratorExit a handler raises in a thread travels on the call's future: asyncio "
         "throws it into the lane, which dies past every except of the failure path",
