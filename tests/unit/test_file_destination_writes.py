@@ -11,6 +11,7 @@ with EFBIG (as with ENOSPC on a full disk, which no test here can make).
 
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 
@@ -18,6 +19,8 @@ from worker.destinations.base import FailureEvent
 from worker.destinations.dlq_read import file_entries
 from worker.destinations.file import FileDestination
 from worker.testing import make_batch
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = """
 import asyncio, os, resource, signal, sys
@@ -54,8 +57,9 @@ def event(offset: int) -> FailureEvent:
 def test_a_write_cut_short_by_a_file_size_limit_is_refused_and_leaves_no_partial_line(tmp_path):
     path = tmp_path / "dlq.jsonl"
     child = subprocess.run(
-        [sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, timeout=60
-    )
+        [sys.executable, "-c", CHILD, str(path)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
     assert child.returncode == 0, child.stderr
     assert child.stdout.split() == ["refused"]
     entries = list(file_entries(path))  # every line an event: none cut, none glued
