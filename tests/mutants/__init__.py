@@ -972,6 +972,91 @@ MUTANTS += (
             ),
         ),
     ),
+    Mutant(
+        "handler_given_the_policys_records",
+        "the invoker hands a native handler the very records list the failure policy then "
+        "bisects, retries and dead-letters: a handler that pops or clears it and fails has "
+        "the records it removed committed, neither handled nor dead-lettered",
+        (
+            *(
+                _node(
+                    "unit/test_hostile_handlers",
+                    "test_a_handler_that_changes_its_records_list_and_fails_has_all_of_them_dead_"
+                    f"lettered[{case}]",
+                )
+                for case in ("True-pops_first-thread", "True-clears-async", "False-clears-thread")
+            ),
+            _node(
+                "unit/test_hostile_handlers",
+                "test_a_handler_that_reorders_its_records_is_judged_by_the_records_it_names",
+            ),
+        ),
+    ),
+    Mutant(
+        "unawaited_coroutine_counted_as_result",
+        "an async handler's returned coroutine (a missing await) is taken as its result: "
+        "Lambda style, or with report_batch_item_failures off, the batch is committed and "
+        "the coroutine never runs",
+        tuple(
+            _node(
+                "unit/test_hostile_handlers",
+                "test_an_async_handler_returning_a_coroutine_it_did_not_await_fails_its_batch"
+                f"[{case}]",
+            )
+            for case in ("lambda", "native-report-off")
+        ),
+    ),
+    Mutant(
+        "window_state_shared_with_the_handler",
+        "a tumbling window's state object is put into the event itself: a handler that "
+        "changes it in place and fails gives its retry the changed state (counted twice)",
+        (
+            _node(
+                "unit/test_hostile_handlers",
+                "test_a_window_state_changed_in_place_by_a_failed_invoke_is_not_what_its_retry_gets",
+            ),
+        ),
+    ),
+    Mutant(
+        "file_short_write_acknowledged",
+        "the file destination takes one write(2) as the whole line: a write cut short by a "
+        "full disk or a size limit is acknowledged, its records committed, its line cut "
+        "and unreadable, the next line glued to it",
+        (
+            _node(
+                "unit/test_file_destination_writes",
+                "test_a_write_cut_short_by_a_file_size_limit_is_refused_and_leaves_no_partial_line",
+            ),
+        ),
+    ),
+    Mutant(
+        "headers_read_again_after_failing",
+        "librdkafka: the Lambda event's header column reads again the message whose "
+        "headers failed to read (a header name that is not UTF-8): confluent-kafka then "
+        "returns a list holding a NULL, and the worker dies of a segmentation fault",
+        (
+            _node(
+                "unit/test_librdkafka_header_names",
+                "test_the_lambda_event_reads_a_bad_message_once_and_gives_it_no_headers",
+            ),
+            _node(
+                "integration/test_kafka_header_names",
+                "test_a_lambda_handler_gets_the_record_without_its_headers_and_the_worker_lives",
+            ),
+        ),
+    ),
+    Mutant(
+        "generator_exit_thrown_into_the_lane",
+        "a GeneratorExit a handler raises in a thread travels on the call's future: asyncio "
+        "throws it into the lane, which dies past every except of the failure path",
+        (
+            _node(
+                "unit/test_handler_exits",
+                "test_a_handler_that_exits_fails_its_batch_and_the_worker_runs_on"
+                "[generator_exit-thread]",
+            ),
+        ),
+    ),
 )
 
 

@@ -37,8 +37,14 @@ def raises_base(batch):
     raise HandlerBaseError("not an Exception")
 
 
+def generator_exit(batch):
+    """Set on a thread's future, asyncio throws it into the awaiting task, where it closes
+    every coroutine between and surfaces in the lane's outermost frame: the lane died."""
+    raise GeneratorExit
+
+
 HANDLERS = {"exits": exits, "exits_with_2": exits_with_2, "interrupts": interrupts,
-            "raises_base": raises_base}  # fmt: skip
+            "raises_base": raises_base, "generator_exit": generator_exit}  # fmt: skip
 
 
 def as_async(fn):
@@ -68,7 +74,8 @@ async def test_a_handler_that_exits_fails_its_batch_and_the_worker_runs_on(concu
         assert w.exit_code == 0 and w.tasks.crashed is None
     assert [r.offset for e in dlq.events for r in e.records] == [0, 1, 2]
     expected = {"exits": "SystemExit", "exits_with_2": "SystemExit",
-                "interrupts": "KeyboardInterrupt", "raises_base": "HandlerBaseError"}  # fmt: skip
+                "interrupts": "KeyboardInterrupt", "raises_base": "HandlerBaseError",
+                "generator_exit": "GeneratorExit"}  # fmt: skip
     assert dlq.events[0].error_type == expected[name]
 
 

@@ -57,11 +57,18 @@ def materialise(result: Any) -> Any:
     return result
 
 
-def call_sync(fn: Callable[..., Any], *args: Any) -> Any:
-    result = fn(*args)
+def not_awaitable(result: Any, fix: str) -> Any:
+    """`result`, unless it is an awaitable: that is the handler's work not done yet (a
+    plain function returning a coroutine, an `async def` one missing an `await`), and
+    counting it as a result would commit records nobody handled. A coroutine is closed
+    (no "never awaited" warning later) and the invocation fails, saying `fix`."""
     if inspect.isawaitable(result):
-        # Never count an un-run coroutine as success: that would skip records.
         if inspect.iscoroutine(result):
             result.close()
-        raise TypeError("the handler returned an awaitable; declare it `async def`")
+        raise TypeError(f"the handler returned an awaitable instead of its result; {fix}")
+    return result
+
+
+def call_sync(fn: Callable[..., Any], *args: Any) -> Any:
+    result = not_awaitable(fn(*args), "declare it `async def`")
     return materialise(result)

@@ -33,6 +33,7 @@ from worker.handling.handler import (
     call_sync,
     is_coroutine_callable,
     materialise,
+    not_awaitable,
 )
 from worker.handling.overruns import Overruns
 from worker.handling.process_pool import CallTimedOut, ProcessPool
@@ -75,6 +76,40 @@ class Outcome:
             return "".join(traceback.format_exception(self.error))
         except Exception as exc:  # a hostile error object, as in `message`
             return f"<the traceback could not be formatted: {type(exc).__name__}>"
+
+
+@dataclass(frozen=True, slots=True)
+class _Raised:
+    """A BaseException that is not an Exception, raised by a handler in a thread, carried
+    back as the call's value. Set on the future, it is thrown into the awaiting task by
+    asyncio, and a GeneratorExit thrown into a coroutine closes its whole chain of awaits
+    and surfaces in the outermost frame: it skipped every `except` of the invoker and the
+    failure policy and ended the lane, and the worker with exit status 1. `_result`
+    raises it in its own frame, where `_call` catches it like any handler error."""
+
+    error: BaseException
+
+
+def _in_thread(fn: Callable[..., Any], batch: Batch) -> Any:
+    """The handler's call in a pool thread (see `_Raised`)."""
+    try:
+        return call_sync(fn, batch)
+    except Exception:
+        raise
+    except BaseException as exc:
+        return _Raised(exc)
+
+
+def _own_records(batch: Batch) -> Batch:
+    """The batch with a list of records of its own, for the handler.
+
+    The failure policy bisects, retries and dead-letters the very list it invoked the
+    handler with; a handler that popped, cleared or sorted `batch.records` in place (or a
+    thread past its timeout doing so later) changed what the policy then retried and gave
+    up: records it removed were committed, neither handled nor dead-lettered, and an empty
+    list ended the lane. A list copy is one C-level pass per batch.
+    """
+    return Batch(list(batch.records), batch.source, batch.partition, batch.window, batch.outbox)
 
 
 def _cancelled_by_us() -> bool:
@@ -139,10 +174,10 @@ class Invoker:
 
     async def invoke(self, batch: Batch) -> Outcome:
         if not self._outputs:
-            return await self._invoke(batch)
+            return await self._invoke(batch if self._processes is not None else _own_records(batch))
         outbox = Outbox(self._outputs, self._output_bytes)
         outcome = await self._invoke(
-            Batch(batch.records, batch.source, batch.partition, batch.window, outbox)
+            Batch(list(batch.records), batch.source, batch.partition, batch.window, outbox)
         )
         outbox.close()
         return replace(outcome, outputs=outbox.items)  # the failure policy keeps or discards
@@ -180,7 +215,7 @@ class Invoker:
                 call = self._processes.submit(batch, self._timeout_s)
             else:
                 assert self._pool is not None
-                call = self._pool.submit(call_sync, self._fn, batch)
+                call = self._pool.submit(_in_thread, self._fn, batch)
         except Exception as exc:  # the pool is shut down, or could not be replaced
             overruns.give_back()
             if limit is not None:
@@ -201,12 +236,16 @@ class Invoker:
             overruns.settle(batch.source, batch.partition, call, reason, since)
 
     async def _call_async(self, batch: Batch) -> Any:
-        return materialise(await self._fn(batch))
+        result = not_awaitable(await self._fn(batch), "`await` it")
+        return materialise(result)
 
     async def _result(self, call: concurrent.futures.Future[Any], partition: str) -> Any:
         processes = self._processes
         if processes is None:
-            return await asyncio.wrap_future(call)
+            value = await asyncio.wrap_future(call)
+            if isinstance(value, _Raised):
+                raise value.error
+            return value
         return await processes.wait(call, partition)  # cancelled: pebble kills the child
 
     async def _call(self, start: float, awaitable: Any) -> Outcome:

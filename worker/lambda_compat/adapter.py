@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from worker.config import WorkerConfig
 from worker.handling.failure_policy import ResultParser
 from worker.handling.handler import is_coroutine_callable, load_handler
@@ -14,9 +16,13 @@ from worker.records import Batch
 
 
 def _event(build: EventBuilder, batch: Batch) -> dict[str, Any]:
+    """The event of one call, the handler's own. A tumbling window's fields are copied in
+    (JSON, as the window step keeps them): a retry is invoked with the same batch, so a
+    handler that changed `event["state"]` in place and then failed gave its retry the
+    changed state, an aggregate counted twice, where Lambda sends the state it kept."""
     event = build(batch.records)
     if batch.window is not None:
-        event.update(batch.window)
+        event.update(orjson.loads(orjson.dumps(batch.window)))
     return event
 
 

@@ -14,10 +14,21 @@ What reads every record of a batch gets it in columns at C level instead: the La
 event builder (`kafka_rows`) and the handler-process packing (`pack`, shared with the
 aiokafka records, so a handler process unpacks either into `ConsumerRecord`s). Pickled
 alone, a record becomes a `ConsumerRecord` with the same fields.
+
+A header name that is not UTF-8 (the protocol does not check it; a C or Go producer can
+write one) makes confluent-kafka's `Message.headers()` raise SystemError once and then
+return, cached, a list holding a NULL where the header should be: touching it crashed
+the process (a Lambda-style handler: segmentation fault, exit 139, on every restart), or
+the error ended the lane when the dead-letter writer read it (exit 1, on every
+restart). Every read of headers goes through `_read_headers`, which catches the first
+failure and marks the record, which then has no headers (`()`, logged as
+`event=record_headers_unreadable`); the column read stays at C level while no message
+has ever failed (`_unreadable`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from itertools import groupby
 from operator import attrgetter, itemgetter
@@ -40,12 +51,47 @@ _OFFSET, _TIMESTAMP, _KEY = Message.offset, Message.timestamp, Message.key
 _HEADERS = Message.headers
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
+log = logging.getLogger("worker.source.kafka")
+
+#: Messages whose headers confluent-kafka failed to read, ever, in this process.
+_unreadable = 0
+
+
+def _read_headers(record: LibrdkafkaRecord) -> list[tuple[str, bytes | None]] | None:
+    """The message's headers (None for none), or None for a record marked unreadable:
+    a message whose first read failed must never be read again (see the module's doc).
+    While no message has failed, one global check is all the guard costs."""
+    if _unreadable and getattr(record, "_headers_unreadable", False):
+        return None
+    try:
+        return record._message.headers()  # type: ignore[no-any-return]
+    except SystemError as exc:  # a header name that is not UTF-8
+        record.headers_failed(exc)
+        return None
+
+
+def _headers_column(records: Sequence[LibrdkafkaRecord], messages: list[Message]) -> list[Any]:
+    """Each record's headers (None for none): at C level while no message has failed."""
+    if _unreadable:
+        return list(map(_read_headers, records))
+    column: list[Any] = []
+    try:
+        column.extend(map(_HEADERS, messages))  # stops at a message that fails
+    except SystemError as exc:
+        # `column` holds the reads before the message that failed, which is marked, not
+        # read again (its second read gives the broken list); the rest through the guard.
+        records[len(column)].headers_failed(exc)
+        column.append(None)
+        column.extend(map(_read_headers, records[len(column) :]))
+    return column
+
 
 class LibrdkafkaRecord:
     """One consumed message with the record API of `worker.records.Record` and the
     fields of aiokafka's `ConsumerRecord` (a handler cannot tell the clients apart)."""
 
-    __slots__ = ("_message", "serialized_value_size", "value")
+    #: `_headers_unreadable` is set only on a record whose headers failed to read.
+    __slots__ = ("_headers_unreadable", "_message", "serialized_value_size", "value")
 
     checksum = None
     sequence_number = None
@@ -87,7 +133,27 @@ class LibrdkafkaRecord:
 
     @property
     def headers(self) -> Sequence[tuple[str, bytes | None]]:
-        return self._message.headers() or ()  # type: ignore[return-value]
+        if _unreadable and getattr(self, "_headers_unreadable", False):  # `_read_headers`,
+            return ()  # inline: a native handler may read every record's headers
+        try:
+            return self._message.headers() or ()  # type: ignore[return-value]
+        except SystemError as exc:
+            self.headers_failed(exc)
+            return ()
+
+    def headers_failed(self, exc: BaseException) -> None:
+        """This record's headers failed to read: mark it (its message is never read again),
+        count it, say so."""
+        global _unreadable
+        self._headers_unreadable = True
+        _unreadable += 1
+        message = self._message
+        log.warning(
+            "event=record_headers_unreadable partition=%s-%s offset=%s error=%r note='a "
+            "header name is not UTF-8, which the client cannot read: the record is handed "
+            "on without its headers'",
+            message.topic(), message.partition(), message.offset(), str(exc.__context__ or exc),
+        )  # fmt: skip
 
     @property
     def serialized_key_size(self) -> int:
@@ -123,7 +189,7 @@ class LibrdkafkaRecord:
         kinds = map(_TIMESTAMP_TYPES.__getitem__, map(_FIRST, stamps))
         return (map(_OFFSET, messages), map(_SECOND, stamps), kinds,
                 list(map(_KEY, messages)), list(map(_VALUE, records)),
-                map(_HEADERS, messages))  # fmt: skip
+                _headers_column(records, messages))  # fmt: skip
 
     @staticmethod
     def kafka_runs(
