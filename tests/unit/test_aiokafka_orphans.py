@@ -110,3 +110,25 @@ async def test_another_commits_request_started_meanwhile_is_not_said_as_this_one
         await other
         await asyncio.sleep(0)
     assert "commit_settled_after_cancel" not in caplog.text
+
+
+async def test_the_transactions_of_many_partitions_waiting_for_one_request_say_so_once(
+    caplog: pytest.LogCaptureFixture,
+):
+    """Exactly once commits each partition in a transaction of its own: the start commit
+    of 200 partitions cut off, each of the round's 200 transactions waits for its request
+    (`settled`); one line says so, not one a partition."""
+    commits, consumer = CancelledCommits(), Consumer(None)
+    tps = [TopicPartition("t", p) for p in range(200)]
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await commits.commit(consumer.commit(dict.fromkeys(tps, 5)), tps, label)
+    with caplog.at_level(logging.INFO, "worker.source.kafka"):
+        waiting = [asyncio.create_task(commits.settled([tp])) for tp in tps]
+        await asyncio.sleep(0)  # every transaction is waiting
+        assert not any(w.done() for w in waiting)
+        consumer.answer.set()
+        await asyncio.gather(*waiting)
+    assert caplog.text.count("event=commit_waits_for_cancelled") == 1
+    assert caplog.text.count("event=commit_settled_after_cancel") == 1
+    assert commits._left == {} and commits._said == set()  # nothing kept once it ended

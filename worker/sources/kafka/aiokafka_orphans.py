@@ -53,6 +53,7 @@ class CancelledCommits:
         self._failing = False
         #: The requests left in flight, with their partitions, until they end.
         self._left: dict[asyncio.Task[object], frozenset[Hashable]] = {}
+        self._said: set[asyncio.Task[object]] = set()  # of those, the ones waited for
 
     async def commit(
         self,
@@ -79,14 +80,18 @@ class CancelledCommits:
         """Until the requests left in flight that carry any of `partitions` have ended."""
         wanted = set(partitions)
         left = [task for task, carried in self._left.items() if not wanted.isdisjoint(carried)]
-        if left:
+        if not left:
+            return
+        if not self._said.issuperset(left):  # once a request: a transaction of each partition waits
+            self._said.update(left)
             log.info("event=commit_waits_for_cancelled requests=%d note='a commit cut off by "
                      "its bound is still in flight: sent behind it, not beside it'",
                      len(left))  # fmt: skip
-            await asyncio.wait(left)
+        await asyncio.wait(left)
 
     def _settled(self, partitions: str, task: asyncio.Task[object]) -> None:
         self._left.pop(task, None)
+        self._said.discard(task)
         if task.cancelled():
             log.info("event=commit_settled_after_cancel partitions=%s outcome=cancelled",
                      partitions)  # fmt: skip
