@@ -865,6 +865,31 @@ MUTANTS += (
         ),
     ),
     Mutant(
+        "aborted_transaction_passes_the_start",
+        "aiokafka, exactly once: a transaction aborted before its commit (nothing of it "
+        "landed) leaves a start it passed owed no more: while transactions fail, a start "
+        "cut off at the take is never sent, and a worker stopped then leaves no checkpoint "
+        "(latest: the next one starts at the end, past every record written since)",
+        (
+            _node(
+                "unit/test_kafka_commit_order",
+                "test_a_start_stays_owed_while_transactions_fail_before_their_commit[aborted]",
+            ),
+        ),
+    ),
+    Mutant(
+        "transaction_in_doubt_said_aborted",
+        "exactly once: a transaction that failed in its commit (maybe committed) is said "
+        "to have landed nothing: a start it passed is sent after it and the checkpoint "
+        "can move back",
+        (
+            _node(
+                "unit/test_transaction_in_doubt",
+                "test_a_transaction_failing_before_its_commit_says_none_of_it_landed",
+            ),
+        ),
+    ),
+    Mutant(
         "cancelled_commit_claims_another_request",
         "aiokafka: a cancelled commit watches every commit request started while it ran, "
         "another commit's too: that one's outcome is said as its own, and a transaction "

@@ -20,6 +20,7 @@ from aiokafka.errors import (
 from worker.observe.metrics import Metrics
 from worker.sources.base import (
     AssignmentListener,
+    NothingCommitted,
     OwnershipLost,
     SourceFailed,
     SourceStartError,
@@ -314,11 +315,14 @@ class KafkaSource:
         gone = [tp for tp in positions if tp not in assigned]
         if offsets:
             self._in_doubt.update(offsets)  # until it is known to have landed
-            self._fresh.sent(offsets)
+            passing = self._fresh.sent(offsets)
             try:
                 await commit(self._notes.with_notes(offsets), self._config.group_id)
                 self._notes.written(offsets)
                 self._fresh.landed(offsets)
+            except NothingCommitted:
+                self._fresh.unsent(passing)
+                raise
             except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
                 raise OwnershipLost(str(exc), positions) from exc
             except KafkaError as exc:
