@@ -30,6 +30,7 @@ from tests.integration.kafka_helpers import (
     write_config,
 )
 from tests.integration.output_helpers import create_output_topic
+from tests.integration.test_kafka_exactly_once import aborted
 from tests.integration.test_kafka_fresh_group_start import PARTITIONS, produce_to
 
 pytestmark = pytest.mark.kafka
@@ -176,3 +177,54 @@ def test_exactly_once_a_cut_off_start_commit_never_lands_behind_a_transaction(
     finally:
         held.hold.release()
         worker.stop()
+
+
+def test_exactly_once_a_cut_off_start_is_committed_while_transactions_abort(
+    held: HeldBroker, tmp_path: Path
+):
+    """Exactly once: the start commit is cut off (its connection stalls, then is reset),
+    and every transaction of partition 0 aborts before its commit (an output larger than
+    the topic takes). Nothing of those landed, so the start is still owed and a commit
+    round sends it. Before the fix the first aborted transaction counted as a commit past
+    it: no checkpoint of partition 0 until the SIGTERM, and the next worker (latest)
+    started at the end, past every record written since (measured: 10 of 10 lost)."""
+    topic, group, out = unique("eosab"), unique("g"), unique("out")
+    asyncio.run(create_topic(held.bootstrap, topic, PARTITIONS))
+    asyncio.run(create_output_topic(held.bootstrap, out, 2, max_message_bytes=600_000))
+    asyncio.run(produce_to(held.bootstrap, topic, 5))  # before the start: not to be read
+    source = {"starting_position": "latest", "client_id": "eos-aborts",
+              "session_timeout_ms": 30000, "commit_interval_ms": 200}  # fmt: skip
+    config = write_config(
+        tmp_path / "w.toml", held.bootstrap, topic, group, source=source,
+        handler={"target": "output_handler:handle"},
+        outputs={"topics": [out], "exactly_once": True},
+    )  # fmt: skip
+    held.hold.arm(by_connection=True)
+    env = {"OUTPUT_TOPIC": out}
+    worker = WorkerProcess(config, tmp_path, {**env, "OUTPUT_HUGE": "0:5"})
+    try:
+        assert held.hold.wait_held(60) == "eos-aborts"  # inside its start commit
+        worker.wait_for_log(r"event=start_not_committed", timeout_s=30)  # its bound passed
+        held.hold.drop()  # the held start is lost with its connection
+        asyncio.run(produce_to(held.bootstrap, topic, 10))  # after the start: to be read
+        eventually(lambda: aborted(worker) >= 3, timeout_s=30, what="aborted rounds")
+        worker.terminate()
+        assert worker.wait() == 0, worker.log()[-3000:]
+    finally:
+        held.hold.release()
+        worker.stop()
+    config = write_config(
+        tmp_path / "n.toml", held.bootstrap, topic, group, source={**source, "client_id": "n"},
+        handler={"target": "output_handler:handle"},
+        outputs={"topics": [out], "exactly_once": True},
+    )  # fmt: skip
+    nxt = WorkerProcess(config, tmp_path, env)
+    try:
+        done = dict.fromkeys(range(PARTITIONS), 15)
+        eventually(lambda: committed(held.bootstrap, group, topic) == done, timeout_s=30,
+                   what="committed to the end")  # fmt: skip
+        handled = read_handled(tmp_path, nxt.pid)
+        lost = 10 - len(set(handled.get(0, [])) & set(range(5, 15)))
+        assert lost == 0, f"partition 0: {lost} of 10 records written after the start skipped"
+    finally:
+        nxt.stop()

@@ -875,6 +875,10 @@ MUTANTS += (
                 "unit/test_kafka_commit_order",
                 "test_a_start_stays_owed_while_transactions_fail_before_their_commit[aborted]",
             ),
+            _node(
+                "adversary/test_start_commit_cut_off",
+                "test_exactly_once_a_cut_off_start_is_committed_while_transactions_abort",
+            ),
         ),
     ),
     Mutant(
