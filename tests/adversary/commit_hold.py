@@ -9,6 +9,11 @@ its commit. The test learns so (`wait_held`), does its fault then (waits for the
 to expire the member, freezes the broker with SIGSTOP), and lets the requests go
 (`release`), or drops them with their connections (`drop`: a connection reset inside
 the commit; the client retries on a new one). The other clients' requests pass untouched.
+
+Armed `by_connection`, only the connection that carried the commit is held (a TCP
+connection stalled, as by retransmission back-off, while the client's others work): the
+client's fetches and its producers' transactions go on, and what was held reaches the
+broker after them on `release`.
 """
 
 from __future__ import annotations
@@ -42,8 +47,11 @@ class CommitHold:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     #: The held requests are dropped, their connections closed, instead of forwarded.
     _dropping: bool = False
+    #: Only the connection that carried the commit is cut off, not its client's others.
+    _by_connection: bool = False
 
-    def arm(self) -> None:
+    def arm(self, by_connection: bool = False) -> None:
+        self._by_connection = by_connection
         self._dropping = False
         self._go.clear()
         self._held.clear()
@@ -65,14 +73,17 @@ class CommitHold:
         self._dropping = True
         self.release()
 
-    def gate(self, api_key: int, client_id: str) -> bool:
+    def gate(self, api_key: int, client_id: str, connection: str = "") -> bool:
         """On a proxy thread, before a request is forwarded: False if it must be dropped."""
-        if not self.armed or (api_key != OFFSET_COMMIT and client_id not in self.cut):
+        cut_off = connection if self._by_connection else client_id
+        if not self.armed or (api_key != OFFSET_COMMIT and cut_off not in self.cut):
             return True
+        if self._by_connection and self.cut and cut_off not in self.cut:
+            return True  # another connection's commit: only the first one is held
         with self._lock:
             if api_key == OFFSET_COMMIT:
                 self.seen.append(client_id)
-            self.cut.add(client_id)
+            self.cut.add(cut_off)
         self._held.set()
         self._go.wait(120)
         return not self._dropping
@@ -89,6 +100,7 @@ def _read(sock: socket.socket, size: int) -> bytes:
 
 
 def _pump_requests(src: socket.socket, dst: socket.socket, hold: CommitHold) -> None:
+    connection = str(src.getpeername())
     with contextlib.suppress(OSError, ConnectionError):
         while True:
             head = _read(src, 4)
@@ -96,7 +108,7 @@ def _pump_requests(src: socket.socket, dst: socket.socket, hold: CommitHold) -> 
             api_key = struct.unpack(">h", body[:2])[0]
             length = struct.unpack(">h", body[8:10])[0]
             client_id = body[10 : 10 + max(length, 0)].decode(errors="replace")
-            if not hold.gate(api_key, client_id):
+            if not hold.gate(api_key, client_id, connection):
                 break
             dst.sendall(head + body)
     _close(src, dst)

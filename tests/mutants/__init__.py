@@ -848,6 +848,64 @@ MUTANTS += (
         ),
     ),
     Mutant(
+        "transaction_beside_a_cancelled_commit",
+        "aiokafka, exactly once: a commit in a transaction is sent while a request a "
+        "cancelled commit of the consumer left in flight (the start's) still carries its "
+        "partition: on another connection, that one lands after it and the checkpoint "
+        "moves back (records handled again, outputs sent twice)",
+        (
+            _node(
+                "unit/test_kafka_commit_order",
+                "test_a_transaction_is_sent_after_the_start_commit_its_bound_cut_off",
+            ),
+            _node(
+                "adversary/test_start_commit_cut_off",
+                "test_exactly_once_a_cut_off_start_commit_never_lands_behind_a_transaction",
+            ),
+        ),
+    ),
+    Mutant(
+        "aborted_transaction_passes_the_start",
+        "aiokafka, exactly once: a transaction aborted before its commit (nothing of it "
+        "landed) leaves a start it passed owed no more: while transactions fail, a start "
+        "cut off at the take is never sent, and a worker stopped then leaves no checkpoint "
+        "(latest: the next one starts at the end, past every record written since)",
+        (
+            _node(
+                "unit/test_kafka_commit_order",
+                "test_a_start_stays_owed_while_transactions_fail_before_their_commit[aborted]",
+            ),
+            _node(
+                "adversary/test_start_commit_cut_off",
+                "test_exactly_once_a_cut_off_start_is_committed_while_transactions_abort",
+            ),
+        ),
+    ),
+    Mutant(
+        "transaction_in_doubt_said_aborted",
+        "exactly once: a transaction that failed in its commit (maybe committed) is said "
+        "to have landed nothing: a start it passed is sent after it and the checkpoint "
+        "can move back",
+        (
+            _node(
+                "unit/test_transaction_in_doubt",
+                "test_a_transaction_failing_before_its_commit_says_none_of_it_landed",
+            ),
+        ),
+    ),
+    Mutant(
+        "cancelled_commit_claims_another_request",
+        "aiokafka: a cancelled commit watches every commit request started while it ran, "
+        "another commit's too: that one's outcome is said as its own, and a transaction "
+        "waits for a request of other partitions",
+        (
+            _node(
+                "unit/test_aiokafka_orphans",
+                "test_another_commits_request_started_meanwhile_is_not_said_as_this_ones",
+            ),
+        ),
+    ),
+    Mutant(
         "start_handed_out_unpinned",
         "Kinesis / DynamoDB Streams, latest: the first page of a shard with no checkpoint is "
         "handed out without its start pinned in the lease: a worker killed before its first "

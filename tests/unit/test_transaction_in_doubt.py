@@ -15,6 +15,8 @@ from worker.config import WorkerConfig
 from worker.observe.metrics import Metrics
 from worker.outputs.ledger import OutputLedger
 from worker.outputs.outbox import Output
+from worker.outputs.sink import OutputsFailed
+from worker.sources.base import NothingCommitted
 
 TP = namedtuple("TP", "topic partition")
 KEY = TP("in", 0)
@@ -110,3 +112,37 @@ async def test_a_retried_round_does_not_resend_outputs_its_in_doubt_transaction_
     assert await sink.checkpoint(source, [(p, 19)]) == {}
     assert broker.offset == 20
     assert broker.outputs == [b"o%d" % i for i in range(20)]  # each once
+
+
+async def test_a_transaction_failing_before_its_commit_says_none_of_it_landed(monkeypatch):
+    """Aborted before `commit_transaction`: certainly not committed (the source may owe a
+    start again: `NothingCommitted`). Failing in it: maybe committed, never said so."""
+    broker = Broker()
+    FakeProducer.broker = broker
+    monkeypatch.setattr(transactions, "AIOKafkaProducer", FakeProducer)
+
+    async def produce(producer, outputs):
+        raise KafkaTimeoutError("an output not acknowledged")
+
+    config = WorkerConfig.model_validate(
+        {
+            "source": {"kind": "kafka", "topics": ["in"]},
+            "outputs": {"topics": ["out"], "exactly_once": True},
+        }
+    )
+    sink = transactions.TransactionalOutputs({}, config, Metrics().outputs, "kafka", 1.0)
+    source, p = Source(broker), Holder()
+    await sink.assigned(source, [KEY])
+    p.ledger.add(0, 9, [Output("out", b"o%d" % i, None, [], i) for i in range(10)])
+    monkeypatch.setattr(transactions, "produce", produce)
+    failures = await sink.checkpoint(source, [(p, 9)])
+    assert isinstance(failures[KEY], NothingCommitted)
+
+    async def fine(producer, outputs):
+        return None
+
+    monkeypatch.setattr(transactions, "produce", fine)
+    broker.lose_next_commit_response = True
+    failures = await sink.checkpoint(source, [(p, 9)])
+    assert isinstance(failures[KEY], OutputsFailed)
+    assert not isinstance(failures[KEY], NothingCommitted)

@@ -38,10 +38,14 @@ from worker.observe.metrics_outputs import OutputMetrics
 from worker.outputs.outbox import Output
 from worker.outputs.produce import produce
 from worker.outputs.sink import AckedOutputs, Holder, OutputsFailed
-from worker.sources.base import OwnershipLost, Source
+from worker.sources.base import NothingCommitted, OwnershipLost, Source
 from worker.sources.kafka.preflight import described
 
 log = logging.getLogger("worker.outputs")
+
+
+class TransactionAborted(OutputsFailed, NothingCommitted):
+    """A transaction that failed before its commit was asked for: none of it landed."""
 
 
 class TransactionalOutputs:
@@ -171,7 +175,8 @@ class TransactionalOutputs:
             self._errors.inc()
             await self._drop(key)
             if isinstance(exc, KafkaError):
-                raise OutputsFailed(f"outputs: transaction aborted: {described(exc)}") from exc
+                failed = OutputsFailed if ending else TransactionAborted
+                raise failed(f"outputs: transaction aborted: {described(exc)}") from exc
             raise
         self._committed.inc()
         self._acked.count_sent(outputs)

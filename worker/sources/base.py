@@ -68,6 +68,11 @@ class AssignmentListener(Protocol):
         ...
 
 
+class NothingCommitted(Exception):
+    """A commit in a transaction that certainly did not land (aborted before its commit):
+    the source may count its offsets as never sent (a start it passed is owed again)."""
+
+
 class OwnershipLost(Exception):
     """Checkpoints were refused because this worker no longer owns some partitions.
 

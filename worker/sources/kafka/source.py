@@ -20,6 +20,7 @@ from aiokafka.errors import (
 from worker.observe.metrics import Metrics
 from worker.sources.base import (
     AssignmentListener,
+    NothingCommitted,
     OwnershipLost,
     SourceFailed,
     SourceStartError,
@@ -286,11 +287,10 @@ class KafkaSource:
     async def commit(self, positions: Mapping[TopicPartition, int]) -> None:
         """Commit what is still assigned; name the rest lost (aiokafka would refuse the
         whole call for one partition it no longer has, and the others' progress with it)."""
-        await self.commit_in_transaction(positions, self._to_group)
+        await self._commit(positions, self._to_group)
 
     async def _to_group(self, offsets: Mapping[TopicPartition, Any], group_id: str) -> None:
-        names = ",".join(map(self.label, offsets))
-        await self._cancelled.commit(self._consumer.commit(offsets), names)
+        await self._cancelled.commit(self._consumer.commit(offsets), offsets, self.label)
 
     async def commit_in_transaction(
         self,
@@ -298,17 +298,31 @@ class KafkaSource:
         commit: Callable[[Mapping[TopicPartition, Any], str], Awaitable[None]],
     ) -> None:
         """`commit`, but the offsets (with their notes) and the group id go to `commit`: a
-        transactional producer's, which commits them with its outputs (exactly once)."""
+        transactional producer's, which commits them with its outputs (exactly once).
+        After any request of theirs a cancelled commit of the consumer left in flight
+        (`CancelledCommits.settled`): it goes on another connection and, landing after
+        the transaction, would move the checkpoint back."""
+        await self._cancelled.settled(positions)
+        await self._commit(positions, commit)
+
+    async def _commit(
+        self,
+        positions: Mapping[TopicPartition, int],
+        commit: Callable[[Mapping[TopicPartition, Any], str], Awaitable[None]],
+    ) -> None:
         assigned = self._consumer.assignment()
         offsets = {tp: next_to_read(pos) for tp, pos in positions.items() if tp in assigned}
         gone = [tp for tp in positions if tp not in assigned]
         if offsets:
             self._in_doubt.update(offsets)  # until it is known to have landed
-            self._fresh.sent(offsets)
+            passing = self._fresh.sent(offsets)
             try:
                 await commit(self._notes.with_notes(offsets), self._config.group_id)
                 self._notes.written(offsets)
                 self._fresh.landed(offsets)
+            except NothingCommitted:
+                self._fresh.unsent(passing)
+                raise
             except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
                 raise OwnershipLost(str(exc), positions) from exc
             except KafkaError as exc:

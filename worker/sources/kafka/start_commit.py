@@ -85,14 +85,23 @@ class FreshStarts:
         self._fresh.discard(partition)
         self.landed([partition])
 
-    def sent(self, offsets: Mapping[Hashable, int]) -> None:
+    def sent(self, offsets: Mapping[Hashable, int]) -> set[Hashable]:
         """A commit of these (next to read) is being sent. One past an unsaved start may
         land even if it is not acknowledged: the start is not owed any more (committed
-        after it, it would move the checkpoint back); it is still kept for a retake."""
-        for tp, offset in offsets.items():
-            start = self._unsaved.get(tp)
-            if start is not None and offset > start:
-                self._passed.add(tp)
+        after it, it would move the checkpoint back); it is still kept for a retake.
+        The partitions it passed now (for `unsent`)."""
+        passing = {tp for tp, offset in offsets.items() if tp not in self._passed
+                   and (start := self._unsaved.get(tp)) is not None and offset > start}  # fmt: skip
+        self._passed |= passing
+        return passing
+
+    def unsent(self, passing: Iterable[Hashable]) -> None:
+        """The commit `sent` said `passing` of certainly did not land (a transaction
+        aborted before its commit): their starts are owed again. Else a start cut off
+        at the take stayed unsent while every transaction failed (an output refused),
+        and a worker stopped then left no checkpoint: the next one (latest) started
+        at the end, past every record written since."""
+        self._passed.difference_update(passing)
 
     def landed(self, partitions: Iterable[Hashable]) -> None:
         """A commit of `partitions` was acknowledged: the group has a checkpoint of them."""
