@@ -1115,6 +1115,18 @@ MUTANTS += (
             ),
         ),
     ),
+    Mutant(
+        "unreadable_checkpoint_taken_for_none",
+        "librdkafka: a partition whose committed offset came back with an error (offset "
+        "-1001) is taken as one without a checkpoint: under latest it starts at the end and "
+        "that start is committed over the checkpoint it could not read, skipping records",
+        (
+            _node(
+                "unit/test_librdkafka_start_offsets",
+                "test_a_checkpoint_that_could_not_be_read_is_never_taken_for_none",
+            ),
+        ),
+    ),
 )
 
 

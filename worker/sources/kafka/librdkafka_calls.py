@@ -163,13 +163,32 @@ def read_marks(
     return marks
 
 
+class CheckpointUnread(RuntimeError):
+    """The group's checkpoint of a partition being taken could not be read."""
+
+    def __init__(self, which: str) -> None:
+        super().__init__(f"the group's checkpoint could not be read ({which}); not started "
+                         "where starting_position says, which could skip records")  # fmt: skip
+
+
 def start_offsets(
     consumer: Any, partitions: list[RdTopicPartition], config: KafkaSourceConfig, timeout_s: float
 ) -> tuple[list[RdTopicPartition], list[RdTopicPartition]]:
     """On the poller thread, in an assign callback: where each new partition starts, its
     committed offset, else where `starting_position` says; and those of the second kind
-    (the group had no checkpoint of them)."""
+    (the group had no checkpoint of them).
+
+    A partition `committed()` answers with an error (its offset then reads -1001, as for
+    no checkpoint: a pending transaction's offsets, `UNSTABLE_OFFSET_COMMIT`, past the
+    timeout; a coordinator error) is not one without a checkpoint: taken so, `latest`
+    would start it at the end, commit that start over the checkpoint it could not read,
+    and skip every record between. It fails the assignment instead (`SourceFailed`, one
+    line: the worker stops and its partitions go to a member that can read them)."""
     found = consumer.committed(partitions, timeout=timeout_s)
+    unread = [tp for tp in found if tp.error is not None]
+    if unread:
+        raise CheckpointUnread(", ".join(f"{tp.topic}-{tp.partition}: {tp.error.str()}"
+                                         for tp in unread))  # fmt: skip
     out, fresh, timestamp = [], [], config.starting_position == "at_timestamp"
     for tp in found:
         if tp.offset >= 0:
