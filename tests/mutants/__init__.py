@@ -1127,6 +1127,29 @@ MUTANTS += (
             ),
         ),
     ),
+    Mutant(
+        "commit_due_ignored",
+        "the committer waits the whole commit interval even when a partition nears its "
+        "uncommitted bound: at a high rate every partition pauses between rounds (the "
+        "librdkafka worker read ~0.9M records/s instead of ~1.3M)",
+        (
+            _node(
+                "unit/test_commit_when_due",
+                "test_a_partition_at_half_its_uncommitted_bound_is_committed_before_the_interval",
+            ),
+        ),
+    ),
+    Mutant(
+        "due_honoured_after_a_failed_round",
+        "after a failed commit round a due partition cuts the wait short: in an outage "
+        "the committer retries at the rate batches finish, not once an interval",
+        (
+            _node(
+                "unit/test_commit_when_due",
+                "test_after_a_failed_round_the_whole_interval_is_waited",
+            ),
+        ),
+    ),
 )
 
 

@@ -34,6 +34,7 @@ from worker.observe.view import PartitionStats
 from worker.outputs.ledger import OutputLedger
 from worker.outputs.outbox import Output
 from worker.partition.batcher import Batcher
+from worker.partition.bounds import Bounds
 from worker.partition.key_lanes import KeyLane, Segments
 from worker.partition.offsets import OffsetTracker
 from worker.partition.steps import Abandoned, PartitionContext, PartitionHalted, StepFactory
@@ -73,6 +74,7 @@ class Partition:
         self._source = source
         self._traits = traits
         self._settings = settings
+        self._bounds = Bounds(settings.max_buffered_records, settings.max_buffered_bytes)
         self._lanes = [
             KeyLane(Batcher(settings.batch_size, settings.max_batch_bytes,
                             settings.batching_window_s, traits.size))
@@ -111,7 +113,7 @@ class Partition:
         #: ran ahead of the low watermark. Backpressure bounds these, and apart the finished
         #: ones not yet committed, each by max_buffered_records: so what a crash can make
         #: the next owner redo stays within twice that (plus one fetch) even while commits
-        #: fail, and normal commits (every commit_interval_ms) never throttle a partition.
+        #: fail, and normal commits never throttle a partition (`commit_due` hurries them).
         self._unfinished_records = 0
 
     # -- fed by the poll loop -------------------------------------------------------
@@ -183,20 +185,19 @@ class Partition:
 
     @property
     def full(self) -> bool:  # outputs too: they wait in memory for their checkpoint
-        s = self._settings
-        return (
-            self._unfinished_records >= s.max_buffered_records
-            or self._uncommitted_records >= s.max_buffered_records
-            or max(self.buffered_bytes, self._outputs.bytes) >= s.max_buffered_bytes
-        )
+        held = max(self.buffered_bytes, self._outputs.bytes)
+        return self._bounds.full(self._unfinished_records, self._uncommitted_records, held)
+
+    @property
+    def commit_due(self) -> bool:
+        """Near the uncommitted bound, with a commit that would move (`bounds`)."""
+        near = self._bounds.commit_near(self._uncommitted_records, self._outputs.bytes)
+        return near and self.commit_point() is not None
 
     def below_low_water(self) -> bool:
-        s = self._settings
-        half = s.max_buffered_records // 2
-        return (
-            self._unfinished_records <= half
-            and self._uncommitted_records <= half
-            and max(self.buffered_bytes, self._outputs.bytes) <= s.max_buffered_bytes // 2
+        held = max(self.buffered_bytes, self._outputs.bytes)
+        return self._bounds.below_low_water(
+            self._unfinished_records, self._uncommitted_records, held
         )
 
     # -- told by others ---------------------------------------------------------------

@@ -2,9 +2,16 @@
 
 One commit is in flight at a time. A partition that finished work calls
 `notify(partition)`; the committer then commits every partition that told it
-so, waits at least `interval_s`, and goes again if more finished meanwhile.
-Under load that coalesces many batches per commit; when idle, a finished
-batch is committed at once. Revoke and shutdown call `commit_now()` directly.
+so, waits `interval_s`, and goes again if more finished meanwhile. Under load
+that coalesces many batches per commit; when idle, a finished batch is committed
+at once. Revoke and shutdown call `commit_now()` directly.
+
+A partition whose handled, uncommitted work nears the bound that pauses it
+(`Partition.commit_due`) cuts the wait short after a round that succeeded: at a
+high rate the interval alone let every partition reach its bound and pause
+between rounds, so the bound, meant for a crash's redo, throttled a healthy
+worker. After a failed round the whole interval is kept (no retry storm in an
+outage).
 The committer reads each partition's `commit_point()` and reports back with
 `mark_committed()`; it writes no partition's state itself.
 """
@@ -15,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 
 from worker.observe.metrics import Metrics
 from worker.observe.tracing import Tracing
@@ -50,12 +57,16 @@ class Committer:
         self._refused = metrics.commits_refused.labels(source.name)
         self._dirty: set[Partition] = set()
         self._wanted = asyncio.Event()
+        #: A notifying partition is near its uncommitted bound: end the wait early.
+        self._due = asyncio.Event()
         self._lock = asyncio.Lock()
         self._failing_since: float | None = None
 
     def notify(self, partition: Partition) -> None:
         self._dirty.add(partition)
         self._wanted.set()
+        if partition.commit_due:
+            self._due.set()
 
     def forget(self, partitions: Iterable[Partition]) -> None:
         self._dirty.difference_update(partitions)
@@ -74,14 +85,23 @@ class Committer:
         while True:
             await self._wanted.wait()
             self._wanted.clear()
+            self._due.clear()  # a partition still due after this round says so again
             dirty, self._dirty = self._dirty, set()
             # A partition being released is committed by its release, and only there: a
             # stale offer of it would make Kafka refuse the whole call.
             dirty = {p for p in dirty if not p.releasing}
-            if not await self.commit_now(dirty):
+            if await self.commit_now(dirty):
+                await self._interval_or_due()
+            else:
                 self._dirty |= {p for p in dirty if not p.releasing}
                 self._wanted.set()  # retry after the interval
-            await asyncio.sleep(self._interval_s)
+                await asyncio.sleep(self._interval_s)
+
+    async def _interval_or_due(self) -> None:
+        """The interval, or less once a partition is due (`notify`)."""
+        with suppress(TimeoutError):
+            async with asyncio.timeout(self._interval_s):
+                await self._due.wait()
 
     async def commit_now(self, partitions: Iterable[Partition]) -> bool:
         """Commit what the given partitions finished; False if the source refused for now."""
