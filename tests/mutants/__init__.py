@@ -1150,6 +1150,24 @@ MUTANTS += (
             ),
         ),
     ),
+    Mutant(
+        "due_judged_on_all_uncommitted",
+        "a partition is due for an early commit by all it finished and did not commit, not "
+        "by what a commit would take: with key lanes the units past a slow lane's gap keep "
+        "it due, and every batch of the slow lane is a commit round (620/s against 10)",
+        (
+            _node(
+                "unit/test_commit_when_due",
+                "test_a_slow_lanes_gap_does_not_make_every_batch_a_round",
+            ),
+        ),
+    ),
+    Mutant(
+        "refused_round_hurried",
+        "a round refused for ownership (a rebalance) counts as one that succeeded: the "
+        "refused partition stays due and every batch it finishes is another refused commit",
+        (_node("unit/test_commit_when_due", "test_a_refused_round_keeps_the_whole_interval"),),
+    ),
 )
 
 
