@@ -65,7 +65,9 @@ class Committer:
     def notify(self, partition: Partition) -> None:
         self._dirty.add(partition)
         self._wanted.set()
-        if partition.commit_due:
+        # Judged once a round: `commit_due` may sum the partition's finished units, and a
+        # lane that runs a fetch's batches without yielding notifies once a batch.
+        if not self._due.is_set() and partition.commit_due:
             self._due.set()
 
     def forget(self, partitions: Iterable[Partition]) -> None:
