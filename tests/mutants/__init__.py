@@ -1150,6 +1150,31 @@ MUTANTS += (
             ),
         ),
     ),
+    Mutant(
+        "due_judged_on_all_uncommitted",
+        "a partition is due for an early commit by all it finished and did not commit, not "
+        "by what a commit would take: with key lanes the units past a slow lane's gap keep "
+        "it due, and every batch of the slow lane is a commit round (620/s against 10)",
+        (
+            _node(
+                "unit/test_commit_when_due",
+                "test_a_slow_lanes_gap_does_not_make_every_batch_a_round",
+            ),
+        ),
+    ),
+    Mutant(
+        "refused_round_hurried",
+        "a round refused for ownership (a rebalance) counts as one that succeeded: the "
+        "refused partition stays due and every batch it finishes is another refused commit",
+        (_node("unit/test_commit_when_due", "test_a_refused_round_keeps_the_whole_interval"),),
+    ),
+    Mutant(
+        "due_judged_every_notify",
+        "a partition's commit is judged due at every notify, not once a round: `commit_due` "
+        "sums its finished units, so a lane running a fetch's batches without yielding is "
+        "quadratic in the fetch (batch_size 1: 5,000 records/s against 35,000)",
+        (_node("unit/test_commit_when_due", "test_due_is_judged_once_a_round_not_once_a_batch"),),
+    ),
 )
 
 

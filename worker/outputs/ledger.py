@@ -57,6 +57,10 @@ class OutputLedger:
         batches = self._batches
         return [o for last in sorted(batches) if last <= position for o in batches[last][1]]
 
+    def bytes_upto(self, position: int) -> int:
+        """The bytes of the outputs a checkpoint at `position` covers."""
+        return sum(size for last, (_, _, size) in self._batches.items() if last <= position)
+
     def drop_upto(self, position: int) -> None:
         """They were acknowledged (or committed in a transaction): never send them again."""
         for last in [last for last in self._batches if last <= position]:

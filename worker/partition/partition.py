@@ -190,9 +190,8 @@ class Partition:
 
     @property
     def commit_due(self) -> bool:
-        """Near the uncommitted bound, with a commit that would move (`bounds`)."""
-        near = self._bounds.commit_near(self._uncommitted_records, self._outputs.bytes)
-        return near and self.commit_point() is not None
+        """A commit would take half an uncommitted bound off (`Bounds.commit_due`)."""
+        return self._bounds.commit_due(self._uncommitted_records, self._outputs, self.commit_point)
 
     def below_low_water(self) -> bool:
         held = max(self.buffered_bytes, self._outputs.bytes)

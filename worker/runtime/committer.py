@@ -10,8 +10,8 @@ A partition whose handled, uncommitted work nears the bound that pauses it
 (`Partition.commit_due`) cuts the wait short after a round that succeeded: at a
 high rate the interval alone let every partition reach its bound and pause
 between rounds, so the bound, meant for a crash's redo, throttled a healthy
-worker. After a failed round the whole interval is kept (no retry storm in an
-outage).
+worker. After a failed round, or one refused for a partition (a rebalance), the
+whole interval is kept (no retry storm in an outage).
 The committer reads each partition's `commit_point()` and reports back with
 `mark_committed()`; it writes no partition's state itself.
 """
@@ -65,7 +65,9 @@ class Committer:
     def notify(self, partition: Partition) -> None:
         self._dirty.add(partition)
         self._wanted.set()
-        if partition.commit_due:
+        # Judged once a round: `commit_due` may sum the partition's finished units, and a
+        # lane that runs a fetch's batches without yielding notifies once a batch.
+        if not self._due.is_set() and partition.commit_due:
             self._due.set()
 
     def forget(self, partitions: Iterable[Partition]) -> None:
@@ -90,12 +92,16 @@ class Committer:
             # A partition being released is committed by its release, and only there: a
             # stale offer of it would make Kafka refuse the whole call.
             dirty = {p for p in dirty if not p.releasing}
-            if await self.commit_now(dirty):
+            committed, refused = await self._round(dirty)
+            if committed and not refused:
                 await self._interval_or_due()
-            else:
+                continue
+            if not committed:
                 self._dirty |= {p for p in dirty if not p.releasing}
                 self._wanted.set()  # retry after the interval
-                await asyncio.sleep(self._interval_s)
+            # A refused partition stays due (nothing of it was taken): hurried by it, every
+            # batch it finishes in a rebalance would be a commit the broker refuses again.
+            await asyncio.sleep(self._interval_s)
 
     async def _interval_or_due(self) -> None:
         """The interval, or less once a partition is due (`notify`)."""
@@ -105,10 +111,15 @@ class Committer:
 
     async def commit_now(self, partitions: Iterable[Partition]) -> bool:
         """Commit what the given partitions finished; False if the source refused for now."""
+        committed, _ = await self._round(partitions)
+        return committed
+
+    async def _round(self, partitions: Iterable[Partition]) -> tuple[bool, bool]:
+        """`commit_now`'s answer, and whether ownership was refused for any partition."""
         async with self._lock:
             moved = [(p, point) for p in partitions if (point := p.commit_point()) is not None]
             if not moved:
-                return await self._flush_notes()
+                return await self._flush_notes(), False
             try:
                 async with asyncio.timeout(self._timeout_s):
                     span = self._tracing.commit(len(moved)) if self._tracing else nullcontext()
@@ -118,7 +129,7 @@ class Committer:
                 failures = dict.fromkeys(exc.lost, exc)
             except (ConnectionError, TimeoutError) as exc:
                 self._failed(exc, [p for p, _ in moved])
-                return False
+                return False, False
             lost = {k: e for k, e in failures.items() if isinstance(e, OwnershipLost)}
             broken = {k: e for k, e in failures.items() if k not in lost}
             if lost:
@@ -144,7 +155,7 @@ class Committer:
                 if p.key not in failures:
                     p.mark_committed(position, records)
                     p.report_lag(self._source.lag(p.key))
-            return await self._flush_notes() and not broken
+            return await self._flush_notes() and not broken, bool(lost)
 
     async def _checkpoint(
         self, moved: list[tuple[Partition, tuple[int, int]]]
