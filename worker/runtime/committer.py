@@ -12,6 +12,7 @@ high rate the interval alone let every partition reach its bound and pause
 between rounds, so the bound, meant for a crash's redo, throttled a healthy
 worker. After a failed round, or one refused for a partition (a rebalance), the
 whole interval is kept (no retry storm in an outage).
+
 The committer reads each partition's `commit_point()` and reports back with
 `mark_committed()`; it writes no partition's state itself.
 """
