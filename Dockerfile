@@ -1,8 +1,15 @@
 # syntax=docker/dockerfile:1
 # Build stage: wheels for the worker and its dependencies (compilers stay here).
 FROM python:3.11-slim AS build
+# A C compiler for worker/lambda_compat/_kafka_rows.c (the Lambda event builder); the
+# final stage gets the built wheel only. Debian's current gcc: pinning a point release
+# would break the build at every Debian security update.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY worker ./worker
 # With the librdkafka extra: source.client is a setting, not a rebuild (its wheel bundles
 # librdkafka).

