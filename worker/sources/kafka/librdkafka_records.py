@@ -186,8 +186,12 @@ class LibrdkafkaRecord:
         input (`lambda_compat.events`), without a property call per field and record."""
         messages = list(map(_MESSAGE, records))
         stamps = list(map(_TIMESTAMP, messages))
-        kinds = map(_TIMESTAMP_TYPES.__getitem__, map(_FIRST, stamps))
-        return (map(_OFFSET, messages), map(_SECOND, stamps), kinds,
+        kinds = list(map(_FIRST, stamps))
+        if kinds.count(kinds[0]) == len(kinds):  # a topic's messages share one type
+            kinds = [_TIMESTAMP_TYPES[kinds[0]]] * len(kinds)
+        else:
+            kinds = list(map(_TIMESTAMP_TYPES.__getitem__, kinds))
+        return (list(map(_OFFSET, messages)), list(map(_SECOND, stamps)), kinds,
                 list(map(_KEY, messages)), list(map(_VALUE, records)),
                 _headers_column(records, messages))  # fmt: skip
 
