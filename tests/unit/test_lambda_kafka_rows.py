@@ -111,9 +111,8 @@ def test_a_failing_header_conversion_is_raised_and_a_changing_one_cannot_free_wh
     with pytest.raises(RuntimeError, match="no"):
         kafka_rows("t", 0, *columns, boom)
 
-    # A conversion that empties the columns while its record is being built: the record's
-    # items are held, and the next index is read from a list still its length (the C code
-    # checked lengths once: it must not read past a list that shrank).
+    # A conversion that replaces the columns' items while its record is being built: the
+    # record's items are held, and the next index is read from the changed lists.
     records = [MemoryRecord("t", 0, i, b"k" * 50, b"v" * 50, 1, (("h", b"x"),)) for i in range(3)]
     columns = _columns(records)
 
@@ -124,6 +123,57 @@ def test_a_failing_header_conversion_is_raised_and_a_changing_one_cannot_free_wh
 
     rows = kafka_rows("t", 0, *columns, clear)
     assert [r["offset"] for r in rows] == [0, 0, 0]
+
+
+def test_a_column_shrunk_by_python_code_mid_build_is_refused_not_read_past():
+    """`convert`, or a headers object's truth, may run Python code (or let another thread
+    run) that shortens a column: the lengths were checked once, before the loop, and the
+    next index would be read past the list's end (NULL after a clear, a freed item after a
+    pop: a crash or a use after free)."""
+
+    def columns() -> list[Any]:
+        values = [bytes([65 + i]) * 1000 for i in range(3)]  # held by it alone: a pop frees
+        return [[0, 1, 2], [1] * 3, ["CREATE_TIME"] * 3, [None] * 3, values,
+                [[("h", b"x")], None, None]]  # fmt: skip
+
+    for change in (list.clear, lambda column: column.pop()):
+        built = columns()
+
+        def convert(hs: Any, built: list[Any] = built, change: Any = change) -> Any:
+            for column in built:
+                change(column)
+            return []
+
+        with pytest.raises(RuntimeError, match="a column changed size"):
+            kafka_rows("t", 0, *built, convert)
+
+    class Headers(list):  # type: ignore[type-arg]
+        def __bool__(self) -> bool:
+            for column in shrunk:
+                column.clear()
+            return False
+
+    shrunk = [[0, 1], [1, 1], ["x", "x"], [None, None], [b"a", b"b"], [Headers(), None]]
+    with pytest.raises(RuntimeError, match="a column changed size"):
+        kafka_rows("t", 0, *shrunk, events._headers)
+
+
+def test_the_result_list_is_not_seen_by_python_code_before_it_is_full():
+    """Its slots are NULL until built: `convert` reaching it through the collector and
+    reading one would crash the interpreter (so the test only looks for it by identity)."""
+    n = 7
+    columns = [list(range(n)), [1] * n, ["CREATE_TIME"] * n, [None] * n, [b"v"] * n,
+               [[("h", b"x")]] * n]  # fmt: skip
+    seen = []
+
+    def convert(hs: Any) -> Any:
+        seen.extend(o for o in gc.get_objects() if type(o) is list and len(o) == n)
+        gc.collect()
+        return []
+
+    rows = kafka_rows("t", 0, *columns, convert)
+    assert not any(o is rows for o in seen)
+    assert gc.is_tracked(rows) and [r["offset"] for r in rows] == list(range(n))
 
 
 def test_no_reference_is_leaked_or_stolen():

@@ -140,6 +140,23 @@ column(PyObject *list, const char *name, Py_ssize_t n)
     return 0;
 }
 
+/* 0 if every column is still `n` long, else -1 with RuntimeError: `convert`, or a headers
+ * object's truth, may run Python code that shrinks a column, and the loop reads each column
+ * at an index checked against `n` once, so it would read past the list's end (a freed item,
+ * or NULL). Checked at each record, as list iteration in Python checks its bounds. */
+static int
+unchanged(PyObject *const *columns, Py_ssize_t n)
+{
+    for (int c = 0; c < 6; c++) {
+        if (PyList_GET_SIZE(columns[c]) != n) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "kafka_rows: a column changed size while its records were built");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(kafka_rows_doc,
 "kafka_rows(topic, partition, offsets, stamps, names, keys, values, headers, convert)\n"
 "--\n\n"
@@ -171,7 +188,17 @@ kafka_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (out == NULL) {
         return NULL;
     }
+    /* Until every slot is filled `out` holds NULLs, which Python code must never see, and
+     * `convert` could find it through gc.get_objects(): untracked, the collector neither
+     * lists it nor needs to (nothing it holds can refer back to it). */
+    PyObject_GC_UnTrack(out);
     for (Py_ssize_t i = 0; i < n; i++) {
+        if (unchanged(args + 2, n) < 0) {
+            Py_XDECREF(keyed);
+            Py_XDECREF(unkeyed);
+            Py_DECREF(out);
+            return NULL;
+        }
         /* Items are borrowed from the lists, which a `convert` written in Python could
          * change while it runs: hold them across the call. */
         PyObject *offset = PyList_GET_ITEM(offsets, i), *stamp = PyList_GET_ITEM(stamps, i),
@@ -232,6 +259,7 @@ kafka_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_XDECREF(keyed);
     Py_XDECREF(unkeyed);
+    PyObject_GC_Track(out);
     return out;
 }
 
