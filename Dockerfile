@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # Build stage: wheels for the worker and its dependencies (compilers stay here).
 FROM python:3.11-slim AS build
-# A C compiler for worker/lambda_compat/_kafka_rows.c (the Lambda event builder); the
+# A C compiler for the worker's two C modules (worker/lambda_compat/_kafka_rows.c, the
+# Lambda event builder; worker/sources/kafka/_librdkafka_wrap.c, librdkafka's records); the
 # final stage gets the built wheel only. Debian's current gcc: pinning a point release
 # would break the build at every Debian security update.
 # hadolint ignore=DL3008
