@@ -141,3 +141,94 @@ def test_python_code_never_sees_the_half_built_list():
         made = c_wrap(messages)
     assert seen  # the callback ran while records were made
     assert [r.value for r in made] == [m.value() for m in messages]
+
+
+@pytest.fixture
+def rebinds() -> Iterator[None]:
+    """A test that binds another class: `LibrdkafkaRecord` bound again after it."""
+    from worker.sources.kafka._librdkafka_wrap import bind
+
+    try:
+        yield
+    finally:
+        bind(LibrdkafkaRecord, Message)
+
+
+def test_a_class_bound_while_a_list_is_wrapped_is_for_the_next_call(rebinds):
+    """A gc callback (or another thread) binding a class of another layout mid-call: the
+    records already allocated must not be stored into at its offsets (a heap overflow,
+    `bad trailing pad byte` under PYTHONMALLOC=debug, before the fix)."""
+    from worker.sources.kafka._librdkafka_wrap import bind
+
+    class Wider:
+        __slots__ = ("a", "b", "c", "_message", "value", "serialized_value_size")
+
+    messages = [Message(value=b"v" * 10) for _ in range(50)]
+
+    def rebind(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            bind(Wider, Message)
+
+    with collecting_at_every_allocation(rebind):
+        made = c_wrap(messages)
+    assert [type(r) for r in made] == [LibrdkafkaRecord] * len(messages)
+    assert [(r._message, r.value, r.serialized_value_size) for r in made] == [
+        (m, m.value(), 10) for m in messages
+    ]
+    assert type(c_wrap(messages[:1])[0]) is Wider
+
+
+def test_a_message_subclass_is_read_through_its_own_value():
+    """`__init__` calls `message.value()`: a subclass's override, not `Message.value`."""
+
+    class Decoded(Message):  # type: ignore[misc]
+        def value(self) -> bytes:  # type: ignore[override]
+            return b"decoded"
+
+    messages = [Message(value=b"raw"), Decoded(value=b"raw")]
+    made, expected = c_wrap(messages), python_wrap(messages)
+    assert [(r.value, r.serialized_value_size) for r in made] == [
+        (r.value, r.serialized_value_size) for r in expected
+    ] == [(b"raw", 3), (b"decoded", 7)]
+
+
+def test_bind_refuses_a_subclass_of_a_c_type(rebinds):
+    """Allocated without `__new__`, a set's or an exception's struct would be zeros, never
+    initialised: its repr, methods or dealloc crashed (exit 139)."""
+    from worker.sources.kafka._librdkafka_wrap import bind
+
+    slots = ("_message", "value", "serialized_value_size")
+    for base in (set, dict, Exception, bytearray):
+        wrong = type("Wrong", (base,), {"__slots__": slots})
+        with pytest.raises(TypeError):
+            bind(wrong, Message)
+    assert type(c_wrap([Message(value=b"x")])[0]) is LibrdkafkaRecord
+
+
+def test_bind_refuses_one_slot_under_another_name(rebinds):
+    """`value` set to `_message`'s descriptor made two fields one offset: the message's
+    reference overwritten by the value, leaked, at every record."""
+    from worker.sources.kafka._librdkafka_wrap import bind
+
+    class Aliased:
+        __slots__ = ("_message", "value", "serialized_value_size")
+
+    Aliased.value = Aliased.__dict__["_message"]
+    with pytest.raises(TypeError):
+        bind(Aliased, Message)
+
+
+def test_a_python_record_class_of_python_bases_binds(rebinds):
+    from worker.sources.kafka._librdkafka_wrap import bind
+
+    class Base:
+        __slots__ = ("__weakref__",)
+
+    class Record(Base):
+        __slots__ = ("_message", "value", "serialized_value_size", "__dict__")
+
+    bind(Record, Message)
+    (made,) = c_wrap([Message(value=b"abc")])
+    assert (type(made), made.value, made.serialized_value_size, made.__dict__) == (
+        Record, b"abc", 3, {}
+    )

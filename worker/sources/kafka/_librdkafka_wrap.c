@@ -20,6 +20,16 @@ static PyTypeObject *RECORD;  /* LibrdkafkaRecord, once bound */
 static PyTypeObject *MESSAGE; /* confluent_kafka.Message */
 static PyObject *VALUE_OF;    /* Message.value, unbound: called per message */
 static Py_ssize_t AT_MESSAGE, AT_VALUE, AT_SIZE;
+static destructor PYTHON_DEALLOC; /* the tp_dealloc of every class a class statement makes */
+
+/* One binding, as `wrap` uses it for a whole call: a gc callback, a value's `__len__` or
+ * another thread may call `bind` again mid-call, and a record allocated by one class must
+ * never be stored into at another class's offsets (a heap overflow once seen). */
+typedef struct {
+    PyTypeObject *record, *message;
+    PyObject *value_of;
+    Py_ssize_t at_message, at_value, at_size;
+} binding;
 
 /* The offset of `cls`'s own writable object slot `name`, or -1 with TypeError. */
 static Py_ssize_t
@@ -33,7 +43,9 @@ slot_offset(PyTypeObject *cls, const char *name)
         return -1;
     }
     PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
-    if (member->type != T_OBJECT_EX || (member->flags & READONLY)
+    /* Another slot's descriptor stored under this name (`R.value = R.__dict__["_message"]`)
+     * would make two fields one offset: one reference overwritten, leaked. */
+    if (strcmp(member->name, name) != 0 || member->type != T_OBJECT_EX || (member->flags & READONLY)
         || member->offset < (Py_ssize_t)sizeof(PyObject)
         || member->offset + (Py_ssize_t)sizeof(PyObject *) > cls->tp_basicsize) {
         PyErr_Format(PyExc_TypeError, "bind: %s.%s is not a writable object slot",
@@ -63,10 +75,26 @@ bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                      cls->tp_name);
         return NULL;
     }
+    /* `wrap` allocates without `__new__`: right for a class statement's classes down to
+     * `object` (their instances are slots, all NULL until set), but a subclass of a C type
+     * (set, Exception, ...) would get that type's struct zeroed, never initialised: its
+     * methods, repr or dealloc then crash. */
+    for (PyTypeObject *t = cls; t != &PyBaseObject_Type; t = t->tp_base) {
+        if (t == NULL || !(t->tp_flags & Py_TPFLAGS_HEAPTYPE) || t->tp_dealloc != PYTHON_DEALLOC) {
+            PyErr_Format(PyExc_TypeError,
+                         "bind: %s is not a class of Python classes down to object",
+                         cls->tp_name);
+            return NULL;
+        }
+    }
     Py_ssize_t at_message = slot_offset(cls, "_message");
     Py_ssize_t at_value = at_message < 0 ? -1 : slot_offset(cls, "value");
     Py_ssize_t at_size = at_value < 0 ? -1 : slot_offset(cls, "serialized_value_size");
     if (at_size < 0) {
+        return NULL;
+    }
+    if (at_message == at_value || at_message == at_size || at_value == at_size) {
+        PyErr_Format(PyExc_TypeError, "bind: %s's slots share an offset", cls->tp_name);
         return NULL;
     }
     PyObject *value_of = PyObject_GetAttrString(args[1], "value");
@@ -86,9 +114,18 @@ bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* A record of `message` (a new reference), or NULL with an exception set. */
 static PyObject *
-wrapped(PyObject *message)
+wrapped(const binding *b, PyObject *message)
 {
-    PyObject *value = PyObject_Vectorcall(VALUE_OF, &message, 1, NULL);
+    /* `message.value()` as `__init__` calls it: the bound class's method, unless the message
+     * is of a subclass (which may override it) or of a class that can change after bind. */
+    PyObject *value;
+    if (Py_IS_TYPE(message, b->message) && (b->message->tp_flags & Py_TPFLAGS_IMMUTABLETYPE)
+        && b->message->tp_dictoffset == 0) {
+        value = PyObject_Vectorcall(b->value_of, &message, 1, NULL);
+    }
+    else {
+        value = PyObject_CallMethod(message, "value", NULL);
+    }
     if (value == NULL) {
         return NULL;
     }
@@ -106,17 +143,18 @@ wrapped(PyObject *message)
         return NULL;
     }
     /* Nothing allocates between here and the stores: the collector, which tp_alloc may run,
-     * sees the record either not yet made or whole. */
-    PyObject *record = RECORD->tp_alloc(RECORD, 0);
+     * sees the record either not yet made or whole. The offsets are the call's own, the
+     * class's that allocated it, whatever a gc callback binds meanwhile. */
+    PyObject *record = b->record->tp_alloc(b->record, 0);
     if (record == NULL) {
         Py_DECREF(value);
         Py_DECREF(size);
         return NULL;
     }
     Py_INCREF(message);
-    *(PyObject **)((char *)record + AT_MESSAGE) = message;
-    *(PyObject **)((char *)record + AT_VALUE) = value;
-    *(PyObject **)((char *)record + AT_SIZE) = size;
+    *(PyObject **)((char *)record + b->at_message) = message;
+    *(PyObject **)((char *)record + b->at_value) = value;
+    *(PyObject **)((char *)record + b->at_size) = size;
     return record;
 }
 
@@ -124,6 +162,8 @@ PyDoc_STRVAR(wrap_doc,
 "wrap(messages)\n"
 "--\n\n"
 "A list of the bound record class, one per message of the list `messages`, in order.");
+
+static PyObject *wrap_with(const binding *b, PyObject *messages);
 
 static PyObject *
 wrap(PyObject *module, PyObject *messages)
@@ -136,6 +176,21 @@ wrap(PyObject *module, PyObject *messages)
         PyErr_SetString(PyExc_TypeError, "wrap: messages must be a list");
         return NULL;
     }
+    /* The binding of this call, held: a `bind` meanwhile frees none of it. */
+    binding b = {RECORD, MESSAGE, VALUE_OF, AT_MESSAGE, AT_VALUE, AT_SIZE};
+    Py_INCREF(b.record);
+    Py_INCREF(b.message);
+    Py_INCREF(b.value_of);
+    PyObject *out = wrap_with(&b, messages);
+    Py_DECREF(b.record);
+    Py_DECREF(b.message);
+    Py_DECREF(b.value_of);
+    return out;
+}
+
+static PyObject *
+wrap_with(const binding *b, PyObject *messages)
+{
     Py_ssize_t n = PyList_GET_SIZE(messages);
     PyObject *out = PyList_New(n);
     if (out == NULL) {
@@ -153,14 +208,14 @@ wrap(PyObject *module, PyObject *messages)
             return NULL;
         }
         PyObject *message = PyList_GET_ITEM(messages, i);
-        if (!PyObject_TypeCheck(message, MESSAGE)) {
+        if (!PyObject_TypeCheck(message, b->message)) {
             PyErr_Format(PyExc_TypeError, "wrap: item %zd is %.200s, not %.200s", i,
-                         Py_TYPE(message)->tp_name, MESSAGE->tp_name);
+                         Py_TYPE(message)->tp_name, b->message->tp_name);
             Py_DECREF(out);
             return NULL;
         }
         Py_INCREF(message);
-        PyObject *record = wrapped(message);
+        PyObject *record = wrapped(b, message);
         Py_DECREF(message);
         if (record == NULL) {
             Py_DECREF(out);
@@ -186,5 +241,13 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__librdkafka_wrap(void)
 {
+    /* The dealloc every class statement's class has (CPython's subtype_dealloc), from one. */
+    PyObject *probe = PyObject_CallFunction((PyObject *)&PyType_Type, "s()N", "probe",
+                                            PyDict_New());
+    if (probe == NULL) {
+        return NULL;
+    }
+    PYTHON_DEALLOC = ((PyTypeObject *)probe)->tp_dealloc;
+    Py_DECREF(probe);
     return PyModule_Create(&module);
 }
