@@ -161,7 +161,7 @@ def test_a_class_bound_while_a_list_is_wrapped_is_for_the_next_call(rebinds):
     from worker.sources.kafka._librdkafka_wrap import bind
 
     class Wider:
-        __slots__ = ("a", "b", "c", "_message", "value", "serialized_value_size")
+        __slots__ = ("_message", "a", "b", "c", "serialized_value_size", "value")
 
     messages = [Message(value=b"v" * 10) for _ in range(50)]
 
@@ -187,9 +187,11 @@ def test_a_message_subclass_is_read_through_its_own_value():
 
     messages = [Message(value=b"raw"), Decoded(value=b"raw")]
     made, expected = c_wrap(messages), python_wrap(messages)
-    assert [(r.value, r.serialized_value_size) for r in made] == [
-        (r.value, r.serialized_value_size) for r in expected
-    ] == [(b"raw", 3), (b"decoded", 7)]
+    assert (
+        [(r.value, r.serialized_value_size) for r in made]
+        == [(r.value, r.serialized_value_size) for r in expected]
+        == [(b"raw", 3), (b"decoded", 7)]
+    )
 
 
 def test_bind_refuses_a_subclass_of_a_c_type(rebinds):
@@ -211,7 +213,7 @@ def test_bind_refuses_one_slot_under_another_name(rebinds):
     from worker.sources.kafka._librdkafka_wrap import bind
 
     class Aliased:
-        __slots__ = ("_message", "value", "serialized_value_size")
+        __slots__ = ("_message", "serialized_value_size", "value")
 
     Aliased.value = Aliased.__dict__["_message"]
     with pytest.raises(TypeError):
@@ -225,10 +227,21 @@ def test_a_python_record_class_of_python_bases_binds(rebinds):
         __slots__ = ("__weakref__",)
 
     class Record(Base):
-        __slots__ = ("_message", "value", "serialized_value_size", "__dict__")
+        __slots__ = ("__dict__", "_message", "serialized_value_size", "value")
 
     bind(Record, Message)
     (made,) = c_wrap([Message(value=b"abc")])
     assert (type(made), made.value, made.serialized_value_size, made.__dict__) == (
-        Record, b"abc", 3, {}
+        Record,
+        b"abc",
+        3,
+        {},
     )
+
+
+def test_by_partition_takes_any_sequence_as_the_python_twin_does():
+    """`by_partition` is typed for a Sequence; the C `_wrap` takes lists only (a tuple's
+    slices are tuples: TypeError where the twin made the records)."""
+    messages = (Message(topic="t", partition=0, value=b"x"), Message(topic="t", partition=1))
+    chunks, _, _ = librdkafka_records.by_partition(messages, "t")
+    assert [[r._message for r in rs] for rs in chunks.values()] == [[m] for m in messages]

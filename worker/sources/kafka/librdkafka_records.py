@@ -265,6 +265,8 @@ def by_partition(
                 ends[TopicPartition(m.topic(), m.partition())] = m.offset()
         messages = [m for m, e in zip(messages, errors, strict=True) if e is None]
         errors = [e for e in errors if e is not None and e.code() != KafkaError._PARTITION_EOF]
+    if type(messages) is not list:  # the C `_wrap` takes a list (its slices) only
+        messages = list(messages)
     partitions = list(map(_PARTITION, messages))
     runs: Iterable[Any] = (
         partitions if topic else zip(map(_TOPIC, messages), partitions, strict=True)
