@@ -45,8 +45,8 @@ slot_offset(PyTypeObject *cls, const char *name)
     PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
     /* Another slot's descriptor stored under this name (`R.value = R.__dict__["_message"]`)
      * would make two fields one offset: one reference overwritten, leaked. */
-    if (strcmp(member->name, name) != 0 || member->type != T_OBJECT_EX || (member->flags & READONLY)
-        || member->offset < (Py_ssize_t)sizeof(PyObject)
+    if (strcmp(member->name, name) != 0 || member->type != T_OBJECT_EX
+        || (member->flags & READONLY) || member->offset < (Py_ssize_t)sizeof(PyObject)
         || member->offset + (Py_ssize_t)sizeof(PyObject *) > cls->tp_basicsize) {
         PyErr_Format(PyExc_TypeError, "bind: %s.%s is not a writable object slot",
                      cls->tp_name, name);
@@ -80,7 +80,8 @@ bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
      * (set, Exception, ...) would get that type's struct zeroed, never initialised: its
      * methods, repr or dealloc then crash. */
     for (PyTypeObject *t = cls; t != &PyBaseObject_Type; t = t->tp_base) {
-        if (t == NULL || !(t->tp_flags & Py_TPFLAGS_HEAPTYPE) || t->tp_dealloc != PYTHON_DEALLOC) {
+        if (t == NULL || !(t->tp_flags & Py_TPFLAGS_HEAPTYPE)
+            || t->tp_dealloc != PYTHON_DEALLOC) {
             PyErr_Format(PyExc_TypeError,
                          "bind: %s is not a class of Python classes down to object",
                          cls->tp_name);
