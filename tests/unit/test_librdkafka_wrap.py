@@ -9,13 +9,14 @@ import gc
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
-from confluent_kafka import Message
+from confluent_kafka import KafkaError, Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.sources.kafka import librdkafka_records
+from worker.sources.kafka import _librdkafka_wrap, librdkafka_records
 from worker.sources.kafka.librdkafka_records import LibrdkafkaRecord
 
 FIELDS = ("topic", "partition", "offset", "timestamp", "timestamp_type", "key", "value",
@@ -245,3 +246,152 @@ def test_by_partition_takes_any_sequence_as_the_python_twin_does():
     messages = (Message(topic="t", partition=0, value=b"x"), Message(topic="t", partition=1))
     chunks, _, _ = librdkafka_records.by_partition(messages, "t")
     assert [[r._message for r in rs] for rs in chunks.values()] == [[m] for m in messages]
+
+
+# -- runs: a fetch's records by partition in one pass (`clean_chunks`) -------------------------
+c_runs = librdkafka_records._runs
+python_runs = librdkafka_records._python_runs
+
+fetched = st.builds(
+    lambda topic, partition, offset, value: Message(
+        topic=topic, partition=partition, offset=offset, value=value
+    ),
+    st.sampled_from(["t", "u"]), st.sampled_from([0, 1, 2, 300]), st.integers(0, 10**6),
+    st.none() | st.binary(max_size=50),
+)  # fmt: skip
+#: A fetch, now and then with an error among its messages (as librdkafka delivers one).
+with_errors = st.lists(
+    fetched
+    | st.sampled_from([KafkaError._BAD_MSG, KafkaError._PARTITION_EOF]).map(
+        lambda code: Message(topic="t", partition=0, error=KafkaError(code))
+    ),
+    max_size=40,
+)
+
+
+def shown(runs: list[Any] | None) -> Any:
+    """Runs as plain data: keys and each record's fields and message."""
+    if runs is None:
+        return None
+    return [(key, [(r._message, r.value, r.serialized_value_size) for r in rs])
+            for key, rs in runs]  # fmt: skip
+
+
+def test_the_c_module_reads_the_installed_messages_fields_directly():
+    """The probe found where this confluent-kafka's `Message` keeps its fields: a release
+    that moved them must fail here (the methods would still be right, only slower)."""
+    assert c_runs is not python_runs
+    assert _librdkafka_wrap.direct() is not None
+
+
+@settings(max_examples=400, deadline=None)
+@given(with_errors, st.booleans())
+def test_runs_are_the_runs_the_python_twin_makes(messages, with_topic):
+    made, expected = c_runs(messages, with_topic), python_runs(messages, with_topic)
+    assert shown(made) == shown(expected)
+    assert (made is None) == any(m.error() is not None for m in messages)
+    if made is not None:
+        assert [m for _, rs in made for m in map(lambda r: r._message, rs)] == messages
+        assert all(type(r) is LibrdkafkaRecord for _, rs in made for r in rs)
+
+
+def test_clean_chunks_group_a_partitions_runs_and_tell_topics_apart():
+    where = [("t", 1, 0), ("t", 1, 1), ("t", 2, 0), ("u", 1, 0), ("t", 1, 2)]
+    m = [Message(topic=t, partition=p, offset=o, value=b"v") for t, p, o in where]
+    chunks = librdkafka_records.clean_chunks(m)
+    assert {(tp.topic, tp.partition): [r.offset for r in rs] for tp, rs in chunks.items()} == {
+        ("t", 1): [0, 1, 2], ("t", 2): [0], ("u", 1): [0]}  # fmt: skip
+    one = librdkafka_records.clean_chunks(m[:3], "t")
+    assert {tp.partition: [r.offset for r in rs] for tp, rs in one.items()} == {1: [0, 1], 2: [0]}
+
+
+def test_an_error_anywhere_makes_no_records_and_is_not_swallowed():
+    eof = Message(topic="t", partition=0, offset=5, error=KafkaError(KafkaError._PARTITION_EOF))
+    for at in (0, 3, 6):
+        messages = [Message(topic="t", partition=0, offset=i, value=b"v") for i in range(6)]
+        messages.insert(at, eof)
+        assert c_runs(messages, False) is None
+        assert librdkafka_records.clean_chunks(messages, "t") is None
+        chunks, errors, ends = librdkafka_records.by_partition(messages, "t")
+        assert [r.offset for rs in chunks.values() for r in rs] == list(range(6))
+        assert errors == [] and [(tp.partition, o) for tp, o in ends.items()] == [(0, 5)]
+
+
+def test_runs_hold_no_reference_too_many_or_too_few():
+    messages = [Message(topic="t", partition=i % 3, offset=i, value=b"v" * i) for i in range(60)]
+    before = [sys.getrefcount(m) for m in messages], [sys.getrefcount(m.value()) for m in messages]
+    for _ in range(100):
+        del _
+        made = c_runs(messages, True)
+        del made
+        assert c_runs([*messages, Message(error=KafkaError(1))], False) is None
+    after = [sys.getrefcount(m) for m in messages], [sys.getrefcount(m.value()) for m in messages]
+    assert after == before
+
+
+def test_a_message_subclass_is_read_through_its_own_methods():
+    """An override of `error`, `partition` or `value` is what Python code would read, so
+    what the twin reads: the probed fields are for `Message` itself only."""
+
+    class Moved(Message):  # type: ignore[misc]
+        def partition(self) -> int:  # type: ignore[override]
+            return 7
+
+        def value(self) -> bytes:  # type: ignore[override]
+            return b"moved"
+
+    class Failed(Message):  # type: ignore[misc]
+        def error(self) -> Any:  # type: ignore[override]
+            return KafkaError(KafkaError._BAD_MSG)
+
+    messages = [Message(topic="t", partition=0, value=b"a"), Moved(topic="t", partition=0)]
+    assert shown(c_runs(messages, False)) == shown(python_runs(messages, False))
+    assert [k for k, _ in c_runs(messages, False)] == [0, 7]
+    assert c_runs([*messages, Failed(topic="t", partition=0)], True) is None
+
+
+def test_a_list_changed_while_runs_are_made_is_an_error():
+    messages = [Message(topic="t", partition=0, value=b"v" * 100) for _ in range(100)]
+
+    def shrink(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and messages:
+            messages.pop()
+
+    with collecting_at_every_allocation(shrink), pytest.raises(RuntimeError, match="size"):
+        c_runs(messages, False)
+
+
+@pytest.mark.parametrize("messages", [(), (Message(value=b"x"),), [Message(value=b"x"), b"x"]])
+def test_runs_refuse_anything_but_a_list_of_messages(messages):
+    with pytest.raises(TypeError):
+        c_runs(messages, False)
+
+
+def test_a_class_the_probe_cannot_read_is_read_through_its_methods(rebinds):
+    """A message class whose fields the probe does not find (here a Python class: mutable,
+    its methods could change) leaves every read to the methods."""
+    from worker.sources.kafka._librdkafka_wrap import bind
+
+    class Plain:
+        def __init__(self, partition: int, value: bytes | None) -> None:
+            self._p, self._v = partition, value
+
+        def error(self) -> None:
+            return None
+
+        def topic(self) -> str:
+            return "t"
+
+        def partition(self) -> int:
+            return self._p
+
+        def value(self) -> bytes | None:
+            return self._v
+
+    bind(LibrdkafkaRecord, Plain)
+    assert _librdkafka_wrap.direct() is None
+    made = c_runs([Plain(0, b"a"), Plain(0, None), Plain(1, b"bc")], True)
+    assert [(k, [(r.value, r.serialized_value_size) for r in rs]) for k, rs in made] == [
+        (("t", 0), [(b"a", 1), (None, -1)]), (("t", 1), [(b"bc", 2)])]  # fmt: skip
+    bind(LibrdkafkaRecord, Message)
+    assert _librdkafka_wrap.direct() is not None

@@ -75,6 +75,12 @@ class BadBatches:
         """Unassigned: librdkafka's pause was lifted with them (`librdkafka_rebalance`)."""
         self._pipeline_paused.difference_update(keys)
 
+    def none_bad(self, consumer: Any) -> None:
+        """A `consume()` that carried no error (the caller's scan said so): nothing is held
+        by it; the partitions whose wait ended are resumed."""
+        self._resume_due(consumer, self._clock())
+        self.held = set()
+
     def hold(self, consumer: Any, messages: Sequence[Message]) -> Sequence[Message]:
         """`messages` without what comes after a bad batch in its partition; that
         partition sought back to the batch and paused. Resumes the ones whose wait ended."""
@@ -82,7 +88,7 @@ class BadBatches:
         self._resume_due(consumer, now)
         self.held = set()
         if not any(map(_ERROR, messages)) or not any(map(_is_bad, messages)):
-            return messages  # the usual case: one C-level pass, no Python call per message
+            return messages  # no bad batch: one C-level pass, no Python call per message
         kept: list[Message] = []
         for m in messages:
             key = (m.topic(), m.partition())

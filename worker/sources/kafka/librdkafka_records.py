@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from itertools import groupby
-from operator import attrgetter, itemgetter
+from operator import attrgetter, itemgetter, methodcaller
 from typing import Any
 
 import orjson
@@ -215,6 +215,8 @@ class LibrdkafkaRecord:
 
 
 _MESSAGE, _VALUE = attrgetter("_message"), attrgetter("value")
+_OWN_ERROR, _OWN_PARTITION = methodcaller("error"), methodcaller("partition")
+_OWN_TOPIC = methodcaller("topic")
 
 
 def _python_wrap(messages: list[Message]) -> list[LibrdkafkaRecord]:
@@ -222,17 +224,38 @@ def _python_wrap(messages: list[Message]) -> list[LibrdkafkaRecord]:
     return list(map(LibrdkafkaRecord, messages))
 
 
+def _python_runs(messages: list[Message], with_topic: bool) -> list[tuple[Any, list[Any]]] | None:
+    """The records of `messages` in runs of one partition (key: the partition, or topic and
+    partition), or None if a message carries an error: the C module's twin."""
+    # By truth, never by ==: a KafkaError compared with None leaves a Python error set.
+    # Each message's own methods, as the C module calls them (a subclass's overrides).
+    if any(map(_OWN_ERROR, messages)):
+        return None
+    keys: Iterable[Any] = list(map(_OWN_PARTITION, messages))
+    if with_topic:
+        keys = zip(map(_OWN_TOPIC, messages), keys, strict=True)
+    runs, start = [], 0
+    for key, run in groupby(keys):
+        end = start + len(list(run))
+        runs.append((key, _python_wrap(messages[start:end])))
+        start = end
+    return runs
+
+
 try:
     from worker.sources.kafka._librdkafka_wrap import bind as _bind
+    from worker.sources.kafka._librdkafka_wrap import runs as _c_runs
     from worker.sources.kafka._librdkafka_wrap import wrap as _c_wrap
-except ImportError:  # not built (no compiler at install): the Python twin, slower
-    _wrap = _python_wrap
+except ImportError:  # not built (no compiler at install): the Python twins, slower
+    _wrap, _runs = _python_wrap, _python_runs
 else:
     # The C module stores the slots `LibrdkafkaRecord.__init__` sets, found by their
-    # descriptors: ~30 ns a record against ~116 for the type call and `__init__` frame
-    # (1,000 messages, GC off), a fifth of a no-op worker's GIL time under load.
+    # descriptors (~30 ns a record against ~116 for the type call and `__init__` frame,
+    # 1,000 messages, GC off), and reads the messages' fields where a probe of `Message`
+    # found them (its methods where not): a fetch's records by partition in ~60 ns a
+    # message against ~200 for the error scans, partition map, groupby and wrap it replaces.
     _bind(LibrdkafkaRecord, Message)
-    _wrap = _c_wrap
+    _wrap, _runs = _c_wrap, _c_runs
 
 
 def _consumer_record(*fields: Any) -> ConsumerRecord:
@@ -241,47 +264,52 @@ def _consumer_record(*fields: Any) -> ConsumerRecord:
     return ConsumerRecord(*fields)
 
 
-def by_partition(
+def clean_chunks(
     messages: Sequence[Message], topic: str | None = None
-) -> tuple[dict[TopicPartition, list[LibrdkafkaRecord]], list[Any], dict[TopicPartition, int]]:
-    """The records of `messages` grouped by partition in their order, the errors (the
-    messages that carry one, as librdkafka's `KafkaError`s) and the partitions' ends
-    reached (`_PARTITION_EOF`, not an error: the offset every message before it in the
-    partition's queue was served below, `expiry.Continuity`). `topic`: the one topic
-    subscribed, so that runs are told apart by partition alone.
+) -> dict[TopicPartition, list[LibrdkafkaRecord]] | None:
+    """The records of `messages` grouped by partition in their order, or None if a message
+    carries an error (`by_partition` then). `topic`: the one topic subscribed, so that runs
+    are told apart by partition alone.
 
-    Per message the work is C-level maps (error, partition) and one record; the Python
-    loop runs once per run of one partition (librdkafka returns a fetch's records of a
-    partition together: a few runs per call)."""
-    chunks: dict[TopicPartition, list[LibrdkafkaRecord]] = {}
-    errors: list[Any] = []
-    ends: dict[TopicPartition, int] = {}
-    # By truth, never by ==: a KafkaError compared with None leaves a Python error set
-    # (seen), and a KafkaError is always true.
-    if any(map(_ERROR, messages)):  # rare: an error travels as a message; not a record
-        errors = list(map(_ERROR, messages))
-        for m, e in zip(messages, errors, strict=True):
-            if e is not None and e.code() == KafkaError._PARTITION_EOF:
-                ends[TopicPartition(m.topic(), m.partition())] = m.offset()
-        messages = [m for m, e in zip(messages, errors, strict=True) if e is None]
-        errors = [e for e in errors if e is not None and e.code() != KafkaError._PARTITION_EOF]
-    if type(messages) is not list:  # the C `_wrap` takes a list (its slices) only
+    The usual fetch: one C-level pass (`_runs`) reads each message's error, partition and
+    value and makes its record; the Python loop runs once per run of one partition
+    (librdkafka returns a fetch's records of a partition together: a few runs per call)."""
+    if type(messages) is not list:  # the C `_runs` takes a list only
         messages = list(messages)
-    partitions = list(map(_PARTITION, messages))
-    runs: Iterable[Any] = (
-        partitions if topic else zip(map(_TOPIC, messages), partitions, strict=True)
-    )
-    start = 0
-    for key, run in groupby(runs):
-        end = start + len(list(run))
+    runs = _runs(messages, topic is None)
+    if runs is None:
+        return None
+    chunks: dict[TopicPartition, list[LibrdkafkaRecord]] = {}
+    for key, records in runs:
         tp = TopicPartition(topic, key) if topic else TopicPartition(*key)
-        records = _wrap(messages[start:end])
         known = chunks.get(tp)
         if known is None:
             chunks[tp] = records
         else:
             known.extend(records)
-        start = end
+    return chunks
+
+
+def by_partition(
+    messages: Sequence[Message], topic: str | None = None
+) -> tuple[dict[TopicPartition, list[LibrdkafkaRecord]], list[Any], dict[TopicPartition, int]]:
+    """The records of `messages` grouped by partition in their order (`clean_chunks`), the
+    errors (the messages that carry one, as librdkafka's `KafkaError`s) and the partitions'
+    ends reached (`_PARTITION_EOF`, not an error: the offset every message before it in the
+    partition's queue was served below, `expiry.Continuity`)."""
+    chunks = clean_chunks(messages, topic)
+    if chunks is not None:
+        return chunks, [], {}
+    # Rare: an error travels as a message; not a record. By truth, never by == (above).
+    errors = list(map(_ERROR, messages))
+    ends: dict[TopicPartition, int] = {}
+    for m, e in zip(messages, errors, strict=True):
+        if e is not None and e.code() == KafkaError._PARTITION_EOF:
+            ends[TopicPartition(m.topic(), m.partition())] = m.offset()
+    kept = [m for m, e in zip(messages, errors, strict=True) if e is None]
+    errors = [e for e in errors if e is not None and e.code() != KafkaError._PARTITION_EOF]
+    chunks = clean_chunks(kept, topic)
+    assert chunks is not None  # no message left carries an error
     return chunks, errors, ends
 
 
