@@ -237,11 +237,31 @@ def throughput(env: Env, records: int, rounds: int, peer_records: int,
             "ratio": round(medians[c.name] / medians[c.baseline], 3),
             "vs": c.baseline,
             "rounds": [round(x) for x in rates[c.name]],
+            **paired(rates[c.name], rates[c.baseline]),
             # The process's CPU (all its threads) per million records, median of the rounds.
             "cpu_s_per_m": round(statistics.median(cpus[c.name]), 3) if cpus[c.name] else None,
+            "cpu_ratio": cpu_ratio(cpus[c.name], cpus[c.baseline]),
         }
         for c in contenders
     ]
+
+
+def paired(rates: list[float], baseline: list[float]) -> dict[str, object]:
+    """The ratio of each round to its baseline's run in the same round: its median and
+    range. On this machine one run's rate moves by up to 1.8x from round to round (noisy
+    neighbours), and two contenders run seconds apart share most of a round's weather, so
+    the median of paired ratios moves less from run to run than the ratio of medians."""
+    ratios = [a / b for a, b in zip(rates, baseline, strict=True)]
+    return {"paired_ratio": round(statistics.median(ratios), 3),
+            "paired_range": [round(min(ratios), 3), round(max(ratios), 3)]}  # fmt: skip
+
+
+def cpu_ratio(cpus: list[float], baseline: list[float]) -> float | None:
+    """The baseline's CPU per record over the row's (medians): the throughput ratio the row
+    would reach were CPU all it waited for; steadier than records/s."""
+    if not cpus or not baseline:
+        return None
+    return round(statistics.median(baseline) / statistics.median(cpus), 3)
 
 
 def fetch_tuning(env: Env, records: int) -> None:
@@ -495,14 +515,21 @@ def markdown(result: dict) -> str:
             f"**Throughput** ({result['records']:,} IoT readings of ~190 B in 8 partitions; "
             f"peers read {result['peer_records']:,}; median of {result['rounds']} rounds)",
             "",
-            "| contender | records/s | ratio | compared with | CPU s per M records |",
-            "|---|---:|---:|---|---:|",
+            "ratio: of the medians; paired: the median (range) of each round's ratio to its "
+            "baseline's run in that round; CPU ratio: the baseline's CPU per record over the "
+            "row's.",
+            "",
+            "| contender | records/s | ratio | paired | compared with | CPU s per M records "
+            "| CPU ratio |",
+            "|---|---:|---:|---:|---|---:|---:|",
         ]
         for row in result["throughput"]:
-            cpu = row.get("cpu_s_per_m")
+            cpu, cpu_r, span = row.get("cpu_s_per_m"), row.get("cpu_ratio"), row.get("paired_range")
+            pair = f"{row['paired_ratio']:.2f} ({span[0]:.2f}-{span[1]:.2f})" if span else ""
             lines.append(f"| {row['contender']} | {row['records_per_s']:,} | "
-                         f"{row['ratio']:.2f} | {row['vs']} | "
-                         f"{'' if cpu is None else f'{cpu:.2f}'} |")  # fmt: skip
+                         f"{row['ratio']:.2f} | {pair} | {row['vs']} | "
+                         f"{'' if cpu is None else f'{cpu:.2f}'} | "
+                         f"{'' if cpu_r is None else f'{cpu_r:.2f}'} |")  # fmt: skip
         lines.append("")
     if "fetch" in result:
         lines += ["**Fetch settings** (worker, no-op handler, median of 2)", "",

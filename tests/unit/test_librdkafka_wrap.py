@@ -395,3 +395,103 @@ def test_a_class_the_probe_cannot_read_is_read_through_its_methods(rebinds):
         (("t", 0), [(b"a", 1), (None, -1)]), (("t", 1), [(b"bc", 2)])]  # fmt: skip
     bind(LibrdkafkaRecord, Message)
     assert _librdkafka_wrap.direct() is not None
+
+
+def _the_runs_in_the_making() -> list[list[Any]]:
+    """Lists that look like `runs`' result while it is built (for hostile code to empty)."""
+
+    def looks_so(o: Any) -> bool:
+        return (type(o) is list and bool(o) and type(o[0]) is tuple and len(o[0]) == 2
+                and type(o[0][1]) is list and bool(o[0][1])
+                and type(o[0][1][0]) is LibrdkafkaRecord)  # fmt: skip
+
+    return [o for o in gc.get_objects() if looks_so(o)]
+
+
+def test_python_code_run_mid_call_cannot_free_the_run_being_filled():
+    """A gc callback that empties every list it finds like the result: the run being
+    appended to was freed with it, and written to (valgrind: invalid write in
+    PyList_Append; PYTHONMALLOC=debug: fatal error) before the fix."""
+    messages = [Message(topic="t", partition=i // 50, value=b"v%d" % i) for i in range(400)]
+    cleared: list[int] = []
+
+    def clear(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            for found in _the_runs_in_the_making():
+                found.clear()
+                cleared.append(1)
+
+    with collecting_at_every_allocation(clear):
+        made = c_runs(messages, False)
+    assert not cleared  # the result is out of the collector's sight until returned
+    assert [(k, [r._message for r in rs]) for k, rs in made] == [
+        (p, messages[p * 50 : p * 50 + 50]) for p in range(8)
+    ]
+
+
+def test_a_topics_own_comparison_cannot_free_the_run_being_filled():
+    """Python code without a gc callback: a topic (any object, for `Message`) whose `__eq__`
+    empties the result mid-call."""
+
+    class Topic(str):
+        __hash__ = str.__hash__
+
+        def __eq__(self, other: object) -> bool:
+            for found in _the_runs_in_the_making():
+                found.clear()
+            return str.__eq__(self, other)
+
+    messages = [Message(topic=Topic("t"), partition=0, value=b"v%d" % i) for i in range(50)]
+    made = c_runs(messages, True)
+    assert [(k, len(rs)) for k, rs in made] == [(("t", 0), 50)]
+
+
+def test_code_run_by_bind_releasing_the_old_binding_finds_the_new_one_whole(rebinds):
+    """Releasing the old binding's references can run Python code (here a `__del__`) that
+    wraps: it must find the new class with its own offsets, not the old class's (a heap
+    overflow, abort, before the fix)."""
+    from worker.sources.kafka._librdkafka_wrap import bind
+
+    class Big:
+        __slots__ = (*(f"p{i}" for i in range(40)), "_message", "serialized_value_size", "value")
+
+    messages = [Message(topic="t", partition=0, value=b"x" * 20) for _ in range(50)]
+    seen: list[Any] = []
+
+    class Dying:
+        def __del__(self) -> None:
+            seen.extend(r for _, rs in c_runs(messages, False) for r in rs)
+
+    class FakeMessage:
+        value = Dying()
+        error = partition = topic = Message.error
+
+    bind(Big, FakeMessage)
+    del FakeMessage.value  # the binding holds the last reference to the Dying object
+    bind(LibrdkafkaRecord, Message)
+    assert [(type(r), r.value, r.serialized_value_size) for r in seen] == [
+        (LibrdkafkaRecord, b"x" * 20, 20)
+    ] * 50
+
+
+def test_runs_compare_the_runs_key_first_as_groupby_does():
+    class Name:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __eq__(self, other: object) -> bool:  # "A" equals anything, "B" nothing
+            return self.name == "A"
+
+        __hash__ = object.__hash__
+
+    messages = [Message(topic=Name(n), partition=0, value=b"v") for n in "AB"]
+    assert shown(c_runs(messages, True)) == shown(python_runs(messages, True))
+    assert len(c_runs(messages, True)) == 1
+
+
+@pytest.mark.parametrize("error", [0, False, "", b"", (), 0.0])
+def test_any_error_but_none_makes_no_records_in_c_and_twin(error):
+    """A false error object (not from a broker: `Message` takes any) is still an error."""
+    messages = [Message(topic="t", partition=0, value=b"v"), Message(topic="t", error=error)]
+    assert c_runs(messages, False) is None
+    assert python_runs(messages, False) is None

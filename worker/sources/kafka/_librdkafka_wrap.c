@@ -274,18 +274,24 @@ bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     /* Probed before anything is bound: the probe runs Python code (the class's methods). */
     layout fields = probe_layout(args[1]);
-    Py_INCREF(cls);
-    Py_INCREF(args[1]);
-    Py_XSETREF(RECORD, cls);
-    Py_XSETREF(MESSAGE, (PyTypeObject *)args[1]);
-    Py_XSETREF(VALUE_OF, value_of);
-    Py_XSETREF(ERROR_OF, error_of);
-    Py_XSETREF(PARTITION_OF, partition_of);
-    Py_XSETREF(TOPIC_OF, topic_of);
+    /* Every global set before any old reference is released: a release can run Python
+     * code (a `__del__`, another thread), which must find the binding whole, never a new
+     * class with the old offsets (a heap overflow, seen). */
+    PyObject *old[6] = {(PyObject *)RECORD, (PyObject *)MESSAGE, VALUE_OF, ERROR_OF,
+                        PARTITION_OF, TOPIC_OF};
+    RECORD = (PyTypeObject *)Py_NewRef(cls);
+    MESSAGE = (PyTypeObject *)Py_NewRef(args[1]);
+    VALUE_OF = value_of;
+    ERROR_OF = error_of;
+    PARTITION_OF = partition_of;
+    TOPIC_OF = topic_of;
     LAYOUT = fields;
     AT_MESSAGE = at_message;
     AT_VALUE = at_value;
     AT_SIZE = at_size;
+    for (int i = 0; i < 6; i++) {
+        Py_XDECREF(old[i]);
+    }
     Py_RETURN_NONE;
 }
 
@@ -462,10 +468,13 @@ runs_with(const binding *b, PyObject *messages, int with_topic)
     Py_ssize_t n = PyList_GET_SIZE(messages);
     PyObject *out = PyList_New(0);
     PyObject *key = NULL;  /* the current run's partition, or (topic, partition) */
-    PyObject *run = NULL;  /* its records (borrowed: `out` holds it) */
+    PyObject *run = NULL;  /* its records, held: Python code run mid-call (a gc callback, a
+                            * topic's __eq__) could empty `out`, which holds it too */
     if (out == NULL) {
         return NULL;
     }
+    /* Nor can it find `out` (gc.get_objects) until it is returned. */
+    PyObject_GC_UnTrack(out);
     for (Py_ssize_t i = 0; i < n; i++) {
         if (PyList_GET_SIZE(messages) != n) { /* changed by a gc callback */
             PyErr_SetString(PyExc_RuntimeError, "runs: messages changed size while read");
@@ -485,6 +494,7 @@ runs_with(const binding *b, PyObject *messages, int with_topic)
                 goto fail;
             }
             Py_XDECREF(key);
+            Py_XDECREF(run);
             Py_DECREF(out);
             Py_RETURN_NONE;
         }
@@ -496,8 +506,8 @@ runs_with(const binding *b, PyObject *messages, int with_topic)
             Py_XDECREF(topic);
             Py_DECREF(partition);
         }
-        /* By ==, as `groupby` tells runs apart (an int's own comparison: no Python code). */
-        int same = this == NULL ? -1 : key == NULL ? 0 : PyObject_RichCompareBool(this, key, Py_EQ);
+        /* By ==, the run's key first, as `groupby` tells runs apart. */
+        int same = this == NULL ? -1 : key == NULL ? 0 : PyObject_RichCompareBool(key, this, Py_EQ);
         if (same == 0) {
             PyObject *records = PyList_New(0);
             PyObject *pair = records == NULL ? NULL : PyTuple_Pack(2, this, records);
@@ -505,7 +515,7 @@ runs_with(const binding *b, PyObject *messages, int with_topic)
                 same = -1;
             }
             else {
-                run = records;
+                Py_XSETREF(run, Py_NewRef(records));
                 Py_XSETREF(key, Py_NewRef(this));
             }
             Py_XDECREF(pair);
@@ -521,9 +531,12 @@ runs_with(const binding *b, PyObject *messages, int with_topic)
         Py_DECREF(record);
     }
     Py_XDECREF(key);
+    Py_XDECREF(run);
+    PyObject_GC_Track(out);
     return out;
 fail:
     Py_XDECREF(key);
+    Py_XDECREF(run);
     Py_DECREF(out);
     return NULL;
 }

@@ -27,6 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from operator import methodcaller
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message
@@ -133,7 +134,8 @@ class BadBatches:
                     consumer.resume([RdTopicPartition(*key)])
 
 
-_ERROR = Message.error  # unbound: `map` calls it in C
+#: Each message's own `error()`, as `librdkafka_records` reads it (`map` calls it in C).
+_ERROR = methodcaller("error")
 
 
 def _is_bad(message: Message) -> bool:

@@ -46,7 +46,7 @@ from worker.sources.kafka import record as kafka_record
 #: numbering (0 create, 1 log append).
 _TIMESTAMP_TYPES = (0, 0, 1)
 #: Per message, at C level: the unbound methods, mapped over a run of messages.
-_ERROR, _TOPIC, _PARTITION = Message.error, Message.topic, Message.partition
+_TOPIC, _PARTITION = Message.topic, Message.partition
 _OFFSET, _TIMESTAMP, _KEY = Message.offset, Message.timestamp, Message.key
 _HEADERS = Message.headers
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
@@ -227,9 +227,10 @@ def _python_wrap(messages: list[Message]) -> list[LibrdkafkaRecord]:
 def _python_runs(messages: list[Message], with_topic: bool) -> list[tuple[Any, list[Any]]] | None:
     """The records of `messages` in runs of one partition (key: the partition, or topic and
     partition), or None if a message carries an error: the C module's twin."""
-    # By truth, never by ==: a KafkaError compared with None leaves a Python error set.
-    # Each message's own methods, as the C module calls them (a subclass's overrides).
-    if any(map(_OWN_ERROR, messages)):
+    # Each message's own methods, as the C module calls them (a subclass's overrides); an
+    # error is anything but None (by `is`, never by ==: a KafkaError compared with None
+    # leaves a Python error set), as there.
+    if not all(e is None for e in map(_OWN_ERROR, messages)):
         return None
     keys: Iterable[Any] = list(map(_OWN_PARTITION, messages))
     if with_topic:
@@ -276,7 +277,7 @@ def clean_chunks(
     (librdkafka returns a fetch's records of a partition together: a few runs per call)."""
     if type(messages) is not list:  # the C `_runs` takes a list only
         messages = list(messages)
-    runs = _runs(messages, topic is None)
+    runs = _runs(messages, not topic)
     if runs is None:
         return None
     chunks: dict[TopicPartition, list[LibrdkafkaRecord]] = {}
@@ -300,8 +301,8 @@ def by_partition(
     chunks = clean_chunks(messages, topic)
     if chunks is not None:
         return chunks, [], {}
-    # Rare: an error travels as a message; not a record. By truth, never by == (above).
-    errors = list(map(_ERROR, messages))
+    # Rare: an error travels as a message; not a record. Read as `_runs` reads it.
+    errors = list(map(_OWN_ERROR, messages))
     ends: dict[TopicPartition, int] = {}
     for m, e in zip(messages, errors, strict=True):
         if e is not None and e.code() == KafkaError._PARTITION_EOF:
@@ -309,7 +310,8 @@ def by_partition(
     kept = [m for m, e in zip(messages, errors, strict=True) if e is None]
     errors = [e for e in errors if e is not None and e.code() != KafkaError._PARTITION_EOF]
     chunks = clean_chunks(kept, topic)
-    assert chunks is not None  # no message left carries an error
+    if chunks is None:  # only Python code changing a message's error between two reads
+        raise RuntimeError("a message's error changed while its fetch was read")
     return chunks, errors, ends
 
 
