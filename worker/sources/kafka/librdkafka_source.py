@@ -56,7 +56,7 @@ from worker.sources.kafka.librdkafka_conf import consumer_conf, queue_kbytes
 from worker.sources.kafka.librdkafka_corrupt import BadBatches
 from worker.sources.kafka.librdkafka_oauth import start_failure, with_tokens
 from worker.sources.kafka.librdkafka_rebalance import RebalanceBridge
-from worker.sources.kafka.librdkafka_records import TRAITS, by_partition, clean_chunks
+from worker.sources.kafka.librdkafka_records import TRAITS
 from worker.sources.kafka.librdkafka_stable import StableOffsets
 from worker.sources.kafka.markers import past_markers
 from worker.sources.kafka.notes import CommitNotes
@@ -273,13 +273,7 @@ class LibrdkafkaSource:
         """On the poller thread: what is queued (`consume_queued`), as records by partition."""
         assert self._consumer is not None
         messages = consume_queued(self._consumer, self._config.fetch_max_records, timeout_s)
-        chunks = clean_chunks(messages, self._topic)  # the usual fetch: no message has an error
-        if chunks is None:
-            kept = self._bad.hold(self._consumer, messages)
-            chunks, errors, ends = by_partition(kept, self._topic)
-        else:
-            self._bad.none_bad(self._consumer)
-            errors, ends = [], {}
+        chunks, errors, ends = self._bad.records(self._consumer, messages, self._topic)
         gaps = self._continuity.after(chunks, ends)
         return chunks, errors, self._read_marks({**ends, **chunks}), gaps, ends
 
