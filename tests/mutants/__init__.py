@@ -608,6 +608,17 @@ MUTANTS += (
         ),
     ),
     Mutant(
+        "bad_batch_retry_needs_an_error_fetch",
+        "librdkafka: a fetch without errors (the C pass) skips `BadBatches.hold`, so the "
+        "partition held at a bad batch, paused, is never resumed: a silent stall",
+        (
+            _node(
+                "unit/test_librdkafka_corrupt",
+                "test_a_stuck_partition_is_read_again_after_its_wait_by_fetches_without_errors",
+            ),
+        ),
+    ),
+    Mutant(
         "librdkafka_past_bad_batch_kept",
         "librdkafka: a bad batch's partition is sought back, but the records that came "
         "after its error in the same consume() are still handed out (and committed)",

@@ -117,6 +117,31 @@ async def test_the_source_hands_out_nothing_past_a_bad_batch_and_holds_it():
     assert consumer.calls == [("seek", ("t", 1, 3)), ("pause", [("t", 1)])]
 
 
+async def test_a_stuck_partition_is_read_again_after_its_wait_by_fetches_without_errors():
+    """Once held, the partition is paused: every later fetch is of the other partitions,
+    without errors, through the C pass that never calls `hold` with messages. Its retry
+    must still come (before the fix it could not: the partition stalled for good)."""
+    source, _ = await started_source()
+    clock = Clock()
+    source._bad = BadBatches(clock)
+    crc = KafkaError(KafkaError._BAD_MSG, "MessageSet at offset 3 failed CRC32C check")
+    consumer = Fetching([msg(1, 3, crc)])
+    consumer.resume = lambda tps: consumer.calls.append(  # type: ignore[method-assign]
+        ("resume", [(tp.topic, tp.partition) for tp in tps])
+    )
+    source._consumer = consumer  # type: ignore[assignment]
+    source._poll(0)
+    consumer.calls.clear()
+    consumer.next = [msg(0, 1)]
+    source._poll(0)
+    assert consumer.calls == []  # not due yet
+    clock.now += librdkafka_corrupt.RETRY_S
+    consumer.next = [msg(0, 2)]
+    chunks, *_ = source._poll(0)
+    assert [r.offset for rs in chunks.values() for r in rs] == [2]
+    assert consumer.calls == [("resume", [("t", 1)])]
+
+
 def test_a_retry_never_resumes_a_partition_the_pipeline_paused():
     """The pipeline paused the partition (its buffer is full) while it waited at a bad
     batch: the wait's end must not resume it, or it is read on past the memory budget.

@@ -1,4 +1,4 @@
-/* librdkafka's messages wrapped as `LibrdkafkaRecord`s in C, a list at a time.
+/* librdkafka's messages wrapped as `LibrdkafkaRecord`s in C, a fetch at a time.
  *
  * Why C: the worker creates a record for every message it consumes, and creating one in
  * Python (a type call and an `__init__` frame storing three slots) cost ~116 ns a record at
@@ -7,8 +7,8 @@
  * stores into the slots `__init__` would set.
  *
  * `bind` reads where those slots live from the class's own member descriptors (never from
- * assumed offsets), once, at import of `librdkafka_records`. `wrap` must do exactly what
- * `LibrdkafkaRecord.__init__` does: `_message` the message, `value` its `value()`,
+ * assumed offsets), once, at import of `librdkafka_records`. Each record made must be what
+ * `LibrdkafkaRecord.__init__` makes: `_message` the message, `value` its `value()`,
  * `serialized_value_size` -1 for None else its length; tests/unit/test_librdkafka_wrap.py
  * checks the two agree field by field.
  *
@@ -44,7 +44,7 @@ typedef struct {
 
 static layout LAYOUT = {0, -1, -1, -1, -1};
 
-/* One binding, as `wrap` uses it for a whole call: a gc callback, a value's `__len__` or
+/* One binding, as `runs` uses it for a whole call: a gc callback, a value's `__len__` or
  * another thread may call `bind` again mid-call, and a record allocated by one class must
  * never be stored into at another class's offsets (a heap overflow once seen). */
 typedef struct {
@@ -220,7 +220,7 @@ probe_layout(PyObject *cls)
 PyDoc_STRVAR(bind_doc,
 "bind(record_class, message_class)\n"
 "--\n\n"
-"Make `wrap` create `record_class` instances from `message_class` instances: the class's\n"
+"Make `runs` create `record_class` instances from `message_class` instances: the class's\n"
 "slots `_message`, `value` and `serialized_value_size` are found by their descriptors, and\n"
 "the message class's fields by probing it (see `direct`).");
 
@@ -238,7 +238,7 @@ bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                      cls->tp_name);
         return NULL;
     }
-    /* `wrap` allocates without `__new__`: right for a class statement's classes down to
+    /* `runs` allocates without `__new__`: right for a class statement's classes down to
      * `object` (their instances are slots, all NULL until set), but a subclass of a C type
      * (set, Exception, ...) would get that type's struct zeroed, never initialised: its
      * methods, repr or dealloc then crash. */
@@ -295,15 +295,15 @@ bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* `message.<name>()` as Python code calls it: the object the probed field holds, else the
- * bound class's method, unless the message is of a subclass (which may override it) or of a
+/* `message.<name>()` as Python code calls it: the object the probed field at `at` holds (-1:
+ * none), else the bound class's method, unless the message is of a subclass (which may override it) or of a
  * class that can change after bind. A new reference, or NULL with an exception set. */
 static PyObject *
 read_field(const binding *b, PyObject *message, Py_ssize_t at, PyObject *method,
            const char *name)
 {
     if (Py_IS_TYPE(message, b->message) && b->exact_fast) {
-        if (b->fields.direct) {
+        if (b->fields.direct && at >= 0) {
             PyObject *held = *(PyObject **)((char *)message + at);
             if (held != NULL) {
                 return Py_NewRef(held);
@@ -351,12 +351,6 @@ wrapped(const binding *b, PyObject *message)
     return record;
 }
 
-PyDoc_STRVAR(wrap_doc,
-"wrap(messages)\n"
-"--\n\n"
-"A list of the bound record class, one per message of the list `messages`, in order.");
-
-static PyObject *wrap_with(const binding *b, PyObject *messages);
 static PyObject *runs_with(const binding *b, PyObject *messages, int with_topic);
 
 /* The binding of one call, held (`release` after): a `bind` meanwhile frees none of it.
@@ -394,18 +388,6 @@ release_binding(binding *b)
     Py_DECREF(b->error_of);
     Py_DECREF(b->partition_of);
     Py_DECREF(b->topic_of);
-}
-
-static PyObject *
-wrap(PyObject *module, PyObject *messages)
-{
-    binding b;
-    if (!hold_binding(&b, messages, "wrap")) {
-        return NULL;
-    }
-    PyObject *out = wrap_with(&b, messages);
-    release_binding(&b);
-    return out;
 }
 
 PyDoc_STRVAR(runs_doc,
@@ -456,10 +438,7 @@ partition_of(const binding *b, PyObject *message)
             return PyLong_FromLong(partition);
         }
     }
-    if (Py_IS_TYPE(message, b->message) && b->exact_fast) {
-        return PyObject_Vectorcall(b->partition_of, &message, 1, NULL);
-    }
-    return PyObject_CallMethod(message, "partition", NULL);
+    return read_field(b, message, -1, b->partition_of, "partition");
 }
 
 static PyObject *
@@ -556,48 +535,8 @@ direct(PyObject *module, PyObject *unused)
     return Py_BuildValue("(nnnn)", LAYOUT.value, LAYOUT.error, LAYOUT.topic, LAYOUT.partition);
 }
 
-static PyObject *
-wrap_with(const binding *b, PyObject *messages)
-{
-    Py_ssize_t n = PyList_GET_SIZE(messages);
-    PyObject *out = PyList_New(n);
-    if (out == NULL) {
-        return NULL;
-    }
-    /* `out` holds NULLs until full, which Python code (a gc callback run by an allocation
-     * here) must never see through gc.get_objects(): untracked until then. */
-    PyObject_GC_UnTrack(out);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        /* A gc callback could also change `messages`: its length is checked at each item,
-         * and the item held while it is wrapped. */
-        if (PyList_GET_SIZE(messages) != n) {
-            PyErr_SetString(PyExc_RuntimeError, "wrap: messages changed size while wrapped");
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyObject *message = PyList_GET_ITEM(messages, i);
-        if (!PyObject_TypeCheck(message, b->message)) {
-            PyErr_Format(PyExc_TypeError, "wrap: item %zd is %.200s, not %.200s", i,
-                         Py_TYPE(message)->tp_name, b->message->tp_name);
-            Py_DECREF(out);
-            return NULL;
-        }
-        Py_INCREF(message);
-        PyObject *record = wrapped(b, message);
-        Py_DECREF(message);
-        if (record == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyList_SET_ITEM(out, i, record);
-    }
-    PyObject_GC_Track(out);
-    return out;
-}
-
 static PyMethodDef methods[] = {
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL, bind_doc},
-    {"wrap", wrap, METH_O, wrap_doc},
     {"runs", (PyCFunction)(void (*)(void))runs, METH_FASTCALL, runs_doc},
     {"direct", direct, METH_NOARGS, direct_doc},
     {NULL, NULL, 0, NULL},

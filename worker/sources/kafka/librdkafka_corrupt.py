@@ -33,8 +33,6 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as RdTopicPartition
 
-from worker.sources.kafka.librdkafka_records import by_partition, clean_chunks
-
 log = logging.getLogger("worker.source.kafka")
 
 #: How long a partition stuck at a batch that fails is paused before it is read again.
@@ -78,20 +76,10 @@ class BadBatches:
         """Unassigned: librdkafka's pause was lifted with them (`librdkafka_rebalance`)."""
         self._pipeline_paused.difference_update(keys)
 
-    def records(self, consumer: Any, messages: list[Message], topic: str | None) -> Any:
-        """`by_partition` of a `consume()`'s messages, past what `hold` keeps back; the usual
-        fetch (no message has an error) in one C pass, nothing held, those due resumed."""
-        chunks = clean_chunks(messages, topic)
-        if chunks is not None:
-            self._resume_due(consumer, self._clock())
-            self.held = set()
-            return chunks, [], {}
-        kept = self.hold(consumer, messages)
-        return by_partition(kept, topic)
-
     def hold(self, consumer: Any, messages: Sequence[Message]) -> Sequence[Message]:
         """`messages` without what comes after a bad batch in its partition; that
-        partition sought back to the batch and paused. Resumes the ones whose wait ended."""
+        partition sought back to the batch and paused. Resumes the ones whose wait ended.
+        Called for every `consume()`: with `()` for one whose messages carry no error."""
         now = self._clock()
         self._resume_due(consumer, now)
         self.held = set()

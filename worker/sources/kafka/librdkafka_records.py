@@ -29,7 +29,7 @@ has ever failed (`_unreadable`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import groupby
 from operator import attrgetter, itemgetter, methodcaller
 from typing import Any
@@ -246,9 +246,8 @@ def _python_runs(messages: list[Message], with_topic: bool) -> list[tuple[Any, l
 try:
     from worker.sources.kafka._librdkafka_wrap import bind as _bind
     from worker.sources.kafka._librdkafka_wrap import runs as _c_runs
-    from worker.sources.kafka._librdkafka_wrap import wrap as _c_wrap
-except ImportError:  # not built (no compiler at install): the Python twins, slower
-    _wrap, _runs = _python_wrap, _python_runs
+except ImportError:  # not built (no compiler at install): the Python twin, slower
+    _runs = _python_runs
 else:
     # The C module stores the slots `LibrdkafkaRecord.__init__` sets, found by their
     # descriptors (~30 ns a record against ~116 for the type call and `__init__` frame,
@@ -256,7 +255,7 @@ else:
     # found them (its methods where not): a fetch's records by partition in ~60 ns a
     # message against ~200 for the error scans, partition map, groupby and wrap it replaces.
     _bind(LibrdkafkaRecord, Message)
-    _wrap, _runs = _c_wrap, _c_runs
+    _runs = _c_runs
 
 
 def _consumer_record(*fields: Any) -> ConsumerRecord:
@@ -292,15 +291,20 @@ def clean_chunks(
 
 
 def by_partition(
-    messages: Sequence[Message], topic: str | None = None
+    messages: Sequence[Message],
+    topic: str | None = None,
+    hold: Callable[[Sequence[Message]], Sequence[Message]] = lambda messages: messages,
 ) -> tuple[dict[TopicPartition, list[LibrdkafkaRecord]], list[Any], dict[TopicPartition, int]]:
     """The records of `messages` grouped by partition in their order (`clean_chunks`), the
     errors (the messages that carry one, as librdkafka's `KafkaError`s) and the partitions'
     ends reached (`_PARTITION_EOF`, not an error: the offset every message before it in the
-    partition's queue was served below, `expiry.Continuity`)."""
+    partition's queue was served below, `expiry.Continuity`). `hold`: what of messages
+    that carry errors is read (`BadBatches.hold`), asked with `()` of a fetch without."""
     chunks = clean_chunks(messages, topic)
     if chunks is not None:
+        hold(())
         return chunks, [], {}
+    messages = hold(messages)
     # Rare: an error travels as a message; not a record. Read as `_runs` reads it.
     errors = list(map(_OWN_ERROR, messages))
     ends: dict[TopicPartition, int] = {}

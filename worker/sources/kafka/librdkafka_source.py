@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -56,7 +57,7 @@ from worker.sources.kafka.librdkafka_conf import consumer_conf, queue_kbytes
 from worker.sources.kafka.librdkafka_corrupt import BadBatches
 from worker.sources.kafka.librdkafka_oauth import start_failure, with_tokens
 from worker.sources.kafka.librdkafka_rebalance import RebalanceBridge
-from worker.sources.kafka.librdkafka_records import TRAITS
+from worker.sources.kafka.librdkafka_records import TRAITS, by_partition
 from worker.sources.kafka.librdkafka_stable import StableOffsets
 from worker.sources.kafka.markers import past_markers
 from worker.sources.kafka.notes import CommitNotes
@@ -271,9 +272,9 @@ class LibrdkafkaSource:
 
     def _poll(self, timeout_s: float) -> tuple[Any, ...]:
         """On the poller thread: what is queued (`consume_queued`), as records by partition."""
-        assert self._consumer is not None
         messages = consume_queued(self._consumer, self._config.fetch_max_records, timeout_s)
-        chunks, errors, ends = self._bad.records(self._consumer, messages, self._topic)
+        hold = partial(self._bad.hold, self._consumer)  # `start` made the consumer
+        chunks, errors, ends = by_partition(messages, self._topic, hold)
         gaps = self._continuity.after(chunks, ends)
         return chunks, errors, self._read_marks({**ends, **chunks}), gaps, ends
 
